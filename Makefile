@@ -1,0 +1,34 @@
+# Set-up is part of every target: each creates or refreshes .venv itself.
+#   make run    the main job on the embedded defaults
+#   make test   the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: setup run compare test bench screenshots clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	@# torch: keep one the venv already has (e.g. a CUDA build); otherwise a GPU box takes
+	@# PyPI's default build and a CPU box the pinned CPU build (an unpinned torch pulls GBs of CUDA).
+	@if $(PY) -c "import torch" 2>/dev/null; then echo "keeping torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then $(PIP) install torch; \
+	else $(PIP) install torch==2.13.0; fi
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+run: setup
+	$(VENV)/bin/peft-tui compare
+
+compare: run
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/compare_defaults.py
+
+clean:
+	rm -rf $(VENV) peft-runs .pytest_cache

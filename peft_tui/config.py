@@ -1,0 +1,200 @@
+"""Run configuration: frozen dataclasses with validation that explains itself.
+
+Importing this module is cheap (no torch): the CLI and the dashboard's form both use it to
+check user input before anything heavy happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_STORE = "peft-runs"
+
+
+class ConfigError(ValueError):
+    """A bad value supplied by the user. The message is one line: what is wrong and the fix."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where examples come from.
+
+    source: "synthetic" (default, seeded), or a path to a CSV / JSONL / Parquet file.
+    """
+
+    source: str = "synthetic"
+    text_col: str = "text"
+    label_col: str = "label"
+    val_source: str | None = None  # a separate validation file; else stratified from train
+    test_source: str | None = None  # a separate test file; else stratified from train
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    size: int = 2400  # synthetic only: total examples before the split
+    label_noise: float = 0.0  # synthetic only: fraction of labels flipped
+    limit: int = 0  # file sources: stratified sample of at most this many rows (0 = all)
+
+    def validate(self) -> None:
+        if not self.source:
+            raise ConfigError("data source is empty: pass --data synthetic or a path to a CSV/JSONL/Parquet file")
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 0.9:
+                raise ConfigError(f"{name}={v} is out of range: use a fraction between 0 and 0.9")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ConfigError("val_fraction + test_fraction leaves almost no training data: keep their sum below 0.9")
+        if self.size < 20:
+            raise ConfigError(f"size={self.size} is too small: the synthetic set needs at least 20 examples")
+        if not 0.0 <= self.label_noise < 0.5:
+            raise ConfigError(f"label_noise={self.label_noise} is out of range: use a fraction in [0, 0.5)")
+        if self.limit < 0:
+            raise ConfigError(f"limit={self.limit} is negative: use 0 for all rows or a positive row count")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one training run. Two equal configs give the same metrics on CPU."""
+
+    method: str = "lora"
+    model: str = "minilm"
+    data: DataConfig = field(default_factory=DataConfig)
+    params: dict[str, Any] = field(default_factory=dict)  # method parameters, checked by the method
+    name: str | None = None
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float | None = None  # None: the method's default learning rate
+    max_length: int = 128
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 42
+    device: str = "auto"
+    precision: str = "auto"
+    eval_every: int = 0  # evaluate every N optimizer steps as well as at each epoch end (0: epoch end only)
+    patience: int = 0  # early stopping: evaluations without improvement before stopping (0: off)
+    trust_remote_code: bool = False
+
+    # ----------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Raise ConfigError with a one-line message on the first bad value. Imports no torch."""
+        from peft_tui.engine.methods import get_method  # registry is torch-free at import time
+
+        self.data.validate()
+        method = get_method(self.method)
+        method.check_params(self.params)
+        if self.epochs < 1:
+            raise ConfigError(f"epochs={self.epochs} must be at least 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size} must be at least 1")
+        if self.lr is not None and not (0 < self.lr < 1):
+            raise ConfigError(f"lr={self.lr} is out of range: use a learning rate in (0, 1), e.g. 2e-4")
+        if not 8 <= self.max_length <= 32768:
+            raise ConfigError(f"max_length={self.max_length} is out of range: use 8..32768 tokens")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay={self.weight_decay} must be >= 0")
+        if self.grad_clip < 0:
+            raise ConfigError(f"grad_clip={self.grad_clip} must be >= 0 (0 turns clipping off)")
+        if self.eval_every < 0 or self.patience < 0:
+            raise ConfigError("eval_every and patience must be >= 0 (0 turns them off)")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
+        if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+|mps", self.device):
+            raise ConfigError(f"unknown device {self.device!r}: use auto, cpu, cuda or cuda:N")
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.name):
+            raise ConfigError(
+                f"run name {self.name!r} is not allowed: use up to 64 letters, digits, '.', '_' or '-'"
+            )
+
+    @property
+    def learning_rate(self) -> float:
+        from peft_tui.engine.methods import get_method
+
+        return self.lr if self.lr is not None else get_method(self.method).default_lr
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.method
+
+    # ------------------------------------------------------------- (de)serialising
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        d = dict(d)
+        data = DataConfig(**d.pop("data", {}))
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(data=data, **d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    # ------------------------------------------------------------- --set key=value
+    def with_overrides(self, pairs: list[str]) -> RunConfig:
+        """Apply `key=value` strings: run fields, `data.*` / data fields, or method parameters."""
+        from peft_tui.engine.methods import get_method
+
+        method = get_method(self.method)
+        top: dict[str, Any] = {}
+        data: dict[str, Any] = {}
+        params = dict(self.params)
+        run_fields = {f.name: f for f in fields(RunConfig) if f.name not in ("data", "params", "method")}
+        data_fields = {f.name: f for f in fields(DataConfig)}
+        for pair in pairs:
+            if "=" not in pair:
+                raise ConfigError(f"--set {pair!r} is not key=value: write e.g. --set epochs=3")
+            key, raw = (s.strip() for s in pair.split("=", 1))
+            if key.startswith("data."):
+                key = key[5:]
+                if key not in data_fields:
+                    raise ConfigError(f"unknown data key {key!r}: use one of {', '.join(data_fields)}")
+            if key in method.params:
+                params[key] = method.params[key].parse(raw)
+            elif key in run_fields:
+                top[key] = _parse_field(run_fields[key], key, raw)
+            elif key in data_fields:
+                data[key] = _parse_field(data_fields[key], key, raw)
+            else:
+                allowed = sorted(set(run_fields) | set(method.params))
+                raise ConfigError(
+                    f"unknown key {key!r} for method {self.method!r}: use one of {', '.join(allowed)} "
+                    f"(or data.<key>; `peft-tui methods` lists each method's parameters)"
+                )
+        return dataclasses.replace(self, data=dataclasses.replace(self.data, **data), params=params, **top)
+
+
+def _parse_field(f: dataclasses.Field, key: str, raw: str) -> Any:
+    kind = str(f.type)
+    if raw.lower() in ("none", "null") and "None" in kind:
+        return None
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        if kind.startswith("bool"):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+    except ValueError:
+        t = kind.split(" ")[0].split("|")[0]
+        raise ConfigError(f"{key}={raw!r} is not a valid {t}: write e.g. {key}={f.default!r}") from None
+    return raw
+
+
+def store_path(cli_value: str | None = None) -> Path:
+    """The run store: --store, else $PEFT_TUI_STORE, else ./peft-runs."""
+    return Path(cli_value or os.environ.get("PEFT_TUI_STORE") or DEFAULT_STORE)

@@ -1,0 +1,67 @@
+"""Headless front end helpers: a rich progress-bar sink and table printing. Not part of the engine."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from peft_tui.engine.events import EvalLogged, Event, LogMessage, RunFailed, RunStarted, StepLogged
+from peft_tui.report.table import EFFICIENCY_NOTE, formatted
+
+err = Console(stderr=True)
+out = Console()
+
+
+class ProgressSink:
+    """Shows a progress bar per run on stderr (only when stderr is a terminal)."""
+
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  val acc {task.fields[acc]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=False,
+            disable=not self.enabled,
+        )
+        self.tasks: dict[int, Any] = {}
+
+    def __enter__(self) -> ProgressSink:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.tasks[event.run_id] = self.progress.add_task(
+                f"#{event.run_id} {event.name}", total=event.total_steps, loss="-", acc="-"
+            )
+        task = self.tasks.get(getattr(event, "run_id", -1))
+        if isinstance(event, StepLogged) and task is not None:
+            self.progress.update(task, completed=event.step, loss=f"{event.loss:.3f}")
+        elif isinstance(event, EvalLogged) and task is not None and event.split == "val":
+            self.progress.update(task, acc=f"{100 * event.accuracy:.1f}%")
+        elif isinstance(event, RunFailed):
+            err.print(f"[red]run {event.run_id} {event.status}:[/] {event.error}")
+        elif isinstance(event, LogMessage) and event.level != "info":
+            err.print(f"[yellow]{event.level}:[/] {event.text}")
+
+
+def print_comparison(rows: list[dict[str, Any]], title: str = "comparison") -> None:
+    headers, body = formatted(rows)
+    table = Table(title=title, caption=EFFICIENCY_NOTE)
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="right" if i >= 3 else "left")
+    for r in body:
+        table.add_row(*r)
+    out.print(table)

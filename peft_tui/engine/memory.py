@@ -1,0 +1,72 @@
+"""Memory samples: CUDA (torch allocator + NVML device use) or CPU (process RSS via psutil)."""
+
+from __future__ import annotations
+
+import os
+
+
+class MemoryMonitor:
+    """Tracks current and peak memory for one run on one device."""
+
+    def __init__(self, device: str):
+        import psutil
+
+        self.device = device
+        self.is_cuda = device.startswith("cuda")
+        self._proc = psutil.Process(os.getpid())
+        self.peak_mb = 0.0
+        self._nvml = None
+        if self.is_cuda:
+            import torch
+
+            self._index = torch.device(device).index or 0
+            torch.cuda.reset_peak_memory_stats(self._index)
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self._nvml = pynvml.nvmlDeviceGetHandleByIndex(self._index)
+            except Exception:  # no NVML (driver-less container, CPU box): torch figures only
+                self._nvml = None
+
+    @property
+    def label(self) -> str:
+        return "CUDA max allocated" if self.is_cuda else "process RSS (peak sampled)"
+
+    def sample(self) -> dict[str, float]:
+        mb = 1024.0 * 1024.0
+        if self.is_cuda:
+            import torch
+
+            used = torch.cuda.memory_allocated(self._index) / mb
+            peak = torch.cuda.max_memory_allocated(self._index) / mb
+            reserved = torch.cuda.max_memory_reserved(self._index) / mb
+            device_used = 0.0
+            if self._nvml is not None:
+                try:
+                    import pynvml
+
+                    device_used = pynvml.nvmlDeviceGetMemoryInfo(self._nvml).used / mb
+                except Exception:
+                    device_used = 0.0
+            self.peak_mb = max(self.peak_mb, peak)
+            return {"used_mb": used, "peak_mb": self.peak_mb, "reserved_mb": reserved, "device_used_mb": device_used}
+        used = self._proc.memory_info().rss / mb
+        self.peak_mb = max(self.peak_mb, used)
+        return {"used_mb": used, "peak_mb": self.peak_mb, "reserved_mb": 0.0, "device_used_mb": 0.0}
+
+
+def device_description(device: str = "auto") -> str:
+    """Human words for the device, e.g. 'NVIDIA H100 (80 GB)' or 'CPU (2 cores, 23 GB RAM)'."""
+    import psutil
+
+    try:
+        import torch
+
+        if device != "cpu" and torch.cuda.is_available():
+            idx = 0 if device in ("auto", "cuda") else int(device.split(":")[1])
+            props = torch.cuda.get_device_properties(idx)
+            return f"{props.name} ({props.total_memory / 1e9:.0f} GB)"
+    except Exception:
+        pass
+    return f"CPU ({os.cpu_count()} cores, {psutil.virtual_memory().total / 1e9:.0f} GB RAM)"

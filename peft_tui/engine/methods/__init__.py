@@ -1,0 +1,131 @@
+"""Fine-tuning methods, one small module each, registered by name.
+
+A method says which parameters it takes (with defaults and checks), its default learning rate,
+how it wraps a freshly loaded classifier (`apply`), and how it saves and reloads what it trained.
+Importing this package is torch-free: modules import torch inside their functions, so
+`peft-tui methods` and config validation stay fast.
+
+Adding a method: write `peft_tui/engine/methods/mymethod.py` with a `Method` subclass decorated
+with `@register`, and import it at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from peft_tui.config import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class Param:
+    """One method parameter: its type, default, help, and an optional check returning an error."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] | None = None
+    choices: tuple[str, ...] | None = None
+
+    def parse(self, raw: str) -> Any:
+        if self.type is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+        elif self.type is list:
+            return [s.strip() for s in raw.split(",") if s.strip()] if raw.lower() not in ("", "auto") else None
+        else:
+            try:
+                return self.type(raw)
+            except ValueError:
+                pass
+        raise ConfigError(
+            f"{self.name}={raw!r} is not a valid {self.type.__name__}: write e.g. {self.name}={self.default!r}"
+        )
+
+    def validate(self, value: Any) -> None:
+        if value is None and self.default is None:
+            return
+        ok_type = isinstance(value, self.type) or (self.type is float and isinstance(value, int))
+        if self.type is not bool and isinstance(value, bool):
+            ok_type = False
+        if not ok_type:
+            raise ConfigError(
+                f"{self.name}={value!r} has the wrong type: it takes a {self.type.__name__}, e.g. {self.default!r}"
+            )
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"{self.name}={value!r} is not allowed: use one of {', '.join(self.choices)}")
+        if self.check:
+            problem = self.check(value)
+            if problem:
+                raise ConfigError(f"{self.name}={value!r} {problem}")
+
+
+def positive(v: Any) -> str | None:
+    return None if v > 0 else "must be positive"
+
+
+def fraction(v: Any) -> str | None:
+    return None if 0 <= v < 1 else "must be in [0, 1)"
+
+
+class Method:
+    """Base class. Subclasses set the class attributes and implement apply/save/load."""
+
+    name: str = ""
+    summary: str = ""
+    default_lr: float = 2e-5
+    params: dict[str, Param] = {}
+
+    def check_params(self, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            if key not in self.params:
+                allowed = ", ".join(self.params) or "none"
+                raise ConfigError(f"method {self.name!r} has no parameter {key!r}: its parameters are {allowed}")
+            self.params[key].validate(value)
+
+    def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Defaults filled in."""
+        out = {k: p.default for k, p in self.params.items()}
+        out.update(values)
+        return out
+
+    # --- the work; `model` is a transformers ...ForSequenceClassification
+    def apply(self, model: nn.Module, params: dict[str, Any]) -> nn.Module:
+        raise NotImplementedError
+
+    def save(self, model: nn.Module, folder: Path, params: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def load(self, base: nn.Module, folder: Path, params: dict[str, Any]) -> nn.Module:
+        """Rebuild a trained model from `base` (a fresh classifier) and the saved weights."""
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> Method:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}: use one of {', '.join(REGISTRY)}") from None
+
+
+def method_names() -> list[str]:
+    return list(REGISTRY)
+
+
+# Registration order is display order.
+from peft_tui.engine.methods import full, lora, adapters, head  # noqa: E402,F401

@@ -1,0 +1,28 @@
+"""Full fine-tuning: every parameter trains. Saved with `save_pretrained` (safetensors), so stock
+`AutoModelForSequenceClassification.from_pretrained(run_folder / "model")` loads it."""
+
+from __future__ import annotations
+
+from peft_tui.engine.methods import Method, register
+
+
+@register
+class Full(Method):
+    name = "full"
+    summary = "every parameter trains (the reference; largest memory and checkpoint)"
+    default_lr = 5e-5
+    params = {}
+
+    def apply(self, model, params):
+        for p in model.parameters():
+            p.requires_grad = True
+        return model
+
+    def save(self, model, folder, params):
+        model.save_pretrained(folder / "model", safe_serialization=True)
+
+    def load(self, base, folder, params):
+        from peft_tui.engine.weights import load_into
+
+        load_into(base, folder / "model" / "model.safetensors")
+        return base

@@ -1,0 +1,76 @@
+"""LoRA through `peft` (task type SEQ_CLS). The classifier head trains and is saved with the adapter
+(`modules_to_save`), so stock `PeftModel.from_pretrained(base, run_folder / "adapter")` reproduces the
+run's logits."""
+
+from __future__ import annotations
+
+from peft_tui.engine.methods import Method, Param, fraction, positive, register
+
+# Per-architecture targets (attention projections), peft's own table is the fallback.
+TARGETS = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "gpt2": ["c_attn"],
+    "llama": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+}
+
+
+def default_targets(model_type: str) -> list[str] | str:
+    if model_type in TARGETS:
+        return TARGETS[model_type]
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_table
+
+    return peft_table.get(model_type, "all-linear")
+
+
+@register
+class Lora(Method):
+    name = "lora"
+    summary = "low-rank updates on attention projections, via peft"
+    default_lr = 1e-3
+    params = {
+        "r": Param("r", int, 8, "rank of the update matrices", positive),
+        "alpha": Param("alpha", float, 16.0, "scaling numerator (update scaled by alpha/r)", positive),
+        "dropout": Param("dropout", float, 0.05, "dropout on the LoRA input", fraction),
+        "target_modules": Param(
+            "target_modules", list, None, "module names to adapt (comma list); default per architecture"
+        ),
+    }
+
+    def peft_config(self, model, params):
+        from peft import LoraConfig, TaskType
+
+        from peft_tui.engine.weights import head_module_names
+
+        p = self.resolve(params)
+        return LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=p["r"],
+            lora_alpha=p["alpha"],
+            lora_dropout=p["dropout"],
+            target_modules=p["target_modules"] or default_targets(model.config.model_type),
+            modules_to_save=head_module_names(model),
+        )
+
+    def apply(self, model, params):
+        from peft import get_peft_model
+
+        try:
+            return get_peft_model(model, self.peft_config(model, params))
+        except ValueError as e:  # peft: "Target modules {...} not found in the base model"
+            from peft_tui.config import ConfigError
+
+            raise ConfigError(f"LoRA cannot wrap this model: {str(e).splitlines()[0]}") from None
+
+    def save(self, model, folder, params):
+        model.save_pretrained(folder / "adapter", safe_serialization=True)
+
+    def load(self, base, folder, params):
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, folder / "adapter")

@@ -1,0 +1,1 @@
+"""Tables, exports and (later) charts over stored results. No torch, no textual."""

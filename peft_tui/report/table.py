@@ -1,0 +1,83 @@
+"""The comparison table, shared by `peft-tui compare`, `peft-tui runs` and the dashboard.
+
+Efficiency = test accuracy points per million trainable parameters
+           = 100 * accuracy / (trainable_params / 1e6).
+It rewards methods that reach an accuracy while training few parameters; read it beside accuracy,
+never alone (a method at chance level with 10 parameters is "efficient").
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+COLUMNS = [
+    # key, header, formatter
+    ("id", "run", lambda v: str(v)),
+    ("name", "name", str),
+    ("method", "method", str),
+    ("accuracy", "acc %", lambda v: f"{100 * v:.1f}"),
+    ("f1", "F1 %", lambda v: f"{100 * v:.1f}"),
+    ("trainable_params", "trainable", lambda v: human_count(v)),
+    ("trainable_pct", "train %", lambda v: f"{v:.2f}"),
+    ("train_time_s", "time s", lambda v: f"{v:.1f}"),
+    ("samples_per_s", "samples/s", lambda v: f"{v:.0f}"),
+    ("peak_memory_mb", "peak MB", lambda v: f"{v:.0f}"),
+    ("efficiency", "eff", lambda v: f"{v:.1f}"),
+]
+
+EFFICIENCY_NOTE = "eff = accuracy points per million trainable parameters"
+
+
+def human_count(n: float | int) -> str:
+    n = float(n)
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def rows_from_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flatten finished runs (store rows with a result) into comparison rows."""
+    out = []
+    for run in runs:
+        res = run.get("result")
+        if not res:
+            continue
+        row = {"id": run["id"], "name": run["name"], "method": run["method"]}
+        for key, _, _ in COLUMNS[3:]:
+            row[key] = res.get(key)
+        row["device"] = res.get("device", "")
+        row["memory_kind"] = res.get("memory_kind", "")
+        out.append(row)
+    return out
+
+
+def formatted(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    headers = [h for _, h, _ in COLUMNS]
+    body = [[("-" if r.get(k) is None else fmt(r[k])) for k, _, fmt in COLUMNS] for r in rows]
+    return headers, body
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    keys = [k for k, _, _ in COLUMNS] + ["device", "memory_kind"]
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    return buf.getvalue()
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    headers, body = formatted(rows)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(lines) + f"\n\n{EFFICIENCY_NOTE}.\n"
+
+
+def sort_rows(rows: list[dict[str, Any]], key: str, descending: bool = True) -> list[dict[str, Any]]:
+    present = [r for r in rows if r.get(key) is not None]
+    missing = [r for r in rows if r.get(key) is None]
+    return sorted(present, key=lambda r: r[key], reverse=descending) + missing

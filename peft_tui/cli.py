@@ -87,7 +87,9 @@ def build_config(
         **{k: v for k, v in run_fields.items() if v is not None},
     )
     cfg = cfg.with_overrides(sets or [])
-    cfg.validate()
+    from peft_tui.engine.trainer import preflight
+
+    preflight(cfg)
     return cfg
 
 

@@ -133,13 +133,13 @@ def synthetic(size: int, seed: int, label_noise: float = 0.0) -> tuple[list[str]
         seen.add(s)
         texts.append(s)
         labels.append(label)
-    if label_noise > 0:
-        flip = rng.sample(range(size), int(round(size * label_noise)))
-        for i in flip:
-            labels[i] = 1 - labels[i]
     order = list(range(size))
     rng.shuffle(order)
-    return [texts[i] for i in order], [labels[i] for i in order]
+    texts, labels = [texts[i] for i in order], [labels[i] for i in order]
+    if label_noise > 0:  # its own generator: the same sentences with and without noise
+        for i in random.Random(seed + 1).sample(range(size), int(round(size * label_noise))):
+            labels[i] = 1 - labels[i]
+    return texts, labels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,6 +231,10 @@ def _columns(df, cfg: DataConfig, path: str) -> tuple[list[str], list]:
         raise ConfigError(f"{int(labels.isna().sum())} label(s) in {path} are missing (first at row {row + 2}): fill or drop them")
     values = labels.tolist()
     kinds = {"num" if isinstance(v, (int, float)) and not isinstance(v, bool) else "str" for v in values}
+    if kinds == {"str"}:  # CSV readers give strings when a column mixes "1" and "x"
+        numeric = [_is_number(v) for v in values]
+        if any(numeric) and not all(numeric):
+            kinds = {"num", "str"}
     if len(kinds) > 1:
         raise ConfigError(f"labels in {path} mix numbers and strings: use one type for {cfg.label_col!r}")
     if kinds == {"num"}:
@@ -240,6 +244,14 @@ def _columns(df, cfg: DataConfig, path: str) -> tuple[list[str], list]:
     else:
         values = [str(v) for v in values]
     return [str(t) for t in texts.tolist()], values
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def _encode(values: list, names: list) -> list[int]:

@@ -97,6 +97,20 @@ def load_model(name: str, num_labels: int, seed: int, trust_remote_code: bool = 
     return model
 
 
+def check_model_name(name: str) -> None:
+    """Cheap checks before a run is queued (no weights are read)."""
+    if name in ("minilm", "tiny"):
+        minilm_path()
+        return
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"model {name!r} is a file: pass the folder that holds config.json and weights")
+        _check_local_folder(path)
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ConfigError(f"model folder {name!r} does not exist: check the path, or use --model minilm")
+
+
 def _hub_error(name: str, e: Exception) -> ConfigError:
     text = str(e)
     if Path(name).exists():

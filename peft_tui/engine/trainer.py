@@ -178,6 +178,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def preflight(config: RunConfig):
+    """Check a config before it is queued: values, device, precision, data and model location.
+    Raises ConfigError (one line). Returns the loaded DataSplits (callers may print a summary)."""
+    from peft_tui.engine import models
+    from peft_tui.engine.data import load_splits
+
+    config.validate()
+    device = resolve_device(config.device)
+    resolve_precision(config.precision, device)
+    models.check_model_name(config.model)
+    return load_splits(config.data, config.seed)
+
+
 def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out_dir: Path) -> dict[str, Any]:
     import contextlib
 

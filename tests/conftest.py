@@ -1,0 +1,49 @@
+"""Shared fixtures: the tiny random model and small data made here (never ../shared)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from peft_tui.engine.models import load_tokenizer
+
+    return load_tokenizer("tiny")
+
+
+@pytest.fixture()
+def tiny_model():
+    from peft_tui.engine.models import load_model
+
+    return load_model("tiny", num_labels=2, seed=0)
+
+
+@pytest.fixture()
+def batch(tiny_tokenizer):
+    import torch
+
+    texts = ["the screen is great", "the battery is not good at all", "although the fan is noisy, I love it",
+             "terrible keyboard"]
+    enc = tiny_tokenizer(texts, padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"], torch.tensor([1, 0, 1, 0])
+
+
+@pytest.fixture()
+def store(tmp_path):
+    from peft_tui.engine.store import Store
+
+    return Store(tmp_path / "store")
+
+
+def tiny_config(**kw):
+    from peft_tui.config import DataConfig, RunConfig
+
+    data = kw.pop("data", DataConfig(size=120))
+    base = dict(model="tiny", epochs=1, batch_size=16, device="cpu", data=data)
+    base.update(kw)
+    return RunConfig(**base)

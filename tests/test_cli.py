@@ -1,0 +1,121 @@
+"""The headless CLI end to end on the tiny model: store rows, files, JSON fields, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from peft_tui.cli import app
+from peft_tui.engine.store import Store
+
+runner = CliRunner()
+TINY = ["--model", "tiny", "--set", "data.size=120", "--epochs", "1", "--batch-size", "16", "--device", "cpu"]
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_run_json_end_to_end(tmp_path):
+    store = tmp_path / "s"
+    res = invoke("run", "--method", "adapters", *TINY, "--set", "size=4", "--store", str(store), "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["status"] == "done" and doc["method"] == "adapters"
+    r = doc["result"]
+    assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["f1"] <= 1.0
+    assert r["params"]["size"] == 4
+    assert r["trainable_params"] == 2 * 2 * (2 * 64 * 4 + 4 + 64) + 64 * 2 + 2
+    assert r["trainable_pct"] < 10 and r["samples_per_s"] > 0 and r["peak_memory_mb"] > 0
+    assert r["memory_kind"].startswith("process RSS") and r["device"] == "cpu"
+    folder = store / "runs" / os.path.basename(doc["folder"])
+    assert (folder / "config.json").exists() and (folder / "result.json").exists()
+    assert (folder / "adapters" / "adapters.safetensors").exists()
+    assert json.loads((folder / "result.json").read_text())["accuracy"] == r["accuracy"]
+    st = Store(store)
+    row = st.get(doc["id"])
+    assert row["status"] == "done" and row["result"]["accuracy"] == r["accuracy"]
+    losses = st.series(doc["id"], "train_loss")
+    assert losses and all(v > 0 for _, v in losses)
+    assert st.series(doc["id"], "val_accuracy") and st.series(doc["id"], "test_accuracy")
+
+
+def test_compare_table_csv_and_json(tmp_path):
+    store, csv_path = tmp_path / "s", tmp_path / "cmp.csv"
+    res = invoke("compare", "--methods", "full,lora,adapters", *[a for a in TINY],
+                 "--store", str(store), "--csv", str(csv_path), "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    methods = [row["method"] for row in doc["table"]]
+    assert methods == ["full", "lora", "adapters", "tfidf"]
+    by = {row["method"]: row for row in doc["table"]}
+    assert by["full"]["trainable_pct"] == pytest.approx(100.0)
+    assert by["lora"]["trainable_params"] < by["full"]["trainable_params"]
+    assert by["tfidf"]["accuracy"] > 0.4
+    for row in doc["table"]:
+        assert row["efficiency"] == pytest.approx(100 * row["accuracy"] / (row["trainable_params"] / 1e6))
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].startswith("id,name,method,accuracy,f1") and len(lines) == 5
+    assert len(Store(store).list(status="done")) == 4
+    # the human table too
+    res = invoke("compare", "--methods", "lora", *TINY, "--store", str(store), "--no-baseline")
+    assert res.exit_code == 0 and "lora" in res.stdout and "eff" in res.stdout
+
+
+def test_runs_show_methods(tmp_path):
+    store = str(tmp_path / "s")
+    assert invoke("run", "--method", "head", *TINY, "--store", store, "--json").exit_code == 0
+    res = invoke("runs", "--store", store, "--json")
+    rows = json.loads(res.stdout)
+    assert [r["method"] for r in rows] == ["head"]
+    shown = json.loads(invoke("show", str(rows[0]["id"]), "--store", store, "--json").stdout)
+    assert "head.safetensors" in shown["files"] and shown["metrics"]["train_loss"] >= 1
+    methods = json.loads(invoke("methods", "--json").stdout)
+    names = [m["name"] for m in methods]
+    assert {"full", "lora", "adapters", "head"} <= set(names)
+    lora = next(m for m in methods if m["name"] == "lora")
+    assert lora["params"]["r"]["default"] == 8 and lora["default_lr"] > 0
+    assert "houlsby" in invoke("methods").stdout
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["run", "--method", "nope"], "unknown method 'nope'"),
+        (["run", "--set", "epochs=0"], "epochs=0 must be at least 1"),
+        (["run", "--set", "lr=-1"], "lr=-1.0 is out of range"),
+        (["run", "--set", "r=abc"], "r='abc' is not a valid int"),
+        (["run", "--method", "full", "--set", "r=4"], "unknown key 'r' for method 'full'"),
+        (["run", "--precision", "fp8"], "unknown precision 'fp8'"),
+        (["run", "--data", "missing.csv"], "does not exist"),
+        (["show", "999"], "run 999 does not exist"),
+        (["compare", "--methods", "full,bogus"], "unknown method 'bogus'"),
+    ],
+)
+def test_bad_input_exit_2_one_line(tmp_path, args, needle):
+    res = runner.invoke(app, args + ["--store", str(tmp_path / "s")])
+    assert res.exit_code == 2, res.output
+    err = res.stderr.strip()
+    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in res.output
+
+
+def test_failed_run_exits_1(tmp_path):
+    """A run that fails inside training (max_length above the tiny model's limit) exits 1 and is stored."""
+    store = tmp_path / "s"
+    res = invoke("run", "--method", "lora", *TINY, "--set", "max_length=4096", "--store", str(store), "--json")
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    assert doc["status"] == "failed" and "above this model's limit of 512" in doc["error"]
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from peft_tui.cli import app; sys.argv=['peft-tui','--help']\n" \
+           "try:\n    app()\nexcept SystemExit:\n    pass\n" \
+           "print('TORCH' if 'torch' in sys.modules else 'CLEAN')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().endswith("CLEAN"), out.stdout + out.stderr

@@ -128,4 +128,4 @@ def method_names() -> list[str]:
 
 
 # Registration order is display order.
-from peft_tui.engine.methods import full, lora, adapters, head  # noqa: E402,F401
+from peft_tui.engine.methods import full, lora, adapters, head, bitfit, ia3, prompt_learning, peft_json  # noqa: E402,F401,E501

@@ -1,6 +1,13 @@
 """LoRA through `peft` (task type SEQ_CLS). The classifier head trains and is saved with the adapter
 (`modules_to_save`), so stock `PeftModel.from_pretrained(base, run_folder / "adapter")` reproduces the
-run's logits."""
+run's logits.
+
+Options: `use_dora` (DoRA, Liu et al. 2024: the update is split into a learned magnitude per output
+feature and a LoRA-updated direction; adds one vector of out_features per adapted module) and
+`use_rslora` (rank-stabilised LoRA, Kalajdzievski 2023: the update is scaled by alpha/sqrt(r) instead
+of alpha/r, so higher ranks keep learning). `dora` is registered as its own method, LoRA with
+use_dora on. Default learning rate 1e-3 for both.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +47,8 @@ class Lora(Method):
         "target_modules": Param(
             "target_modules", list, None, "module names to adapt (comma list); default per architecture"
         ),
+        "use_dora": Param("use_dora", bool, False, "DoRA: learned magnitude + LoRA-updated direction"),
+        "use_rslora": Param("use_rslora", bool, False, "rsLoRA: scale the update by alpha/sqrt(r), not alpha/r"),
     }
 
     def peft_config(self, model, params):
@@ -55,6 +64,8 @@ class Lora(Method):
             lora_dropout=p["dropout"],
             target_modules=p["target_modules"] or default_targets(model.config.model_type),
             modules_to_save=head_module_names(model),
+            use_dora=p["use_dora"],
+            use_rslora=p["use_rslora"],
         )
 
     def apply(self, model, params):
@@ -65,7 +76,7 @@ class Lora(Method):
         except ValueError as e:  # peft: "Target modules {...} not found in the base model"
             from peft_tui.config import ConfigError
 
-            raise ConfigError(f"LoRA cannot wrap this model: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"{self.name} cannot wrap this model: {str(e).splitlines()[0]}") from None
 
     def save(self, model, folder, params):
         model.save_pretrained(folder / "adapter", safe_serialization=True)
@@ -74,3 +85,10 @@ class Lora(Method):
         from peft import PeftModel
 
         return PeftModel.from_pretrained(base, folder / "adapter")
+
+
+@register
+class Dora(Lora):
+    name = "dora"
+    summary = "DoRA: LoRA with a learned magnitude per output feature, via peft"
+    params = {**Lora.params, "use_dora": Param("use_dora", bool, True, "DoRA (on: this is the dora method)")}

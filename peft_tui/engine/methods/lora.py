@@ -39,7 +39,7 @@ def default_targets(model_type: str) -> list[str] | str:
 class Lora(Method):
     name = "lora"
     summary = "low-rank updates on attention projections, via peft"
-    default_lr = 1e-3
+    default_lr = 2e-3
     params = {
         "r": Param("r", int, 8, "rank of the update matrices", positive),
         "alpha": Param("alpha", float, 16.0, "scaling numerator (update scaled by alpha/r)", positive),

@@ -48,7 +48,7 @@ CASES = {
     # r=2 on query and value in 2 layers: 4 * (2*64 + 64*2)
     "peft-json": ("peft-json", {"config": LORA_JSON}, 4 * 2 * 2 * 64 + 130, lambda n: "lora_" in n),
 }
-DEFAULT_LR = {"bitfit": 1e-3, "ia3": 3e-3, "prefix": 1e-2, "prompt": 3e-2, "dora": 1e-3, "peft-json": 1e-3}
+DEFAULT_LR = {"bitfit": 1e-3, "ia3": 3e-3, "prefix": 1e-2, "prompt": 3e-2, "peft-json": 1e-3}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -101,9 +101,10 @@ def train_steps(model, batch, lr: float, steps: int) -> None:
 
 # ------------------------------------------------------------------------------------------------
 def test_registered_with_defaults():
-    for name in ("bitfit", "ia3", "prefix", "prompt", "dora", "peft-json"):
+    for name in ("bitfit", "ia3", "prefix", "prompt", "peft-json"):
         assert name in REGISTRY
         assert REGISTRY[name].default_lr == DEFAULT_LR[name]
+    assert REGISTRY["dora"].default_lr == REGISTRY["lora"].default_lr  # DoRA is LoRA with use_dora on
     assert REGISTRY["lora"].resolve({})["use_dora"] is False
     assert REGISTRY["lora"].resolve({})["use_rslora"] is False
     assert REGISTRY["dora"].resolve({})["use_dora"] is True
@@ -336,3 +337,78 @@ def test_execute_prefix_end_to_end(tmp_path):
     assert result["steps"] >= 1 and 0.0 <= result["accuracy"] <= 1.0
     adapter = store.run_dir(rid) / "adapter"
     assert (adapter / "adapter_model.safetensors").exists() and (adapter / "adapter_config.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# other architectures: tiny random configs (vocab 100, hidden 32, 2 layers, 2 labels)
+def tiny_arch(arch: str):
+    from transformers import (
+        AutoModelForSequenceClassification,
+        DistilBertConfig,
+        GPT2Config,
+        LlamaConfig,
+        Qwen2Config,
+        RobertaConfig,
+    )
+
+    dec = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               intermediate_size=64, pad_token_id=0)
+    config = {
+        "roberta": lambda: RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=64, pad_token_id=1),
+        "distilbert": lambda: DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=64),
+        "llama": lambda: LlamaConfig(**dec),
+        "qwen2": lambda: Qwen2Config(**dec),
+        "gpt2": lambda: GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, pad_token_id=0, bos_token_id=0,
+                                   eos_token_id=0),
+    }[arch]()
+    config.num_labels = 2
+    torch.manual_seed(SEED)
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+# heads: roberta/distilbert 32*32+32 + 32*2+2 = 1122; decoders' score 32*2 = 64 (no bias)
+@pytest.mark.parametrize("arch, expected", [
+    ("roberta", 2 * (32 + 32 + 64) + 1122),      # key, value, FFN input
+    ("distilbert", 2 * (32 + 32 + 64) + 1122),   # k_lin, v_lin, lin2 input
+    ("llama", 2 * (16 + 16 + 64) + 64),          # k_proj, v_proj (2 kv heads x 8), down_proj input
+    ("qwen2", 2 * (16 + 16 + 64) + 64),
+    ("gpt2", 2 * (96 + 128) + 64),               # fused c_attn (3 x 32), mlp.c_proj input
+])
+def test_ia3_default_targets_per_architecture(arch, expected):
+    model = get_method("ia3").apply(tiny_arch(arch), {})
+    assert count_parameters(model)[0] == model.get_nb_trainable_parameters()[0] == expected
+
+
+@pytest.mark.parametrize("arch", ["roberta", "distilbert", "llama", "gpt2"])
+@pytest.mark.parametrize("method_name", ["prompt", "prefix"])
+def test_virtual_tokens_other_architectures(arch, method_name, tmp_path):
+    """Right padding (as the trainer pads) gives a row the logits it gets alone, and the adapter reloads."""
+    method = get_method(method_name)
+    params = method.resolve({"num_virtual_tokens": 3})
+    if method_name == "prefix" and arch == "distilbert":
+        with pytest.raises(ConfigError, match="key/value cache"):
+            method.apply(tiny_arch(arch), params)
+        return
+    model = method.apply(tiny_arch(arch), params)
+    with torch.no_grad():
+        for p in model.prompt_encoder.parameters():
+            p.normal_()
+    model.eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        padded = model(input_ids=ids, attention_mask=mask).logits
+        alone = model(input_ids=ids[1:, :2], attention_mask=mask[1:, :2]).logits[0]
+    assert torch.allclose(padded[1], alone, atol=1e-5)
+    method.save(model, tmp_path, params)
+    again = method.load(tiny_arch(arch), tmp_path, params).eval()
+    with torch.no_grad():
+        assert torch.allclose(again(input_ids=ids, attention_mask=mask).logits, padded, atol=1e-6)
+
+
+def test_bitfit_refuses_a_model_without_biases():
+    with pytest.raises(ConfigError, match="no bias terms"):
+        get_method("bitfit").apply(tiny_arch("llama"), {})
+    qwen = get_method("bitfit").apply(tiny_arch("qwen2"), {})  # q/k/v biases: 2 * (32 + 16 + 16), + score
+    assert count_parameters(qwen)[0] == 2 * (32 + 16 + 16) + 64

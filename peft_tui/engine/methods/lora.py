@@ -6,7 +6,7 @@ Options: `use_dora` (DoRA, Liu et al. 2024: the update is split into a learned m
 feature and a LoRA-updated direction; adds one vector of out_features per adapted module) and
 `use_rslora` (rank-stabilised LoRA, Kalajdzievski 2023: the update is scaled by alpha/sqrt(r) instead
 of alpha/r, so higher ranks keep learning). `dora` is registered as its own method, LoRA with
-use_dora on. Default learning rate 1e-3 for both.
+use_dora on. Both share the default learning rate (default_lr below).
 """
 
 from __future__ import annotations

@@ -12,13 +12,30 @@ the adapter. peft extends the attention mask over the virtual tokens itself; the
 `model(input_ids=..., attention_mask=...)` works unchanged. The virtual tokens take positions, so
 keep max_length + num_virtual_tokens within the model's position limit (512 for BERTs). With
 prompt tuning on a BERT the pooler reads the first virtual token's output (peft's behaviour), which
-then plays the part of [CLS]. Prefix tuning on transformers 5 needs the small fix in
-`peft_common.SeqClsModel` (see there).
+then plays the part of [CLS]. On decoder classifiers (Llama, Qwen2, GPT-2) prompt tuning pools the
+last real token, and prefix tuning on transformers 5 runs through the cache: both need the small fixes
+in `peft_common.SeqClsModel` (see there). Prefix tuning needs a model whose attention takes a cache:
+DistilBERT does not, and is refused with a pointer to prompt, lora or ia3.
 """
 
 from __future__ import annotations
 
 from peft_tui.engine.methods import Method, Param, positive, register
+
+
+def shape_kwargs(model) -> dict:
+    """num_layers / token_dim / num_attention_heads where peft cannot read them from the config
+    (DistilBERT names them n_layers / dim / n_heads); transformers' attribute maps resolve them."""
+    d = model.config.to_dict()
+    out = {}
+    if not any(k in d for k in ("num_hidden_layers", "num_layers", "n_layer")) and not hasattr(
+            model.config, "num_hidden_layers"):
+        out["num_layers"] = model.config.n_layers
+    if not any(k in d for k in ("hidden_size", "n_embd", "d_model")):
+        out["token_dim"] = model.config.hidden_size
+    if not any(k in d for k in ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads")):
+        out["num_attention_heads"] = model.config.num_attention_heads
+    return out
 
 
 class _PromptLearning(Method):
@@ -56,8 +73,16 @@ class Prefix(_PromptLearning):
     def peft_config(self, model, params):
         from peft import PrefixTuningConfig, TaskType
 
+        from peft_tui.config import ConfigError
+        from peft_tui.engine.methods.peft_common import supports_cache
+
+        if not supports_cache(model):
+            raise ConfigError(
+                f"prefix tuning needs attention layers that take a key/value cache; a {model.config.model_type!r} "
+                "model has none: use prompt, lora or ia3"
+            )
         p = self.resolve(params)
-        kwargs = {}
+        kwargs = shape_kwargs(model)
         if p["projection"]:
             kwargs["encoder_hidden_size"] = p["projection_size"] or model.config.hidden_size
         return PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=p["num_virtual_tokens"],
@@ -77,4 +102,5 @@ class Prompt(_PromptLearning):
         from peft import PromptTuningConfig, TaskType
 
         p = self.resolve(params)
-        return PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=p["num_virtual_tokens"])
+        return PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=p["num_virtual_tokens"],
+                                  **shape_kwargs(model))

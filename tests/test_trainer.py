@@ -1,0 +1,106 @@
+"""The training loop: events, evaluation schedule, early stopping, cancellation, the scheduler."""
+
+from __future__ import annotations
+
+import threading
+
+from conftest import tiny_config
+
+from peft_tui.config import DataConfig
+from peft_tui.engine.events import EvalLogged, MemorySampled, RunCancelled, RunFinished, RunStarted, StepLogged, fan_out
+from peft_tui.engine.scheduler import Scheduler
+from peft_tui.engine.trainer import execute, length_grouped_batches, macro_f1
+
+
+def run(store, cfg, cancel=None, extra=None):
+    events = []
+    rid = store.create_run(cfg)
+    result = execute(store, rid, cfg, fan_out(store, events.append, extra), cancel)
+    return rid, result, events
+
+
+def test_events_and_result(store):
+    cfg = tiny_config(method="lora", epochs=2)
+    rid, result, events = run(store, cfg)
+    kinds = [type(e) for e in events]
+    assert kinds[0] is RunStarted and kinds[-1] is RunFinished
+    started = events[0]
+    assert started.total_steps == 2 * -(-84 // 16)  # 120 examples: 84 train, 18 val, 18 test
+    assert started.trainable_params == result["trainable_params"] < started.total_params
+    steps = [e for e in events if isinstance(e, StepLogged)]
+    assert steps[-1].step == started.total_steps and all(e.loss > 0 for e in steps)
+    assert [e.step for e in steps] == sorted(e.step for e in steps)
+    assert any(isinstance(e, MemorySampled) and e.used_mb > 50 for e in events)
+    evals = [e for e in events if isinstance(e, EvalLogged)]
+    assert [(e.split, e.epoch) for e in evals] == [("val", 1.0), ("val", 2.0), ("test", 2.0)]
+    assert result["accuracy"] == evals[-1].accuracy
+    assert result["sizes"] == {"train": 84, "val": 18, "test": 18}
+    assert store.get(rid)["status"] == "done"
+
+
+def test_eval_every_and_early_stopping(store):
+    # a learning rate too small to change anything: validation accuracy never improves
+    cfg = tiny_config(method="head", epochs=5, eval_every=2, patience=2, lr=1e-12)
+    _, result, events = run(store, cfg)
+    val_steps = [e.step for e in events if isinstance(e, EvalLogged) and e.split == "val"]
+    assert val_steps[:3] == [2, 4, 6]
+    assert result["stopped_early"] is True
+    assert len(val_steps) == 3  # first sets the best, two without improvement stop it
+    assert result["steps"] == 6 < 5 * 6
+
+
+def test_cancel_takes_effect_within_one_step(store):
+    cancel = threading.Event()
+    seen = []
+
+    def cancel_on_first_step(e):
+        if isinstance(e, StepLogged):
+            seen.append(e.step)
+            cancel.set()
+
+    cfg = tiny_config(method="full", epochs=3, data=DataConfig(size=400))
+    rid, result, events = run(store, cfg, cancel, cancel_on_first_step)
+    assert result is None
+    cancelled = [e for e in events if isinstance(e, RunCancelled)]
+    assert cancelled and cancelled[0].step == seen[0]  # no further step ran after the request
+    assert store.get(rid)["status"] == "cancelled"
+
+
+def test_length_grouped_batches_cover_everything_once():
+    import random
+
+    lengths = [random.Random(i).randint(3, 60) for i in range(1000)]
+    batches = length_grouped_batches(lengths, 32, random.Random(0))
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(1000))
+    # grouped: far less padding than random batches
+    pad = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+    assert pad < 0.25 * sum(lengths)
+
+
+def test_macro_f1():
+    assert macro_f1([0, 0, 1, 1], [0, 0, 1, 1], 2) == 1.0
+    assert abs(macro_f1([0, 0, 1, 1], [0, 1, 1, 1], 2) - (2 / 3 + 0.8) / 2) < 1e-9
+
+
+def test_scheduler_runs_fifo_and_cancels_queued(store):
+    finished = []
+    sched = Scheduler(store, lambda e: finished.append(e.run_id) if isinstance(e, RunFinished) else None, ["cpu"])
+    try:
+        a = sched.submit(tiny_config(method="head", data=DataConfig(size=400), epochs=2))
+        b = sched.submit(tiny_config(method="lora"))
+        c = sched.submit(tiny_config(method="adapters"))
+        assert sched.cancel(b) is True
+        assert sched.wait_idle(timeout=120)
+    finally:
+        sched.shutdown()
+    assert finished == [a, c]
+    assert [store.get(i)["status"] for i in (a, b, c)] == ["done", "cancelled", "done"]
+    sched2 = Scheduler(store, None, ["cpu"])
+    try:
+        retry_id = sched2.retry(b)
+        assert sched2.wait_idle(timeout=120)
+    finally:
+        sched2.shutdown()
+    retry = store.get(retry_id)
+    assert retry_id not in (a, b, c) and retry["status"] == "done" and retry["method"] == "lora"

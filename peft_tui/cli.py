@@ -364,6 +364,19 @@ def methods(as_json: bool = JsonOpt) -> None:
     out.print(table)
 
 
+@app.command()
+@handles_errors
+def launch(
+    model: str = ModelOpt,
+    data: str = DataOpt,
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """Open the dashboard: queue runs, watch them train, compare and export the results."""
+    from peft_tui.ui.app import create_app
+
+    create_app(model=model, data=data, store=store).run()
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,1 @@
+"""Dashboard screens: the new-run form, run details, quit confirmation."""

@@ -1,0 +1,217 @@
+"""The new-run form: every field checked here, with the message next to the field; nothing is queued
+until the whole config validates."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select, Static
+
+from peft_tui.config import ConfigError, DataConfig, RunConfig
+from peft_tui.engine.methods import REGISTRY, get_method
+
+RUN_FIELDS = [
+    # field, label, parse
+    ("epochs", "epochs", int),
+    ("lr", "learning rate (empty: method default)", float),
+    ("batch_size", "batch size", int),
+    ("max_length", "max length (tokens)", int),
+    ("seed", "seed", int),
+]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v))
+    return str(v)
+
+
+class Field(Vertical):
+    """A label, an input (or select) and the error line under it."""
+
+    DEFAULT_CSS = """
+    Field { height: auto; margin: 0 1 0 0; }
+    Field > Label { color: $text-muted; }
+    Field > .error { color: $error; height: auto; }
+    """
+
+    def __init__(self, key: str, label: str, widget, **kw) -> None:
+        super().__init__(id=f"field-{key}", **kw)
+        self.key = key
+        self.label = label
+        self.widget = widget
+
+    def compose(self) -> ComposeResult:
+        yield Label(self.label)
+        yield self.widget
+        yield Static("", classes="error", id=f"error-{self.key}")
+
+    def set_error(self, text: str) -> None:
+        err = self.query_one(".error", Static)
+        err.update(f"✗ {text}" if text else "")
+        self.set_class(bool(text), "-invalid")
+
+
+class NewRunScreen(ModalScreen[list[RunConfig] | None]):
+    """Dismisses with [config] when valid, None on cancel."""
+
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+s", "submit", "Queue run"),
+    ]
+
+    def __init__(self, template: RunConfig) -> None:
+        super().__init__()
+        self.template = template
+
+    def compose(self) -> ComposeResult:
+        t = self.template
+        method_names = list(REGISTRY)
+        with Vertical(id="form"):
+            yield Static("New run  [dim](tab: next field · enter or ctrl+s: queue · esc: cancel)[/]", id="form-title")
+            with VerticalScroll(id="form-body"):
+                with Horizontal(classes="row"):
+                    yield Field("model", "model (minilm, tiny, folder, hub id)", Input(t.model, id="in-model"))
+                    yield Field("data", "data (synthetic or a file)", Input(t.data.source, id="in-data"))
+                with Horizontal(classes="row"):
+                    yield Field("method", "method", Select([(f"{m} — {REGISTRY[m].summary}"[:60], m)
+                                                            for m in method_names],
+                                                           value=t.method if t.method in REGISTRY else method_names[0],
+                                                           allow_blank=False, id="in-method"))
+                    yield Field("name", "name (optional)", Input("", placeholder="method name", id="in-name"))
+                with Horizontal(classes="row"):
+                    for key, label, _ in RUN_FIELDS:
+                        value = getattr(t, key)
+                        yield Field(key, label, Input(_fmt(value), id=f"in-{key}"))
+                yield Static("method parameters", classes="section")
+                yield Vertical(id="params")
+                yield Static("", id="form-error")
+            with Horizontal(id="form-buttons"):
+                yield Button("Queue run", variant="primary", id="submit")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self._show_params(self.query_one("#in-method", Select).value)
+        self.query_one("#in-method", Select).focus()
+
+    def _show_params(self, method_name: Any) -> None:
+        box = self.query_one("#params", Vertical)
+        box.remove_children()
+        try:
+            method = get_method(str(method_name))
+        except ConfigError:
+            return
+        lr_input = self.query_one("#in-lr", Input)
+        lr_input.placeholder = f"{method.default_lr:g}"
+        rows: list[Horizontal] = []
+        fields = []
+        for p in method.params.values():
+            default = self.template.params.get(p.name, p.default) if self.template.method == method.name else p.default
+            label = f"{p.name} (default {_fmt(p.default) or 'auto'})"
+            if p.choices:
+                w = Select([(c, c) for c in p.choices], value=default, allow_blank=False, id=f"pin-{p.name}")
+            else:
+                w = Input(_fmt(default), placeholder="auto" if p.default is None else "", id=f"pin-{p.name}")
+            w.tooltip = p.help
+            fields.append(Field(f"p-{p.name}", label, w))
+        if not fields:
+            box.mount(Static(f"{method.name} has no parameters", classes="dim"))
+            return
+        for i in range(0, len(fields), 3):
+            rows.append(Horizontal(*fields[i:i + 3], classes="row"))
+        box.mount(*rows)
+
+    @on(Select.Changed, "#in-method")
+    def _method_changed(self, event: Select.Changed) -> None:
+        self._show_params(event.value)
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#submit")
+    @on(Input.Submitted)
+    def action_submit(self) -> None:
+        for f in self.query(Field):
+            f.set_error("")
+        self.query_one("#form-error", Static).update("")
+        config = self.build()
+        if config is not None:
+            self.dismiss([config])
+
+    # ------------------------------------------------------------------ parsing
+    def _value(self, wid: str) -> str:
+        w = self.query_one(f"#{wid}")
+        return str(w.value).strip() if isinstance(w, Input) else str(w.value)
+
+    def _error(self, key: str, text: str) -> None:
+        try:
+            self.query_one(f"#field-{key}", Field).set_error(text)
+        except Exception:
+            self.query_one("#form-error", Static).update(f"✗ {text}")
+
+    def build(self) -> RunConfig | None:
+        """The config from the form, or None after showing each problem next to its field."""
+        ok = True
+        method = get_method(self._value("in-method"))
+        top: dict[str, Any] = {}
+        for key, _, parse in RUN_FIELDS:
+            raw = self._value(f"in-{key}")
+            if key == "lr" and raw == "":
+                top[key] = None
+                continue
+            try:
+                top[key] = parse(raw)
+            except ValueError:
+                self._error(key, f"{raw!r} is not a valid {parse.__name__}")
+                ok = False
+        params: dict[str, Any] = {}
+        for p in method.params.values():
+            raw = self._value(f"pin-{p.name}")
+            if raw == "" and p.default is None:
+                continue
+            try:
+                params[p.name] = p.parse(raw)
+                p.validate(params[p.name])
+            except ConfigError as e:
+                self._error(f"p-{p.name}", str(e))
+                ok = False
+        model = self._value("in-model")
+        data = self._value("in-data")
+        if not model:
+            self._error("model", "model is empty: use minilm, tiny, a local folder or a hub id")
+            ok = False
+        if data != "synthetic" and not Path(data).expanduser().exists():
+            self._error("data", f"no file {data!r}: use synthetic or a path to a CSV/JSONL/Parquet file")
+            ok = False
+        name = self._value("in-name") or None
+        if not ok:
+            return None
+        base = self.template
+        data_cfg = base.data if data == base.data.source else DataConfig(source=data)
+        cfg = dataclasses.replace(base, method=method.name, model=model, data=data_cfg, params=params, name=name,
+                                  **top)
+        try:
+            cfg.validate()
+        except ConfigError as e:
+            msg = str(e)
+            key = msg.split("=", 1)[0].split(" ")[0] if "=" in msg.split(" ")[0] else None
+            if key in {k for k, _, _ in RUN_FIELDS}:
+                self._error(key, msg)
+            elif key in method.params:
+                self._error(f"p-{key}", msg)
+            elif msg.startswith("run name"):
+                self._error("name", msg)
+            else:
+                self.query_one("#form-error", Static).update(f"✗ {msg}")
+            return None
+        return cfg

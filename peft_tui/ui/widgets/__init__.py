@@ -1,0 +1,1 @@
+"""Dashboard widgets: run charts and tables."""

@@ -1,0 +1,91 @@
+"""Live run charts. Each is a PlotextPlot with its own figure (`self.plt`), never the global plotext."""
+
+from __future__ import annotations
+
+from textual_plotext import PlotextPlot
+
+from peft_tui.ui.state import LabState, Series, downsample
+
+# plotext colour names, one per plotted run (cycled); the legend names the run, so colour is not the only cue
+COLOURS = ("cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white")
+MARKERS = ("braille", "•", "+", "x", "*", "o", "~", "#")  # distinct marks, not colour alone
+
+
+class RunChart(PlotextPlot):
+    """One line per plotted run. Subclasses say which series and axis labels."""
+
+    chart_title = ""
+    xlabel = ""
+    empty_text = "no data yet: press n (new run) or c (compare)"
+
+    def series(self, state: LabState) -> list[tuple[str, Series]]:
+        raise NotImplementedError
+
+    def decorate(self, state: LabState) -> None:
+        self.plt.title(self.chart_title)
+
+    def replot(self, state: LabState) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        lines = [(label, s) for label, s in self.series(state) if len(s)]
+        width = max(8, self.size.width - 12)  # roughly the plot area once axes are drawn
+        for i, (label, s) in enumerate(lines):
+            xs, ys = downsample(s.xs, s.ys, width)
+            if len(xs) == 1:
+                plt.scatter(xs, ys, label=label, color=COLOURS[i % len(COLOURS)], marker="x")
+            else:
+                plt.plot(xs, ys, label=label, color=COLOURS[i % len(COLOURS)], marker=MARKERS[i % len(MARKERS)])
+        self.decorate(state)
+        if not lines:
+            plt.title(f"{self.chart_title}: {self.empty_text}")
+        plt.xlabel(self.xlabel)
+        self.refresh()
+
+
+def _label(state: LabState, rid: int) -> str:
+    row = state.runs.get(rid, {})
+    return f"#{rid} {row.get('name', '?')}"
+
+
+class LossChart(RunChart):
+    chart_title = "train loss"
+    xlabel = "step"
+
+    def series(self, state: LabState) -> list[tuple[str, Series]]:
+        return [(_label(state, r), state.loss[r]) for r in state.plotted if r in state.loss]
+
+
+class AccuracyChart(RunChart):
+    chart_title = "val accuracy %"
+    xlabel = "epoch"
+
+    def series(self, state: LabState) -> list[tuple[str, Series]]:
+        return [(_label(state, r), state.acc[r]) for r in state.plotted if r in state.acc]
+
+
+class MemoryChart(RunChart):
+    xlabel = "seconds"
+
+    def series(self, state: LabState) -> list[tuple[str, Series]]:
+        out: list[tuple[str, Series]] = []
+        t0 = min((s.xs[0] for r, s in state.mem.items() if r in state.plotted and len(s)), default=0.0)
+        for r in state.plotted:
+            if r in state.mem:
+                out.append((_label(state, r), _shift(state.mem[r], t0)))
+            if r in state.gpu_used:
+                out.append((_label(state, r) + " device", _shift(state.gpu_used[r], t0)))
+        return out
+
+    def decorate(self, state: LabState) -> None:
+        peaks = [state.mem_peak[r] for r in state.plotted if r in state.mem_peak]
+        peak = f", peak {max(peaks):.0f}" if peaks else ""
+        self.plt.title(f"memory MB ({state.memory_kind}{peak})")
+
+    @property
+    def chart_title(self) -> str:  # type: ignore[override]
+        return "memory MB"
+
+
+def _shift(s: Series, t0: float) -> Series:
+    return Series([x - t0 for x in s.xs], list(s.ys))

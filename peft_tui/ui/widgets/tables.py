@@ -1,0 +1,170 @@
+"""The queue table (every run, live) and the results table (finished runs, sortable)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from peft_tui.report.table import COLUMNS, formatted, rows_from_runs, sort_rows
+from peft_tui.ui.state import STATUS_WORDS, LabState, fmt_duration
+
+QUEUE_COLUMNS = [
+    # key, header, width (None: grows with its content)
+    ("id", "id", 4),
+    ("name", "name", 14),
+    ("method", "method", 9),
+    ("status", "status", 13),
+    ("progress", "progress", 13),
+    ("epoch", "epoch/step", 16),
+    ("loss", "loss", 7),
+    ("acc", "val acc", 7),
+    ("elapsed", "elapsed", 7),
+    ("eta", "ETA", 7),
+    ("note", "note", None),
+]
+
+
+def status_text(status: str) -> Text:
+    symbol, style = STATUS_WORDS.get(status, ("?", ""))
+    return Text(f"{symbol} {status}", style=style)
+
+
+def progress_text(row: dict[str, Any], width: int = 8) -> Text:
+    total, step = row.get("total_steps") or 0, row.get("step") or 0
+    if row["status"] == "done":
+        frac = 1.0
+    elif not total or row.get("method") == "tfidf":
+        return Text("-", style="dim")
+    else:
+        frac = min(1.0, step / total)
+    filled = int(round(frac * width))
+    return Text("█" * filled + "░" * (width - filled) + f" {100 * frac:3.0f}%")
+
+
+def queue_cells(row: dict[str, Any], now: float) -> list[Any]:
+    total = row.get("total_steps") or 0
+    epochs = (row.get("config") or {}).get("epochs")
+    ep = row.get("epoch") or 0.0
+    epoch_step = f"{ep:.1f}" + (f"/{epochs}" if epochs else "") + f" · {row.get('step') or 0}/{total or '?'}"
+    if row["status"] == "queued" or row.get("method") == "tfidf":
+        epoch_step = "-"
+    loss = row.get("loss")
+    acc = row.get("val_accuracy")
+    note = row.get("error") or ""
+    if not note and row.get("result") and row["result"].get("accuracy") is not None:
+        note = f"test acc {100 * row['result']['accuracy']:.1f}%"
+    return [
+        str(row["id"]),
+        row.get("name") or "",
+        row.get("method") or "",
+        status_text(row["status"]),
+        progress_text(row),
+        epoch_step,
+        "-" if loss is None else f"{loss:.4f}",
+        "-" if acc is None else f"{100 * acc:.1f}%",
+        fmt_duration(LabState.elapsed(row, now)),
+        fmt_duration(LabState.eta(row, now)),
+        Text(note[:80], style="red" if row.get("error") else "dim"),
+    ]
+
+
+class QueueTable(DataTable):
+    """All runs in the store, by id. Row keys are run ids as strings."""
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        self.zebra_stripes = True
+        for key, label, width in QUEUE_COLUMNS:
+            self.add_column(label, key=key, width=width)
+
+    def sync(self, state: LabState, run_ids: set[int] | None = None) -> None:
+        """Add, update or remove the rows for `run_ids` (all runs when None)."""
+        now = time.time()
+        ids = set(state.runs) if run_ids is None else run_ids
+        follow = self.row_count == 0 or self.cursor_row >= self.row_count - 1
+        added = False
+        for rid in sorted(ids):
+            key = str(rid)
+            row = state.runs.get(rid)
+            if row is None:
+                if key in self.rows:
+                    self.remove_row(key)
+                continue
+            cells = queue_cells(row, now)
+            if key in self.rows:
+                for (col, _, width), value in zip(QUEUE_COLUMNS, cells):
+                    self.update_cell(key, col, value, update_width=width is None)
+            else:
+                self.add_row(*cells, key=key)
+                added = True
+        if added:
+            self.sort("id", key=lambda v: int(v))
+            if follow:
+                self.move_cursor(row=self.row_count - 1)
+
+    def selected_run(self) -> int | None:
+        if self.row_count == 0:
+            return None
+        try:
+            key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
+        except Exception:
+            return None
+        return int(key.value) if key.value is not None else None
+
+
+SORT_KEYS = ["accuracy", "f1", "efficiency", "trainable_params", "train_time_s", "samples_per_s",
+             "peak_memory_mb", "id"]
+
+
+class ResultsTable(DataTable):
+    """Finished runs (and TF-IDF baseline rows) through report.table, sortable by any metric column."""
+
+    sort_key = "accuracy"
+    descending = True
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        self.zebra_stripes = True
+        self.rows_data: list[dict[str, Any]] = []
+        self._build_columns()
+
+    def _build_columns(self) -> None:
+        self.clear(columns=True)
+        for key, header, _ in COLUMNS:
+            arrow = (" ▼" if self.descending else " ▲") if key == self.sort_key else ""
+            self.add_column(header + arrow, key=key)
+
+    def sync(self, state: LabState) -> None:
+        runs = [r for r in state.runs.values() if r["status"] == "done" and r.get("result")]
+        self.rows_data = sort_rows(rows_from_runs(sorted(runs, key=lambda r: r["id"])), self.sort_key,
+                                   self.descending)
+        cursor = self.cursor_row
+        self._build_columns()
+        _, body = formatted(self.rows_data)
+        for r, cells in zip(self.rows_data, body):
+            self.add_row(*cells, key=str(r["id"]))
+        if self.row_count:
+            self.move_cursor(row=min(cursor, self.row_count - 1))
+
+    def sort_by(self, key: str, state: LabState) -> None:
+        if key == self.sort_key:
+            self.descending = not self.descending
+        else:
+            self.sort_key, self.descending = key, key not in ("train_time_s", "peak_memory_mb", "trainable_params")
+        self.sync(state)
+
+    def cycle_sort(self, state: LabState) -> str:
+        i = SORT_KEYS.index(self.sort_key) if self.sort_key in SORT_KEYS else -1
+        self.sort_key = SORT_KEYS[(i + 1) % len(SORT_KEYS)]
+        self.descending = self.sort_key not in ("train_time_s", "peak_memory_mb", "trainable_params", "id")
+        self.sync(state)
+        return self.sort_key
+
+    def selected_run(self) -> int | None:
+        if self.row_count == 0:
+            return None
+        key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
+        return int(key.value)

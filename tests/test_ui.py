@@ -1,0 +1,249 @@
+"""Pilot tests for the dashboard, on the tiny random BERT and small synthetic data (CPU, ~1 minute)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("textual")
+
+from peft_tui.config import DataConfig, RunConfig  # noqa: E402
+from peft_tui.engine.events import RunFinished, RunStarted, StepLogged, EvalLogged, MemorySampled  # noqa: E402
+from peft_tui.engine.store import Store  # noqa: E402
+from peft_tui.ui.app import create_app  # noqa: E402
+from peft_tui.ui.screens.confirm import ConfirmScreen  # noqa: E402
+from peft_tui.ui.screens.new_run import NewRunScreen  # noqa: E402
+from peft_tui.ui.widgets.tables import QueueTable, ResultsTable  # noqa: E402
+
+SIZE = (160, 48)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a small, shared CI box OpenMP barriers make 2-thread steps far slower."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def sync(fn):
+    """Run an async pilot test without an async pytest plugin."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        asyncio.run(fn(*args, **kwargs))
+
+    return wrapper
+
+
+def make_app(tmp_path, **template):
+    fields = {"model": "tiny", "data": DataConfig(size=200), "epochs": 1, "batch_size": 16, **template}
+    return create_app(store=tmp_path / "store", template=RunConfig(**fields), devices=["cpu"], poll_s=0.3)
+
+
+async def wait_for(pilot, cond, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        await pilot.pause(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def queue_status(app, run_id: int) -> str:
+    table = app.main.query_one("#queue", QueueTable)
+    return str(table.get_cell(str(run_id), "status"))
+
+
+def results(app) -> list[dict[str, str]]:
+    table = app.main.query_one("#results", ResultsTable)
+    keys = [c.key.value for c in table.ordered_columns]
+    return [dict(zip(keys, map(str, table.get_row_at(i)))) for i in range(table.row_count)]
+
+
+@sync
+async def test_compare_preset_fills_results_and_exports(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("c")
+        await wait_for(pilot, lambda: app.state.counts()["done"] == 4 and not app.state.active(), 90,
+                       "three runs and the baseline to finish")
+        await pilot.pause(0.3)
+        rows = results(app)
+        methods = sorted(r["method"] for r in rows)
+        assert methods == ["adapters", "full", "lora", "tfidf"]
+        for r in rows:
+            acc = float(r["accuracy"])
+            assert 0.0 <= acc <= 100.0
+            assert float(r["f1"]) >= 0.0
+            assert r["trainable_params"] != "-"
+        by_method = {r["method"]: r for r in rows}
+        # LoRA and adapters train a small fraction of the parameters, full fine-tuning all of them
+        assert float(by_method["full"]["trainable_pct"]) == pytest.approx(100.0)
+        assert float(by_method["lora"]["trainable_pct"]) < 10.0
+        assert float(by_method["adapters"]["trainable_pct"]) < 10.0
+        # the queue shows status in words
+        for rid, row in app.state.runs.items():
+            assert "✓ done" == queue_status(app, rid)
+        # live charts got one loss line per trained run
+        assert len([r for r in app.state.plotted if r in app.state.loss]) == 3
+        assert all(len(s) >= 1 for s in app.state.loss.values())
+
+        # results sort by a column, then export to the store
+        await pilot.press("2", "s")
+        await pilot.pause()
+        assert app.main.query_one("#results", ResultsTable).sort_key == "f1"
+        await pilot.press("e")
+        await pilot.pause()
+        csv = (tmp_path / "store" / "results.csv").read_text().splitlines()
+        md = (tmp_path / "store" / "results.md").read_text()
+        assert len(csv) == 5 and csv[0].startswith("id,name,method,accuracy")
+        assert "| lora |" in md.replace("  ", " ")
+        assert "results.csv" in str(app.main.query_one("#lastlog").render())
+
+
+@sync
+async def test_cancel_and_retry_a_running_run(tmp_path):
+    app = make_app(tmp_path, data=DataConfig(size=3000), epochs=3)
+    async with app.run_test(size=SIZE) as pilot:
+        # the form opens with the template's values; ctrl+s queues it unchanged
+        await pilot.press("n")
+        await pilot.pause()
+        assert isinstance(app.screen, NewRunScreen)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: any(r["status"] == "running" and (r.get("step") or 0) >= 2
+                                          for r in app.state.runs.values()), 60, "a run to be training")
+        rid = next(iter(app.state.runs))
+        assert "running" in queue_status(app, rid)
+
+        # quitting with a run active asks first; "n" keeps the app open
+        await pilot.press("q")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await pilot.pause()
+        assert app.screen is app.main
+
+        step_at_cancel = app.state.runs[rid]["step"]
+        t0 = time.monotonic()
+        await pilot.press("x")
+        await wait_for(pilot, lambda: app.state.runs[rid]["status"] == "cancelled", 20, "the cancel")
+        assert time.monotonic() - t0 < 10
+        await pilot.pause(0.2)
+        assert queue_status(app, rid) == "■ cancelled"
+        stored = app.store.get(rid)
+        assert stored["status"] == "cancelled"
+        assert stored["step"] < stored["total_steps"] and stored["step"] >= step_at_cancel
+
+        # retry queues a new run with the same config
+        await pilot.press("r")
+        await wait_for(pilot, lambda: len(app.state.runs) == 2, 10, "the retried run")
+        new = max(app.state.runs)
+        assert app.store.get(new)["config"] == stored["config"]
+        await wait_for(pilot, lambda: app.state.runs[new]["status"] == "running", 30, "the retry to start")
+        # cancelling happens on exit too: the app never leaves a run behind
+    assert app.store.get(new)["status"] == "cancelled"
+
+
+@sync
+async def test_form_refuses_bad_values(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("n")
+        await pilot.pause()
+        form = app.screen
+        assert isinstance(form, NewRunScreen)
+        form.query_one("#in-epochs").value = "0"
+        form.query_one("#in-lr").value = "-1"
+        form.query_one("#in-batch_size").value = "lots"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.screen is form  # still open
+        assert "not a valid int" in str(form.query_one("#error-batch_size").render())
+        form.query_one("#in-batch_size").value = "16"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.screen is form
+        assert "epochs=0 must be at least 1" in str(form.query_one("#error-epochs").render())
+        form.query_one("#in-epochs").value = "2"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert "lr=-1.0 is out of range" in str(form.query_one("#error-lr").render())
+        # a method parameter is checked next to its own field
+        form.query_one("#in-lr").value = ""
+        form.query_one("#pin-r").value = "-4"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert "must be positive" in str(form.query_one("#error-p-r").render())
+        await pilot.press("escape")
+        await pilot.pause(0.5)
+        assert app.screen is app.main
+    assert app.store.list() == []
+    assert app.state.runs == {}
+
+
+@sync
+async def test_run_from_another_process_appears_and_streams(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        other = Store(tmp_path / "store")  # another process's connection to the same store
+        cfg = RunConfig(method="lora", model="tiny", data=DataConfig(size=200), name="headless-lora")
+        rid = other.create_run(cfg)
+        other(RunStarted(rid, "headless-lora", "lora", 40, 2, 1000, 100000, "cpu", "fp32", 140, 2))
+        for step in range(1, 11):
+            other(StepLogged(rid, step, step / 20, 0.7 - step * 0.01, 1e-4, 100.0, step * 0.1))
+            other(MemorySampled(rid, step, step * 0.1, "cpu", 500.0 + step, 520.0))
+        await wait_for(pilot, lambda: app.state.runs.get(rid, {}).get("step") == 10, 10, "the external run")
+        assert queue_status(app, rid) == "▶ running"
+        table = app.main.query_one("#queue", QueueTable)
+        assert str(table.get_cell(str(rid), "name")) == "headless-lora"
+        assert "25%" in str(table.get_cell(str(rid), "progress"))
+        await wait_for(pilot, lambda: len(app.state.loss.get(rid, [])) == 10, 10, "its loss points")
+        assert app.state.loss[rid].ys[-1] == pytest.approx(0.6)
+        assert rid in app.state.plotted
+
+        other(EvalLogged(rid, 20, 1.0, "val", 0.5, 0.75, 0.7))
+        other(RunFinished(rid, {"accuracy": 0.8, "f1": 0.79, "trainable_params": 1000, "trainable_pct": 1.0,
+                                "train_time_s": 2.0, "samples_per_s": 140.0, "peak_memory_mb": 520.0,
+                                "efficiency": 80.0}))
+        await wait_for(pilot, lambda: app.state.runs[rid]["status"] == "done", 10, "the external finish")
+        await pilot.pause(0.3)
+        assert queue_status(app, rid) == "✓ done"
+        assert [r["accuracy"] for r in results(app)] == ["80.0"]
+        assert app.state.acc[rid].ys == [75.0]
+
+
+@sync
+async def test_small_terminal_stacks_and_cycles_charts(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert app.main.has_class("-narrow")
+        shown = [c.id for c in app.main.query(".chart") if c.display]
+        assert shown == ["chart-loss"]
+        await pilot.press("g")
+        await pilot.pause()
+        assert [c.id for c in app.main.query(".chart") if c.display] == ["chart-acc"]
+        assert app.main.query_one("#queue").size.height >= 5
+        await pilot.press("3")
+        await pilot.pause()
+        assert app.main.query_one("#tabs").active == "tab-log"
+
+
+def test_engine_never_imports_the_ui():
+    code = (
+        "import sys\n"
+        "import peft_tui.config, peft_tui.engine.scheduler, peft_tui.engine.store, peft_tui.engine.trainer\n"
+        "import peft_tui.engine.events, peft_tui.engine.methods, peft_tui.report.table\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'textual_plotext')"
+        " or m.startswith('peft_tui.ui')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -231,7 +231,7 @@ async def test_small_terminal_stacks_and_cycles_charts(tmp_path):
         await pilot.press("g")
         await pilot.pause()
         assert [c.id for c in app.main.query(".chart") if c.display] == ["chart-acc"]
-        assert app.main.query_one("#queue").size.height >= 5
+        assert app.main.query_one("#queue").size.height >= 4
         await pilot.press("3")
         await pilot.pause()
         assert app.main.query_one("#tabs").active == "tab-log"

@@ -94,6 +94,7 @@ class MainScreen(Screen):
 class PeftLab(App):
     CSS_PATH = "lab.tcss"
     TITLE = "peft-tui"
+    ENABLE_COMMAND_PALETTE = False  # its footer slot is worth more to the keys at 80 columns
 
     def __init__(self, store, template: RunConfig, devices: list[str] | None = None, poll_s: float = 1.0):
         super().__init__()
@@ -276,10 +277,10 @@ class PeftLab(App):
 
     def _update_topbar(self) -> None:
         c = self.state.counts()
-        text = (f" [b]{self.device_text}[/b] │ store {self.store.root} │ "
-                f"{c['queued']} queued · {c['running']} running · {c['done']} done"
-                + (f" · [red]{c['failed']} failed[/red]" if c["failed"] else "")
-                + f" │ model {self.template.model} · data {Path(self.template.data.source).name}")
+        text = (f" [b]{self.device_text}[/b] │ {c['queued']} queued · {c['running']} running · {c['done']} done"
+                + (f" · [red]✗ {c['failed']} failed[/red]" if c["failed"] else "")
+                + f" │ store {self.store.root} │ model {self.template.model} · data "
+                  f"{Path(self.template.data.source).name}")
         try:
             self.main.query_one("#topbar", Static).update(text)
         except Exception:

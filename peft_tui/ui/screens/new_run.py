@@ -20,7 +20,7 @@ from peft_tui.engine.methods import REGISTRY, get_method
 RUN_FIELDS = [
     # field, label, parse
     ("epochs", "epochs", int),
-    ("lr", "learning rate (empty: method default)", float),
+    ("lr", "lr (blank: default)", float),
     ("batch_size", "batch size", int),
     ("max_length", "max length (tokens)", int),
     ("seed", "seed", int),
@@ -83,8 +83,7 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
                     yield Field("model", "model (minilm, tiny, folder, hub id)", Input(t.model, id="in-model"))
                     yield Field("data", "data (synthetic or a file)", Input(t.data.source, id="in-data"))
                 with Horizontal(classes="row"):
-                    yield Field("method", "method", Select([(f"{m} — {REGISTRY[m].summary}"[:60], m)
-                                                            for m in method_names],
+                    yield Field("method", "method", Select([(m, m) for m in method_names],
                                                            value=t.method if t.method in REGISTRY else method_names[0],
                                                            allow_blank=False, id="in-method"))
                     yield Field("name", "name (optional)", Input("", placeholder="method name", id="in-name"))
@@ -92,7 +91,7 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
                     for key, label, _ in RUN_FIELDS:
                         value = getattr(t, key)
                         yield Field(key, label, Input(_fmt(value), id=f"in-{key}"))
-                yield Static("method parameters", classes="section")
+                yield Static("method parameters", classes="section", id="params-title")
                 yield Vertical(id="params")
                 yield Static("", id="form-error")
             with Horizontal(id="form-buttons"):
@@ -110,6 +109,7 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
             method = get_method(str(method_name))
         except ConfigError:
             return
+        self.query_one("#params-title", Static).update(f"[b]{method.name} parameters[/b]  [dim]{method.summary}[/dim]")
         lr_input = self.query_one("#in-lr", Input)
         lr_input.placeholder = f"{method.default_lr:g}"
         rows: list[Horizontal] = []

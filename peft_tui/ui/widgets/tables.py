@@ -13,12 +13,12 @@ from peft_tui.ui.state import STATUS_WORDS, LabState, fmt_duration
 
 QUEUE_COLUMNS = [
     # key, header, width (None: grows with its content)
-    ("id", "id", 4),
-    ("name", "name", 14),
-    ("method", "method", 9),
+    ("id", "id", 3),
+    ("name", "name", 12),
+    ("method", "method", 8),
     ("status", "status", 13),
-    ("progress", "progress", 13),
-    ("epoch", "epoch/step", 16),
+    ("progress", "progress", 11),
+    ("epoch", "epoch · step", 16),
     ("loss", "loss", 7),
     ("acc", "val acc", 7),
     ("elapsed", "elapsed", 7),
@@ -32,7 +32,7 @@ def status_text(status: str) -> Text:
     return Text(f"{symbol} {status}", style=style)
 
 
-def progress_text(row: dict[str, Any], width: int = 8) -> Text:
+def progress_text(row: dict[str, Any], width: int = 6) -> Text:
     total, step = row.get("total_steps") or 0, row.get("step") or 0
     if row["status"] == "done":
         frac = 1.0
@@ -131,19 +131,20 @@ class ResultsTable(DataTable):
         self.rows_data: list[dict[str, Any]] = []
         self._build_columns()
 
-    def _build_columns(self) -> None:
+    def _build_columns(self, body: list[list[str]] | None = None) -> None:
         self.clear(columns=True)
-        for key, header, _ in COLUMNS:
+        for i, (key, header, _) in enumerate(COLUMNS):
             arrow = (" ▼" if self.descending else " ▲") if key == self.sort_key else ""
-            self.add_column(header + arrow, key=key)
+            width = max([len(header + arrow)] + [len(r[i]) for r in body or []])
+            self.add_column(header + arrow, key=key, width=min(width, 24))
 
     def sync(self, state: LabState) -> None:
         runs = [r for r in state.runs.values() if r["status"] == "done" and r.get("result")]
         self.rows_data = sort_rows(rows_from_runs(sorted(runs, key=lambda r: r["id"])), self.sort_key,
                                    self.descending)
         cursor = self.cursor_row
-        self._build_columns()
         _, body = formatted(self.rows_data)
+        self._build_columns(body)
         for r, cells in zip(self.rows_data, body):
             self.add_row(*cells, key=str(r["id"]))
         if self.row_count:

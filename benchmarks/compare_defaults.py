@@ -1,0 +1,52 @@
+"""The seed's experiment as a user runs it: `peft-tui compare` on the embedded MiniLM and the default
+synthetic set. Prints the table, the wall time, and each target of issue 2 with PASS/FAIL:
+  - the whole compare (3 methods + TF-IDF) finishes in <= 300 s on this machine
+  - LoRA and adapters land within 2 accuracy points of full fine-tuning
+  - LoRA and adapters train < 2% of the parameters
+  - TF-IDF stays below 90% while fine-tuned MiniLM (full) clears 95%
+Usage: python benchmarks/compare_defaults.py [--store DIR] [extra peft-tui compare args]
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    store = tempfile.mkdtemp(prefix="peft-bench-")
+    exe = str(Path(sys.executable).with_name("peft-tui"))
+    cmd = [exe, "compare", "--store", store, "--json", *sys.argv[1:]]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        print(out.stderr[-3000:])
+        return out.returncode
+    table = {r["method"]: r for r in json.loads(out.stdout)["table"]}
+    print(f"{'method':10} {'acc %':>7} {'F1 %':>7} {'trainable':>11} {'train %':>8} {'time s':>7} {'samples/s':>9} {'peak MB':>8}")
+    for m, r in table.items():
+        print(f"{m:10} {100 * r['accuracy']:7.2f} {100 * r['f1']:7.2f} {r['trainable_params']:11,d} "
+              f"{r['trainable_pct']:8.3f} {r['train_time_s']:7.1f} {r['samples_per_s']:9.0f} {r['peak_memory_mb']:8.0f}")
+    print(f"\nwall time of the whole compare: {wall:.1f} s")
+    full = table["full"]["accuracy"]
+    checks = [
+        ("compare <= 300 s", wall <= 300, f"{wall:.0f} s"),
+        ("full >= 95%", full >= 0.95, f"{100 * full:.1f}%"),
+        ("tfidf < 90%", table["tfidf"]["accuracy"] < 0.90, f"{100 * table['tfidf']['accuracy']:.1f}%"),
+    ]
+    for m in ("lora", "adapters"):
+        gap = 100 * (full - table[m]["accuracy"])
+        checks.append((f"{m} within 2 points of full", gap <= 2.0, f"gap {gap:+.2f} points"))
+        checks.append((f"{m} < 2% trainable", table[m]["trainable_pct"] < 2.0, f"{table[m]['trainable_pct']:.2f}%"))
+    for name, ok, detail in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {name:32} {detail}")
+    return 0 if all(ok for _, ok, _ in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

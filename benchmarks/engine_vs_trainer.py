@@ -1,0 +1,101 @@
+"""peft-tui's engine against the script a user would otherwise write: `transformers.Trainer` + peft
+with `DataCollatorWithPadding`. Same model (embedded MiniLM), same splits, same wrapped model
+(our `Method.apply`, so LoRA is peft's and adapters are ours in both), same hyper-parameters,
+epochs and seed; both evaluate on validation at each epoch end and on test at the end.
+
+Prints wall time (training + evaluations, model loading excluded), samples/s and test accuracy of
+each, and the speed ratio. Target: engine >= 1.25x faster, accuracy within 0.5 points.
+Usage: python benchmarks/engine_vs_trainer.py [--methods lora,full,adapters] [--data FILE] [--limit N]
+       [--epochs E] [--size N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_engine(cfg):
+    from peft_tui.engine.store import Store
+    from peft_tui.engine.trainer import execute
+
+    store = Store(tempfile.mkdtemp(prefix="bench-"))
+    rid = store.create_run(cfg)
+    result = execute(store, rid, cfg, store, threading.Event())
+    if result is None:
+        raise SystemExit(f"engine run failed: {store.get(rid)['error']}")
+    return result["wall_time_s"], result["accuracy"], result["sizes"]["train"] * result["epochs_done"]
+
+
+def run_trainer(cfg):
+    import numpy as np
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from peft_tui.engine import models
+    from peft_tui.engine.data import load_splits
+    from peft_tui.engine.methods import get_method
+
+    data = load_splits(cfg.data, cfg.seed)
+    tok = models.load_tokenizer(cfg.model)
+    torch.manual_seed(cfg.seed)
+    model = models.load_model(cfg.model, data.num_labels, cfg.seed)
+    method = get_method(cfg.method)
+    model = method.apply(model, method.resolve(cfg.params))
+
+    def encode(split):
+        enc = tok(split.texts, truncation=True, max_length=cfg.max_length)
+        return [{"input_ids": ids, "attention_mask": m, "labels": y}
+                for ids, m, y in zip(enc["input_ids"], enc["attention_mask"], split.labels)]
+
+    train, val, test = encode(data.train), encode(data.val), encode(data.test)
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="hf-"), num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=max(64, 2 * cfg.batch_size),
+        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
+        lr_scheduler_type="linear", max_grad_norm=cfg.grad_clip, seed=cfg.seed, eval_strategy="epoch",
+        save_strategy="no", report_to=[], logging_steps=50, use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0, disable_tqdm=True,
+    )
+
+    def metrics(p):
+        return {"accuracy": float((np.argmax(p.predictions, -1) == p.label_ids).mean())}
+
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
+                      data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics)
+    t0 = time.perf_counter()
+    trainer.train()
+    acc = trainer.evaluate(test)["eval_accuracy"]
+    return time.perf_counter() - t0, acc, len(train) * cfg.epochs
+
+
+def main() -> None:
+    from peft_tui.config import DataConfig, RunConfig
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--methods", default="lora,full")
+    ap.add_argument("--data", default="synthetic")
+    ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--size", type=int, default=2400)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--model", default="minilm")
+    a = ap.parse_args()
+    data = DataConfig(source=a.data, size=a.size, limit=a.limit)
+    print(f"{'method':9} {'runner':8} {'wall s':>8} {'samples/s':>10} {'test acc %':>10}")
+    for m in a.methods.split(","):
+        cfg = RunConfig(method=m, model=a.model, data=data, epochs=a.epochs, precision="fp32")
+        ours = run_engine(cfg)
+        theirs = run_trainer(cfg)
+        for name, (wall, acc, n) in (("peft-tui", ours), ("Trainer", theirs)):
+            print(f"{m:9} {name:8} {wall:8.1f} {n / wall:10.1f} {100 * acc:10.2f}")
+        print(f"{m:9} speed ratio (Trainer time / peft-tui time): {theirs[0] / ours[0]:.2f}x   "
+              f"accuracy difference: {100 * (ours[1] - theirs[1]):+.2f} points")
+
+
+if __name__ == "__main__":
+    main()

@@ -56,6 +56,7 @@ StoreOpt = typer.Option(None, "--store", help="run store folder (default ./peft-
 JsonOpt = typer.Option(False, "--json", help="print one JSON document on stdout instead of tables")
 TextColOpt = typer.Option("text", "--text-col", help="text column in the data file")
 LabelColOpt = typer.Option("label", "--label-col", help="label column in the data file")
+TextPairColOpt = typer.Option(None, "--text-pair-col", help="second-sentence column for sentence pairs (NLI, paraphrase)")
 ValDataOpt = typer.Option(None, "--val-data", help="a separate validation file (else split from --data)")
 EpochsOpt = typer.Option(None, "--epochs", help="epochs (default 3)")
 LrOpt = typer.Option(None, "--lr", help="learning rate (default: the method's, see `peft-tui methods`)")
@@ -76,12 +77,14 @@ def build_config(
     label_col: str = "label",
     val_data: str | None = None,
     trust_remote_code: bool = False,
+    text_pair_col: str | None = None,
     **run_fields: Any,
 ) -> RunConfig:
     cfg = RunConfig(
         method=method,
         model=model,
-        data=DataConfig(source=data, text_col=text_col, label_col=label_col, val_source=val_data),
+        data=DataConfig(source=data, text_col=text_col, label_col=label_col, val_source=val_data,
+                        text_pair_col=text_pair_col),
         name=name,
         trust_remote_code=trust_remote_code,
         **{k: v for k, v in run_fields.items() if v is not None},
@@ -116,6 +119,7 @@ def run(
     precision: Optional[str] = PrecisionOpt,
     text_col: str = TextColOpt,
     label_col: str = LabelColOpt,
+    text_pair_col: Optional[str] = TextPairColOpt,
     val_data: Optional[str] = ValDataOpt,
     trust_remote_code: bool = TrustOpt,
     store: Optional[str] = StoreOpt,
@@ -123,7 +127,11 @@ def run(
 ) -> None:
     """Train one run and store it."""
     cfg = build_config(method, model, data, sets, name, text_col, label_col, val_data, trust_remote_code,
-                       epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, precision=precision)
+                       text_pair_col=text_pair_col, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                       device=device, precision=precision)
+    from peft_tui.commands_artifacts import print_data_summary
+
+    print_data_summary(cfg, to_stderr=as_json)
     st = open_store(store)
     results = _execute_all(st, [cfg], show_progress=not as_json)
     run_id, result = results[0]
@@ -183,6 +191,7 @@ def compare(
     precision: Optional[str] = PrecisionOpt,
     text_col: str = TextColOpt,
     label_col: str = LabelColOpt,
+    text_pair_col: Optional[str] = TextPairColOpt,
     val_data: Optional[str] = ValDataOpt,
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="add the TF-IDF + logistic regression row"),
     csv_path: Optional[str] = typer.Option(None, "--csv", help="also write the table to this CSV file"),
@@ -198,9 +207,13 @@ def compare(
         raise ConfigError("--methods is empty: pass e.g. --methods full,lora,adapters")
     configs = [
         build_config(m, model, data, _sets_for(m, sets), None, text_col, label_col, val_data, trust_remote_code,
-                     epochs=epochs, batch_size=batch_size, seed=seed, device=device, precision=precision)
+                     text_pair_col=text_pair_col, epochs=epochs, batch_size=batch_size, seed=seed, device=device,
+                     precision=precision)
         for m in names
     ]
+    from peft_tui.commands_artifacts import print_data_summary
+
+    print_data_summary(configs[0], to_stderr=as_json)
     st = open_store(store)
     results = _execute_all(st, configs, show_progress=not as_json)
     run_ids = [rid for rid, _ in results]
@@ -375,6 +388,12 @@ def launch(
     from peft_tui.ui.app import create_app
 
     create_app(model=model, data=data, store=store).run()
+
+
+from peft_tui import commands_artifacts  # noqa: E402,F401  (data, predict, export, sweep, report)
+
+
+from peft_tui import commands_reliability  # noqa: E402,F401
 
 
 def main() -> None:

@@ -26,12 +26,14 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where examples come from.
 
-    source: "synthetic" (default, seeded), or a path to a CSV / JSONL / Parquet file.
+    source: "synthetic" (default, seeded), a path to a CSV / JSONL / Parquet file, a folder written by
+    `datasets` `save_to_disk`, or `hf:name[:config][:split]` (the HF hub).
     """
 
     source: str = "synthetic"
     text_col: str = "text"
     label_col: str = "label"
+    text_pair_col: str | None = None  # second sentence of a pair (paraphrase / NLI); None: single texts
     val_source: str | None = None  # a separate validation file; else stratified from train
     test_source: str | None = None  # a separate test file; else stratified from train
     val_fraction: float = 0.15

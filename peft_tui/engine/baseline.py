@@ -18,14 +18,18 @@ def tfidf_baseline(data_cfg: DataConfig, seed: int) -> dict[str, Any]:
     from peft_tui.engine.trainer import efficiency
 
     data = load_splits(data_cfg, seed)
+
+    def texts(split):  # sentence pairs: both sentences in one bag of words
+        return split.texts if split.pairs is None else [f"{a} || {b}" for a, b in zip(split.texts, split.pairs)]
+
     t0 = time.perf_counter()
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
-    x_train = vec.fit_transform(data.train.texts)
+    x_train = vec.fit_transform(texts(data.train))
     clf = LogisticRegression(max_iter=2000, C=10.0, random_state=seed)
     clf.fit(x_train, data.train.labels)
     train_time = time.perf_counter() - t0
-    pred = clf.predict(vec.transform(data.test.texts))
-    val_pred = clf.predict(vec.transform(data.val.texts))
+    pred = clf.predict(vec.transform(texts(data.test)))
+    val_pred = clf.predict(vec.transform(texts(data.val)))
     acc = float(accuracy_score(data.test.labels, pred))
     trainable = int(clf.coef_.size + clf.intercept_.size)
     return {

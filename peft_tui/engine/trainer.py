@@ -84,10 +84,12 @@ def resolve_precision(precision: str, device: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # batching
 # ------------------------------------------------------------------------------------------------
-def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+def tokenize(tokenizer, texts: list[str], max_length: int, pairs: list[str] | None = None) -> list[list[int]]:
+    """Token ids, truncated to max_length; with `pairs`, each text and its pair as one sequence pair."""
     out: list[list[int]] = []
     for i in range(0, len(texts), 1024):
-        enc = tokenizer(texts[i : i + 1024], truncation=True, max_length=max_length)
+        second = pairs[i : i + 1024] if pairs is not None else None
+        enc = tokenizer(texts[i : i + 1024], second, truncation=True, max_length=max_length)
         out.extend(enc["input_ids"])
     return out
 
@@ -188,16 +190,20 @@ def preflight(config: RunConfig):
     device = resolve_device(config.device)
     resolve_precision(config.precision, device)
     models.check_model_name(config.model)
+    models.check_model_files(config.model, config.max_length, config.trust_remote_code)
     return load_splits(config.data, config.seed)
 
 
-def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out_dir: Path) -> dict[str, Any]:
+def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out_dir: Path,
+          resume_from: Path | None = None) -> dict[str, Any]:
+    """Train one run. With `resume_from` (a checkpoint folder), continue from that epoch end: same
+    weights, optimizer, scheduler and RNG states, and steps keep counting from the checkpoint."""
     import contextlib
 
     import torch
     import torch.nn.functional as F
 
-    from peft_tui.engine import models
+    from peft_tui.engine import checkpoint, models
     from peft_tui.engine.data import load_splits
     from peft_tui.engine.memory import MemoryMonitor
     from peft_tui.engine.methods import get_method
@@ -227,9 +233,9 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
         raise ConfigError(f"method {config.method!r} left no parameter to train on this model")
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    train_ids = tokenize(tokenizer, data.train.texts, config.max_length)
-    val_ids = tokenize(tokenizer, data.val.texts, config.max_length)
-    test_ids = tokenize(tokenizer, data.test.texts, config.max_length)
+    train_ids = tokenize(tokenizer, data.train.texts, config.max_length, data.train.pairs)
+    val_ids = tokenize(tokenizer, data.val.texts, config.max_length, data.val.pairs)
+    test_ids = tokenize(tokenizer, data.test.texts, config.max_length, data.test.pairs)
     lengths = [len(s) for s in train_ids]
 
     steps_per_epoch = math.ceil(len(train_ids) / config.batch_size)
@@ -281,6 +287,19 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     t0 = time.perf_counter()
     train_time = 0.0  # excludes evaluation
     model.train()
+    start_epoch = 0
+    if resume_from is not None:
+        state = checkpoint.load(resume_from, model, optimizer, scheduler, scaler, rng)
+        if state["steps_per_epoch"] != steps_per_epoch:
+            raise ConfigError("the data changed since the checkpoint (different number of batches): retry the run")
+        start_epoch, step, samples, tokens = state["epoch"], state["step"], state["samples"], state["tokens"]
+        best_acc, bad_evals, train_time, best_state = state["best_acc"], state["bad_evals"], state["train_time"], state["best_state"]
+        sink(LogMessage(run_id, "info", f"resumed from the checkpoint at step {step} (epoch {start_epoch})"))
+
+    def save_checkpoint(epochs_done: int) -> None:
+        meta = dict(epoch=epochs_done, step=step, samples=samples, tokens=tokens, best_acc=best_acc,
+                    bad_evals=bad_evals, train_time=train_time, steps_per_epoch=steps_per_epoch)
+        checkpoint.save(out_dir, model, optimizer, scheduler, scaler, rng, meta, best_state)
 
     def check_improvement(acc: float) -> bool:
         """Track the best validation accuracy; True when early stopping should stop now."""
@@ -293,7 +312,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
         bad_evals += 1
         return bool(config.patience) and bad_evals >= config.patience
 
-    for epoch in range(config.epochs):
+    for epoch in range(start_epoch, config.epochs):
         t_epoch = time.perf_counter()
         for batch in length_grouped_batches(lengths, config.batch_size, rng):
             if cancel.is_set():
@@ -343,6 +362,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
         if check_improvement(r.accuracy):
             stopped_early = True
             break
+        save_checkpoint(epoch + 1)
 
     if best_state is not None:  # early stopping on: keep the best evaluation's weights
         with torch.no_grad():
@@ -353,6 +373,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     test = run_eval("test", test_ids, data.test.labels, step, step / steps_per_epoch)
     mem = memory.sample()
     method.save(model, out_dir, params)
+    checkpoint.discard(out_dir)
     wall = time.perf_counter() - t0
 
     import peft
@@ -417,14 +438,23 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if not isinstance(e, ConfigError) else text
 
 
-def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading.Event | None = None) -> dict | None:
+def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading.Event | None = None,
+            resume: bool = False) -> dict | None:
     """Run one stored run to its end. Returns the result, or None when it failed or was cancelled.
-    Never raises for a problem inside the run: it becomes a RunFailed / RunCancelled event."""
+    Never raises for a problem inside the run: it becomes a RunFailed / RunCancelled event.
+    With `resume`, continue from the run's checkpoint (see `checkpoint.prepare_resume`)."""
     cancel = cancel or threading.Event()
     result = None
     try:
         out_dir = store.run_dir(run_id)
-        result = train(config, run_id, sink, cancel, out_dir)
+        resume_from = None
+        if resume:
+            from peft_tui.engine import checkpoint
+
+            resume_from = checkpoint.find(out_dir)
+            if resume_from is None:
+                raise ConfigError(f"run {run_id} has no checkpoint to resume from: start it again instead")
+        result = train(config, run_id, sink, cancel, out_dir, resume_from=resume_from)
         sink(RunFinished(run_id, result))
     except Cancelled as e:
         sink(RunCancelled(run_id, int(e.args[0]) if e.args else 0))

@@ -88,7 +88,13 @@ class MainScreen(Screen):
 
     @on(TabbedContent.TabActivated)
     def _tab(self, event: TabbedContent.TabActivated) -> None:
+        target = {"tab-runs": "#queue", "tab-results": "#results", "tab-log": "#log"}.get(event.pane.id or "")
+        if target:
+            self.query_one(target).focus()
         self.app.refresh_all()
+
+    def on_mount(self) -> None:
+        self.query_one("#queue").focus()
 
 
 class PeftLab(App):
@@ -170,9 +176,13 @@ class PeftLab(App):
         last = 0.0
         followed: dict[tuple[int, str], int] = {}
         ro = None
+        rounds = 0
         while not worker.is_cancelled and not self._stop.is_set():
             t = time.time()
+            rounds += 1
             try:
+                if rounds % 10 == 0:
+                    self.store.mark_interrupted()  # runs whose process died show as interrupted
                 rows = self.store.changed_since(last - 2.0)
                 points: dict[tuple[int, str], list] = {}
                 for r in rows:
@@ -379,11 +389,18 @@ class PeftLab(App):
         sched = self._ensure_scheduler()
         if sched.cancel(rid):
             self.post_message(LogLine(f"cancelling run {rid} (stops within one training step)", "warning"))
+            return
+        row = self.store.get(rid)
+        if row["status"] == "queued":
+            # queued by another dashboard session (maybe one that is gone): no worker will start it from here
+            self.store.set_status(rid, "cancelled")
+            self.post_message(StoreUpdate([self.store.get(rid)], {}))
+            self.post_message(LogLine(f"run {rid} was queued by another dashboard session: marked cancelled",
+                                      "warning"))
         else:
-            row = self.store.get(rid)
             self.post_message(LogLine(
-                f"run {rid} belongs to another process (pid {row.get('pid')} on {row.get('host')}): "
-                f"cancel it there", "warning"))
+                f"run {rid} is trained by another process (pid {row.get('pid')} on {row.get('host')}): "
+                f"stop it there", "warning"))
 
     def action_retry(self) -> None:
         rid = self._need_selection()
@@ -419,9 +436,14 @@ class PeftLab(App):
         sched = self._ensure_scheduler()
         if sched.remove(rid):
             self.call_from_thread(self._forget, rid)
+            return
+        row = self.store.get(rid)
+        if row["status"] == "queued":  # queued by another dashboard session, never started
+            self.store.delete(rid)
+            self.call_from_thread(self._forget, rid)
         else:
-            self.post_message(LogLine(f"run {rid} is not in this dashboard's queue (started already, or "
-                                      f"queued by another process)", "warning"))
+            self.post_message(LogLine(f"run {rid} is {row['status']} now: only a queued run can be removed",
+                                      "warning"))
 
     def _forget(self, rid: int) -> None:
         self.state.forget(rid)

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from rich.text import Text
+from textual.binding import Binding
 from textual.widgets import DataTable
 
 from peft_tui.report.table import COLUMNS, formatted, rows_from_runs, sort_rows
@@ -49,7 +50,7 @@ def queue_cells(row: dict[str, Any], now: float) -> list[Any]:
     epochs = (row.get("config") or {}).get("epochs")
     ep = row.get("epoch") or 0.0
     epoch_step = f"{ep:.1f}" + (f"/{epochs}" if epochs else "") + f" · {row.get('step') or 0}/{total or '?'}"
-    if row["status"] == "queued" or row.get("method") == "tfidf":
+    if row["status"] == "queued" or row.get("method") == "tfidf" or not total:
         epoch_step = "-"
     loss = row.get("loss")
     acc = row.get("val_accuracy")
@@ -73,6 +74,8 @@ def queue_cells(row: dict[str, Any], now: float) -> list[Any]:
 
 class QueueTable(DataTable):
     """All runs in the store, by id. Row keys are run ids as strings."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Details", key_display="⏎")]
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
@@ -122,6 +125,7 @@ SORT_KEYS = ["accuracy", "f1", "efficiency", "trainable_params", "train_time_s",
 class ResultsTable(DataTable):
     """Finished runs (and TF-IDF baseline rows) through report.table, sortable by any metric column."""
 
+    BINDINGS = [Binding("enter", "select_cursor", "Details", key_display="⏎")]
     sort_key = "accuracy"
     descending = True
 

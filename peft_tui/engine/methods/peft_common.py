@@ -120,11 +120,9 @@ def save_adapter(model, folder: Path) -> None:
 def load_adapter(base, folder: Path):
     """Rebuild the trained model from a fresh `base` classifier and `folder / "adapter"` (inference mode)."""
     from peft import PeftConfig
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
     path = folder / ADAPTER_DIR
-    peft_type = PeftConfig._get_peft_type(str(path))
-    config = PEFT_TYPE_TO_CONFIG_MAPPING[peft_type].from_pretrained(str(path))
+    config = PeftConfig.from_pretrained(str(path))  # the subclass named by the folder's peft_type
     config.inference_mode = True
     model = seq_cls_class()(base, config)
     model.load_adapter(str(path), "default", is_trainable=False)

@@ -104,13 +104,20 @@ def test_bad_input_exit_2_one_line(tmp_path, args, needle):
     assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in res.output
 
 
-def test_failed_run_exits_1(tmp_path):
-    """A run that fails inside training (max_length above the tiny model's limit) exits 1 and is stored."""
+def test_failed_run_exits_1(tmp_path, monkeypatch):
+    """A run that fails inside training exits 1 and is stored as failed with its one-line reason.
+    (max_length above the model's limit is now caught before the run: exit 2, see test_bad_input.py.)"""
+    from peft_tui.engine import trainer
+
+    def boom(*a, **k):
+        raise RuntimeError("boom inside the loop\nsecond line")
+
+    monkeypatch.setattr(trainer, "train", boom)
     store = tmp_path / "s"
-    res = invoke("run", "--method", "lora", *TINY, "--set", "max_length=4096", "--store", str(store), "--json")
+    res = invoke("run", "--method", "lora", *TINY, "--store", str(store), "--json")
     assert res.exit_code == 1
     doc = json.loads(res.stdout)
-    assert doc["status"] == "failed" and "above this model's limit of 512" in doc["error"]
+    assert doc["status"] == "failed" and doc["error"] == "RuntimeError: boom inside the loop"
 
 
 def test_help_does_not_import_torch():

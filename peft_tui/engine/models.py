@@ -91,9 +91,13 @@ def load_model(name: str, num_labels: int, seed: int, trust_remote_code: bool = 
     except (ValueError, RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"model {name!r} could not be loaded ({first[:200]}): check the folder's config and weights") from None
-    if model.config.pad_token_id is None:
+    if model.config.pad_token_id is None or hasattr(model, "score"):
+        # Decoder-only classifiers (Llama, Qwen2, GPT-2: a `score` head) pool the last token that is not
+        # the pad id, so the model's pad id must be the one the trainer pads with: the tokenizer's
+        # (EOS when the tokenizer has no pad token, see load_tokenizer).
         tok = load_tokenizer(name, trust_remote_code)
-        model.config.pad_token_id = tok.pad_token_id
+        if tok.pad_token_id is not None:
+            model.config.pad_token_id = tok.pad_token_id
     return model
 
 
@@ -109,6 +113,67 @@ def check_model_name(name: str) -> None:
         _check_local_folder(path)
     elif name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ConfigError(f"model folder {name!r} does not exist: check the path, or use --model minilm")
+
+
+def check_model_files(name: str, max_length: int | None = None, trust_remote_code: bool = False) -> int | None:
+    """Preflight for a model: read its config (and, for local folders, the safetensors headers), never
+    the weights. Catches an unreadable or mismatched config.json, corrupted safetensors files and a
+    max_length above the model's limit. Returns the position limit when known."""
+    if name == "tiny":
+        limit: int | None = TINY["max_position_embeddings"]
+    else:
+        src = minilm_path() if name == "minilm" else Path(name).expanduser()
+        if name != "minilm" and not src.is_dir():
+            return None  # a hub id: checked when it is fetched
+        from transformers import AutoConfig
+
+        _quiet_transformers()
+        try:
+            cfg = AutoConfig.from_pretrained(str(src), trust_remote_code=trust_remote_code)
+        except Exception as e:  # noqa: BLE001 - bad JSON, unknown model_type, remote code refused
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"model {name!r}: config.json could not be read ({first}): fix or re-save the folder") from None
+        _check_weight_shapes(name, src, cfg)
+        limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    if limit and max_length and max_length > limit:
+        raise ConfigError(f"max_length={max_length} is above model {name!r}'s limit of {limit}: use --set max_length={limit}")
+    return limit
+
+
+def _check_weight_shapes(name: str, folder: Path, cfg) -> None:
+    """Every safetensors file must open, and its tensors must have the shapes config.json implies
+    (a model built on the meta device: no memory, no weights read). The classifier head may differ."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForSequenceClassification
+
+    shapes: dict[str, list[int]] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                for key in fh.keys():
+                    shapes[key] = list(fh.get_slice(key).get_shape())
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, bad header
+            first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            raise ConfigError(
+                f"weights file {f} is corrupted or truncated ({first}): re-download or re-save the model"
+            ) from None
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForSequenceClassification.from_config(cfg)
+    except Exception:  # noqa: BLE001 - an architecture we cannot build here: leave it to load time
+        return
+    expected = {k: list(v.shape) for k, v in skeleton.state_dict().items()}
+    prefix = getattr(skeleton, "base_model_prefix", "")
+    head = tuple(n + "." for n, _ in skeleton.named_children() if n != prefix)
+    for key, shape in shapes.items():
+        want = expected.get(key) or expected.get(f"{prefix}.{key}")
+        if want is None or key.startswith(head) or want == shape:
+            continue
+        raise ConfigError(
+            f"model folder {folder}: config.json does not match the weights ({key} is {shape} in the file, "
+            f"{want} by the config): use the config.json saved with these weights"
+        )
 
 
 def _hub_error(name: str, e: Exception) -> ConfigError:

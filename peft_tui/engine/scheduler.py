@@ -33,6 +33,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._cancels: dict[int, threading.Event] = {}
         self._running: dict[int, str] = {}  # run id -> device
+        self._resuming: set[int] = set()  # queued runs that continue from their checkpoint
         self._stopping = False
         self._workers = [
             threading.Thread(target=self._work, args=(d,), name=f"peft-tui-worker-{d}", daemon=True)
@@ -89,6 +90,21 @@ class Scheduler:
         if row["method"] == "tfidf":
             raise ConfigError("the TF-IDF baseline row cannot be retried: rerun the comparison")
         return self.submit(RunConfig.from_dict(row["config"]))
+
+    def resume(self, run_id: int) -> int:
+        """Queue a stopped run (interrupted, failed, diverged, cancelled) to continue from its last
+        epoch-end checkpoint, under the same run id. Raises ConfigError when it cannot."""
+        from peft_tui.engine.checkpoint import prepare_resume
+
+        with self._cond:
+            if run_id in self._running or any(rid == run_id for rid, _ in self._queue):
+                raise ConfigError(f"run {run_id} is already queued or running")
+        config = prepare_resume(self.store, run_id)
+        with self._cond:
+            self._resuming.add(run_id)
+            self._queue.append((run_id, config))
+            self._cond.notify_all()
+        return run_id
 
     def queued(self) -> list[int]:
         with self._cond:
@@ -147,8 +163,11 @@ class Scheduler:
                 cancel = threading.Event()
                 self._cancels[run_id] = cancel
                 self._running[run_id] = device
+                resume = run_id in self._resuming
+                self._resuming.discard(run_id)
             try:
-                execute(self.store, run_id, dataclasses.replace(config, device=device), self.sink, cancel)
+                execute(self.store, run_id, dataclasses.replace(config, device=device), self.sink, cancel,
+                        resume=resume)
             finally:
                 with self._cond:
                     self._cancels.pop(run_id, None)

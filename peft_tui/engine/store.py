@@ -101,8 +101,14 @@ class Store:
             ) from None
         self.db_path = self.root / "runs.db"
         self._local = threading.local()
-        self._conn().executescript(SCHEMA)
-        self.mark_interrupted()
+        try:
+            self._conn().executescript(SCHEMA)
+            self.mark_interrupted()
+        except sqlite3.DatabaseError as e:  # not a database, corrupt, or locked for 30 s
+            self.close()
+            raise ConfigError(
+                f"store database {self.db_path} cannot be used ({e}): move it aside or pass another --store"
+            ) from None
 
     # ------------------------------------------------------------------ connection
     def _conn(self) -> sqlite3.Connection:
@@ -228,6 +234,25 @@ class Store:
             db.execute("DELETE FROM metrics WHERE run_id=?", (run_id,))
             db.execute("DELETE FROM runs WHERE id=?", (run_id,))
         shutil.rmtree(folder, ignore_errors=True)
+
+    def reopen(self, run_id: int, after_step: int) -> None:
+        """Queue a stopped run again for resuming: metrics logged after `after_step` (the checkpoint)
+        are dropped so the curve continues from the checkpoint without duplicate steps."""
+        with self._tx() as db:
+            db.execute("DELETE FROM metrics WHERE run_id=? AND step>?", (run_id, after_step))
+            db.execute(
+                "UPDATE runs SET status='queued', error=NULL, finished_at=NULL, step=?, heartbeat=? WHERE id=?",
+                (after_step, _now(), run_id),
+            )
+
+    def counts(self) -> dict[str, int]:
+        """Number of runs by status."""
+        rows = self._conn().execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def integrity(self) -> str:
+        """SQLite's own integrity check: 'ok' or the first problem."""
+        return str(self._conn().execute("PRAGMA integrity_check").fetchone()[0])
 
     def mark_interrupted(self) -> int:
         """Runs left 'running' by a process on this host that is gone are 'interrupted'."""

@@ -43,6 +43,7 @@ class DataConfig:
     limit: int = 0  # file sources: stratified sample of at most this many rows (0 = all)
 
     def validate(self) -> None:
+        check_types(self)
         if not self.source:
             raise ConfigError("data source is empty: pass --data synthetic or a path to a CSV/JSONL/Parquet file")
         for name in ("val_fraction", "test_fraction"):
@@ -87,6 +88,7 @@ class RunConfig:
         """Raise ConfigError with a one-line message on the first bad value. Imports no torch."""
         from peft_tui.engine.methods import get_method  # registry is torch-free at import time
 
+        check_types(self)
         self.data.validate()
         method = get_method(self.method)
         method.check_params(self.params)
@@ -132,7 +134,13 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         d = dict(d)
-        data = DataConfig(**d.pop("data", {}))
+        raw_data = d.pop("data", {}) or {}
+        if not isinstance(raw_data, dict):
+            raise ConfigError(f"config key 'data' must be a table of data settings, not {type(raw_data).__name__}")
+        unknown_data = set(raw_data) - {f.name for f in fields(DataConfig)}
+        if unknown_data:
+            raise ConfigError(f"unknown data config keys: {', '.join(sorted(map(str, unknown_data)))}")
+        data = DataConfig(**raw_data)
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -174,6 +182,33 @@ class RunConfig:
                     f"(or data.<key>; `peft-tui methods` lists each method's parameters)"
                 )
         return dataclasses.replace(self, data=dataclasses.replace(self.data, **data), params=params, **top)
+
+
+def check_types(obj: Any) -> None:
+    """Each field of a config dataclass holds a value of its declared type (values from a config file,
+    the dashboard's form or code are not parsed by --set). Floats must be finite."""
+    import math
+
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        kind = str(f.type)
+        if v is None and "None" in kind:
+            continue
+        base = kind.split(" ")[0].split("|")[0].split("[")[0]
+        ok = {
+            "int": isinstance(v, int) and not isinstance(v, bool),
+            "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+            "str": isinstance(v, str),
+            "bool": isinstance(v, bool),
+            "dict": isinstance(v, dict),
+            "DataConfig": isinstance(v, DataConfig),
+        }.get(base, True)
+        example = f", e.g. {f.name}={f.default!r}" if f.default not in (dataclasses.MISSING, None) else ""
+        if not ok:
+            article = "an" if base == "int" else "a"
+            raise ConfigError(f"{f.name}={v!r} has the wrong type: it takes {article} {base}{example}")
+        if base == "float" and not math.isfinite(v):
+            raise ConfigError(f"{f.name}={v!r} is not a finite number: use a real value{example}")
 
 
 def _parse_field(f: dataclasses.Field, key: str, raw: str) -> Any:

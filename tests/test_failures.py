@@ -1,0 +1,117 @@
+"""Failures during a run: NaN loss -> `diverged` at its step; out of memory -> failed with a hint and the
+memory released; any exception confined to its run while the queue goes on."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+
+from conftest import tiny_config
+from peft_tui.engine import models, trainer
+from peft_tui.engine.scheduler import Scheduler
+
+
+def inject(monkeypatch, behaviours: list, refs: list | None = None):
+    """Patch model loading: the i-th loaded model gets behaviours[i] (None, or (after_n_forwards, fn))
+    as a forward hook on its classifier, active only in training mode."""
+    real = models.load_model
+    calls = {"n": 0}
+
+    def load(*a, **kw):
+        model = real(*a, **kw)
+        i = calls["n"]
+        calls["n"] += 1
+        if refs is not None:
+            refs.append(weakref.ref(model))
+        spec = behaviours[i] if i < len(behaviours) else None
+        if spec is not None:
+            after, fn = spec
+            seen = {"n": 0}
+
+            def hook(module, inputs, output):
+                if not module.training:
+                    return None
+                seen["n"] += 1
+                return fn(output) if seen["n"] > after else None
+
+            model.classifier.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(models, "load_model", load)
+
+
+def nan(output):
+    return output * float("nan")
+
+
+def oom(output):
+    import torch
+
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)")
+
+
+def cuda_oom_runtime(output):
+    raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB\nmore lines of allocator detail")
+
+
+def boom(output):
+    raise ValueError("something unexpected inside the model")
+
+
+@pytest.fixture(autouse=True)
+def log_every_step(monkeypatch):
+    monkeypatch.setattr(trainer, "LOG_INTERVAL_S", 0.0)
+
+
+def test_nan_loss_is_diverged_with_its_step(store, monkeypatch):
+    inject(monkeypatch, [(2, nan)])  # the third training forward gives NaN logits
+    cfg = tiny_config(method="full")
+    rid = store.create_run(cfg)
+    assert trainer.execute(store, rid, cfg, store) is None
+    row = store.get(rid)
+    assert row["status"] == "diverged"
+    assert row["error"] == "loss became nan at step 3: lower the learning rate or use fp32"
+    assert [s for s, _ in store.series(rid, "train_loss")] == [1, 2]  # nothing logged from the bad step
+
+
+def test_huge_learning_rate_diverges_or_finishes_cleanly(store):
+    """lr=0.9 on full fine-tuning: whatever happens, the run ends in a final state with a one-line reason."""
+    cfg = tiny_config(method="full", lr=0.9, grad_clip=0.0, epochs=2)
+    rid = store.create_run(cfg)
+    trainer.execute(store, rid, cfg, store)
+    row = store.get(rid)
+    assert row["status"] in ("done", "diverged")
+    if row["status"] == "diverged":
+        assert "at step" in row["error"] and "\n" not in row["error"]
+
+
+@pytest.mark.parametrize("fn", [oom, cuda_oom_runtime], ids=["OutOfMemoryError", "RuntimeError-CUDA-oom"])
+def test_out_of_memory_fails_with_hint_and_releases_the_model(store, monkeypatch, fn):
+    refs: list = []
+    inject(monkeypatch, [(1, fn)], refs)
+    cfg = tiny_config(method="full")
+    rid = store.create_run(cfg)
+    assert trainer.execute(store, rid, cfg, store) is None
+    row = store.get(rid)
+    assert row["status"] == "failed"
+    assert row["error"].startswith("out of memory: ")
+    assert "try a smaller batch_size, --precision bf16, or lora" in row["error"] and "\n" not in row["error"]
+    gc.collect()
+    assert refs and all(r() is None for r in refs), "the model of the failed run is still referenced"
+
+
+def test_queue_goes_on_after_oom_nan_and_exceptions(store, monkeypatch):
+    inject(monkeypatch, [(1, oom), None, (0, boom), (2, nan), None])
+    sched = Scheduler(store, devices=["cpu"])
+    try:
+        ids = [sched.submit(tiny_config(method="full", name=f"r{i}")) for i in range(5)]
+        assert sched.wait_idle(timeout=300)
+    finally:
+        sched.shutdown()
+    rows = [store.get(i) for i in ids]
+    assert [r["status"] for r in rows] == ["failed", "done", "failed", "diverged", "done"]
+    assert "out of memory" in rows[0]["error"]
+    assert rows[2]["error"] == "ValueError: something unexpected inside the model"
+    assert rows[1]["result"]["accuracy"] >= 0 and rows[4]["result"]["steps"] > 0

@@ -247,3 +247,62 @@ def test_engine_never_imports_the_ui():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@sync
+async def test_failed_run_shows_its_error_and_the_queue_goes_on(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        bad = RunConfig(method="lora", model=str(tmp_path / "no-such-model"), data=DataConfig(size=200), epochs=1)
+        good = RunConfig(method="lora", model="tiny", data=DataConfig(size=200), epochs=1, batch_size=16)
+        app.submit([bad, good])
+        await wait_for(pilot, lambda: len(app.state.runs) == 2 and not app.state.active(), 60, "both runs")
+        await pilot.pause(0.3)
+        first, second = sorted(app.state.runs)
+        assert queue_status(app, first) == "✗ failed"
+        note = str(app.main.query_one("#queue", QueueTable).get_cell(str(first), "note"))
+        error = app.state.runs[first]["error"]
+        assert "could not be" in error and error.startswith(note.rstrip("…"))
+        assert app.store.get(first)["error"] == error
+        log_text = "\n".join(app.log_history)
+        assert f"run {first}" in log_text and "could not be fetched" in log_text
+        assert queue_status(app, second) == "✓ done"
+        assert [r["method"] for r in results(app)] == ["lora"]
+        assert "1 failed" in str(app.main.query_one("#topbar").render())
+
+        # details of the failed run: its error and config, then back with escape
+        table = app.main.query_one("#queue", QueueTable)
+        table.focus()
+        table.move_cursor(row=0)
+        await pilot.press("enter")
+        await pilot.pause()
+        from peft_tui.ui.screens.details import DetailsScreen
+
+        assert isinstance(app.screen, DetailsScreen)
+        body = str(app.screen.query_one("#details-body").render())
+        assert "could not be fetched" in body and '"method": "lora"' in body
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is app.main
+
+
+@sync
+async def test_remove_a_queued_run(tmp_path):
+    app = make_app(tmp_path, data=DataConfig(size=3000), epochs=3)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("n")
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        await pilot.press("n")
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: [r["status"] for _, r in sorted(app.state.runs.items())] == ["running", "queued"],
+                       30, "one running, one queued")
+        queued = max(app.state.runs)
+        assert app.main.query_one("#queue", QueueTable).selected_run() == queued  # cursor follows new rows
+        await pilot.press("delete")
+        await wait_for(pilot, lambda: queued not in app.state.runs, 10, "the removal")
+        await pilot.pause(0.2)
+        assert str(queued) not in app.main.query_one("#queue", QueueTable).rows
+        assert [r["id"] for r in app.store.list()] == [min(app.state.runs)]

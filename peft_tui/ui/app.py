@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+from collections import deque
 import threading
 import time
 from pathlib import Path
@@ -121,6 +122,7 @@ class PeftLab(App):
         self._chart_index = 0
         self.main = MainScreen()
         self.first_paint_s: float | None = None
+        self.log_history: deque[str] = deque(maxlen=5000)  # what the log pane shows, as plain text
         self._t_created = time.perf_counter()
 
     # ------------------------------------------------------------------ lifecycle
@@ -300,6 +302,7 @@ class PeftLab(App):
         stamp = time.strftime("%H:%M:%S")
         mark, style = {"error": ("✗ ", "bold red"), "warning": ("! ", "yellow")}.get(level, ("", ""))
         line = Text(f"{stamp} {mark}{text}", style=style)
+        self.log_history.append(f"{stamp} {mark}{text}")
         try:
             self.main.query_one("#log", RichLog).write(line)
             self.main.query_one("#lastlog", Static).update(Text(f" {mark}{text}", style=style or "dim"))

@@ -68,7 +68,7 @@ def queue_cells(row: dict[str, Any], now: float) -> list[Any]:
         "-" if acc is None else f"{100 * acc:.1f}%",
         fmt_duration(LabState.elapsed(row, now)),
         fmt_duration(LabState.eta(row, now)),
-        Text(note[:80], style="red" if row.get("error") else "dim"),
+        Text(note if len(note) <= 120 else note[:119] + "…", style="red" if row.get("error") else "dim"),
     ]
 
 

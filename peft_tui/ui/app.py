@@ -78,6 +78,7 @@ class MainScreen(Screen):
     def on_resize(self, event) -> None:
         narrow = event.size.width < NARROW_WIDTH or event.size.height < NARROW_HEIGHT
         self.set_class(narrow, "-narrow")
+        self.query_one(Footer).compact = narrow  # every key fits in 80 columns
 
     @on(DataTable.RowSelected)
     def _row_selected(self, event: DataTable.RowSelected) -> None:

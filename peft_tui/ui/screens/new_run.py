@@ -98,7 +98,12 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
                 yield Button("Queue run", variant="primary", id="submit")
                 yield Button("Cancel", id="cancel")
 
+    def on_resize(self, event) -> None:
+        # the form scrolls inside the terminal; title, borders and buttons keep their ~9 rows
+        self.query_one("#form-body").styles.max_height = max(4, event.size.height - 9)
+
     def on_mount(self) -> None:
+        self.query_one("#form-body").styles.max_height = max(4, self.app.size.height - 9)
         self._show_params(self.query_one("#in-method", Select).value)
         self.query_one("#in-method", Select).focus()
 

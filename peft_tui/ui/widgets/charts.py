@@ -39,6 +39,8 @@ class RunChart(PlotextPlot):
         self.decorate(state)
         if not lines:
             plt.title(f"{self.chart_title}: {self.empty_text}")
+        elif self.screen.has_class("-narrow"):
+            plt.title(f"{self.chart_title}  (g: next chart)")
         plt.xlabel(self.xlabel)
         self.refresh()
 

@@ -196,3 +196,95 @@ def export(
         return
     typer.echo(res.message)
     typer.echo(f"written to {res.folder}: {', '.join(res.files[:8])}{' ...' if len(res.files) > 8 else ''}")
+
+
+# ---------------------------------------------------------------- sweep
+@app.command()
+@handles_errors
+def sweep(
+    method: str = typer.Option("lora", "--method", "-m", help="method name (`peft-tui methods` lists them)"),
+    grid: list[str] = typer.Option(..., "--grid", "-g", help="key=v1,v2,... (repeatable: every combination runs)"),
+    model: str = ModelOpt,
+    data: str = DataOpt,
+    sets: Optional[list[str]] = SetOpt,
+    epochs: Optional[int] = EpochsOpt,
+    batch_size: Optional[int] = BatchOpt,
+    seed: Optional[int] = SeedOpt,
+    device: Optional[str] = DeviceOpt,
+    precision: Optional[str] = PrecisionOpt,
+    text_col: str = TextColOpt,
+    label_col: str = LabelColOpt,
+    text_pair_col: Optional[str] = TextPairColOpt,
+    val_data: Optional[str] = ValDataOpt,
+    trust_remote_code: bool = TrustOpt,
+    store: Optional[str] = StoreOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Every combination of a grid, run one after another, then a table and the Pareto front of
+    accuracy against trainable parameters.
+
+    Example: peft-tui sweep --method lora --grid r=1,2,4,8,16 --grid lr=1e-3,2e-3"""
+    from peft_tui.cli import _execute_all, build_config
+    from peft_tui.engine.sweep import grid_configs
+    from peft_tui.report.pareto import pareto_front
+    from peft_tui.report.table import rows_from_runs
+
+    base = build_config(method, model, data, sets, None, text_col, label_col, val_data, trust_remote_code,
+                        text_pair_col=text_pair_col, epochs=epochs, batch_size=batch_size, seed=seed, device=device,
+                        precision=precision)
+    configs = grid_configs(base, grid)
+    print_data_summary(configs[0], to_stderr=as_json)
+    typer.echo(f"sweep: {len(configs)} run(s): {', '.join(c.display_name for c in configs)}", err=as_json)
+    st = open_store(store)
+    results = _execute_all(st, configs, show_progress=not as_json)
+    rows_db = [st.get(rid) for rid, _ in results]
+    rows = rows_from_runs(rows_db)
+    front = pareto_front(rows)
+    if as_json:
+        from peft_tui.cli import _run_json
+
+        print(json.dumps({"runs": [_run_json(st, r) for r in rows_db], "table": rows,
+                          "pareto_front": [r["id"] for r in front]}, indent=2, default=str))
+    else:
+        from peft_tui.console import print_comparison
+        from peft_tui.report.charts import accuracy_vs_params
+
+        print_comparison(rows, title=f"sweep of {method} on {configs[0].data.source}")
+        chart = accuracy_vs_params(rows, title=f"{method} sweep: accuracy vs trainable parameters",
+                                   color=sys.stdout.isatty())
+        if chart:
+            typer.echo(chart)
+        if front:
+            typer.echo("Pareto front: " + ", ".join(f"{r['name']} (run {r['id']}, {100 * r['accuracy']:.1f}%)"
+                                                   for r in front))
+        for r in rows_db:
+            if r["status"] != "done":
+                typer.echo(f"run {r['id']} ({r['name']}) {r['status']}: {r['error']}", err=True)
+    if any(r["status"] != "done" for r in rows_db):
+        raise typer.Exit(EXIT_FAILED)
+
+
+# ---------------------------------------------------------------- report
+@app.command()
+@handles_errors
+def report(
+    out_path: Optional[str] = typer.Option(None, "--out", "-o", help="write the Markdown here (default: stdout)"),
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """A Markdown report of the store's finished runs: table, charts, Pareto front, recommendations.
+
+    Example: peft-tui report --out report.md"""
+    from peft_tui.report.markdown import build_report
+
+    st = open_store(store)
+    text = build_report(st.list(), source=str(st.root))
+    if out_path:
+        from pathlib import Path
+
+        try:
+            Path(out_path).expanduser().write_text(text)
+        except OSError as e:
+            raise ConfigError(f"cannot write {out_path} ({e.strerror}): pass another --out path") from None
+        typer.echo(f"report written to {out_path}")
+    else:
+        typer.echo(text)

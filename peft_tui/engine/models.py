@@ -132,11 +132,15 @@ def check_model_files(name: str, max_length: int | None = None, trust_remote_cod
             cfg = AutoConfig.from_pretrained(str(src), trust_remote_code=trust_remote_code)
         except Exception as e:  # noqa: BLE001 - bad JSON, unknown model_type, remote code refused
             first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"model {name!r}: config.json could not be read ({first}): fix or re-save the folder") from None
+            raise ConfigError(
+                f"model {name!r}: config.json could not be read ({first}): fix or re-save the folder"
+            ) from None
         _check_weight_shapes(name, src, cfg)
         limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
     if limit and max_length and max_length > limit:
-        raise ConfigError(f"max_length={max_length} is above model {name!r}'s limit of {limit}: use --set max_length={limit}")
+        raise ConfigError(
+            f"max_length={max_length} is above model {name!r}'s limit of {limit}: use --set max_length={limit}"
+        )
     return limit
 
 

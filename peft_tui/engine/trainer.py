@@ -293,7 +293,8 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
         if state["steps_per_epoch"] != steps_per_epoch:
             raise ConfigError("the data changed since the checkpoint (different number of batches): retry the run")
         start_epoch, step, samples, tokens = state["epoch"], state["step"], state["samples"], state["tokens"]
-        best_acc, bad_evals, train_time, best_state = state["best_acc"], state["bad_evals"], state["train_time"], state["best_state"]
+        best_acc, bad_evals, best_state = state["best_acc"], state["bad_evals"], state["best_state"]
+        train_time = state["train_time"]
         sink(LogMessage(run_id, "info", f"resumed from the checkpoint at step {step} (epoch {start_epoch})"))
 
     def save_checkpoint(epochs_done: int) -> None:

@@ -42,7 +42,7 @@ async def main() -> None:
         await wait_for(pilot, lambda: any(r["method"] == "lora" and r["status"] == "running"
                                           and (r.get("step") or 0) >= 0.5 * (r.get("total_steps") or 1e9)
                                           for r in state.runs.values()))
-        await pilot.pause(0.7)
+        await pilot.pause(1.5)
         app.save_screenshot(str(HERE / "main-mid-run-160x48.svg"))
         await wait_for(pilot, lambda: state.counts()["done"] == 4 and not state.active())
         await pilot.press("2")
@@ -58,7 +58,7 @@ async def main() -> None:
         await pilot.press("c")
         await wait_for(pilot, lambda: any(r["status"] == "running" and (r.get("step") or 0) >= 60
                                           for r in state.runs.values()))
-        await pilot.pause(0.7)
+        await pilot.pause(1.5)
         app.save_screenshot(str(HERE / "main-80x24.svg"))
         await pilot.press("3")
         await pilot.pause(0.3)

@@ -121,7 +121,7 @@ async def test_cancel_and_retry_a_running_run(tmp_path):
         await wait_for(pilot, lambda: any(r["status"] == "running" and (r.get("step") or 0) >= 2
                                           for r in app.state.runs.values()), 60, "a run to be training")
         rid = next(iter(app.state.runs))
-        assert "running" in queue_status(app, rid)
+        await wait_for(pilot, lambda: "running" in queue_status(app, rid), 5, "the table to show it")
 
         # quitting with a run active asks first; "n" keeps the app open
         await pilot.press("q")
@@ -136,8 +136,7 @@ async def test_cancel_and_retry_a_running_run(tmp_path):
         await pilot.press("x")
         await wait_for(pilot, lambda: app.state.runs[rid]["status"] == "cancelled", 20, "the cancel")
         assert time.monotonic() - t0 < 10
-        await pilot.pause(0.2)
-        assert queue_status(app, rid) == "■ cancelled"
+        await wait_for(pilot, lambda: queue_status(app, rid) == "■ cancelled", 5, "the table to show it")
         stored = app.store.get(rid)
         assert stored["status"] == "cancelled"
         assert stored["step"] < stored["total_steps"] and stored["step"] >= step_at_cancel
@@ -201,6 +200,8 @@ async def test_run_from_another_process_appears_and_streams(tmp_path):
             other(StepLogged(rid, step, step / 20, 0.7 - step * 0.01, 1e-4, 100.0, step * 0.1))
             other(MemorySampled(rid, step, step * 0.1, "cpu", 500.0 + step, 520.0))
         await wait_for(pilot, lambda: app.state.runs.get(rid, {}).get("step") == 10, 10, "the external run")
+        await wait_for(pilot, lambda: "25%" in str(app.main.query_one("#queue", QueueTable).get_cell(str(rid), "progress")),
+                       5, "the table to show it")
         assert queue_status(app, rid) == "▶ running"
         table = app.main.query_one("#queue", QueueTable)
         assert str(table.get_cell(str(rid), "name")) == "headless-lora"
@@ -214,8 +215,7 @@ async def test_run_from_another_process_appears_and_streams(tmp_path):
                                 "train_time_s": 2.0, "samples_per_s": 140.0, "peak_memory_mb": 520.0,
                                 "efficiency": 80.0}))
         await wait_for(pilot, lambda: app.state.runs[rid]["status"] == "done", 10, "the external finish")
-        await pilot.pause(0.3)
-        assert queue_status(app, rid) == "✓ done"
+        await wait_for(pilot, lambda: queue_status(app, rid) == "✓ done", 5, "the table to show it")
         assert [r["accuracy"] for r in results(app)] == ["80.0"]
         assert app.state.acc[rid].ys == [75.0]
 
@@ -257,7 +257,7 @@ async def test_failed_run_shows_its_error_and_the_queue_goes_on(tmp_path):
         good = RunConfig(method="lora", model="tiny", data=DataConfig(size=200), epochs=1, batch_size=16)
         app.submit([bad, good])
         await wait_for(pilot, lambda: len(app.state.runs) == 2 and not app.state.active(), 60, "both runs")
-        await pilot.pause(0.3)
+        await pilot.pause(0.5)
         first, second = sorted(app.state.runs)
         assert queue_status(app, first) == "✗ failed"
         note = str(app.main.query_one("#queue", QueueTable).get_cell(str(first), "note"))

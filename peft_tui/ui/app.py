@@ -104,8 +104,13 @@ class PeftLab(App):
     TITLE = "peft-tui"
     ENABLE_COMMAND_PALETTE = False  # its footer slot is worth more to the keys at 80 columns
 
-    def __init__(self, store, template: RunConfig, devices: list[str] | None = None, poll_s: float = 1.0):
+    def __init__(self, store, template: RunConfig, devices: list[str] | None = None, poll_s: float = 1.0,
+                 chart_interval_s: float = 1.0):
         super().__init__()
+        self.chart_interval_s = chart_interval_s
+        self.table_interval_s = 0.25  # the run table redraws at most 4 times a second
+        self._last_table = 0.0
+        self._topbar_text = ""
         self.store = store
         self.template = template
         self.devices = devices
@@ -233,7 +238,7 @@ class PeftLab(App):
                     self.state.mem_peak[rid] = max(self.state.mem_peak.get(rid, 0.0), value)
                 elif name == "gpu_device_used_mb":
                     self.state.gpu_used.setdefault(rid, _series()).add(t, value)
-            self.state.charts_dirty = True
+            self.state.dirty_charts.add({"train_loss": "loss", "val_accuracy": "acc"}.get(name, "mem"))
         self._refresh()
 
     def on_log_line(self, msg: LogLine) -> None:
@@ -261,23 +266,31 @@ class PeftLab(App):
         if now - self._last_tick_1s >= 1.0:  # elapsed / ETA tick
             ids |= set(st.active())
             self._last_tick_1s = now
-            self._update_topbar()
-        if ids:
+        if ids and now - self._last_table >= self.table_interval_s:
             queue.sync(st, ids)
             st.dirty_runs.clear()
+            self._last_table = now
             self._update_topbar()
         if st.results_dirty:
             st.results_dirty = False
             self.main.query_one("#results", ResultsTable).sync(st)
-        if st.charts_dirty and now - self._last_chart >= 0.5:
-            self._replot()
+        if st.dirty_charts and now - self._last_chart >= self._chart_wait():
+            self._replot(st.dirty_charts)
 
-    def _replot(self) -> None:
-        self.state.charts_dirty = False
+    def _chart_wait(self) -> float:
+        """Seconds between chart redraws: at least chart_interval_s, and long enough that drawing stays
+        near 2% of the UI thread's time (plotext holds the GIL the training thread also needs)."""
+        cost = sum(c.cost_s for c in self.main.query(RunChart))
+        return min(5.0, max(self.chart_interval_s, 50 * cost))
+
+    def _replot(self, kinds: set[str] | None = None) -> None:
+        """Redraw the charts whose data changed (all when `kinds` is None). A plotext render costs
+        tens of milliseconds of the GIL the training thread needs, so charts redraw about once a second."""
         self._last_chart = time.monotonic()
         for chart in self.main.query(RunChart):
-            if chart.display and chart.size.width:
+            if chart.display and chart.size.width and (kinds is None or chart.kind in kinds):
                 chart.replot(self.state)
+        self.state.dirty_charts = set()
 
     def refresh_all(self) -> None:
         try:
@@ -294,8 +307,11 @@ class PeftLab(App):
                 + (f" · [red]✗ {c['failed']} failed[/red]" if c["failed"] else "")
                 + f" │ store {self.store.root} │ model {self.template.model} · data "
                   f"{Path(self.template.data.source).name}")
+        if text == self._topbar_text:
+            return
         try:
             self.main.query_one("#topbar", Static).update(text)
+            self._topbar_text = text
         except Exception:
             pass
 

@@ -92,7 +92,7 @@ class LabState:
         self.plotted: list[int] = []  # runs with lines on the charts, oldest first
         self.removed: set[int] = set()
         self.dirty_runs: set[int] = set()
-        self.charts_dirty = False
+        self.dirty_charts: set[str] = set()  # "loss", "acc", "mem": which charts need a replot
         self.results_dirty = False
 
     # ------------------------------------------------------------------ helpers
@@ -148,7 +148,7 @@ class LabState:
             d.pop(run_id, None)
         if run_id in self.plotted:
             self.plotted.remove(run_id)
-            self.charts_dirty = True
+            self.dirty_charts |= {"loss", "acc", "mem"}
         self.dirty_runs.add(run_id)
 
     # ------------------------------------------------------------------ engine events
@@ -165,7 +165,7 @@ class LabState:
                        method=event.method, error=None)
             row["device"] = event.device
             self._plot(rid)
-            self.charts_dirty = True
+            self.dirty_charts |= {"loss", "acc", "mem"}
             return (f"run {rid} {event.name} started on {event.device} ({event.precision}): "
                     f"{event.total_steps} steps, {event.trainable_params:,} of {event.total_params:,} params trainable")
         if isinstance(event, StepLogged):
@@ -174,13 +174,13 @@ class LabState:
                 row["started_at"] = t - event.elapsed_s
             self.loss.setdefault(rid, Series()).add(event.step, event.loss)
             self._plot(rid)
-            self.charts_dirty = True
+            self.dirty_charts.add("loss")
             return None
         if isinstance(event, EvalLogged):
             if event.split == "val":
                 row["val_accuracy"] = event.accuracy
                 self.acc.setdefault(rid, Series()).add(event.epoch, 100 * event.accuracy)
-                self.charts_dirty = True
+                self.dirty_charts.add("acc")
             return (f"run {rid} eval {event.split} at epoch {event.epoch:.2f}: "
                     f"acc {100 * event.accuracy:.1f}%  F1 {100 * event.f1:.1f}%  loss {event.loss:.4f}")
         if isinstance(event, MemorySampled):
@@ -208,7 +208,7 @@ class LabState:
         self.mem_peak[rid] = max(self.mem_peak.get(rid, 0.0), peak)
         if device_used:
             self.gpu_used.setdefault(rid, Series()).add(t, device_used)
-        self.charts_dirty = True
+        self.dirty_charts.add("mem")
 
     # ------------------------------------------------------------------ derived
     @staticmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from textual_plotext import PlotextPlot
 
 from peft_tui.ui.state import LabState, Series, downsample
@@ -16,15 +18,27 @@ class RunChart(PlotextPlot):
 
     chart_title = ""
     xlabel = ""
+    kind = ""  # which LabState.dirty_charts entry this chart follows
     empty_text = "no data yet: press n (new run) or c (compare)"
+
+    cost_s = 0.0  # seconds the last replot + render took on the UI thread (the app budgets redraws on it)
 
     def series(self, state: LabState) -> list[tuple[str, Series]]:
         raise NotImplementedError
+
+    def render(self):
+        t = time.perf_counter()
+        try:
+            return super().render()
+        finally:
+            self.cost_s += time.perf_counter() - t
 
     def decorate(self, state: LabState) -> None:
         self.plt.title(self.chart_title)
 
     def replot(self, state: LabState) -> None:
+        t = time.perf_counter()
+        self.cost_s = 0.0
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -42,6 +56,7 @@ class RunChart(PlotextPlot):
         elif self.screen.has_class("-narrow"):
             plt.title(f"{self.chart_title}  (g: next chart)")
         plt.xlabel(self.xlabel)
+        self.cost_s += time.perf_counter() - t
         self.refresh()
 
 
@@ -52,6 +67,7 @@ def _label(state: LabState, rid: int) -> str:
 
 class LossChart(RunChart):
     chart_title = "train loss"
+    kind = "loss"
     xlabel = "step"
 
     def series(self, state: LabState) -> list[tuple[str, Series]]:
@@ -60,6 +76,7 @@ class LossChart(RunChart):
 
 class AccuracyChart(RunChart):
     chart_title = "val accuracy %"
+    kind = "acc"
     xlabel = "epoch"
 
     def series(self, state: LabState) -> list[tuple[str, Series]]:
@@ -68,6 +85,7 @@ class AccuracyChart(RunChart):
 
 class MemoryChart(RunChart):
     xlabel = "seconds"
+    kind = "mem"
 
     def series(self, state: LabState) -> list[tuple[str, Series]]:
         out: list[tuple[str, Series]] = []

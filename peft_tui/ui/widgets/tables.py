@@ -80,6 +80,7 @@ class QueueTable(DataTable):
     def on_mount(self) -> None:
         self.cursor_type = "row"
         self.zebra_stripes = True
+        self._shown: dict[str, list[Any]] = {}  # the cells on screen, to touch only those that change
         for key, label, width in QUEUE_COLUMNS:
             self.add_column(label, key=key, width=width)
 
@@ -95,14 +96,18 @@ class QueueTable(DataTable):
             if row is None:
                 if key in self.rows:
                     self.remove_row(key)
+                    self._shown.pop(key, None)
                 continue
             cells = queue_cells(row, now)
             if key in self.rows:
-                for (col, _, width), value in zip(QUEUE_COLUMNS, cells):
-                    self.update_cell(key, col, value, update_width=width is None)
+                old = self._shown.get(key, [])
+                for i, ((col, _, width), value) in enumerate(zip(QUEUE_COLUMNS, cells)):
+                    if i >= len(old) or old[i] != value:
+                        self.update_cell(key, col, value, update_width=width is None)
             else:
                 self.add_row(*cells, key=key)
                 added = True
+            self._shown[key] = cells
         if added:
             self.sort("id", key=lambda v: int(v))
             if follow:

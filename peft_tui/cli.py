@@ -20,6 +20,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain click help: rich help formatting imports rich + markdown-it, ~0.4 s of a ~0.7 s --help here
+    # (benchmarks/startup.py); command output still uses rich
+    rich_markup_mode=None,
 )
 
 EXIT_FAILED = 1
@@ -124,11 +127,17 @@ def run(
     trust_remote_code: bool = TrustOpt,
     store: Optional[str] = StoreOpt,
     as_json: bool = JsonOpt,
+    detach: bool = typer.Option(
+        False, "--detach", help="train in a background process that outlives this shell (SSH logout); "
+        "follow it with `peft-tui launch` or `peft-tui show ID`"),
 ) -> None:
     """Train one run and store it."""
     cfg = build_config(method, model, data, sets, name, text_col, label_col, val_data, trust_remote_code,
                        text_pair_col=text_pair_col, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                        device=device, precision=precision)
+    if detach:
+        _detach(open_store(store), cfg, as_json)
+        return
     from peft_tui.commands_artifacts import print_data_summary
 
     print_data_summary(cfg, to_stderr=as_json)
@@ -147,6 +156,40 @@ def run(
     if result is None:
         if not as_json:
             typer.echo(f"run {run_id} {row['status']}: {row['error']}", err=True)
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _detach(st, cfg: RunConfig, as_json: bool) -> None:
+    """Store the run as queued, then train it in a new session (immune to SIGHUP) logging to run.log."""
+    import subprocess
+
+    run_id = st.create_run(cfg)
+    log = st.run_dir(run_id) / "run.log"
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from peft_tui.cli import main; main()", "execute-stored", str(run_id),
+             "--store", str(st.root)],
+            stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, start_new_session=True, close_fds=True,
+        )
+    if as_json:
+        print(json.dumps({"id": run_id, "status": "queued", "pid": proc.pid, "log": str(log)}))
+    else:
+        typer.echo(f"run {run_id} training in the background (pid {proc.pid}); log: {log}")
+        typer.echo(f"follow it with `peft-tui launch --store {st.root}` or `peft-tui show {run_id}`")
+
+
+@app.command("execute-stored", hidden=True)
+@handles_errors
+def execute_stored(run_id: int, store: Optional[str] = StoreOpt) -> None:
+    """Train a run that is already in the store as queued (used by `run --detach`)."""
+    from peft_tui.engine.trainer import execute
+
+    st = open_store(store)
+    row = st.get(run_id)
+    if row["status"] != "queued":
+        raise ConfigError(f"run {run_id} is {row['status']}, not queued: nothing to do")
+    result = execute(st, run_id, RunConfig.from_dict(row["config"]), st)
+    if result is None:
         raise typer.Exit(EXIT_FAILED)
 
 

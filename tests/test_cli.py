@@ -126,3 +126,20 @@ def test_help_does_not_import_torch():
            "print('TORCH' if 'torch' in sys.modules else 'CLEAN')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().endswith("CLEAN"), out.stdout + out.stderr
+
+
+def test_run_detach_trains_in_a_background_process(tmp_path):
+    import time
+
+    store = tmp_path / "s"
+    res = invoke("run", "--method", "head", *TINY, "--store", str(store), "--detach", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["status"] == "queued" and doc["pid"] > 0
+    st = Store(store)
+    deadline = time.time() + 120
+    while time.time() < deadline and st.get(doc["id"])["status"] in ("queued", "running"):
+        time.sleep(0.5)
+    row = st.get(doc["id"])
+    assert row["status"] == "done", (row["error"], open(doc["log"]).read()[-2000:])
+    assert row["pid"] == doc["pid"] and row["result"]["accuracy"] >= 0

@@ -2,7 +2,7 @@
 
     .venv/bin/python screenshots/make_screenshots.py
 
-Uses the tiny random BERT on synthetic data (CPU, about a minute), in a throwaway store.
+Uses the embedded MiniLM on a small synthetic set (CPU, a few minutes), in a throwaway store.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from peft_tui.config import DataConfig, RunConfig  # noqa: E402
 from peft_tui.ui.app import create_app  # noqa: E402
 
 
-async def wait_for(pilot, cond, timeout: float = 120.0) -> None:
+async def wait_for(pilot, cond, timeout: float = 400.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not cond():
         await pilot.pause(0.2)
@@ -33,7 +33,8 @@ async def main() -> None:
 
     torch.set_num_threads(1)
     store = Path(tempfile.mkdtemp(prefix="peft-tui-shots-")) / "store"
-    template = RunConfig(model="tiny", data=DataConfig(size=900), epochs=3, batch_size=16, eval_every=10)
+    # the embedded MiniLM on a small synthetic set: real learning curves in about a minute
+    template = RunConfig(model="minilm", data=DataConfig(size=600), epochs=2, batch_size=16, eval_every=5)
     app = create_app(store=store, template=template, devices=["cpu"])
     async with app.run_test(size=(160, 48)) as pilot:
         state = app.state
@@ -56,7 +57,8 @@ async def main() -> None:
         # 80x24: the same dashboard with a run in progress
         await pilot.resize_terminal(80, 24)
         await pilot.press("c")
-        await wait_for(pilot, lambda: any(r["status"] == "running" and (r.get("step") or 0) >= 60
+        await wait_for(pilot, lambda: any(r["status"] == "running"
+                                          and (r.get("step") or 0) >= 0.4 * (r.get("total_steps") or 1e9)
                                           for r in state.runs.values()))
         await pilot.pause(1.5)
         app.save_screenshot(str(HERE / "main-80x24.svg"))

@@ -13,17 +13,18 @@ from peft_tui.report.table import COLUMNS, formatted, rows_from_runs, sort_rows
 from peft_tui.ui.state import STATUS_WORDS, LabState, fmt_duration
 
 QUEUE_COLUMNS = [
-    # key, header, width (None: grows with its content)
+    # key, header, width (None: grows with its content). The live figures come first so that an
+    # 80-column terminal shows id, method, status, progress, loss, val acc and ETA without scrolling.
     ("id", "id", 3),
-    ("name", "name", 12),
     ("method", "method", 8),
     ("status", "status", 13),
     ("progress", "progress", 11),
-    ("epoch", "epoch · step", 16),
     ("loss", "loss", 7),
     ("acc", "val acc", 7),
-    ("elapsed", "elapsed", 7),
     ("eta", "ETA", 7),
+    ("epoch", "epoch · step", 16),
+    ("elapsed", "elapsed", 7),
+    ("name", "name", 12),
     ("note", "note", None),
 ]
 
@@ -57,19 +58,20 @@ def queue_cells(row: dict[str, Any], now: float) -> list[Any]:
     note = row.get("error") or ""
     if not note and row.get("result") and row["result"].get("accuracy") is not None:
         note = f"test acc {100 * row['result']['accuracy']:.1f}%"
-    return [
-        str(row["id"]),
-        row.get("name") or "",
-        row.get("method") or "",
-        status_text(row["status"]),
-        progress_text(row),
-        epoch_step,
-        "-" if loss is None else f"{loss:.4f}",
-        "-" if acc is None else f"{100 * acc:.1f}%",
-        fmt_duration(LabState.elapsed(row, now)),
-        fmt_duration(LabState.eta(row, now)),
-        Text(note if len(note) <= 120 else note[:119] + "…", style="red" if row.get("error") else "dim"),
-    ]
+    cells = {
+        "id": str(row["id"]),
+        "name": row.get("name") or "",
+        "method": row.get("method") or "",
+        "status": status_text(row["status"]),
+        "progress": progress_text(row),
+        "epoch": epoch_step,
+        "loss": "-" if loss is None else f"{loss:.4f}",
+        "acc": "-" if acc is None else f"{100 * acc:.1f}%",
+        "elapsed": fmt_duration(LabState.elapsed(row, now)),
+        "eta": fmt_duration(LabState.eta(row, now)),
+        "note": Text(note if len(note) <= 120 else note[:119] + "…", style="red" if row.get("error") else "dim"),
+    }
+    return [cells[key] for key, _, _ in QUEUE_COLUMNS]
 
 
 class QueueTable(DataTable):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,10 @@ def rebuild(folder: Path, config: RunConfig, num_labels: int, device: str = "cpu
     params = method.resolve(config.params)
     base = models.load_model(config.model, num_labels, config.seed, config.trust_remote_code)
     try:
-        model = method.load(base, Path(folder), params)
+        with warnings.catch_warnings():  # peft / transformers deprecation chatter, not the user's concern
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            model = method.load(base, Path(folder), params)
     except (FileNotFoundError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise ConfigError(f"the weights in {folder} could not be loaded ({first}): was the run folder changed?") from None
@@ -245,7 +249,7 @@ def _write_readme(out: Path, config: RunConfig, names: list[str], row: dict, kin
             f"run = load_export(\"{out}\")",
             "print(predict(run, [\"some text\"]))",
         ]
-        if kind == "adapter" and config.method not in ("prefix",):
+        if kind == "adapter" and config.method not in ("prefix",) and config.model != "tiny":
             lines += [
                 "",
                 "# or with stock transformers + peft:",

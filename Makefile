@@ -1,6 +1,7 @@
 # Set-up is part of every target: each creates or refreshes .venv itself.
-#   make run    the main job on the embedded defaults
-#   make test   the test suite
+#   make run      the main job: the dashboard on the embedded defaults
+#   make compare  the same experiment headless (full, LoRA, adapters + TF-IDF, one table)
+#   make test     the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
@@ -20,9 +21,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(VENV)/bin/peft-tui compare
+	$(VENV)/bin/peft-tui launch
 
-compare: run
+compare: setup
+	$(VENV)/bin/peft-tui compare
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

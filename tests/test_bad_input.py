@@ -77,6 +77,7 @@ def one_line_exit_2(args: list[str], needle: str, store: Path) -> str:
     assert res.exit_code == 2, (res.exit_code, res.output, repr(res.exception))
     assert "Traceback" not in res.output and len(err.splitlines()) == 1, res.output
     assert err.startswith("error: ") and needle in err, err
+    print(f"\nBAD-INPUT {' '.join(args[1:] if args[0] == 'run' else args)} -> {err}")  # listed with -s
     return err
 
 

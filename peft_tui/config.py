@@ -228,7 +228,8 @@ def _parse_field(f: dataclasses.Field, key: str, raw: str) -> Any:
             raise ValueError(raw)
     except ValueError:
         t = kind.split(" ")[0].split("|")[0]
-        raise ConfigError(f"{key}={raw!r} is not a valid {t}: write e.g. {key}={f.default!r}") from None
+        example = f"e.g. {key}={f.default!r}" if f.default is not None else f"a {t}, or {key}=none for the default"
+        raise ConfigError(f"{key}={raw!r} is not a valid {t}: write {example}") from None
     return raw
 
 

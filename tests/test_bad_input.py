@@ -106,7 +106,8 @@ RUN_CASES = [
     (["--method", "adapters", "--set", "size=-1"], "size=-1"),
     (["--method", "adapters", "--set", "reduction_factor=0"], "reduction_factor=0"),
     (["--method", "prefix", "--set", "num_virtual_tokens=0"], "num_virtual_tokens=0 must be positive"),
-    (["--set", "max_length=4096"], "max_length=4096 is above model 'tiny''s limit of 512: use --set max_length=512"),
+    (["--set", "max_length=4096"],
+     "max_length=4096 is above the 512-token limit of model 'tiny': use --set max_length=512"),
     (["--set", "max_length=4"], "max_length=4 is out of range"),
     (["--set", "warmup_ratio=1.5"], "warmup_ratio=1.5 must be in [0, 1)"),
     (["--set", "data.val_fraction=0.95"], "val_fraction=0.95 is out of range"),
@@ -114,7 +115,7 @@ RUN_CASES = [
     (["--method", "full", "--set", "r=4"], "unknown key 'r' for method 'full'"),
     (["--set", "data.nokey=1"], "unknown data key 'nokey'"),
     (["--set", "epochs=abc"], "epochs='abc' is not a valid int"),
-    (["--set", "lr=fast"], "lr='fast' is not a valid float"),
+    (["--set", "lr=fast"], "lr='fast' is not a valid float: write a float, or lr=none for the default"),
     (["--method", "lora", "--set", "r=abc"], "r='abc' is not a valid int"),
     (["--method", "lora", "--set", "use_dora=maybe"], "use_dora='maybe' is not a valid bool"),
     (["--set", "epochs"], "--set 'epochs' is not key=value"),
@@ -206,7 +207,7 @@ MODEL_CASES = [
     ("garbage", "is corrupted or truncated"),
     ("badjson", "config.json could not be read"),
     ("a-file", "is a file: pass the folder"),
-    ("short_model", "max_length=128 is above model"),
+    ("short_model", "max_length=128 is above the 64-token limit of model"),
 ]
 
 

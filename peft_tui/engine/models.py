@@ -139,7 +139,7 @@ def check_model_files(name: str, max_length: int | None = None, trust_remote_cod
         limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
     if limit and max_length and max_length > limit:
         raise ConfigError(
-            f"max_length={max_length} is above model {name!r}'s limit of {limit}: use --set max_length={limit}"
+            f"max_length={max_length} is above the {limit}-token limit of model {name!r}: use --set max_length={limit}"
         )
     return limit
 

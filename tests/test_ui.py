@@ -306,3 +306,40 @@ async def test_remove_a_queued_run(tmp_path):
         await pilot.pause(0.2)
         assert str(queued) not in app.main.query_one("#queue", QueueTable).rows
         assert [r["id"] for r in app.store.list()] == [min(app.state.runs)]
+
+
+@sync
+async def test_resume_key_continues_a_cancelled_run_from_its_checkpoint(tmp_path):
+    """A run cancelled after its first epoch (so it has a checkpoint) resumes with `u` and finishes
+    under the same id, its step count continuing from the checkpoint."""
+    import threading
+
+    from peft_tui.engine.events import fan_out
+    from peft_tui.engine.trainer import execute
+
+    store = Store(tmp_path / "store")
+    cfg = RunConfig(method="lora", model="tiny", data=DataConfig(size=200), epochs=2, batch_size=16, device="cpu")
+    rid = store.create_run(cfg)
+    cancel = threading.Event()
+
+    def stop_after_first_epoch(e):
+        if isinstance(e, EvalLogged) and e.split == "val" and e.epoch == 1.0:
+            cancel.set()
+
+    execute(store, rid, cfg, fan_out(store, stop_after_first_epoch), cancel)
+    assert store.get(rid)["status"] == "cancelled"
+    steps_before = [s for s, _ in store.series(rid, "train_loss")]
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: rid in app.state.runs, 20, "the stored run to show")
+        table = app.main.query_one("#queue", QueueTable)
+        table.focus()
+        table.move_cursor(row=table.get_row_index(str(rid)))
+        await pilot.press("u")
+        await wait_for(pilot, lambda: app.state.runs[rid]["status"] == "done", 60, "the resumed run to finish")
+    row = store.get(rid)
+    assert row["status"] == "done" and row["result"]["steps"] == 2 * 9  # 140 train examples / 16 = 9 a epoch
+    steps_after = [s for s, _ in store.series(rid, "train_loss")]
+    assert steps_after[: len([s for s in steps_before if s <= 9])] == [s for s in steps_before if s <= 9]
+    assert steps_after == sorted(set(steps_after)) and steps_after[-1] == 18

@@ -46,6 +46,7 @@ class MainScreen(Screen):
         Binding("c", "app.compare", "Compare"),
         Binding("x", "app.cancel_run", "Cancel"),
         Binding("r", "app.retry", "Retry"),
+        Binding("u", "app.resume", "Resume"),
         Binding("delete", "app.remove", "Remove", key_display="del"),
         Binding("enter", "app.details", "Details", key_display="⏎"),
         Binding("e", "app.export", "Export"),
@@ -439,6 +440,24 @@ class PeftLab(App):
         self._local_ids.add(new)
         self.post_message(LogLine(f"retrying run {rid} as run {new}"))
         self.post_message(StoreUpdate([self.store.get(new)], {}))
+
+    def action_resume(self) -> None:
+        rid = self._need_selection()
+        if rid is not None:
+            self._resume(rid)
+
+    @work(thread=True, group="control", exit_on_error=False)
+    def _resume(self, rid: int) -> None:
+        sched = self._ensure_scheduler()
+        try:
+            sched.resume(rid)
+        except ConfigError as e:
+            self.post_message(LogLine(f"resume refused: {e}", "warning"))
+            self.call_from_thread(self.notify, str(e), severity="warning")
+            return
+        self._local_ids.add(rid)
+        self.post_message(LogLine(f"resuming run {rid} from its last epoch-end checkpoint"))
+        self.post_message(StoreUpdate([self.store.get(rid)], {}))
 
     def action_remove(self) -> None:
         rid = self._need_selection()

@@ -74,3 +74,19 @@ def test_save_and_load_reproduce_logits(tmp_path, batch):
     assert (tmp_path / "adapters" / "adapters.safetensors").exists()
     reloaded = method.load(load_model("tiny", 2, seed=0), tmp_path, params)
     torch.testing.assert_close(logits(reloaded, batch), logits(model, batch))
+
+
+def test_corrupted_or_mismatched_weights_give_one_line_errors(tmp_path):
+    from peft_tui.config import ConfigError
+
+    method = get_method("adapters")
+    model = method.apply(load_model("tiny", 2, seed=0), {"size": 8})
+    method.save(model, tmp_path, {"size": 8})
+    path = tmp_path / "adapters" / "adapters.safetensors"
+    # a different bottleneck size: the shapes do not fit
+    with pytest.raises(ConfigError, match="does not fit the model"):
+        method.load(load_model("tiny", 2, seed=0), tmp_path, {"size": 4})
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(ConfigError, match="is corrupted") as err:
+        method.load(load_model("tiny", 2, seed=0), tmp_path, {"size": 8})
+    assert "\n" not in str(err.value)

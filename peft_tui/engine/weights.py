@@ -33,12 +33,25 @@ def save_trainable(model: nn.Module, path: Path, metadata: dict[str, str] | None
 
 
 def load_into(model: nn.Module, path: Path) -> None:
-    """Load a safetensors file of (some of) the model's parameters; every key must exist in the model."""
-    state = load_file(str(path))
+    """Load a safetensors file of (some of) the model's parameters; every key must exist in the model.
+    Raises ConfigError (one line) for a missing, corrupted or mismatched file."""
+    from peft_tui.config import ConfigError
+
+    if not path.exists():
+        raise ConfigError(f"weights file {path} is missing: the run did not finish saving, rerun it")
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated or garbage files
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"weights file {path} is corrupted ({first}): rerun the run to save it again") from None
     missing_in_model = set(state) - set(dict(model.named_parameters())) - set(dict(model.named_buffers()))
     if missing_in_model:
-        raise ValueError(f"{path.name} has weights the model lacks: {sorted(missing_in_model)[:3]}")
-    model.load_state_dict(state, strict=False)
+        raise ConfigError(f"{path.name} has weights the model lacks ({sorted(missing_in_model)[0]}): "
+                          "load it on the same model and method it was trained with")
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise ConfigError(f"{path.name} does not fit the model ({str(e).splitlines()[-1].strip()[:120]})") from None
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

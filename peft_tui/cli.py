@@ -109,6 +109,7 @@ def open_store(path: str | None):
 @app.command()
 @handles_errors
 def run(
+    ctx: typer.Context,
     method: str = MethodOpt,
     model: str = ModelOpt,
     data: str = DataOpt,
@@ -130,11 +131,17 @@ def run(
     detach: bool = typer.Option(
         False, "--detach", help="train in a background process that outlives this shell (SSH logout); "
         "follow it with `peft-tui launch` or `peft-tui show ID`"),
+    config_file: Optional[str] = typer.Option(
+        None, "--config", help="start from a JSON or TOML config (e.g. `peft-tui show ID --json`); "
+        "flags given on the command line and --set override it"),
 ) -> None:
     """Train one run and store it."""
-    cfg = build_config(method, model, data, sets, name, text_col, label_col, val_data, trust_remote_code,
-                       text_pair_col=text_pair_col, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                       device=device, precision=precision)
+    if config_file:
+        cfg = _config_with_flags(ctx, config_file, sets)
+    else:
+        cfg = build_config(method, model, data, sets, name, text_col, label_col, val_data, trust_remote_code,
+                           text_pair_col=text_pair_col, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                           device=device, precision=precision)
     if detach:
         _detach(open_store(store), cfg, as_json)
         return
@@ -157,6 +164,36 @@ def run(
         if not as_json:
             typer.echo(f"run {run_id} {row['status']}: {row['error']}", err=True)
         raise typer.Exit(EXIT_FAILED)
+
+
+# command-line parameter -> (config section, field); only flags the user typed override a config file
+_FLAG_FIELDS = {
+    "method": ("run", "method"), "model": ("run", "model"), "name": ("run", "name"), "epochs": ("run", "epochs"),
+    "lr": ("run", "lr"), "batch_size": ("run", "batch_size"), "seed": ("run", "seed"), "device": ("run", "device"),
+    "precision": ("run", "precision"), "trust_remote_code": ("run", "trust_remote_code"),
+    "data": ("data", "source"), "text_col": ("data", "text_col"), "label_col": ("data", "label_col"),
+    "text_pair_col": ("data", "text_pair_col"), "val_data": ("data", "val_source"),
+}
+
+
+def _config_with_flags(ctx: typer.Context, config_file: str, sets: list[str] | None) -> RunConfig:
+    import dataclasses
+
+    from peft_tui.config import config_from_file
+    from peft_tui.engine.trainer import preflight
+
+    cfg = config_from_file(config_file)
+    run_over, data_over = {}, {}
+    for param, (section, field) in _FLAG_FIELDS.items():
+        source = ctx.get_parameter_source(param)  # typer may vendor click: compare by name
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            (run_over if section == "run" else data_over)[field] = ctx.params[param]
+    if "method" in run_over and run_over["method"] != cfg.method:
+        run_over["params"] = {}  # another method's parameters do not carry over
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data_over), **run_over)
+    cfg = cfg.with_overrides(sets or [])
+    preflight(cfg)
+    return cfg
 
 
 def _detach(st, cfg: RunConfig, as_json: bool) -> None:

@@ -165,11 +165,12 @@ class RunConfig:
             if "=" not in pair:
                 raise ConfigError(f"--set {pair!r} is not key=value: write e.g. --set epochs=3")
             key, raw = (s.strip() for s in pair.split("=", 1))
-            if key.startswith("data."):
+            if key.startswith("data."):  # explicit: never a method parameter (adapters also have `size`)
                 key = key[5:]
                 if key not in data_fields:
                     raise ConfigError(f"unknown data key {key!r}: use one of {', '.join(data_fields)}")
-            if key in method.params:
+                data[key] = _parse_field(data_fields[key], key, raw)
+            elif key in method.params:
                 params[key] = method.params[key].parse(raw)
             elif key in run_fields:
                 top[key] = _parse_field(run_fields[key], key, raw)
@@ -209,6 +210,30 @@ def check_types(obj: Any) -> None:
             raise ConfigError(f"{f.name}={v!r} has the wrong type: it takes {article} {base}{example}")
         if base == "float" and not math.isfinite(v):
             raise ConfigError(f"{f.name}={v!r} is not a finite number: use a real value{example}")
+
+
+def config_from_file(path_str: str) -> RunConfig:
+    """A RunConfig from a JSON or TOML file (missing keys take their defaults). Parsed as data only:
+    json / tomllib, never code. `peft-tui show ID --json` prints a run's config in this shape."""
+    import tomllib
+
+    path = Path(path_str).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config file {path_str!r} does not exist: check the path")
+    try:
+        text = path.read_text()
+        raw = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"config file {path_str!r} could not be parsed ({first}): write JSON or TOML") from None
+    if isinstance(raw, dict) and isinstance(raw.get("config"), dict):  # a `peft-tui show --json` document
+        raw = raw["config"]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path_str!r} must hold one object/table of settings")
+    try:
+        return RunConfig.from_dict(raw)
+    except TypeError as e:
+        raise ConfigError(f"config file {path_str!r} has a bad value ({e})") from None
 
 
 def _parse_field(f: dataclasses.Field, key: str, raw: str) -> Any:

@@ -143,3 +143,29 @@ def test_run_detach_trains_in_a_background_process(tmp_path):
     row = st.get(doc["id"])
     assert row["status"] == "done", (row["error"], open(doc["log"]).read()[-2000:])
     assert row["pid"] == doc["pid"] and row["result"]["accuracy"] >= 0
+
+
+def test_run_from_a_config_file_with_overrides(tmp_path):
+    store = tmp_path / "s"
+    assert invoke("run", "--method", "adapters", *TINY, "--set", "size=4", "--store", str(store),
+                  "--json").exit_code == 0
+    shown = invoke("show", "1", "--store", str(store), "--json").stdout
+    (tmp_path / "run1.json").write_text(shown)  # a whole `show --json` document is accepted
+    res = invoke("run", "--config", str(tmp_path / "run1.json"), "--seed", "7", "--set", "size=6",
+                 "--store", str(store), "--json")
+    assert res.exit_code == 0, res.output
+    cfg = json.loads(res.stdout)["config"]
+    assert (cfg["method"], cfg["model"], cfg["seed"], cfg["params"]["size"]) == ("adapters", "tiny", 7, 6)
+    assert cfg["data"]["size"] == 120  # kept from the file
+    toml = tmp_path / "c.toml"
+    toml.write_text('method = "head"\nmodel = "tiny"\nepochs = 1\ndevice = "cpu"\n[data]\nsize = 120\n')
+    res = invoke("run", "--config", str(toml), "--store", str(store), "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["method"] == "head"
+    # data only, never code: a Python payload is a parse error, exit 2
+    evil = tmp_path / "evil.json"
+    evil.write_text("__import__('os').system('touch pwned')")
+    res = runner.invoke(app, ["run", "--config", str(evil), "--store", str(store)])
+    assert res.exit_code == 2 and "could not be parsed" in res.stderr
+    assert not (tmp_path / "pwned").exists()
+    res = runner.invoke(app, ["run", "--config", str(tmp_path / "nope.json"), "--store", str(store)])
+    assert res.exit_code == 2 and "does not exist" in res.stderr

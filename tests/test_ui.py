@@ -343,3 +343,27 @@ async def test_resume_key_continues_a_cancelled_run_from_its_checkpoint(tmp_path
     steps_after = [s for s, _ in store.series(rid, "train_loss")]
     assert steps_after[: len([s for s in steps_before if s <= 9])] == [s for s in steps_before if s <= 9]
     assert steps_after == sorted(set(steps_after)) and steps_after[-1] == 18
+
+
+@sync
+async def test_sweep_preset_draws_the_pareto_front(tmp_path):
+    """`w` queues a LoRA rank sweep (r = 1..16); when it is done the Results tab lists the five runs
+    and its chart draws them with the Pareto front."""
+    from peft_tui.ui.widgets.charts import ParetoChart
+
+    app = make_app(tmp_path, data=DataConfig(size=120))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("w")
+        await wait_for(pilot, lambda: app.state.counts()["done"] == 5 and not app.state.active(), 120,
+                       "the five sweep runs")
+        await pilot.press("2")
+        await pilot.pause(0.5)
+        rows = results(app)
+        assert sorted(r["name"] for r in rows) == [f"lora-r{r}" for r in (1, 16, 2, 4, 8)]
+        counts = sorted(int(app.store.get(int(r["id"]))["result"]["trainable_params"]) for r in rows)
+        assert counts == [2 * 2 * r * (64 + 64) + 130 for r in (1, 2, 4, 8, 16)]  # q,v: A + B per layer, + head
+        chart = app.main.query_one("#pareto", ParetoChart)
+        import re
+
+        text = re.sub(r"\x1b\[[0-9;]*m", "", chart.plt.build())
+        assert "Pareto front" in text and "front: #" in text and "lora" in text

@@ -31,9 +31,11 @@ from peft_tui.engine.events import RunFailed, RunFinished
 from peft_tui.ui.messages import LogLine, StoreUpdate
 from peft_tui.ui.state import LabState
 from peft_tui.ui.widgets.charts import AccuracyChart, LossChart, MemoryChart, RunChart
+from peft_tui.ui.widgets.charts import ParetoChart
 from peft_tui.ui.widgets.tables import QueueTable, ResultsTable
 
 COMPARE_METHODS = ("full", "lora", "adapters")
+SWEEP_RANKS = (1, 2, 4, 8, 16)  # the `w` preset: a LoRA rank sweep
 SERIES_NAMES = ("train_loss", "val_accuracy", "mem_used_mb", "mem_peak_mb", "gpu_device_used_mb")
 NARROW_WIDTH, NARROW_HEIGHT = 120, 36
 
@@ -44,6 +46,7 @@ class MainScreen(Screen):
     BINDINGS = [
         Binding("n", "app.new_run", "New run"),
         Binding("c", "app.compare", "Compare"),
+        Binding("w", "app.sweep", "Sweep", show=False),
         Binding("x", "app.cancel_run", "Cancel"),
         Binding("r", "app.retry", "Retry"),
         Binding("u", "app.resume", "Resume"),
@@ -69,8 +72,9 @@ class MainScreen(Screen):
                     yield MemoryChart(id="chart-mem", classes="chart")
             with TabPane("2 Results", id="tab-results"):
                 yield ResultsTable(id="results")
+                yield ParetoChart(id="pareto")
                 yield Static("s: sort by the next column (or click a header) · e: export CSV + Markdown to the "
-                             "store · eff = accuracy points per million trainable parameters", id="results-help")
+                             "store · w: LoRA rank sweep · eff = accuracy points per million trainable parameters", id="results-help")
             with TabPane("3 Log", id="tab-log"):
                 yield RichLog(id="log", wrap=True, max_lines=5000, markup=False)
         yield Static("", id="lastlog")
@@ -274,7 +278,9 @@ class PeftLab(App):
             self._update_topbar()
         if st.results_dirty:
             st.results_dirty = False
-            self.main.query_one("#results", ResultsTable).sync(st)
+            results = self.main.query_one("#results", ResultsTable)
+            results.sync(st)
+            self.main.query_one("#pareto", ParetoChart).replot_rows(results.rows_data)
         if st.dirty_charts and now - self._last_chart >= self._chart_wait():
             self._replot(st.dirty_charts)
 
@@ -356,6 +362,19 @@ class PeftLab(App):
         self.log_line(f"compare: queueing {', '.join(COMPARE_METHODS)} on {t.model} / {t.data.source} "
                       f"+ the TF-IDF baseline")
         self.submit(configs, baseline=t)
+
+    def action_sweep(self) -> None:
+        """The LoRA rank sweep preset (r = 1, 2, 4, 8, 16): its front shows in the Results tab."""
+        from peft_tui.engine.sweep import grid_configs
+
+        t = dataclasses.replace(self.template, method="lora", params={}, lr=None, name=None)
+        try:
+            configs = grid_configs(t, [f"r={','.join(map(str, SWEEP_RANKS))}"])
+        except ConfigError as e:
+            self.log_line(f"sweep not queued: {e}", "error")
+            return
+        self.log_line(f"sweep: queueing LoRA r={','.join(map(str, SWEEP_RANKS))} on {t.model} / {t.data.source}")
+        self.submit(configs)
 
     @work(thread=True, group="submit", exit_on_error=False)
     def submit(self, configs: list[RunConfig], baseline: RunConfig | None = None) -> None:

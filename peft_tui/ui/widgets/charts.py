@@ -109,3 +109,33 @@ class MemoryChart(RunChart):
 
 def _shift(s: Series, t0: float) -> Series:
     return Series([x - t0 for x in s.xs], list(s.ys))
+
+
+class ParetoChart(PlotextPlot):
+    """Results view: test accuracy against trainable parameters (log10 x), one marker per method, and
+    the Pareto front (runs no other run beats on both) as a line. Redrawn only when results change."""
+
+    def replot_rows(self, rows: list[dict]) -> None:
+        import math
+
+        from peft_tui.report.pareto import pareto_front
+
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        points = [r for r in rows if r.get("trainable_params") and r.get("accuracy") is not None]
+        methods = sorted({r["method"] for r in points})
+        for i, m in enumerate(methods):
+            mine = [r for r in points if r["method"] == m]
+            plt.scatter([math.log10(r["trainable_params"]) for r in mine], [100 * r["accuracy"] for r in mine],
+                        label=m, color=COLOURS[i % len(COLOURS)], marker=MARKERS[(i + 1) % len(MARKERS)])
+        front = pareto_front(points)
+        if front:
+            draw = plt.plot if len(front) > 1 else plt.scatter
+            draw([math.log10(r["trainable_params"]) for r in front], [100 * r["accuracy"] for r in front],
+                 label="Pareto front", color="white", marker="braille" if len(front) > 1 else "o")
+        names = ", ".join(f"#{r['id']} {r['name']}" for r in front) if front else "-"
+        plt.title("accuracy % vs log10(trainable params)" + (f" · front: {names}" if points else
+                                                            ": no finished runs yet (c: compare, w: LoRA rank sweep)"))
+        plt.xlabel("log10 trainable parameters")
+        self.refresh()

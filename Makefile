@@ -29,7 +29,17 @@ compare: setup
 test: setup
 	$(VENV)/bin/python -m pytest -q
 
+# every benchmark in sequence; each prints its figures and ratios (README, Performance). ~30-60 min on 2 CPU cores
+AGNEWS ?= ../shared/datasets/ag_news/ag_news_test.csv
 bench: setup
+	$(PY) benchmarks/startup.py
+	$(PY) benchmarks/engine_vs_trainer.py --methods lora,full,adapters --size 2400 --epochs 2
+	@if [ -f $(AGNEWS) ]; then $(PY) benchmarks/engine_vs_trainer.py --methods lora,full --data $(AGNEWS) --limit 2000 --epochs 1; fi
+	$(PY) benchmarks/precision.py
+	$(PY) benchmarks/dashboard_overhead.py
+	$(PY) benchmarks/memory.py
+	$(PY) benchmarks/scale.py
+	bash benchmarks/gpu_check.sh
 	$(PY) benchmarks/compare_defaults.py
 
 clean:

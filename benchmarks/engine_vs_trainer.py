@@ -3,8 +3,11 @@ with `DataCollatorWithPadding`. Same model (embedded MiniLM), same splits, same 
 (our `Method.apply`, so LoRA is peft's and adapters are ours in both), same hyper-parameters,
 epochs and seed; both evaluate on validation at each epoch end and on test at the end.
 
-Prints wall time (training + evaluations, model loading excluded), samples/s and test accuracy of
-each, and the speed ratio. Target: engine >= 1.25x faster, accuracy within 0.5 points.
+Prints wall time (training + evaluations + epoch-end checkpoints, model loading and tokenising
+excluded), samples/s and test accuracy of each, and the speed ratio. Both save a resumable checkpoint
+(weights, optimizer, scheduler, RNG) at each epoch end: the engine always does, so the Trainer is set
+to `save_strategy="epoch"`. A short untimed warm-up run first, so one-time costs (CUDA context, BLAS
+and kernel initialisation) fall on neither side. Target: engine >= 1.25x faster, accuracy within 0.5 points.
 Usage: python benchmarks/engine_vs_trainer.py [--methods lora,full,adapters] [--data FILE] [--limit N]
        [--epochs E] [--size N]
 """
@@ -57,9 +60,9 @@ def run_trainer(cfg):
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="hf-"), num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=max(64, 2 * cfg.batch_size),
-        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
+        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio,
         lr_scheduler_type="linear", max_grad_norm=cfg.grad_clip, seed=cfg.seed, eval_strategy="epoch",
-        save_strategy="no", report_to=[], logging_steps=50, use_cpu=not torch.cuda.is_available(),
+        save_strategy="epoch", save_only_model=False, report_to=[], logging_steps=50, use_cpu=cfg.device == "cpu" or not torch.cuda.is_available(),
         dataloader_num_workers=0, disable_tqdm=True,
     )
 
@@ -84,17 +87,22 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=2400)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--model", default="minilm")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda:0 (the Trainer follows)")
     a = ap.parse_args()
     data = DataConfig(source=a.data, size=a.size, limit=a.limit)
+    print(f"load average {os.getloadavg()[0]:.2f}; {a.model}, data {a.data}, {a.epochs} epochs, fp32", flush=True)
+    run_engine(RunConfig(method=a.methods.split(",")[0], model=a.model, data=DataConfig(size=200), epochs=1,
+                         precision="fp32", device=a.device))  # warm-up, untimed
     print(f"{'method':9} {'runner':8} {'wall s':>8} {'samples/s':>10} {'test acc %':>10}")
     for m in a.methods.split(","):
-        cfg = RunConfig(method=m, model=a.model, data=data, epochs=a.epochs, precision="fp32")
+        cfg = RunConfig(method=m, model=a.model, data=data, epochs=a.epochs, precision="fp32", device=a.device)
         ours = run_engine(cfg)
         theirs = run_trainer(cfg)
         for name, (wall, acc, n) in (("peft-tui", ours), ("Trainer", theirs)):
             print(f"{m:9} {name:8} {wall:8.1f} {n / wall:10.1f} {100 * acc:10.2f}")
         print(f"{m:9} speed ratio (Trainer time / peft-tui time): {theirs[0] / ours[0]:.2f}x   "
-              f"accuracy difference: {100 * (ours[1] - theirs[1]):+.2f} points")
+              f"accuracy difference: {100 * (ours[1] - theirs[1]):+.2f} points", flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ class MemoryMonitor:
             import torch
 
             self._index = torch.device(device).index or 0
+            # reset_peak_memory_stats does not initialise CUDA itself: in a fresh process whose run has not
+            # touched the GPU yet (e.g. --precision fp32) it raised "Invalid device argument" (seen on an H100)
+            torch.cuda.init()
             torch.cuda.reset_peak_memory_stats(self._index)
             try:
                 import pynvml
@@ -56,11 +59,24 @@ class MemoryMonitor:
         return {"used_mb": used, "peak_mb": self.peak_mb, "reserved_mb": 0.0, "device_used_mb": 0.0}
 
 
+def _surely_no_gpu() -> bool:
+    """True on a Linux machine with no GPU device node (NVIDIA or ROCm) and torch not yet imported:
+    then torch.cuda cannot be available, and asking it would cost the torch import."""
+    import sys
+
+    if "torch" in sys.modules or not sys.platform.startswith("linux"):
+        return False
+    nodes = ("/dev/nvidia0", "/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+    return not any(os.path.exists(p) for p in nodes)
+
+
 def device_description(device: str = "auto") -> str:
     """Human words for the device, e.g. 'NVIDIA H100 (80 GB)' or 'CPU (2 cores, 23 GB RAM)'."""
     import psutil
 
     try:
+        if device == "cpu" or _surely_no_gpu():
+            raise LookupError  # CPU: no need to import torch (~1 s) just to say so; keeps first paint fast
         import torch
 
         if device != "cpu" and torch.cuda.is_available():

@@ -85,6 +85,9 @@ def load_model(name: str, num_labels: int, seed: int, trust_remote_code: bool = 
         model = AutoModelForSequenceClassification.from_pretrained(
             str(src), num_labels=num_labels, use_safetensors=True, trust_remote_code=trust_remote_code,
             ignore_mismatched_sizes=True,
+            # fp32 master weights: transformers 5 defaults to dtype="auto", which would train a model saved
+            # in bf16/fp16 (most hub LLMs) in that dtype; mixed precision comes from autocast instead
+            dtype=torch.float32,
         )
     except OSError as e:
         raise _hub_error(name, e) from None

@@ -1,0 +1,56 @@
+"""Tokenisation cache: same ids as tokenising, one file per (tokenizer, max_length, content), damaged
+files ignored, and a run in a store fills <store>/cache."""
+
+from __future__ import annotations
+
+import threading
+
+from conftest import tiny_config
+
+
+def test_cache_returns_the_same_ids_and_keys_on_content(tmp_path, tiny_tokenizer):
+    from peft_tui.engine.tokcache import cached_tokenize, tokenizer_fingerprint
+    from peft_tui.engine.trainer import tokenize
+
+    fp = tokenizer_fingerprint(tiny_tokenizer)
+    texts = ["the screen is great", "terrible keyboard", "a much longer sentence " * 20]
+    calls = []
+
+    def counting(*a):
+        calls.append(1)
+        return tokenize(*a)
+
+    first = cached_tokenize(tmp_path, fp, counting, tiny_tokenizer, texts, 16)
+    again = cached_tokenize(tmp_path, fp, counting, tiny_tokenizer, texts, 16)
+    assert first == again == tokenize(tiny_tokenizer, texts, 16)
+    assert len(calls) == 1  # the second call read the cache
+    cached_tokenize(tmp_path, fp, counting, tiny_tokenizer, texts, 32)  # another max_length
+    cached_tokenize(tmp_path, fp, counting, tiny_tokenizer, texts[:2] + ["changed"], 16)  # other content
+    pairs = cached_tokenize(tmp_path, fp, counting, tiny_tokenizer, texts, 16, ["x", "y", "z"])
+    assert len(calls) == 4 and pairs == tokenize(tiny_tokenizer, texts, 16, ["x", "y", "z"])
+    assert len(list(tmp_path.glob("tok-*.safetensors"))) == 4
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_damaged_cache_file_is_a_miss(tmp_path, tiny_tokenizer):
+    from peft_tui.engine.tokcache import cached_tokenize, tokenizer_fingerprint
+    from peft_tui.engine.trainer import tokenize
+
+    fp = tokenizer_fingerprint(tiny_tokenizer)
+    texts = ["one", "two three"]
+    cached_tokenize(tmp_path, fp, tokenize, tiny_tokenizer, texts, 8)
+    (path,) = tmp_path.glob("tok-*.safetensors")
+    path.write_bytes(b"garbage")
+    assert cached_tokenize(tmp_path, fp, tokenize, tiny_tokenizer, texts, 8) == tokenize(tiny_tokenizer, texts, 8)
+
+
+def test_run_fills_the_store_cache(store):
+    from peft_tui.engine.trainer import execute
+
+    cfg = tiny_config()
+    r1 = execute(store, store.create_run(cfg), cfg, store, threading.Event())
+    files = sorted((store.root / "cache").glob("tok-*.safetensors"))
+    assert len(files) == 3  # train, val, test
+    r2 = execute(store, store.create_run(cfg), cfg, store, threading.Event())
+    assert sorted((store.root / "cache").glob("tok-*.safetensors")) == files
+    assert r1["accuracy"] == r2["accuracy"] and r1["steps"] == r2["steps"]

@@ -67,6 +67,10 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
+def dev_type_of(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else "cpu" if device == "cpu" else device
+
+
 def cpu_has_amx() -> bool:
     """True when the CPU has AMX bf16 tiles (Intel Sapphire Rapids and later), read from /proc/cpuinfo."""
     try:
@@ -277,7 +281,9 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.learning_rate,
-        foreach=True,
+        # fused AdamW (one kernel over all parameters): on this 2-core CPU a MiniLM full fine-tune's
+        # optimizer step took 18 ms fused against 87 ms foreach (benchmarks, README Performance)
+        **({"fused": True} if dev_type_of(device) in ("cpu", "cuda") else {"foreach": True}),
     )
 
     def lr_lambda(step: int) -> float:

@@ -110,10 +110,10 @@ class PeftLab(App):
     ENABLE_COMMAND_PALETTE = False  # its footer slot is worth more to the keys at 80 columns
 
     def __init__(self, store, template: RunConfig, devices: list[str] | None = None, poll_s: float = 1.0,
-                 chart_interval_s: float = 1.0):
+                 chart_interval_s: float = 2.0):
         super().__init__()
         self.chart_interval_s = chart_interval_s
-        self.table_interval_s = 0.25  # the run table redraws at most 4 times a second
+        self.table_interval_s = 0.5  # the run table redraws at most twice a second (UI time is training time on small CPUs)
         self._last_table = 0.0
         self._topbar_text = ""
         self.store = store
@@ -139,7 +139,7 @@ class PeftLab(App):
     # ------------------------------------------------------------------ lifecycle
     def on_mount(self) -> None:
         self.push_screen(self.main)
-        self.set_interval(0.1, self._tick)
+        self.set_interval(0.2, self._tick)
         self._describe_device()
         self._poll()
         self.call_after_refresh(self._painted)

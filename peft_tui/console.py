@@ -13,7 +13,8 @@ from peft_tui.engine.events import EvalLogged, Event, LogMessage, RunFailed, Run
 from peft_tui.report.table import EFFICIENCY_NOTE, formatted
 
 err = Console(stderr=True)
-out = Console()
+# piped or captured output (CI logs, `| tee`) gets a wide table instead of rich's 80-column default
+out = Console() if sys.stdout.isatty() else Console(width=200)
 
 
 class ProgressSink:

@@ -21,6 +21,9 @@ from peft_tui.ui.screens.new_run import NewRunScreen  # noqa: E402
 from peft_tui.ui.widgets.tables import QueueTable, ResultsTable  # noqa: E402
 
 SIZE = (160, 48)
+# runs that must still be training when the test acts on them: ~2 minutes on an idle 2-core CPU
+# (tests cancel them; the app cancels what is left when it exits)
+LONG_EPOCHS = 20
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -111,7 +114,7 @@ async def test_compare_preset_fills_results_and_exports(tmp_path):
 
 @sync
 async def test_cancel_and_retry_a_running_run(tmp_path):
-    app = make_app(tmp_path, data=DataConfig(size=3000), epochs=3)
+    app = make_app(tmp_path, data=DataConfig(size=3000), epochs=LONG_EPOCHS)
     async with app.run_test(size=SIZE) as pilot:
         # the form opens with the template's values; ctrl+s queues it unchanged
         await pilot.press("n")
@@ -288,7 +291,7 @@ async def test_failed_run_shows_its_error_and_the_queue_goes_on(tmp_path):
 
 @sync
 async def test_remove_a_queued_run(tmp_path):
-    app = make_app(tmp_path, data=DataConfig(size=3000), epochs=3)
+    app = make_app(tmp_path, data=DataConfig(size=3000), epochs=LONG_EPOCHS)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("n")
         await pilot.pause()

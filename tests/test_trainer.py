@@ -104,3 +104,26 @@ def test_scheduler_runs_fifo_and_cancels_queued(store):
         sched2.shutdown()
     retry = store.get(retry_id)
     assert retry_id not in (a, b, c) and retry["status"] == "done" and retry["method"] == "lora"
+
+
+def test_shutdown_records_cancel_even_when_a_step_outlasts_the_timeout(store, monkeypatch):
+    """Quitting the dashboard with a run whose step is slower than the join timeout still leaves the
+    run `cancelled` in the store, not `running`."""
+    import time as _time
+
+    import peft_tui.engine.trainer as trainer
+
+    started = threading.Event()
+    real_collate = trainer.collate
+
+    def slow_collate(*a, **k):
+        started.set()
+        _time.sleep(1.0)
+        return real_collate(*a, **k)
+
+    monkeypatch.setattr(trainer, "collate", slow_collate)
+    sched = Scheduler(store, None, ["cpu"])
+    rid = sched.submit(tiny_config(method="head", data=DataConfig(size=400), epochs=3))
+    assert started.wait(60)
+    sched.shutdown(cancel_running=True, timeout=0.2)
+    assert store.get(rid)["status"] == "cancelled"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections import deque
 
 from peft_tui.config import ConfigError, RunConfig
@@ -134,8 +135,16 @@ class Scheduler:
             self._cond.notify_all()
         for run_id, _ in pending:
             self.sink(RunCancelled(run_id, 0))
+        deadline = time.monotonic() + timeout
         for w in self._workers:
-            w.join(timeout)
+            w.join(max(0.0, deadline - time.monotonic()))
+        if cancel_running:
+            # a step slower than the timeout (a busy CPU, a model still loading): record the cancel
+            # ourselves, since this process is about to end and the worker with it
+            with self._cond:
+                stuck = [rid for rid in self._running]
+            for run_id in stuck:
+                self.sink(RunCancelled(run_id, 0))
 
     # ------------------------------------------------------------------ workers
     def _next_for(self, device: str) -> tuple[int, RunConfig] | None:

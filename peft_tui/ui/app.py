@@ -44,7 +44,7 @@ class MainScreen(Screen):
     """The dashboard. Bindings live here (not on the app) so modal screens do not inherit them."""
 
     BINDINGS = [
-        Binding("n", "app.new_run", "New run"),
+        Binding("n", "app.new_run", "New"),  # short: every key fits an 80-column footer
         Binding("c", "app.compare", "Compare"),
         Binding("w", "app.sweep", "Sweep", show=False),
         Binding("x", "app.cancel_run", "Cancel"),

@@ -127,3 +127,16 @@ def test_shutdown_records_cancel_even_when_a_step_outlasts_the_timeout(store, mo
     assert started.wait(60)
     sched.shutdown(cancel_running=True, timeout=0.2)
     assert store.get(rid)["status"] == "cancelled"
+
+
+def test_a_broken_sink_is_reported_and_does_not_stop_the_others(caplog):
+    got = []
+
+    def broken(e):
+        raise RuntimeError("disk full")
+
+    emit = fan_out(broken, got.append)
+    with caplog.at_level("WARNING", logger="peft_tui"):
+        emit(RunCancelled(7, 3))
+    assert got == [RunCancelled(7, 3)]
+    assert "RunCancelled" in caplog.text and "disk full" in caplog.text

@@ -6,6 +6,7 @@ A sink is any callable taking one event. Events are frozen dataclasses, safe to 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
@@ -103,7 +104,7 @@ def fan_out(*sinks: Sink | None) -> Sink:
         for s in live:
             try:
                 s(event)
-            except Exception:  # noqa: BLE001 - a broken sink must not kill training
-                pass
+            except Exception:  # noqa: BLE001 - a broken sink must not kill training, but it is reported
+                logging.getLogger("peft_tui").warning("sink %r failed on %s", s, type(event).__name__, exc_info=True)
 
     return emit

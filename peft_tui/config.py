@@ -14,12 +14,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from peft_tui.errors import ConfigError  # noqa: F401  (re-exported for callers that import it from here)
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_STORE = "peft-runs"
-
-
-class ConfigError(ValueError):
-    """A bad value supplied by the user. The message is one line: what is wrong and the fix."""
 
 
 @dataclass(frozen=True)

@@ -66,4 +66,4 @@ class RunResult:
 
 def efficiency(accuracy: float, trainable: int) -> float:
     """Accuracy points per million trainable parameters."""
-    return 100.0 * accuracy / max(trainable / 1e6, 1e-9)
+    return 100.0 * accuracy / max(trainable / 1e6, 1e-6)

@@ -17,6 +17,7 @@ from typing import Any
 from peft_tui.errors import ConfigError  # noqa: F401  (re-exported for callers that import it from here)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+POOLINGS = ("auto", "cls", "mean", "max", "last")  # how a sequence becomes one vector for the classifier
 DEFAULT_STORE = "peft-runs"
 
 
@@ -80,6 +81,8 @@ class RunConfig:
     eval_every: int = 0  # evaluate every N optimizer steps as well as at each epoch end (0: epoch end only)
     patience: int = 0  # early stopping: evaluations without improvement before stopping (0: off)
     trust_remote_code: bool = False
+    pooling: str = "auto"  # auto: the checkpoint's own (sentence-transformers config, else the architecture's)
+    nproc: int = 1  # data-parallel processes for this one run (torchrun / Ray Train); 1: a single process
 
     # ----------------------------------------------------------------- validation
     def validate(self) -> None:
@@ -106,6 +109,10 @@ class RunConfig:
             raise ConfigError(f"grad_clip={self.grad_clip} must be >= 0 (0 turns clipping off)")
         if self.eval_every < 0 or self.patience < 0:
             raise ConfigError("eval_every and patience must be >= 0 (0 turns them off)")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"unknown pooling {self.pooling!r}: use one of {', '.join(POOLINGS)}")
+        if not 1 <= self.nproc <= 64:
+            raise ConfigError(f"nproc={self.nproc} is out of range: use 1..64 processes for one run")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
         if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+|mps", self.device):

@@ -2,11 +2,12 @@
 #   make run      the main job: the dashboard on the embedded defaults
 #   make compare  the same experiment headless (full, LoRA, adapters + TF-IDF, one table)
 #   make test     the test suite
+#   make lint     ruff, import contracts, mypy (CI runs it after the tests)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: setup run compare test bench screenshots clean
+.PHONY: setup run compare test lint bench screenshots clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +29,12 @@ compare: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
+
+# the gates CI runs after the tests: style, import contracts (pyproject [tool.importlinter]), engine types
+lint: setup
+	$(VENV)/bin/ruff check peft_tui tests benchmarks
+	cd $(CURDIR) && $(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy peft_tui/engine peft_tui/config.py peft_tui/errors.py
 
 # every benchmark in sequence; each prints its figures and ratios (README, Performance). ~30-60 min on 2 CPU cores
 AGNEWS ?= ../shared/datasets/ag_news/ag_news_test.csv

@@ -9,7 +9,9 @@ from conftest import tiny_config
 from peft_tui.config import DataConfig
 from peft_tui.engine.events import EvalLogged, MemorySampled, RunCancelled, RunFinished, RunStarted, StepLogged, fan_out
 from peft_tui.engine.scheduler import Scheduler
-from peft_tui.engine.trainer import execute, length_grouped_batches, macro_f1
+from peft_tui.engine.batching import length_grouped_batches
+from peft_tui.engine.evaluation import macro_f1
+from peft_tui.engine.trainer import execute
 
 
 def run(store, cfg, cancel=None, extra=None):
@@ -26,15 +28,15 @@ def test_events_and_result(store):
     assert kinds[0] is RunStarted and kinds[-1] is RunFinished
     started = events[0]
     assert started.total_steps == 2 * -(-84 // 16)  # 120 examples: 84 train, 18 val, 18 test
-    assert started.trainable_params == result["trainable_params"] < started.total_params
+    assert started.trainable_params == result.trainable_params < started.total_params
     steps = [e for e in events if isinstance(e, StepLogged)]
     assert steps[-1].step == started.total_steps and all(e.loss > 0 for e in steps)
     assert [e.step for e in steps] == sorted(e.step for e in steps)
     assert any(isinstance(e, MemorySampled) and e.used_mb > 50 for e in events)
     evals = [e for e in events if isinstance(e, EvalLogged)]
     assert [(e.split, e.epoch) for e in evals] == [("val", 1.0), ("val", 2.0), ("test", 2.0)]
-    assert result["accuracy"] == evals[-1].accuracy
-    assert result["sizes"] == {"train": 84, "val": 18, "test": 18}
+    assert result.accuracy == evals[-1].accuracy
+    assert result.sizes == {"train": 84, "val": 18, "test": 18}
     assert store.get(rid)["status"] == "done"
 
 
@@ -44,9 +46,9 @@ def test_eval_every_and_early_stopping(store):
     _, result, events = run(store, cfg)
     val_steps = [e.step for e in events if isinstance(e, EvalLogged) and e.split == "val"]
     assert val_steps[:3] == [2, 4, 6]
-    assert result["stopped_early"] is True
+    assert result.stopped_early is True
     assert len(val_steps) == 3  # first sets the best, two without improvement stop it
-    assert result["steps"] == 6 < 5 * 6
+    assert result.steps == 6 < 5 * 6
 
 
 def test_cancel_takes_effect_within_one_step(store):

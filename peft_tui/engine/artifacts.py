@@ -100,7 +100,7 @@ def predict(run: LoadedRun, texts: list[str], pairs: list[str] | None = None, ba
     """Label and class probabilities per text, tokenised and padded as the trainer does."""
     import torch
 
-    from peft_tui.engine.trainer import collate, tokenize
+    from peft_tui.engine.batching import collate, tokenize
 
     if pairs is not None and len(pairs) != len(texts):
         raise ConfigError(f"{len(texts)} texts but {len(pairs)} second sentences: give one pair per text")

@@ -9,7 +9,7 @@ from conftest import tiny_config
 
 
 def test_cache_returns_the_same_ids_and_keys_on_content(tmp_path, tiny_tokenizer):
-    from peft_tui.engine.tokcache import cached_tokenize, tokenizer_fingerprint
+    from peft_tui.engine.data.tokcache import cached_tokenize, tokenizer_fingerprint
     from peft_tui.engine.batching import tokenize
 
     fp = tokenizer_fingerprint(tiny_tokenizer)
@@ -33,7 +33,7 @@ def test_cache_returns_the_same_ids_and_keys_on_content(tmp_path, tiny_tokenizer
 
 
 def test_damaged_cache_file_is_a_miss(tmp_path, tiny_tokenizer):
-    from peft_tui.engine.tokcache import cached_tokenize, tokenizer_fingerprint
+    from peft_tui.engine.data.tokcache import cached_tokenize, tokenizer_fingerprint
     from peft_tui.engine.batching import tokenize
 
     fp = tokenizer_fingerprint(tiny_tokenizer)

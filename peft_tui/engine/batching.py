@@ -26,7 +26,7 @@ def tokenize(tokenizer, texts: list[str], max_length: int, pairs: list[str] | No
 def tokenize_splits(tokenizer, data: DataSplits, max_length: int,
                     cache_dir: Path | None) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
     """Token ids of the train, val and test splits, read from / written to `cache_dir` when given."""
-    from peft_tui.engine.tokcache import cached_tokenize, tokenizer_fingerprint
+    from peft_tui.engine.data.tokcache import cached_tokenize, tokenizer_fingerprint
 
     fp = tokenizer_fingerprint(tokenizer) if cache_dir is not None else None
     train, val, test = (cached_tokenize(cache_dir, fp, tokenize, tokenizer, s.texts, max_length, s.pairs)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peft_tui.config import ConfigError, RunConfig
+from peft_tui.config import RunConfig
+from peft_tui.errors import ConfigError, first_line
 
 # methods whose rebuilt model is a stock transformers classifier (nothing to merge)
 PLAIN = ("full", "head", "bitfit")
@@ -70,8 +71,8 @@ def rebuild(folder: Path, config: RunConfig, num_labels: int, device: str = "cpu
             warnings.simplefilter("ignore", UserWarning)
             model = method.load(base, Path(folder), params)
     except (FileNotFoundError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"the weights in {folder} could not be loaded ({first}): was the run folder changed?") from None
+        raise ConfigError(f"the weights in {folder} could not be loaded ({first_line(e, 200)}): "
+                          "was the run folder changed?") from None
     tokenizer = models.load_tokenizer(config.model, config.trust_remote_code)
     return model.to(device).eval(), tokenizer
 
@@ -173,7 +174,7 @@ def export_run(store, run_id: int, out: str | Path, merge: bool = False) -> Expo
         try:
             merged = model.merge_and_unload()
         except Exception as e:  # noqa: BLE001 - prompt learning has no weights to merge, say so
-            why = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            why = first_line(e, 160)
         else:
             _save_plain(merged, tokenizer, names, out)
             _write_readme(out, config, names, row, "merged", loads_plain)

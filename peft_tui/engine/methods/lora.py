@@ -12,6 +12,7 @@ use_dora on. Both share the default learning rate (default_lr below).
 from __future__ import annotations
 
 from peft_tui.engine.methods import Method, Param, fraction, positive, register
+from peft_tui.errors import ConfigError, first_line
 
 # Per-architecture targets (attention projections), peft's own table is the fallback.
 TARGETS = {
@@ -74,9 +75,7 @@ class Lora(Method):
         try:
             return get_peft_model(model, self.peft_config(model, params))
         except ValueError as e:  # peft: "Target modules {...} not found in the base model"
-            from peft_tui.config import ConfigError
-
-            raise ConfigError(f"{self.name} cannot wrap this model: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"{self.name} cannot wrap this model: {first_line(e)}") from None
 
     def save(self, model, folder, params):
         model.save_pretrained(folder / "adapter", safe_serialization=True)

@@ -223,3 +223,17 @@ def test_tfidf_baseline_cannot_be_resumed(store):
         prepare_resume(store, rid)
     assert execute(store, rid, cfg, store, resume=True) is None
     assert "keeps no checkpoint" in store.get(rid)["error"]
+
+
+def test_tfidf_baseline_has_no_model_to_predict_with(store):
+    import pytest
+
+    from peft_tui.config import ConfigError
+    from peft_tui.engine.artifacts import export_run, load_run
+
+    rid, result, _ = run_with(store, tfidf_config(data=DataConfig(size=60)))
+    assert result is not None
+    with pytest.raises(ConfigError, match="baseline: it keeps no model"):
+        load_run(store, rid)
+    with pytest.raises(ConfigError, match="baseline: it keeps no model"):
+        export_run(store, rid, store.root / "out")

@@ -51,9 +51,14 @@ class ExportResult:
 
 
 def _finished_row(store, run_id: int) -> dict:
+    from peft_tui.engine.methods import get_method
+
     row = store.get(run_id)
     if row["status"] != "done" or not row["result"]:
         raise ConfigError(f"run {run_id} is {row['status']}, not done: only finished runs have trained weights")
+    if get_method(row["method"]).is_baseline:
+        raise ConfigError(f"run {run_id} is the {row['method']} baseline: it keeps no model to predict with or "
+                          "export; pick a fine-tuning run")
     return row
 
 

@@ -235,7 +235,8 @@ def build_optimizer(model, config: RunConfig, total_steps: int):
     import torch
 
     warmup = int(total_steps * config.warmup_ratio)
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for n, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in n or "layernorm" in n else decay).append(p)

@@ -33,7 +33,7 @@ def default_targets(model_type: str) -> list[str] | str:
         return TARGETS[model_type]
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_table
 
-    return peft_table.get(model_type, "all-linear")
+    return list(peft_table.get(model_type, [])) or "all-linear"
 
 
 @register

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from peft_tui.errors import ConfigError  # noqa: F401  (re-exported for callers that import it from here)
+from peft_tui.errors import ConfigError, first_line  # ConfigError: callers may import it from here too
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POOLINGS = ("auto", "cls", "mean", "max", "last")  # how a sequence becomes one vector for the classifier
@@ -229,8 +229,7 @@ def config_from_file(path_str: str) -> RunConfig:
         text = path.read_text()
         raw = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"config file {path_str!r} could not be parsed ({first}): write JSON or TOML") from None
+        raise ConfigError(f"config file {path_str!r} could not be parsed ({first_line(e)}): write JSON or TOML") from None
     if isinstance(raw, dict) and isinstance(raw.get("config"), dict):  # a `peft-tui show --json` document
         raw = raw["config"]
     if not isinstance(raw, dict):

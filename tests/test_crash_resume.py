@@ -61,8 +61,8 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, log_every_step):
     resumed = trainer.execute(b, rb, config, b, resume=True)
     assert resumed is not None and b.get(rb)["status"] == "done"
     assert b.series(rb, "train_loss") == a.series(ra, "train_loss")  # same steps, same values
-    assert resumed["accuracy"] == full["accuracy"] and resumed["test_loss"] == full["test_loss"]
-    assert resumed["steps"] == full["steps"] == 18
+    assert resumed.accuracy == full.accuracy and resumed.test_loss == full.test_loss
+    assert resumed.steps == full.steps == 18
     assert checkpoint.find(b.run_dir(rb)) is None  # a finished run keeps its final weights only
 
 

@@ -86,7 +86,7 @@ def _pairs_csv(tmp_path, n=90):
 
 
 def test_sentence_pairs_are_carried_and_tokenised_as_pairs(tmp_path, tiny_tokenizer):
-    from peft_tui.engine.trainer import tokenize
+    from peft_tui.engine.batching import tokenize
 
     path = _pairs_csv(tmp_path)
     data = load_splits(DataConfig(source=str(path), text_col="s1", text_pair_col="s2"), seed=0)
@@ -106,7 +106,7 @@ def test_pairs_train_end_to_end(tmp_path, store):
     cfg = tiny_config(method="lora", data=DataConfig(source=str(path), text_col="s1", text_pair_col="s2"))
     rid = store.create_run(cfg)
     result = execute(store, rid, cfg, store)
-    assert result is not None and result["sizes"]["train"] > 0
+    assert result is not None and result.sizes["train"] > 0
 
 
 def test_summary_counts_percentiles_and_truncation(tiny_tokenizer):

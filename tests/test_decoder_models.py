@@ -80,7 +80,7 @@ def test_padding_does_not_change_logits(decoder_folder):
     import torch
 
     from peft_tui.engine.models import load_model, load_tokenizer
-    from peft_tui.engine.trainer import collate, tokenize
+    from peft_tui.engine.batching import collate, tokenize
 
     _, folder = decoder_folder
     tok = load_tokenizer(str(folder))
@@ -120,9 +120,9 @@ def test_methods_train_on_decoder(decoder_folder, method, params, store):
     events = []
     result = execute(store, rid, cfg, lambda e: (events.append(e), store(e)))
     assert result is not None, [getattr(e, "error", "") for e in events]
-    assert 0.0 <= result["accuracy"] <= 1.0 and result["steps"] > 0
+    assert 0.0 <= result.accuracy <= 1.0 and result.steps > 0
     if method != "full":
-        assert result["trainable_params"] < result["total_params"] / 2
+        assert result.trainable_params < result.total_params / 2
     # the saved weights rebuild the trained model, which differs from the untrained one
     x = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():

@@ -333,8 +333,8 @@ def test_execute_prefix_end_to_end(tmp_path):
     row = store.get(rid)
     assert row["status"] == "done", row.get("error")
     assert result is not None
-    assert result["trainable_params"] == 2 * 2 * 64 * 4 + 130
-    assert result["steps"] >= 1 and 0.0 <= result["accuracy"] <= 1.0
+    assert result.trainable_params == 2 * 2 * 64 * 4 + 130
+    assert result.steps >= 1 and 0.0 <= result.accuracy <= 1.0
     adapter = store.run_dir(rid) / "adapter"
     assert (adapter / "adapter_model.safetensors").exists() and (adapter / "adapter_config.json").exists()
 

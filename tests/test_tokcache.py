@@ -9,8 +9,8 @@ from conftest import tiny_config
 
 
 def test_cache_returns_the_same_ids_and_keys_on_content(tmp_path, tiny_tokenizer):
-    from peft_tui.engine.tokcache import cached_tokenize, tokenizer_fingerprint
-    from peft_tui.engine.trainer import tokenize
+    from peft_tui.engine.data.tokcache import cached_tokenize, tokenizer_fingerprint
+    from peft_tui.engine.batching import tokenize
 
     fp = tokenizer_fingerprint(tiny_tokenizer)
     texts = ["the screen is great", "terrible keyboard", "a much longer sentence " * 20]
@@ -33,8 +33,8 @@ def test_cache_returns_the_same_ids_and_keys_on_content(tmp_path, tiny_tokenizer
 
 
 def test_damaged_cache_file_is_a_miss(tmp_path, tiny_tokenizer):
-    from peft_tui.engine.tokcache import cached_tokenize, tokenizer_fingerprint
-    from peft_tui.engine.trainer import tokenize
+    from peft_tui.engine.data.tokcache import cached_tokenize, tokenizer_fingerprint
+    from peft_tui.engine.batching import tokenize
 
     fp = tokenizer_fingerprint(tiny_tokenizer)
     texts = ["one", "two three"]
@@ -53,4 +53,4 @@ def test_run_fills_the_store_cache(store):
     assert len(files) == 3  # train, val, test
     r2 = execute(store, store.create_run(cfg), cfg, store, threading.Event())
     assert sorted((store.root / "cache").glob("tok-*.safetensors")) == files
-    assert r1["accuracy"] == r2["accuracy"] and r1["steps"] == r2["steps"]
+    assert r1.accuracy == r2.accuracy and r1.steps == r2.steps

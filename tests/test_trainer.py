@@ -9,7 +9,9 @@ from conftest import tiny_config
 from peft_tui.config import DataConfig
 from peft_tui.engine.events import EvalLogged, MemorySampled, RunCancelled, RunFinished, RunStarted, StepLogged, fan_out
 from peft_tui.engine.scheduler import Scheduler
-from peft_tui.engine.trainer import execute, length_grouped_batches, macro_f1
+from peft_tui.engine.batching import length_grouped_batches
+from peft_tui.engine.evaluation import macro_f1
+from peft_tui.engine.trainer import execute
 
 
 def run(store, cfg, cancel=None, extra=None):
@@ -26,15 +28,15 @@ def test_events_and_result(store):
     assert kinds[0] is RunStarted and kinds[-1] is RunFinished
     started = events[0]
     assert started.total_steps == 2 * -(-84 // 16)  # 120 examples: 84 train, 18 val, 18 test
-    assert started.trainable_params == result["trainable_params"] < started.total_params
+    assert started.trainable_params == result.trainable_params < started.total_params
     steps = [e for e in events if isinstance(e, StepLogged)]
     assert steps[-1].step == started.total_steps and all(e.loss > 0 for e in steps)
     assert [e.step for e in steps] == sorted(e.step for e in steps)
     assert any(isinstance(e, MemorySampled) and e.used_mb > 50 for e in events)
     evals = [e for e in events if isinstance(e, EvalLogged)]
     assert [(e.split, e.epoch) for e in evals] == [("val", 1.0), ("val", 2.0), ("test", 2.0)]
-    assert result["accuracy"] == evals[-1].accuracy
-    assert result["sizes"] == {"train": 84, "val": 18, "test": 18}
+    assert result.accuracy == evals[-1].accuracy
+    assert result.sizes == {"train": 84, "val": 18, "test": 18}
     assert store.get(rid)["status"] == "done"
 
 
@@ -44,9 +46,9 @@ def test_eval_every_and_early_stopping(store):
     _, result, events = run(store, cfg)
     val_steps = [e.step for e in events if isinstance(e, EvalLogged) and e.split == "val"]
     assert val_steps[:3] == [2, 4, 6]
-    assert result["stopped_early"] is True
+    assert result.stopped_early is True
     assert len(val_steps) == 3  # first sets the best, two without improvement stop it
-    assert result["steps"] == 6 < 5 * 6
+    assert result.steps == 6 < 5 * 6
 
 
 def test_cancel_takes_effect_within_one_step(store):
@@ -140,3 +142,98 @@ def test_a_broken_sink_is_reported_and_does_not_stop_the_others(caplog):
         emit(RunCancelled(7, 3))
     assert got == [RunCancelled(7, 3)]
     assert "RunCancelled" in caplog.text and "disk full" in caplog.text
+
+
+# ------------------------------------------------------------------------------- execute's inputs
+def test_execute_uses_the_data_and_cache_folder_it_is_given(store, tmp_path, monkeypatch):
+    """`data=` splits are trained on as given (nothing is loaded again); `cache_dir=` holds the token cache."""
+    import peft_tui.engine.data as data_module
+    from peft_tui.engine.data import load_splits
+
+    cfg = tiny_config(method="head")
+    data = load_splits(cfg.data, cfg.seed)
+    data.train = data.train.pick(list(range(32)))  # a subset: only these can have been trained on
+
+    def no_loading(*a, **k):
+        raise AssertionError("the data was loaded again")
+
+    monkeypatch.setattr(data_module, "load_splits", no_loading)
+    cache = tmp_path / "elsewhere"
+    rid, result, events = run_with(store, cfg, data=data, cache_dir=cache)
+    assert result is not None and result.sizes["train"] == 32 and result.steps == 2
+    assert len(list(cache.glob("tok-*.safetensors"))) == 3
+    assert not (store.root / "cache").exists()
+
+
+def run_with(store, cfg, **kw):
+    events = []
+    rid = store.create_run(cfg)
+    result = execute(store, rid, cfg, fan_out(store, events.append), **kw)
+    return rid, result, events
+
+
+# ------------------------------------------------------------------------------- the TF-IDF baseline
+def tfidf_config(**kw):
+    from peft_tui.config import RunConfig
+
+    return RunConfig(method="tfidf", model="tfidf+logreg", name="tfidf", **kw)
+
+
+def test_tfidf_baseline_runs_through_execute(store):
+    from peft_tui.engine.methods import get_method
+    from peft_tui.engine.trainer import preflight
+
+    cfg = tfidf_config(data=DataConfig(size=200))
+    cfg.validate()
+    assert get_method("tfidf").is_baseline and not get_method("lora").is_baseline
+    assert len(preflight(cfg).train) == 140  # no model or device check for a baseline
+    rid, result, events = run_with(store, cfg)
+    assert [type(e) for e in events] == [RunStarted, EvalLogged, EvalLogged, RunFinished]
+    assert [e.split for e in events if isinstance(e, EvalLogged)] == ["val", "test"]
+    assert result.accuracy == events[2].accuracy and 0.5 < result.accuracy <= 1.0
+    assert result.trainable_params == events[0].trainable_params > 100  # vocabulary size + 1 for two classes
+    assert result.trainable_pct is None and result.peak_memory_mb is None  # nothing true to say: a dash
+    row = store.get(rid)
+    assert row["status"] == "done" and row["result"]["accuracy"] == result.accuracy
+    assert row["result"]["trainable_pct"] is None
+
+
+def test_tfidf_baseline_without_vocabulary_fails_in_one_line(store, tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "letters.csv"
+    pd.DataFrame({"text": ["a", "b", "c", "d"] * 10, "label": [0, 1] * 20}).to_csv(path, index=False)
+    rid, result, events = run_with(store, tfidf_config(data=DataConfig(source=str(path))))
+    assert result is None
+    row = store.get(rid)
+    assert row["status"] == "failed" and "no words in the training texts" in row["error"]
+    assert "\n" not in row["error"]
+
+
+def test_tfidf_baseline_cannot_be_resumed(store):
+    import pytest
+
+    from peft_tui.config import ConfigError
+    from peft_tui.engine.checkpoint import prepare_resume
+
+    cfg = tfidf_config(data=DataConfig(size=60))
+    rid = store.create_run(cfg)
+    store.set_status(rid, "failed", "stopped")
+    with pytest.raises(ConfigError, match="baseline, which keeps no checkpoint"):
+        prepare_resume(store, rid)
+    assert execute(store, rid, cfg, store, resume=True) is None
+    assert "keeps no checkpoint" in store.get(rid)["error"]
+
+
+def test_tfidf_baseline_has_no_model_to_predict_with(store):
+    import pytest
+
+    from peft_tui.config import ConfigError
+    from peft_tui.engine.artifacts import export_run, load_run
+
+    rid, result, _ = run_with(store, tfidf_config(data=DataConfig(size=60)))
+    assert result is not None
+    with pytest.raises(ConfigError, match="baseline: it keeps no model"):
+        load_run(store, rid)
+    with pytest.raises(ConfigError, match="baseline: it keeps no model"):
+        export_run(store, rid, store.root / "out")

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peft_tui.config import ConfigError, RunConfig
+from peft_tui.config import RunConfig
+from peft_tui.errors import ConfigError, first_line
 
 # methods whose rebuilt model is a stock transformers classifier (nothing to merge)
 PLAIN = ("full", "head", "bitfit")
@@ -50,9 +51,14 @@ class ExportResult:
 
 
 def _finished_row(store, run_id: int) -> dict:
+    from peft_tui.engine.methods import get_method
+
     row = store.get(run_id)
     if row["status"] != "done" or not row["result"]:
         raise ConfigError(f"run {run_id} is {row['status']}, not done: only finished runs have trained weights")
+    if get_method(row["method"]).is_baseline:
+        raise ConfigError(f"run {run_id} is the {row['method']} baseline: it keeps no model to predict with or "
+                          "export; pick a fine-tuning run")
     return row
 
 
@@ -70,8 +76,8 @@ def rebuild(folder: Path, config: RunConfig, num_labels: int, device: str = "cpu
             warnings.simplefilter("ignore", UserWarning)
             model = method.load(base, Path(folder), params)
     except (FileNotFoundError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"the weights in {folder} could not be loaded ({first}): was the run folder changed?") from None
+        raise ConfigError(f"the weights in {folder} could not be loaded ({first_line(e, 200)}): "
+                          "was the run folder changed?") from None
     tokenizer = models.load_tokenizer(config.model, config.trust_remote_code)
     return model.to(device).eval(), tokenizer
 
@@ -100,7 +106,7 @@ def predict(run: LoadedRun, texts: list[str], pairs: list[str] | None = None, ba
     """Label and class probabilities per text, tokenised and padded as the trainer does."""
     import torch
 
-    from peft_tui.engine.trainer import collate, tokenize
+    from peft_tui.engine.batching import collate, tokenize
 
     if pairs is not None and len(pairs) != len(texts):
         raise ConfigError(f"{len(texts)} texts but {len(pairs)} second sentences: give one pair per text")
@@ -173,7 +179,7 @@ def export_run(store, run_id: int, out: str | Path, merge: bool = False) -> Expo
         try:
             merged = model.merge_and_unload()
         except Exception as e:  # noqa: BLE001 - prompt learning has no weights to merge, say so
-            why = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            why = first_line(e, 160)
         else:
             _save_plain(merged, tokenizer, names, out)
             _write_readme(out, config, names, row, "merged", loads_plain)

@@ -13,21 +13,41 @@ A checkpoint is built in `checkpoint.tmp-<pid>/` and renamed into place; the pre
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peft_tui.config import ConfigError, RunConfig
+from peft_tui.config import RunConfig
+from peft_tui.errors import ConfigError, first_line
 
 NAME = "checkpoint"
 RESUMABLE = ("interrupted", "failed", "diverged", "cancelled")
 
 
-def save(run_dir: Path, model, optimizer, scheduler, scaler, rng: random.Random, meta: dict[str, Any],
-         best_state: dict | None = None) -> Path:
+@dataclass
+class TrainState:
+    """The loop's counters: what a checkpoint saves (in meta.json, and best.safetensors) and restores."""
+
+    steps_per_epoch: int
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    samples: int = 0
+    tokens: int = 0  # real (unpadded) tokens seen
+    train_time: float = 0.0  # seconds spent training, evaluation excluded
+    best_acc: float = -1.0  # best validation accuracy so far
+    bad_evals: int = 0  # evaluations since the best one (early stopping)
+    best_state: dict | None = None  # with early stopping: the trainable weights at the best evaluation
+
+    def meta(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "best_state"}
+
+
+def save(run_dir: Path, model, optimizer, scheduler, scaler, rng: random.Random, state: TrainState) -> Path:
     import torch
     from safetensors.torch import save_file
 
@@ -39,9 +59,10 @@ def save(run_dir: Path, model, optimizer, scheduler, scaler, rng: random.Random,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(trainable_state(model), str(tmp / "weights.safetensors"))
-    if best_state:
-        save_file({k: v.detach().contiguous().cpu() for k, v in best_state.items()}, str(tmp / "best.safetensors"))
-    state = {
+    if state.best_state:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.best_state.items()},
+                  str(tmp / "best.safetensors"))
+    states = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
@@ -49,8 +70,8 @@ def save(run_dir: Path, model, optimizer, scheduler, scaler, rng: random.Random,
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "python_rng": rng.getstate(),
     }
-    torch.save(state, tmp / "state.pt")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    torch.save(states, tmp / "state.pt")
+    (tmp / "meta.json").write_text(json.dumps(state.meta(), indent=2, sort_keys=True))
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
@@ -72,11 +93,11 @@ def read_meta(path: Path) -> dict[str, Any]:
     try:
         return json.loads((path / "meta.json").read_text())
     except (OSError, ValueError) as e:
-        raise ConfigError(f"checkpoint {path} is unreadable ({e}): the run cannot be resumed; retry it") from None
+        raise ConfigError(f"checkpoint {path} is unreadable ({first_line(e)}): the run cannot be resumed; retry it") from None
 
 
-def load(path: Path, model, optimizer, scheduler, scaler, rng: random.Random) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler, scaler and RNG states. Returns meta plus `best_state`."""
+def load(path: Path, model, optimizer, scheduler, scaler, rng: random.Random) -> TrainState:
+    """Restore weights, optimizer, scheduler, scaler and RNG states; return the loop's counters."""
     import torch
     from safetensors.torch import load_file
 
@@ -87,10 +108,11 @@ def load(path: Path, model, optimizer, scheduler, scaler, rng: random.Random) ->
         load_into(model, path / "weights.safetensors")
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         best = path / "best.safetensors"
-        meta["best_state"] = load_file(str(best)) if best.exists() else None
+        best_state = load_file(str(best)) if best.exists() else None
+        counters = TrainState(**{f.name: meta[f.name] for f in dataclasses.fields(TrainState) if f.name in meta})
     except Exception as e:  # noqa: BLE001 - truncated or corrupted files
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"checkpoint {path} is damaged ({first}): the run cannot be resumed; retry it") from None
+        raise ConfigError(f"checkpoint {path} is damaged ({first_line(e, 160)}): "
+                          "the run cannot be resumed; retry it") from None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
@@ -98,7 +120,7 @@ def load(path: Path, model, optimizer, scheduler, scaler, rng: random.Random) ->
     if state["cuda_rng"] and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     rng.setstate(_as_tuple(state["python_rng"]))
-    return meta
+    return dataclasses.replace(counters, best_state=best_state)
 
 
 def _as_tuple(x):
@@ -121,8 +143,10 @@ def prepare_resume(store, run_id: int) -> RunConfig:
             f"run {run_id} cannot be resumed: {why or row['status']} "
             "(only interrupted, failed, diverged or cancelled runs)"
         )
-    if row["method"] == "tfidf":
-        raise ConfigError("the TF-IDF baseline row cannot be resumed: rerun the comparison")
+    from peft_tui.engine.methods import get_method
+
+    if get_method(row["method"]).is_baseline:
+        raise ConfigError(f"run {run_id} is the {row['method']} baseline, which keeps no checkpoint: retry it instead")
     path = find(store.run_dir(run_id))
     if path is None:
         raise ConfigError(

@@ -1,4 +1,5 @@
-"""Memory samples: CUDA (torch allocator + NVML device use) or CPU (process RSS via psutil)."""
+"""Memory: samples for one run (CUDA: torch allocator + NVML device use; CPU: process RSS via psutil),
+and releasing what a run held once it ends."""
 
 from __future__ import annotations
 
@@ -86,3 +87,19 @@ def device_description(device: str = "auto") -> str:
     except Exception:
         pass
     return f"CPU ({os.cpu_count()} cores, {psutil.virtual_memory().total / 1e9:.0f} GB RAM)"
+
+
+def release_memory() -> None:
+    """Give back what a finished (or failed) run held: Python garbage, and the CUDA allocator's cache."""
+    import gc
+    import sys
+
+    gc.collect()
+    if "torch" in sys.modules:
+        import torch
+
+        try:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except RuntimeError:  # a CUDA context broken by the run's own error: nothing more to give back
+            pass

@@ -9,7 +9,8 @@ import dataclasses
 import itertools
 import re
 
-from peft_tui.config import ConfigError, RunConfig
+from peft_tui.config import RunConfig
+from peft_tui.errors import ConfigError
 
 MAX_RUNS = 256
 

@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch.nn as nn
 from safetensors.torch import load_file, save_file
+from torch import nn
+
+from peft_tui.errors import ConfigError, first_line
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -35,15 +37,13 @@ def save_trainable(model: nn.Module, path: Path, metadata: dict[str, str] | None
 def load_into(model: nn.Module, path: Path) -> None:
     """Load a safetensors file of (some of) the model's parameters; every key must exist in the model.
     Raises ConfigError (one line) for a missing, corrupted or mismatched file."""
-    from peft_tui.config import ConfigError
-
     if not path.exists():
         raise ConfigError(f"weights file {path} is missing: the run did not finish saving, rerun it")
     try:
         state = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for truncated or garbage files
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"weights file {path} is corrupted ({first}): rerun the run to save it again") from None
+        raise ConfigError(f"weights file {path} is corrupted ({first_line(e, 160)}): "
+                          "rerun the run to save it again") from None
     missing_in_model = set(state) - set(dict(model.named_parameters())) - set(dict(model.named_buffers()))
     if missing_in_model:
         raise ConfigError(f"{path.name} has weights the model lacks ({sorted(missing_in_model)[0]}): "

@@ -2,6 +2,9 @@
 
 A method says which parameters it takes (with defaults and checks), its default learning rate,
 how it wraps a freshly loaded classifier (`apply`), and how it saves and reloads what it trained.
+A method with its own procedure instead of the trainer's loop sets a `run` hook, which `execute` calls
+(the TF-IDF baseline; the head-only linear probe); `is_baseline` marks a row that is not a fine-tuning
+of the base model (no checkpoint, no resume, no weights to predict with or export).
 Importing this package is torch-free: modules import torch inside their functions, so
 `peft-tui methods` and config validation stay fast.
 
@@ -11,14 +14,26 @@ with `@register`, and import it at the bottom of this file.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Optional
 
-from peft_tui.config import ConfigError
+from peft_tui.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch.nn as nn
+    from torch import nn
+
+    from peft_tui.config import RunConfig
+    from peft_tui.engine.data import DataSplits
+    from peft_tui.engine.events import Sink
+    from peft_tui.engine.result import RunResult
+
+# run(config, run_id, sink, cancel, out_dir, data) -> RunResult: a whole run, its events included; `data`
+# is the splits when the caller loaded them already, else None. Raises like the trainer (ConfigError,
+# trainer.Cancelled, ...); `execute` turns that into the run's end.
+RunHook = Callable[["RunConfig", int, "Sink", threading.Event, Path, Optional["DataSplits"]], "RunResult"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,8 @@ class Method:
     summary: str = ""
     default_lr: float = 2e-5
     params: dict[str, Param] = {}
+    is_baseline: bool = False  # not a fine-tuning of the base model (e.g. TF-IDF + logistic regression)
+    run: RunHook | None = None  # set: `execute` calls it instead of the trainer's loop
 
     def check_params(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
@@ -128,4 +145,6 @@ def method_names() -> list[str]:
 
 
 # Registration order is display order.
-from peft_tui.engine.methods import full, lora, adapters, head, bitfit, ia3, prompt_learning, peft_json  # noqa: E402,F401,E501
+from peft_tui.engine.methods import (  # noqa: F401, I001
+    full, lora, adapters, head, bitfit, ia3, prompt_learning, peft_json, tfidf,
+)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 
 from peft_tui.engine.methods import Method, Param, register
+from peft_tui.errors import ConfigError
 
 ACTIVATIONS = ("relu", "gelu", "tanh", "swish")
 
@@ -43,7 +44,7 @@ def _positive(v):
 
 def build_modules():
     """The adapter nn.Modules, defined lazily so importing the registry stays torch-free."""
-    import torch.nn as nn
+    from torch import nn
 
     act_cls = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "swish": nn.SiLU}
 
@@ -80,8 +81,6 @@ def _out_features(module, fallback: int) -> int:
 def target_names(model, variant: str) -> list[str]:
     model_type = model.config.model_type
     if model_type not in PLACEMENT:
-        from peft_tui.config import ConfigError
-
         raise ConfigError(
             f"adapters do not know where to go in a {model_type!r} model: "
             f"supported types are {', '.join(PLACEMENT)}; use lora instead"

@@ -14,6 +14,7 @@ Decoder models without biases (Llama, Mistral) are refused: only the head would 
 from __future__ import annotations
 
 from peft_tui.engine.methods import Method, Param, register
+from peft_tui.errors import ConfigError
 
 NORM_HINTS = ("layernorm", "layer_norm", "ln_", "norm")
 
@@ -48,7 +49,6 @@ class BitFit(Method):
     }
 
     def apply(self, model, params):
-        from peft_tui.config import ConfigError
         from peft_tui.engine.weights import freeze_all_but, head_module_names
 
         p = self.resolve(params)

@@ -11,6 +11,7 @@ Default learning rate 3e-3: the scales are few and multiplicative; peft's IA3 ex
 from __future__ import annotations
 
 from peft_tui.engine.methods import Method, Param, register
+from peft_tui.errors import ConfigError
 
 _BERT = (r".*\.(key|value)|.*\.layer\.\d+\.output\.dense", r".*\.layer\.\d+\.output\.dense")
 _LLAMA = (["k_proj", "v_proj", "down_proj"], ["down_proj"])
@@ -41,8 +42,6 @@ def default_targets(model_type: str):
     )
 
     if model_type not in peft_targets:
-        from peft_tui.config import ConfigError
-
         raise ConfigError(
             f"ia3 has no default target modules for a {model_type!r} model: pass target_modules=... and "
             "feedforward_modules=... (module name suffixes)"
@@ -76,14 +75,10 @@ class IA3(Method):
             ff = p["feedforward_modules"] or []
             missing = [f for f in ff if f not in targets]
             if missing:
-                from peft_tui.config import ConfigError
-
                 raise ConfigError(f"feedforward_modules {missing} must also be in target_modules")
         else:
             targets, ff = default_targets(model.config.model_type)
             if p["feedforward_modules"]:
-                from peft_tui.config import ConfigError
-
                 raise ConfigError("feedforward_modules needs target_modules too: pass both")
         return IA3Config(
             task_type=TaskType.SEQ_CLS,

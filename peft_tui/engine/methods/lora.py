@@ -12,6 +12,7 @@ use_dora on. Both share the default learning rate (default_lr below).
 from __future__ import annotations
 
 from peft_tui.engine.methods import Method, Param, fraction, positive, register
+from peft_tui.errors import ConfigError, first_line
 
 # Per-architecture targets (attention projections), peft's own table is the fallback.
 TARGETS = {
@@ -32,7 +33,7 @@ def default_targets(model_type: str) -> list[str] | str:
         return TARGETS[model_type]
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_table
 
-    return peft_table.get(model_type, "all-linear")
+    return list(peft_table.get(model_type, [])) or "all-linear"
 
 
 @register
@@ -74,9 +75,7 @@ class Lora(Method):
         try:
             return get_peft_model(model, self.peft_config(model, params))
         except ValueError as e:  # peft: "Target modules {...} not found in the base model"
-            from peft_tui.config import ConfigError
-
-            raise ConfigError(f"{self.name} cannot wrap this model: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"{self.name} cannot wrap this model: {first_line(e)}") from None
 
     def save(self, model, folder, params):
         model.save_pretrained(folder / "adapter", safe_serialization=True)

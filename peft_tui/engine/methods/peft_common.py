@@ -25,6 +25,8 @@ import inspect
 from functools import lru_cache
 from pathlib import Path
 
+from peft_tui.errors import ConfigError, first_line
+
 ADAPTER_DIR = "adapter"
 
 
@@ -104,13 +106,10 @@ def supports_cache(model) -> bool:
 
 def wrap(model, config, what: str):
     """Wrap `model` with the peft `config` (task type SEQ_CLS). peft's ValueErrors become ConfigErrors."""
-    from peft_tui.config import ConfigError
-
     try:
         return seq_cls_class()(model, config)
     except (ValueError, TypeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{what} cannot wrap this model: {first[:200]}") from None
+        raise ConfigError(f"{what} cannot wrap this model: {first_line(e, 200)}") from None
 
 
 def save_adapter(model, folder: Path) -> None:

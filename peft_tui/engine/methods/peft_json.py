@@ -19,14 +19,13 @@ import json
 from typing import Any
 
 from peft_tui.engine.methods import Method, Param, register
+from peft_tui.errors import ConfigError, first_line
 
 EXAMPLE = '{"peft_type": "LORA", "r": 4, "target_modules": ["query", "value"]}'
 
 
 def parse_config(raw: Any) -> dict:
     """The JSON text as a dict with a string "peft_type"; ConfigError otherwise."""
-    from peft_tui.config import ConfigError
-
     if isinstance(raw, dict):
         obj = dict(raw)
     else:
@@ -48,8 +47,6 @@ def parse_config(raw: Any) -> dict:
 
 
 def _check(raw: Any) -> str | None:
-    from peft_tui.config import ConfigError
-
     try:
         parse_config(raw)
     except ConfigError as e:
@@ -77,7 +74,6 @@ class PeftJson(Method):
 
         from peft import PeftType, get_peft_config
 
-        from peft_tui.config import ConfigError
         from peft_tui.engine.weights import head_module_names
 
         obj = parse_config(self.resolve(params)["config"])
@@ -104,8 +100,7 @@ class PeftJson(Method):
         try:
             return get_peft_config(obj)
         except (TypeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"{cls.__name__} refused this config: {first[:200]}") from None
+            raise ConfigError(f"{cls.__name__} refused this config: {first_line(e, 200)}") from None
 
     def apply(self, model, params):
         from peft_tui.engine.methods.peft_common import wrap

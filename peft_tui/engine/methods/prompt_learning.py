@@ -21,6 +21,7 @@ DistilBERT does not, and is refused with a pointer to prompt, lora or ia3.
 from __future__ import annotations
 
 from peft_tui.engine.methods import Method, Param, positive, register
+from peft_tui.errors import ConfigError
 
 
 def shape_kwargs(model) -> dict:
@@ -73,7 +74,6 @@ class Prefix(_PromptLearning):
     def peft_config(self, model, params):
         from peft import PrefixTuningConfig, TaskType
 
-        from peft_tui.config import ConfigError
         from peft_tui.engine.methods.peft_common import supports_cache
 
         if not supports_cache(model):

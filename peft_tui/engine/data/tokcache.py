@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 FORMAT = "peft-tui-tok-v1"
 

@@ -80,8 +80,7 @@ class Scheduler:
                     break
             else:
                 return False
-        self.store.delete(run_id)
-        return True
+        return self.store.remove(run_id)
 
     def retry(self, run_id: int) -> int:
         """Queue a new run with the config of a finished, failed, cancelled or interrupted run."""

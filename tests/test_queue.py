@@ -12,10 +12,10 @@ import threading
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from conftest import tiny_config
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_config
 from peft_tui.engine.events import RunCancelled
 from peft_tui.engine.store import Store, death_reason, serves
 from peft_tui.errors import ConfigError
@@ -29,6 +29,7 @@ def _claim_all(root: str, worker: int, out, barrier) -> None:
     barrier.wait()
     while (c := st_.claim(f"w{worker}", os.getpid(), HOST, ["cpu"])) is not None:
         got.append(c.run_id)
+        time.sleep(0.002)  # a worker trains between claims: let the others in
     out.put(got)
 
 
@@ -231,3 +232,21 @@ def subprocess_pid_that_exited() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     return p.pid
+
+
+def _open_many(root: str, n: int, out) -> None:
+    out.put(sum(Store(root).readonly for _ in range(n)))
+
+
+def test_processes_opening_one_store_at_once_all_get_it_writable(tmp_path):
+    """The write probe of one process must not make another's store read-only."""
+    Store(tmp_path / "s")
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_open_many, args=(str(tmp_path / "s"), 100, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    readonly = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert readonly == [0, 0, 0, 0]

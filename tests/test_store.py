@@ -12,10 +12,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_config
 from peft_tui.config import DataConfig
 from peft_tui.engine import trainer
 from peft_tui.engine.events import (
@@ -33,6 +33,7 @@ from peft_tui.engine.events import (
 from peft_tui.engine.result import RunResult
 from peft_tui.engine.store import Store, StoreError
 from peft_tui.errors import ConfigError
+
 
 def _csv(tmp_path: Path, n: int = 120) -> str:
     rows = ["text,label"] + [f"{'good great fine' if i % 2 else 'bad awful poor'} item {i},{i % 2}" for i in range(n)]

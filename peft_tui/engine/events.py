@@ -15,9 +15,10 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Union
+from typing import Any, Protocol
 
 from peft_tui.engine.result import RunResult
 
@@ -79,7 +80,7 @@ class MemorySampled:
 class RunFinished:
     run_id: int
     # a plain dict is accepted too while the trainer still builds one; `result_dict` reads either
-    result: RunResult = field(default_factory=RunResult)
+    result: RunResult | dict[str, Any] = field(default_factory=RunResult)
 
     def result_dict(self) -> dict[str, Any]:
         return self.result.to_dict() if isinstance(self.result, RunResult) else dict(self.result)
@@ -105,7 +106,7 @@ class LogMessage:
     text: str
 
 
-Event = Union[RunStarted, StepLogged, EvalLogged, MemorySampled, RunFinished, RunFailed, RunCancelled, LogMessage]
+Event = RunStarted | StepLogged | EvalLogged | MemorySampled | RunFinished | RunFailed | RunCancelled | LogMessage
 EVENT_TYPES: dict[str, type] = {
     t.__name__: t
     for t in (RunStarted, StepLogged, EvalLogged, MemorySampled, RunFinished, RunFailed, RunCancelled, LogMessage)
@@ -138,7 +139,7 @@ class FanOut:
         for s in self.sinks:
             try:
                 s(event)
-            except Exception as e:  # noqa: BLE001 - a broken sink must not stop the others
+            except Exception as e:  # a broken sink must not stop the others
                 if getattr(s, "critical", False):
                     failure = failure or e
                 else:
@@ -151,7 +152,7 @@ class FanOut:
         for s in self.sinks:
             try:
                 _close(s)
-            except Exception:  # noqa: BLE001 - closing one sink must not leave the others open
+            except Exception:  # closing one sink must not leave the others open
                 logging.getLogger("peft_tui").warning("closing sink %r failed", s, exc_info=True)
 
 
@@ -186,7 +187,7 @@ class JsonlSink:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
 
     def __call__(self, event: Event) -> None:
         self._fh.write(json.dumps(event_to_dict(event), default=str) + "\n")

@@ -19,6 +19,7 @@ A store the user cannot write to opens read-only: every query works, every write
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -28,9 +29,10 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from peft_tui.config import RunConfig
 from peft_tui.engine.events import (
@@ -120,6 +122,14 @@ def _now() -> float:
     return time.time()
 
 
+def _write_json(path: Path, obj: Any) -> None:
+    """Written whole or not at all (a temporary file renamed into place). Clients never import torch,
+    so this is not weights.write_json."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -191,7 +201,7 @@ class Store:
             (self.root / "runs").mkdir(parents=True, exist_ok=True)
             probe = self.root / ".write-test"
             probe.write_text("ok")
-            probe.unlink()
+            probe.unlink(missing_ok=True)  # another process opening the store may have removed it first
         except OSError as e:
             if not self.root.is_dir():
                 raise ConfigError(
@@ -274,8 +284,6 @@ class Store:
     # ------------------------------------------------------------------ runs: create and read
     def create_run(self, config: RunConfig, validate: bool = True) -> int:
         """A queued run row plus its folder with config.json. Returns the run id."""
-        from peft_tui.engine.weights import write_json
-
         if validate:
             config.validate()
         with self._tx() as db:
@@ -290,7 +298,7 @@ class Store:
             db.execute("UPDATE runs SET folder=? WHERE id=?", (folder, run_id))
         path = self.root / "runs" / folder
         path.mkdir(parents=True, exist_ok=True)
-        write_json(path / "config.json", config.to_dict())
+        _write_json(path / "config.json", config.to_dict())
         return run_id
 
     @staticmethod
@@ -315,9 +323,11 @@ class Store:
             raise ConfigError(f"run {run_id} does not exist in {self.root}: `peft-tui runs` lists the runs")
         return self._row(rows[0])
 
-    def list(self, status: str | None = None, limit: int = 0, ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
+    def list(self, status: str | None = None, limit: int = 0,
+             ids: Iterable[int] | None = None) -> builtins.list[dict[str, Any]]:
         """Runs in id order, optionally only those with `status` or among `ids`."""
-        where, args = [], []
+        where: builtins.list[str] = []
+        args: builtins.list[Any] = []
         if status:
             where.append("status=?")
             args.append(status)
@@ -330,7 +340,7 @@ class Store:
             q += f" LIMIT {int(limit)}"
         return [self._row(r) for r in self._query(q, args)]
 
-    def changed_since(self, t: float) -> list[dict[str, Any]]:
+    def changed_since(self, t: float) -> builtins.list[dict[str, Any]]:
         """Runs whose row changed after time `t` (for the dashboard's polling)."""
         rows = self._query(
             "SELECT * FROM runs WHERE max(created_at, coalesce(heartbeat, 0), coalesce(finished_at, 0)) > ? ORDER BY id",
@@ -357,11 +367,11 @@ class Store:
         return d
 
     # ------------------------------------------------------------------ metrics and logs
-    def series(self, run_id: int, name: str, after_step: int = -1) -> list[tuple[int, float]]:
+    def series(self, run_id: int, name: str, after_step: int = -1) -> builtins.list[tuple[int, float]]:
         """One metric of a run as (step, value), in step order."""
         return [(s, v) for s, v, _ in self.points(run_id, name, after_step)]
 
-    def points(self, run_id: int, name: str, after_step: int = -1) -> list[tuple[int, float, float]]:
+    def points(self, run_id: int, name: str, after_step: int = -1) -> builtins.list[tuple[int, float, float]]:
         """One metric of a run as (step, value, unix time written), in step order."""
         rows = self._query(
             "SELECT step, value, t FROM metrics WHERE run_id=? AND name=? AND step>? ORDER BY step, rowid",
@@ -369,7 +379,7 @@ class Store:
         )
         return [(r[0], r[1], r[2]) for r in rows]
 
-    def log_messages(self, run_id: int) -> list[LogMessage]:
+    def log_messages(self, run_id: int) -> builtins.list[LogMessage]:
         """The run's log messages, from its events.jsonl."""
         return [e for e in read_events(self.events_path(run_id)) if isinstance(e, LogMessage)]
 
@@ -378,7 +388,7 @@ class Store:
         return str(self._query("PRAGMA integrity_check")[0][0])
 
     # ------------------------------------------------------------------ the queue
-    def claimable(self, devices: Sequence[str]) -> list[int]:
+    def claimable(self, devices: Sequence[str]) -> builtins.list[int]:
         """Queued runs a worker on one of `devices` could claim, oldest first."""
         rows = self._query(
             "SELECT id, config FROM runs WHERE status='queued' AND queued_at IS NOT NULL ORDER BY queued_at, id"
@@ -393,8 +403,7 @@ class Store:
             return devices[0] if devices else None  # claimed, then failed with the reason
         return next((d for d in devices if serves(wanted, d)), None)
 
-    def claim(self, worker_id: str, pid: int, host: str, devices: Sequence[str],
-              startup_s: float | None = None) -> Claim | None:
+    def claim(self, worker_id: str, pid: int, host: str, devices: Sequence[str]) -> Claim | None:
         """Claim the oldest queued run that a worker on one of `devices` can serve, in one transaction:
         two workers never get the same run. A queued row whose config cannot be read is failed on the
         way. None when there is nothing to claim."""
@@ -416,8 +425,8 @@ class Store:
                     continue
                 db.execute(
                     "UPDATE runs SET status='running', worker=?, pid=?, host=?, device=?, claimed_at=?, heartbeat=?, "
-                    "startup_s=?, cancel_requested=0, error=NULL WHERE id=? AND status='queued'",
-                    (worker_id, pid, host, device, t, t, startup_s, r["id"]),
+                    "startup_s=NULL, cancel_requested=0, error=NULL WHERE id=? AND status='queued'",
+                    (worker_id, pid, host, device, t, t, r["id"]),
                 )
                 return Claim(r["id"], config, bool(r["resume"]), device, r["queued_at"])
         return None
@@ -504,12 +513,12 @@ class Store:
         shutil.rmtree(folder, ignore_errors=True)
         return True
 
-    def stale_queued(self) -> list[int]:
+    def stale_queued(self) -> builtins.list[int]:
         """Runs left `queued` by a version before the store was the queue: no worker claims them
         (`peft-tui doctor` offers to cancel them)."""
         return [r[0] for r in self._query("SELECT id FROM runs WHERE status='queued' AND queued_at IS NULL")]
 
-    def fail_worker_runs(self, worker_id: str, reason: str) -> list[int]:
+    def fail_worker_runs(self, worker_id: str, reason: str) -> builtins.list[int]:
         """The worker `worker_id` died (its pool saw how): its running run becomes failed with `reason`."""
         with self._tx() as db:
             ids = [r[0] for r in db.execute("SELECT id FROM runs WHERE worker=? AND status='running'", (worker_id,))]
@@ -529,7 +538,7 @@ class Store:
                          "WHERE id=? AND status='running'", (reason, t, t, run_id))
         return bool(cur.rowcount)
 
-    def reap(self, stale_after_s: float = STALE_AFTER_S) -> list[int]:
+    def reap(self, stale_after_s: float = STALE_AFTER_S) -> builtins.list[int]:
         """Running runs whose worker is gone become failed: on this host when the training process no
         longer exists, elsewhere when no heartbeat came for `stale_after_s`. Returns their ids."""
         host, now = socket.gethostname(), _now()
@@ -558,8 +567,6 @@ class Store:
             ) from None
 
     def _record(self, event: Event) -> None:
-        from peft_tui.engine.weights import write_json
-
         t = _now()
         if isinstance(event, RunStarted):
             with self._tx() as db:
@@ -595,7 +602,7 @@ class Store:
                     "UPDATE runs SET status='done', result=?, finished_at=?, heartbeat=?, step=total_steps WHERE id=?",
                     (json.dumps(result, default=str), t, t, event.run_id),
                 )
-            write_json(self.run_dir(event.run_id) / "result.json", result)
+            _write_json(self.run_dir(event.run_id) / "result.json", result)
         elif isinstance(event, RunFailed):
             self._finish(event.run_id, event.status, event.error)
         elif isinstance(event, RunCancelled):

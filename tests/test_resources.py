@@ -8,8 +8,8 @@ import os
 
 import psutil
 import pytest
-
 from conftest import tiny_config
+
 from peft_tui.config import DataConfig
 from peft_tui.engine import trainer
 from peft_tui.engine.store import Store
@@ -53,3 +53,22 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path, monkeypatch, meth
     rid = st.create_run(tiny_config(method=method, epochs=2, seed=8))
     trainer.execute(st, rid, tiny_config(method=method, epochs=2, seed=8), st)
     assert st.series(rid, "train_loss") != series[0][0]
+
+
+def test_peak_memory_is_per_run_a_small_run_after_a_big_one_reports_less(tmp_path):
+    """Each run trains in a process of its own, so its peak is its own: in one long-lived process the
+    RSS only grows and the small run would report at least the big one's peak."""
+    from peft_tui.engine.scheduler import Scheduler
+
+    st = Store(tmp_path / "s")
+    sched = Scheduler(st, None, ["cpu"])
+    try:
+        big = sched.submit(tiny_config(method="full", data=DataConfig(size=6000), batch_size=1024, max_length=64))
+        small = sched.submit(tiny_config(method="head", data=DataConfig(size=40), batch_size=32))
+        assert sched.wait_idle(600)
+    finally:
+        sched.shutdown()
+    peaks = {rid: st.get(rid)["result"]["peak_memory_mb"] for rid in (big, small)}
+    print(f"\npeak RSS: big run {peaks[big]:.0f} MB, small run after it {peaks[small]:.0f} MB")
+    assert peaks[small] < peaks[big] - 100
+    assert st.get(small)["result"]["memory_kind"] == "peak RSS of the run's own process"

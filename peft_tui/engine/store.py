@@ -1,26 +1,42 @@
-"""The run store: an SQLite database (WAL) of runs and metrics, plus one folder per run.
+"""The run store: an SQLite database (WAL) of runs and metrics, one folder per run, and the queue.
 
     <store>/runs.db                  runs + metrics tables
-    <store>/runs/<id>-<name>/        config.json, result.json, weights (model/, adapter/, adapters/, ...)
+    <store>/runs/<id>-<name>/        config.json, events.jsonl, result.json, weights (model/, adapter/, ...)
+    <store>/cache/                   tokenisation cache shared by all runs
+    <store>/logs/                    worker process logs
 
-Several processes may share a store (two headless runs and a dashboard): each opens its own
-connection with a busy timeout, and writes are short transactions.
+Several processes share a store (workers, dashboards, CLI commands): each opens its own connection
+with a busy timeout, and writes are short `BEGIN IMMEDIATE` transactions.
+
+The store is the queue. A run is created `queued`; a worker `claim`s the oldest queued run it can
+serve in one transaction (so two workers never train the same run), records its pid, host and a
+heartbeat, and the run's events move it to `done`, `failed`, `diverged` or `cancelled`. Cancel, resume,
+retry and remove are store methods, so they work from any process on the same store. A running run
+whose worker died is `reap`ed to `failed` with the reason.
+
+A store the user cannot write to opens read-only: every query works, every write raises StoreError.
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
+import shutil
+import signal
 import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peft_tui.config import ConfigError
+from peft_tui.config import RunConfig
 from peft_tui.engine.events import (
+    EVENTS_FILE,
     EvalLogged,
     Event,
     LogMessage,
@@ -30,7 +46,9 @@ from peft_tui.engine.events import (
     RunFinished,
     RunStarted,
     StepLogged,
+    read_events,
 )
+from peft_tui.errors import ConfigError, first_line
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -41,12 +59,12 @@ CREATE TABLE IF NOT EXISTS runs (
     data TEXT NOT NULL,
     status TEXT NOT NULL,            -- queued | running | done | failed | diverged | cancelled | interrupted
     config TEXT NOT NULL,            -- JSON RunConfig
-    result TEXT,                     -- JSON result, when done
+    result TEXT,                     -- JSON RunResult, when done
     error TEXT,                      -- one line, when failed
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
-    pid INTEGER,
+    pid INTEGER,                     -- the process training it
     host TEXT,
     step INTEGER DEFAULT 0,
     total_steps INTEGER DEFAULT 0,
@@ -67,12 +85,49 @@ CREATE TABLE IF NOT EXISTS metrics (
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id, name, step);
 """
 
+# The queue's columns, added to databases made before the store was the queue (ALTER TABLE ADD COLUMN).
+QUEUE_COLUMNS = {
+    "queued_at": "REAL",  # NULL: left queued by an older version; never claimed (see `stale_queued`)
+    "resume": "INTEGER DEFAULT 0",  # 1: the claim continues from the run's checkpoint
+    "cancel_requested": "INTEGER DEFAULT 0",  # polled by the worker training the run
+    "worker": "TEXT",  # "<host>:<pid>:<device>" of the worker that claimed it
+    "device": "TEXT",  # the device that worker serves
+    "claimed_at": "REAL",
+    "startup_s": "REAL",  # worker start-up paid by this run (see launch/worker.py)
+    "events_offset": "INTEGER DEFAULT 0",  # where this attempt's events begin in events.jsonl
+}
+
 ACTIVE = ("queued", "running")
 FINAL = ("done", "failed", "diverged", "cancelled", "interrupted")
+STALE_AFTER_S = 300.0  # a worker on another host that sent no heartbeat for this long is dead
+SQLITE_MAX_INT = 2**63 - 1
+
+
+class StoreError(ConfigError):
+    """The store cannot be read or written: one line saying where and why, and what to do."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run a worker has claimed: train `config` on `device` (resume from the checkpoint if `resume`)."""
+
+    run_id: int
+    config: RunConfig
+    resume: bool
+    device: str
+    queued_at: float
 
 
 def _now() -> float:
     return time.time()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Written whole or not at all (a temporary file renamed into place). Clients never import torch,
+    so this is not weights.write_json."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -85,64 +140,130 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def death_reason(returncode: int) -> str:
+    """Why a process ended, from its exit status (negative: killed by that signal)."""
+    if returncode >= 0:
+        return f"its process exited with code {returncode} without recording a result"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"killed by {name} (out of memory?)" if -returncode == signal.SIGKILL else f"killed by {name}"
+
+
+def serves(wanted: str, device: str) -> bool:
+    """Can a worker on `device` ("cpu", "cuda:N") train a run that asked for `wanted`?"""
+    if wanted in ("auto", device):
+        return True
+    return wanted == "cuda" and device.startswith("cuda")
+
+
 class Store:
-    def __init__(self, root: str | Path):
+    # a run cannot go on without its records: a failed write stops it (see events.FanOut)
+    critical = True
+
+    def __init__(self, root: str | Path, readonly: bool = False):
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"store path {self.root} is a file: pass a folder with --store or PEFT_TUI_STORE")
-        try:
-            (self.root / "runs").mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as e:
-            raise ConfigError(
-                f"store folder {self.root} is not writable ({e.strerror}): pass another folder with --store"
-            ) from None
         self.db_path = self.root / "runs.db"
         self._local = threading.local()
+        self.readonly_reason = "it was opened read-only" if readonly else self._probe_writable()
+        if self.readonly_reason and not self.db_path.exists():
+            raise ConfigError(
+                f"store folder {self.root} is not writable ({self.readonly_reason}): pass another folder with --store"
+            )
         try:
-            self._conn().executescript(SCHEMA)
-            self.mark_interrupted()
+            if self.readonly_reason is None:
+                self._conn().executescript(SCHEMA)
+                self._migrate()
+                self.reap()
+            else:
+                self._conn().execute("SELECT count(*) FROM runs").fetchone()
         except sqlite3.DatabaseError as e:  # not a database, corrupt, or locked for 30 s
             self.close()
             raise ConfigError(
                 f"store database {self.db_path} cannot be used ({e}): move it aside or pass another --store"
             ) from None
 
+    @property
+    def readonly(self) -> bool:
+        return self.readonly_reason is not None
+
+    @property
+    def cache_dir(self) -> Path:
+        """The tokenisation cache shared by the runs of this store."""
+        return self.root / "cache"
+
+    def _probe_writable(self) -> str | None:
+        """None when the store folder can be written; else why not (the store then opens read-only)."""
+        try:
+            (self.root / "runs").mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-test"
+            probe.write_text("ok")
+            probe.unlink(missing_ok=True)  # another process opening the store may have removed it first
+        except OSError as e:
+            if not self.root.is_dir():
+                raise ConfigError(
+                    f"store folder {self.root} cannot be created ({e.strerror}): pass another folder with --store"
+                ) from None
+            return e.strerror or type(e).__name__
+        return None
+
     # ------------------------------------------------------------------ connection
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+            if self.readonly:
+                conn = self._connect_readonly()
+            else:
+                conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
         return conn
 
+    def _connect_readonly(self) -> sqlite3.Connection:
+        uri = self.db_path.resolve().as_uri()
+        try:
+            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30.0, isolation_level=None)
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            # a WAL database in a folder we cannot write, with no -shm file to share: nobody is writing
+            # it now, so read it as an immutable file
+            return sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=30.0, isolation_level=None)
+
     class _Tx:
-        def __init__(self, conn: sqlite3.Connection):
-            self.conn = conn
+        """One write transaction; SQLite's busy timeout waits for other writers."""
+
+        def __init__(self, store: Store):
+            self.store = store
 
         def __enter__(self) -> sqlite3.Connection:
-            for attempt in range(50):
-                try:
-                    self.conn.execute("BEGIN IMMEDIATE")
-                    return self.conn
-                except sqlite3.OperationalError as e:
-                    if "locked" not in str(e) and "busy" not in str(e):
-                        raise
-                    time.sleep(0.05 * (attempt + 1))
-            self.conn.execute("BEGIN IMMEDIATE")
-            return self.conn
+            if self.store.readonly:
+                raise StoreError(
+                    f"store folder {self.store.root} is not writable ({self.store.readonly_reason}): "
+                    "pass another folder with --store"
+                )
+            conn = self.store._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            return conn
 
         def __exit__(self, exc_type, exc, tb) -> None:
-            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            self.store._conn().execute("ROLLBACK" if exc_type else "COMMIT")
 
     def _tx(self) -> Store._Tx:
-        return Store._Tx(self._conn())
+        return Store._Tx(self)
+
+    def _migrate(self) -> None:
+        have = {r[1] for r in self._conn().execute("PRAGMA table_info(runs)")}
+        missing = [(n, t) for n, t in QUEUE_COLUMNS.items() if n not in have]
+        if missing:
+            with self._tx() as db:
+                for name, decl in missing:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -150,26 +271,34 @@ class Store:
             conn.close()
             self._local.conn = None
 
-    # ------------------------------------------------------------------ runs
-    def create_run(self, config, validate: bool = True) -> int:
-        """A queued run row plus its folder with config.json. Returns the run id."""
-        from peft_tui.engine.weights import write_json
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """A read; a damaged database becomes one line."""
+        try:
+            return self._conn().execute(sql, tuple(args)).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(
+                f"store database {self.db_path} cannot be read ({e}): run `peft-tui doctor`, "
+                "or move it aside"
+            ) from None
 
+    # ------------------------------------------------------------------ runs: create and read
+    def create_run(self, config: RunConfig, validate: bool = True) -> int:
+        """A queued run row plus its folder with config.json. Returns the run id."""
         if validate:
             config.validate()
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO runs (name, method, model, data, status, config, created_at, host) "
-                "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+                "INSERT INTO runs (name, method, model, data, status, config, created_at, queued_at, host) "
+                "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
                 (config.display_name, config.method, config.model, config.data.source, config.to_json(), _now(),
-                 socket.gethostname()),
+                 _now(), socket.gethostname()),
             )
-            run_id = int(cur.lastrowid)
+            run_id = int(cur.lastrowid or 0)
             folder = self.run_folder_name(run_id, config.display_name)
             db.execute("UPDATE runs SET folder=? WHERE id=?", (folder, run_id))
         path = self.root / "runs" / folder
         path.mkdir(parents=True, exist_ok=True)
-        write_json(path / "config.json", config.to_dict())
+        _write_json(path / "config.json", config.to_dict())
         return run_id
 
     @staticmethod
@@ -184,119 +313,260 @@ class Store:
             raise ConfigError(f"run {run_id} has a folder outside the store: the store is corrupt")
         return path
 
-    def get(self, run_id: int) -> dict[str, Any]:
-        row = self._conn().execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
-        if row is None:
-            raise ConfigError(f"run {run_id} does not exist in {self.root}: `peft-tui runs` lists the runs")
-        return self._row(row)
+    def events_path(self, run_id: int) -> Path:
+        """The run's events.jsonl (every event, log messages included)."""
+        return self.run_dir(run_id) / EVENTS_FILE
 
-    def list(self, status: str | None = None, limit: int = 0) -> list[dict[str, Any]]:
-        q = "SELECT * FROM runs"
-        args: tuple = ()
+    def get(self, run_id: int) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM runs WHERE id=?", (run_id,)) if 0 <= run_id <= SQLITE_MAX_INT else []
+        if not rows:
+            raise ConfigError(f"run {run_id} does not exist in {self.root}: `peft-tui runs` lists the runs")
+        return self._row(rows[0])
+
+    def list(self, status: str | None = None, limit: int = 0,
+             ids: Iterable[int] | None = None) -> builtins.list[dict[str, Any]]:
+        """Runs in id order, optionally only those with `status` or among `ids`."""
+        where: builtins.list[str] = []
+        args: builtins.list[Any] = []
         if status:
-            q += " WHERE status=?"
-            args = (status,)
-        q += " ORDER BY id"
+            where.append("status=?")
+            args.append(status)
+        if ids is not None:
+            wanted = [int(i) for i in ids]
+            where.append(f"id IN ({','.join('?' * len(wanted))})")
+            args.extend(wanted)
+        q = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
         if limit:
             q += f" LIMIT {int(limit)}"
-        return [self._row(r) for r in self._conn().execute(q, args).fetchall()]
+        return [self._row(r) for r in self._query(q, args)]
 
-    def changed_since(self, t: float) -> list[dict[str, Any]]:
+    def changed_since(self, t: float) -> builtins.list[dict[str, Any]]:
         """Runs whose row changed after time `t` (for the dashboard's polling)."""
-        rows = self._conn().execute(
+        rows = self._query(
             "SELECT * FROM runs WHERE max(created_at, coalesce(heartbeat, 0), coalesce(finished_at, 0)) > ? ORDER BY id",
             (t,),
-        ).fetchall()
+        )
         return [self._row(r) for r in rows]
-
-    @staticmethod
-    def _row(row: sqlite3.Row) -> dict[str, Any]:
-        d = dict(row)
-        d["config"] = json.loads(d["config"]) if d["config"] else {}
-        d["result"] = json.loads(d["result"]) if d["result"] else None
-        return d
-
-    def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
-        with self._tx() as db:
-            fin = _now() if status in FINAL else None
-            db.execute(
-                "UPDATE runs SET status=?, error=coalesce(?, error), finished_at=coalesce(?, finished_at), "
-                "heartbeat=? WHERE id=?",
-                (status, error, fin, _now(), run_id),
-            )
-
-    def delete(self, run_id: int) -> None:
-        """Remove a queued run (the dashboard's 'remove')."""
-        import shutil
-
-        folder = self.run_dir(run_id)
-        with self._tx() as db:
-            db.execute("DELETE FROM metrics WHERE run_id=?", (run_id,))
-            db.execute("DELETE FROM runs WHERE id=?", (run_id,))
-        shutil.rmtree(folder, ignore_errors=True)
-
-    def reopen(self, run_id: int, after_step: int) -> None:
-        """Queue a stopped run again for resuming: metrics logged after `after_step` (the checkpoint)
-        are dropped so the curve continues from the checkpoint without duplicate steps."""
-        with self._tx() as db:
-            db.execute("DELETE FROM metrics WHERE run_id=? AND step>?", (run_id, after_step))
-            db.execute(
-                "UPDATE runs SET status='queued', error=NULL, finished_at=NULL, step=?, heartbeat=? WHERE id=?",
-                (after_step, _now(), run_id),
-            )
 
     def counts(self) -> dict[str, int]:
         """Number of runs by status."""
-        rows = self._conn().execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall()
-        return {r[0]: r[1] for r in rows}
+        return {r[0]: r[1] for r in self._query("SELECT status, count(*) FROM runs GROUP BY status")}
+
+    @staticmethod
+    def _row(row: sqlite3.Row) -> dict[str, Any]:
+        """A row as a dict with `config` and `result` decoded. A value that is not valid JSON does not
+        hide the row: it is returned with `damaged` saying what is wrong (None for a sound row)."""
+        d = dict(row)
+        d["damaged"] = None
+        for key, empty in (("config", {}), ("result", None)):
+            try:
+                d[key] = json.loads(d[key]) if d[key] else empty
+            except ValueError as e:
+                d[key] = empty
+                d["damaged"] = f"its {key} is not valid JSON ({e})"
+        return d
+
+    # ------------------------------------------------------------------ metrics and logs
+    def series(self, run_id: int, name: str, after_step: int = -1) -> builtins.list[tuple[int, float]]:
+        """One metric of a run as (step, value), in step order."""
+        return [(s, v) for s, v, _ in self.points(run_id, name, after_step)]
+
+    def points(self, run_id: int, name: str, after_step: int = -1) -> builtins.list[tuple[int, float, float]]:
+        """One metric of a run as (step, value, unix time written), in step order."""
+        rows = self._query(
+            "SELECT step, value, t FROM metrics WHERE run_id=? AND name=? AND step>? ORDER BY step, rowid",
+            (run_id, name, after_step),
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def log_messages(self, run_id: int) -> builtins.list[LogMessage]:
+        """The run's log messages, from its events.jsonl."""
+        return [e for e in read_events(self.events_path(run_id)) if isinstance(e, LogMessage)]
 
     def integrity(self) -> str:
         """SQLite's own integrity check: 'ok' or the first problem."""
-        return str(self._conn().execute("PRAGMA integrity_check").fetchone()[0])
+        return str(self._query("PRAGMA integrity_check")[0][0])
 
-    def mark_interrupted(self) -> int:
-        """Runs left 'running' by a process on this host that is gone are 'interrupted'."""
-        host = socket.gethostname()
-        rows = self._conn().execute("SELECT id, pid, host FROM runs WHERE status='running'").fetchall()
-        dead = [r["id"] for r in rows if r["host"] == host and r["pid"] and not _pid_alive(r["pid"])]
+    # ------------------------------------------------------------------ the queue
+    def claimable(self, devices: Sequence[str]) -> builtins.list[int]:
+        """Queued runs a worker on one of `devices` could claim, oldest first."""
+        rows = self._query(
+            "SELECT id, config FROM runs WHERE status='queued' AND queued_at IS NOT NULL ORDER BY queued_at, id"
+        )
+        return [r["id"] for r in rows if self._device_for(r["config"], devices) is not None]
+
+    @staticmethod
+    def _device_for(config_json: str, devices: Sequence[str]) -> str | None:
+        try:
+            wanted = str(json.loads(config_json).get("device", "auto"))
+        except (ValueError, AttributeError):
+            return devices[0] if devices else None  # claimed, then failed with the reason
+        return next((d for d in devices if serves(wanted, d)), None)
+
+    def claim(self, worker_id: str, pid: int, host: str, devices: Sequence[str]) -> Claim | None:
+        """Claim the oldest queued run that a worker on one of `devices` can serve, in one transaction:
+        two workers never get the same run. A queued row whose config cannot be read is failed on the
+        way. None when there is nothing to claim."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, config, resume, queued_at FROM runs WHERE status='queued' AND queued_at IS NOT NULL "
+                "ORDER BY queued_at, id"
+            ).fetchall()
+            for r in rows:
+                device = self._device_for(r["config"], devices)
+                if device is None:
+                    continue
+                t = _now()
+                try:
+                    config = RunConfig.from_dict(json.loads(r["config"]))
+                except Exception as e:  # noqa: BLE001 - a damaged row fails alone
+                    db.execute("UPDATE runs SET status='failed', error=?, finished_at=? WHERE id=?",
+                               (f"its stored config cannot be read ({first_line(e)})", t, r["id"]))
+                    continue
+                db.execute(
+                    "UPDATE runs SET status='running', worker=?, pid=?, host=?, device=?, claimed_at=?, heartbeat=?, "
+                    "startup_s=NULL, cancel_requested=0, error=NULL WHERE id=? AND status='queued'",
+                    (worker_id, pid, host, device, t, t, r["id"]),
+                )
+                return Claim(r["id"], config, bool(r["resume"]), device, r["queued_at"])
+        return None
+
+    def heartbeat(self, run_id: int, pid: int, startup_s: float | None = None) -> bool:
+        """Called about twice a second by the process training a run: records that process and that it
+        is alive (and, once, the start-up it paid). Returns True when a cancel was requested."""
+        with self._tx() as db:
+            db.execute("UPDATE runs SET heartbeat=?, pid=?, startup_s=coalesce(?, startup_s) WHERE id=?",
+                       (_now(), pid, startup_s, run_id))
+            row = db.execute("SELECT cancel_requested FROM runs WHERE id=?", (run_id,)).fetchone()
+        return bool(row and row[0])
+
+    def request_cancel(self, run_id: int) -> bool:
+        """A queued run is cancelled at once; a running one is asked to stop (its worker polls the flag and
+        stops within one step). False when the run is neither queued nor running."""
+        with self._tx() as db:
+            t = _now()
+            cur = db.execute(
+                "UPDATE runs SET status='cancelled', finished_at=?, heartbeat=? WHERE id=? AND status='queued'",
+                (t, t, run_id),
+            )
+            if cur.rowcount:
+                return True
+            cur = db.execute("UPDATE runs SET cancel_requested=1 WHERE id=? AND status='running'", (run_id,))
+            return bool(cur.rowcount)
+
+    def request_resume(self, run_id: int) -> None:
+        """Queue a stopped run (interrupted, failed, diverged, cancelled) again, to continue from its last
+        epoch-end checkpoint under the same id. Of several concurrent requests exactly one succeeds; the
+        others raise ConfigError, as does a run that cannot be resumed."""
+        from peft_tui.engine import checkpoint
+
+        row = self.get(run_id)
+        if row["status"] not in checkpoint.RESUMABLE:
+            why = {"done": "it finished", "running": "it is running", "queued": "it is queued"}.get(row["status"])
+            raise ConfigError(f"run {run_id} cannot be resumed: {why or row['status']} "
+                              "(only interrupted, failed, diverged or cancelled runs)")
+        path = checkpoint.find(self.run_dir(run_id))
+        if path is None:
+            raise ConfigError(
+                f"run {run_id} has no checkpoint (it stopped before its first epoch ended): "
+                "start it again instead (retry in the dashboard, or `peft-tui run`)"
+            )
+        RunConfig.from_dict(row["config"]).validate()
+        self.reopen(run_id, int(checkpoint.read_meta(path)["step"]))
+
+    def reopen(self, run_id: int, after_step: int) -> None:
+        """Queue a stopped run again for resuming, atomically: metrics logged after `after_step` (the
+        checkpoint) are dropped so the curve continues without duplicate steps. Raises ConfigError when
+        the run is no longer stopped (another resume got there first)."""
+        from peft_tui.engine.checkpoint import RESUMABLE
+
+        events = self.events_path(run_id)
+        offset = events.stat().st_size if events.exists() else 0
+        with self._tx() as db:
+            cur = db.execute(
+                f"UPDATE runs SET status='queued', resume=1, queued_at=?, error=NULL, finished_at=NULL, step=?, "
+                f"heartbeat=?, cancel_requested=0, events_offset=? "
+                f"WHERE id=? AND status IN ({','.join('?' * len(RESUMABLE))})",
+                (_now(), after_step, _now(), offset, run_id, *RESUMABLE),
+            )
+            if not cur.rowcount:
+                raise ConfigError(f"run {run_id} is already queued or running: another resume claimed it")
+            db.execute("DELETE FROM metrics WHERE run_id=? AND step>?", (run_id, after_step))
+
+    def retry(self, run_id: int) -> int:
+        """Queue a new run with the config of a run that has ended. Returns the new run's id."""
+        row = self.get(run_id)
+        if row["status"] in ACTIVE:
+            raise ConfigError(f"run {run_id} is {row['status']}: only a finished run can be retried")
+        if row["damaged"]:
+            raise ConfigError(f"run {run_id} cannot be retried: {row['damaged']}")
+        return self.create_run(RunConfig.from_dict(row["config"]))
+
+    def remove(self, run_id: int) -> bool:
+        """Delete a run that is still queued (never claimed) with its folder. False when it is not queued."""
+        folder = self.run_dir(run_id)
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM runs WHERE id=? AND status='queued'", (run_id,))
+            if not cur.rowcount:
+                return False
+            db.execute("DELETE FROM metrics WHERE run_id=?", (run_id,))
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+
+    def stale_queued(self) -> builtins.list[int]:
+        """Runs left `queued` by a version before the store was the queue: no worker claims them
+        (`peft-tui doctor` offers to cancel them)."""
+        return [r[0] for r in self._query("SELECT id FROM runs WHERE status='queued' AND queued_at IS NULL")]
+
+    def fail_worker_runs(self, worker_id: str, reason: str) -> builtins.list[int]:
+        """The worker `worker_id` died (its pool saw how): its running run becomes failed with `reason`."""
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM runs WHERE worker=? AND status='running'", (worker_id,))]
+            for run_id in ids:
+                self._fail(db, run_id, reason)
+        return ids
+
+    def fail_run(self, run_id: int, reason: str) -> bool:
+        """A running run whose process died (its worker saw how) becomes failed with `reason`."""
+        with self._tx() as db:
+            return self._fail(db, run_id, reason)
+
+    @staticmethod
+    def _fail(db: sqlite3.Connection, run_id: int, reason: str) -> bool:
+        t = _now()
+        cur = db.execute("UPDATE runs SET status='failed', error=?, finished_at=?, heartbeat=? "
+                         "WHERE id=? AND status='running'", (reason, t, t, run_id))
+        return bool(cur.rowcount)
+
+    def reap(self, stale_after_s: float = STALE_AFTER_S) -> builtins.list[int]:
+        """Running runs whose worker is gone become failed: on this host when the training process no
+        longer exists, elsewhere when no heartbeat came for `stale_after_s`. Returns their ids."""
+        host, now = socket.gethostname(), _now()
+        dead = {}
+        for r in self._query("SELECT id, pid, host, heartbeat FROM runs WHERE status='running'"):
+            if r["host"] == host and r["pid"] and not _pid_alive(r["pid"]):
+                dead[r["id"]] = f"its process (pid {r['pid']}) ended without recording a result"
+            elif r["host"] != host and now - (r["heartbeat"] or 0) > stale_after_s:
+                dead[r["id"]] = f"no heartbeat from its worker on {r['host']} for {stale_after_s:.0f} s"
         if dead:
             with self._tx() as db:
-                for run_id in dead:
-                    db.execute(
-                        "UPDATE runs SET status='interrupted', error='the process running it stopped', "
-                        "finished_at=? WHERE id=? AND status='running'",
-                        (_now(), run_id),
-                    )
-        return len(dead)
-
-    # ------------------------------------------------------------------ metrics
-    def metrics(self, run_id: int, name: str | None = None) -> list[dict[str, Any]]:
-        q = "SELECT step, epoch, name, value, t FROM metrics WHERE run_id=?"
-        args: tuple = (run_id,)
-        if name:
-            q += " AND name=?"
-            args += (name,)
-        return [dict(r) for r in self._conn().execute(q + " ORDER BY step, rowid", args).fetchall()]
-
-    def series(self, run_id: int, name: str, after_step: int = -1) -> list[tuple[int, float]]:
-        rows = self._conn().execute(
-            "SELECT step, value FROM metrics WHERE run_id=? AND name=? AND step>? ORDER BY step, rowid",
-            (run_id, name, after_step),
-        ).fetchall()
-        return [(r[0], r[1]) for r in rows]
-
-    def _log_metrics(self, db, run_id: int, step: int, epoch: float, values: dict[str, float]) -> None:
-        t = _now()
-        db.executemany(
-            "INSERT INTO metrics (run_id, step, epoch, name, value, t) VALUES (?, ?, ?, ?, ?, ?)",
-            [(run_id, step, epoch, k, float(v), t) for k, v in values.items()],
-        )
+                for run_id, reason in dead.items():
+                    self._fail(db, run_id, reason)
+        return list(dead)
 
     # ------------------------------------------------------------------ the sink
     def __call__(self, event: Event) -> None:
-        """Write one engine event. Called from the thread that trains."""
-        from peft_tui.engine.weights import write_json
+        """Write one engine event. A write that fails raises StoreError (one line): the run must stop."""
+        try:
+            self._record(event)
+        except (sqlite3.Error, OverflowError, OSError) as e:
+            fix = ("a value is too large to store: use smaller numbers in the run's config"
+                   if isinstance(e, OverflowError) else f"check {self.db_path} with `peft-tui doctor`")
+            raise StoreError(
+                f"the store could not record {type(event).__name__} for run {event.run_id} ({first_line(e)}): {fix}"
+            ) from None
 
+    def _record(self, event: Event) -> None:
         t = _now()
         if isinstance(event, RunStarted):
             with self._tx() as db:
@@ -307,10 +577,8 @@ class Store:
                 )
         elif isinstance(event, StepLogged):
             with self._tx() as db:
-                db.execute(
-                    "UPDATE runs SET step=?, epoch=?, loss=?, heartbeat=? WHERE id=?",
-                    (event.step, event.epoch, event.loss, t, event.run_id),
-                )
+                db.execute("UPDATE runs SET step=?, epoch=?, loss=?, heartbeat=? WHERE id=?",
+                           (event.step, event.epoch, event.loss, t, event.run_id))
                 self._log_metrics(db, event.run_id, event.step, event.epoch,
                                   {"train_loss": event.loss, "lr": event.lr, "samples_per_s": event.samples_per_s})
         elif isinstance(event, EvalLogged):
@@ -328,15 +596,29 @@ class Store:
                     values["gpu_device_used_mb"] = event.device_used_mb
                 self._log_metrics(db, event.run_id, event.step, 0.0, values)
         elif isinstance(event, RunFinished):
+            result = event.result_dict()
             with self._tx() as db:
                 db.execute(
                     "UPDATE runs SET status='done', result=?, finished_at=?, heartbeat=?, step=total_steps WHERE id=?",
-                    (json.dumps(event.result, default=str), t, t, event.run_id),
+                    (json.dumps(result, default=str), t, t, event.run_id),
                 )
-            write_json(self.run_dir(event.run_id) / "result.json", event.result)
+            _write_json(self.run_dir(event.run_id) / "result.json", result)
         elif isinstance(event, RunFailed):
-            self.set_status(event.run_id, event.status, event.error)
+            self._finish(event.run_id, event.status, event.error)
         elif isinstance(event, RunCancelled):
-            self.set_status(event.run_id, "cancelled")
-        elif isinstance(event, LogMessage):
-            pass
+            self._finish(event.run_id, "cancelled", None)
+        # LogMessage: kept in the run's events.jsonl, not in the database
+
+    def _finish(self, run_id: int, status: str, error: str | None) -> None:
+        t = _now()
+        with self._tx() as db:
+            db.execute("UPDATE runs SET status=?, error=coalesce(?, error), finished_at=?, heartbeat=? WHERE id=?",
+                       (status, error, t, t, run_id))
+
+    @staticmethod
+    def _log_metrics(db: sqlite3.Connection, run_id: int, step: int, epoch: float, values: dict[str, float]) -> None:
+        t = _now()
+        db.executemany(
+            "INSERT INTO metrics (run_id, step, epoch, name, value, t) VALUES (?, ?, ?, ?, ?, ?)",
+            [(run_id, step, epoch, k, float(v), t) for k, v in values.items()],
+        )

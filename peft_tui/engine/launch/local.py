@@ -1,0 +1,181 @@
+"""A pool of worker processes on this machine: one per device (CPU: one; a GPU box: one per GPU,
+pinned with CUDA_VISIBLE_DEVICES; `workers=N` to change it).
+
+The pool starts a worker for a slot when the store holds queued runs that slot can serve; a worker
+leaves when the queue has nothing more for it. A thread watches the workers: when one dies by a signal,
+the run it had claimed becomes `failed` with that signal as the reason, and a replacement starts while
+queued runs remain. With `detach=True` the workers run in their own session, so they outlive the caller
+(and a Ctrl-C in its terminal); otherwise `stop()` ends them.
+
+    with LocalPool(store.root) as pool:     # or pool = LocalPool(...).start(); ...; pool.stop()
+        ids = [store.create_run(c) for c in configs]
+        pool.wake()
+        watch(store, ids, sink)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+from peft_tui.engine.launch.worker import worker_id
+from peft_tui.engine.store import Store, death_reason
+
+TEND_S = 0.5  # how often the pool looks at its workers and the queue
+IDLE_S = 30.0  # a worker with nothing to do waits this long before it leaves (its imports are paid)
+RESTART_BACKOFF_S = 5.0  # after a worker failed, wait before starting that slot again
+GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])  # the folder holding peft_tui/
+
+
+def default_devices() -> list[str]:
+    """cuda:0..cuda:N-1 on a GPU machine, else ["cpu"]. Without a GPU device node torch is not imported."""
+    if not any(os.path.exists(p) for p in GPU_NODES):
+        return ["cpu"]
+    try:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - a broken driver: train on the CPU
+        n = 0
+    return [f"cuda:{i}" for i in range(n)] or ["cpu"]
+
+
+@dataclass
+class Slot:
+    device: str
+    proc: subprocess.Popen | None = None
+    failures: int = 0
+    not_before: float = 0.0  # no start before this time (backoff after a failure)
+
+
+class LocalPool:
+    def __init__(self, store_root: str | Path, devices: list[str] | None = None, workers: int | None = None,
+                 detach: bool = False, idle_s: float = IDLE_S):
+        self.root = Path(store_root)
+        self.devices = devices or default_devices()
+        n = workers or len(self.devices)
+        self.slots = [Slot(self.devices[i % len(self.devices)]) for i in range(n)]
+        self.detach = detach
+        self.idle_s = idle_s
+        self.host = socket.gethostname()
+        self.log_path = self.root / "logs" / "workers.log"
+        self._store = Store(self.root)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> LocalPool:
+        self._thread = threading.Thread(target=self._watch, name="peft-tui-pool", daemon=True)
+        self._thread.start()
+        self.wake()
+        return self
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(cancel=not self.detach)
+
+    def wake(self) -> None:
+        """Start workers now for queued runs (called after submitting, instead of waiting for the watcher)."""
+        self._tend()
+
+    def stop(self, cancel: bool = True, timeout: float = 30.0) -> None:
+        """Stop watching. With `cancel`, SIGTERM every worker (its run ends `cancelled`) and wait for them;
+        without, leave them to finish the queue and leave when idle."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if not cancel:
+            return
+        with self._lock:
+            live = [s for s in self.slots if s.proc is not None and s.proc.poll() is None]
+            for s in live:
+                s.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            deadline = time.monotonic() + timeout
+            for s in live:
+                try:
+                    s.proc.wait(max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
+                except subprocess.TimeoutExpired:
+                    pass
+            self._reap_locked()
+
+    def pids(self) -> dict[int, str]:
+        """Live workers: pid -> device."""
+        with self._lock:
+            return {s.proc.pid: s.device for s in self.slots if s.proc is not None and s.proc.poll() is None}
+
+    # ------------------------------------------------------------------ watching
+    def _watch(self) -> None:
+        while not self._stop.wait(TEND_S):
+            try:
+                self._tend()
+            except Exception as e:  # noqa: BLE001 - a busy store must not end the watching
+                self._log(f"pool: {type(e).__name__}: {e}")
+
+    def _tend(self) -> None:
+        with self._lock:
+            self._reap_locked()
+            if self._stop.is_set():
+                return
+            now = time.monotonic()
+            for s in self.slots:
+                if s.proc is None and now >= s.not_before and self._store.claimable([s.device]):
+                    s.proc = self._spawn(s.device)
+
+    def _reap_locked(self) -> None:
+        """Workers that ended: a signal or an error fails the run they held; a clean exit frees the slot."""
+        for s in self.slots:
+            if s.proc is None or s.proc.poll() is None:
+                continue
+            rc = s.proc.returncode
+            if rc != 0:
+                wid = worker_id(self.host, s.proc.pid, s.device)
+                reason = death_reason(rc) if rc < 0 else f"its worker exited with code {rc} (see {self.log_path})"
+                failed = self._store.fail_worker_runs(wid, reason)
+                self._log(f"worker {wid} ended: {death_reason(rc)}; runs failed: {failed or 'none'}")
+                s.failures += 1
+                s.not_before = time.monotonic() + RESTART_BACKOFF_S * min(s.failures, 6)
+            else:
+                s.failures = 0
+            s.proc = None
+
+    def _spawn(self, device: str) -> subprocess.Popen:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+        if device.startswith("cuda"):
+            env["CUDA_VISIBLE_DEVICES"] = _physical_gpu(device)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "peft_tui.engine.launch.worker", "--store", str(self.root), "--device", device,
+                 "--exit-when-idle", "--idle-s", str(self.idle_s)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=self.detach,
+                close_fds=True,
+            )
+
+    def _log(self, line: str) -> None:
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a") as fh:
+                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        except OSError:
+            pass
+
+
+def _physical_gpu(device: str) -> str:
+    """The CUDA_VISIBLE_DEVICES entry for cuda:N as this process numbers its GPUs."""
+    index = int(device.split(":")[1]) if ":" in device else 0
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return visible[index] if index < len(visible) else str(index)

@@ -1,0 +1,228 @@
+"""A worker: one process serving one device, training the runs it claims from the store.
+
+    python -m peft_tui.engine.launch.worker --store PATH [--device D] [--exit-when-idle] [--idle-s S]
+
+It imports the training stack once, then loops: claim the oldest queued run it can serve, train it in a
+child process forked for that run alone, and record how the child ended. A process per run makes the
+run's peak memory its own (the child's peak RSS) and confines a hard crash to that run; forking after
+the imports keeps the start-up each run pays to milliseconds. In the child, a thread writes the
+heartbeat and polls the store for a cancel request about twice a second.
+
+SIGTERM, SIGINT or SIGHUP cancels the current run cleanly (it ends `cancelled`) and stops the worker.
+A child killed by a signal (the kernel's out-of-memory killer sends SIGKILL) leaves its run `failed`
+with that signal as the reason, and the worker goes on with the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from peft_tui.engine.events import Event, JsonlSink, RunFinished, Sink, fan_out
+from peft_tui.engine.result import RunResult
+from peft_tui.engine.store import Claim, Store, death_reason
+from peft_tui.errors import ConfigError, first_line
+
+POLL_S = 0.5  # queue polling when idle; heartbeat and cancel polling while training
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def worker_id(host: str, pid: int, device: str) -> str:
+    """How a worker is named in the store's `worker` column (the pool computes it from the pid too)."""
+    return f"{host}:{pid}:{device}"
+
+
+def local_device(device: str) -> str:
+    """The device as this process sees it: a worker pinned to one GPU with CUDA_VISIBLE_DEVICES sees
+    that GPU as cuda:0, whatever its number on the machine."""
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return "cuda:0" if device.startswith("cuda") and len(visible) == 1 else device
+
+
+def process_start_time() -> float:
+    """When this process was created (unix time): start-up is measured from here."""
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+def preload() -> None:
+    """The imports every run needs, paid once per worker instead of once per run."""
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    import peft_tui.engine.methods
+    import peft_tui.engine.trainer  # noqa: F401
+
+
+class Worker:
+    def __init__(self, store: Store, device: str):
+        self.store = store
+        self.device = device
+        self.host = socket.gethostname()
+        self.id = worker_id(self.host, os.getpid(), device)
+        self.stopping = threading.Event()
+        self._child: multiprocessing.process.BaseProcess | None = None
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stopping.set()
+        child = self._child
+        if child is not None and child.pid is not None and child.exitcode is None:
+            os.kill(child.pid, signal.SIGTERM)  # the run ends cancelled
+
+    def serve(self, exit_when_idle: bool = False, idle_s: float = 0.0) -> int:
+        """Train queued runs until stopped (or, with `exit_when_idle`, until idle for `idle_s`)."""
+        started = process_start_time()
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+        preload()
+        ready_since = started  # start-up a run pays is counted from when this worker was free for it
+        idle_since = time.time()
+        while not self.stopping.is_set():
+            claim = self._claim()
+            if claim is None:
+                if exit_when_idle and time.time() - idle_since >= idle_s:
+                    break
+                self.stopping.wait(POLL_S)
+                continue
+            self._train(claim, startup_from=max(ready_since, claim.queued_at))
+            ready_since = idle_since = time.time()
+        return 0
+
+    def _claim(self) -> Claim | None:
+        if not self.store.claimable([self.device]):  # a read first: idle workers take no write lock
+            return None
+        return self.store.claim(self.id, os.getpid(), self.host, [self.device])
+
+    def _train(self, claim: Claim, startup_from: float) -> None:
+        """Train one claimed run in a child process; record how it ended when it could not."""
+        ctx = multiprocessing.get_context("fork")  # after `preload`: the child starts warm
+        child = ctx.Process(target=train_one, args=(str(self.store.root), claim, local_device(self.device),
+                                                    startup_from, os.getpid()), name=f"peft-tui-run-{claim.run_id}")
+        child.start()
+        self._child = child
+        if self.stopping.is_set():  # stopped between the claim and the start: cancel at once
+            os.kill(child.pid or 0, signal.SIGTERM)
+        child.join()
+        self._child = None
+        if child.exitcode != 0:
+            self.store.fail_run(claim.run_id, death_reason(child.exitcode or 0))
+
+
+def train_one(root: str, claim: Claim, device: str, startup_from: float, worker_pid: int) -> None:
+    """The child process: train one claimed run, recording every event in the store and events.jsonl.
+    Its start-up (from when the worker was free for this run to now) is recorded with the first heartbeat."""
+    from peft_tui.engine.trainer import execute
+
+    cancel = threading.Event()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda *_: cancel.set())
+    _die_with(worker_pid)
+    store = Store(root)  # never the parent's connection: SQLite connections do not survive a fork
+    run_id = claim.run_id
+    startup_s = time.time() - startup_from
+    if store.heartbeat(run_id, os.getpid(), startup_s=startup_s):
+        cancel.set()
+    done = threading.Event()
+    beat = threading.Thread(target=_keep_alive, args=(store, run_id, cancel, done), daemon=True)
+    beat.start()
+    sink: Sink = fan_out(store, JsonlSink(store.events_path(run_id)))
+    if device == "cpu":
+        sink = ProcessPeak(sink)
+    config = dataclasses.replace(claim.config, device=device)
+    # cache_dir: passed where the trainer takes it (the engine branch adds the argument)
+    extra = {"cache_dir": store.cache_dir} if "cache_dir" in inspect.signature(execute).parameters else {}
+    try:
+        execute(store, run_id, config, sink, cancel, resume=claim.resume, **extra)
+    except Exception as e:  # noqa: BLE001 - even its failure could not be recorded: say so, exit 1
+        sys.stderr.write(f"run {run_id}: {first_line(e)}\n")
+        sys.exit(1)
+    finally:
+        done.set()
+        sink.close()
+
+
+def _keep_alive(store: Store, run_id: int, cancel: threading.Event, done: threading.Event) -> None:
+    while not done.wait(POLL_S):
+        try:
+            if store.heartbeat(run_id, os.getpid()):
+                cancel.set()
+        except ConfigError:  # the store is busy or damaged: the run's own writes will say so
+            pass
+
+
+def _die_with(worker_pid: int) -> None:
+    """On Linux, the run process is killed when its worker dies, so a run never outlives the worker
+    that answers for it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != worker_pid:  # the worker died before the call
+        os._exit(1)
+
+
+class ProcessPeak:
+    """On CPU, a finished run's peak memory is the peak RSS of its own process: exact, where the trainer
+    samples it. Wraps the run's sinks. (On CUDA the trainer's torch figures stand.)"""
+
+    def __init__(self, sink: Sink):
+        self.sink = sink
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunFinished):
+            event = RunFinished(event.run_id, with_process_peak(event.result))
+        self.sink(event)
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+def with_process_peak(result: RunResult | dict[str, Any]) -> RunResult | dict[str, Any]:
+    """`result` with peak_memory_mb = this process's peak RSS (left None where a method measures none)."""
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_mb = kb / 1024 if sys.platform.startswith("linux") else kb / 2**20  # macOS reports bytes
+    kind = "peak RSS of the run's own process"
+    if isinstance(result, RunResult):
+        if result.peak_memory_mb is None:
+            return result
+        return dataclasses.replace(result, peak_memory_mb=peak_mb, memory_kind=kind)
+    if result.get("peak_memory_mb") is None:
+        return result
+    return {**result, "peak_memory_mb": peak_mb, "memory_kind": kind}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m peft_tui.engine.launch.worker",
+                                     description="Train the runs queued in a store, one process per run.")
+    parser.add_argument("--store", required=True, help="the run store folder")
+    parser.add_argument("--device", default="cpu", help="the device this worker serves: cpu or cuda:N")
+    parser.add_argument("--exit-when-idle", action="store_true", help="stop when no queued run is left")
+    parser.add_argument("--idle-s", type=float, default=0.0, help="with --exit-when-idle: wait this long first")
+    args = parser.parse_args(argv)
+    try:
+        store = Store(args.store)
+    except ConfigError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    return Worker(store, args.device).serve(args.exit_when_idle, args.idle_s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

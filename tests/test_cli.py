@@ -235,3 +235,38 @@ def test_runs_and_show_print_errors_and_names_literally(tmp_path):
     res = invoke("show", str(failed), "--store", str(tmp_path / "s"))
     assert res.exit_code == 0, res.output
     assert "error: bad value [bold]x[/] and [/oops] \\x1b[31mred" in res.stdout and "\x1b" not in res.stdout
+
+
+# ---------------------------------------------------------------- one data load; the baseline is a run
+def test_run_loads_its_data_once(tmp_path, monkeypatch):
+    """Preflight, the summary and training share one load (they used to load the data three times)."""
+    from peft_tui.engine import data as engine_data
+
+    calls = []
+    real = engine_data.load_splits
+
+    def counting(cfg, seed):
+        calls.append(cfg.source)
+        return real(cfg, seed)
+
+    monkeypatch.setattr(engine_data, "load_splits", counting)
+    res = invoke("run", "--method", "head", *TINY, "--store", str(tmp_path / "s"), "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["status"] == "done" and calls == ["synthetic"]
+
+
+def test_a_failing_baseline_is_a_failed_row_and_one_line(tmp_path):
+    """TF-IDF has no vocabulary when every text is one character: the baseline row fails with one line,
+    the other runs still finish, exit 1, no traceback, nothing left queued."""
+    rows = ["text,label"] + [f"{'ab'[i % 2]},{i % 2}" for i in range(120)]
+    (tmp_path / "one.csv").write_text("\n".join(rows) + "\n")
+    store = tmp_path / "s"
+    res = runner.invoke(app, ["compare", "--methods", "head", "--data", str(tmp_path / "one.csv"),
+                              *TINY[2:], "--store", str(store)])
+    assert res.exit_code == 1, res.output
+    assert isinstance(res.exception, SystemExit) and "Traceback" not in res.output
+    by = {r["method"]: r for r in Store(store).list()}
+    assert by["head"]["status"] == "done"
+    error = by["tfidf"]["error"]
+    assert by["tfidf"]["status"] == "failed" and error and "\n" not in error
+    assert f"run {by['tfidf']['id']} (tfidf) failed: {error}" in res.stderr.splitlines()

@@ -304,8 +304,7 @@ def execute_run(st: Store, run_id: int, cfg: RunConfig, sink: Sink, *, resume: b
     """The CLI's one call into the engine: train a stored run to its end (the outcome is in its row)."""
     from peft_tui.engine.trainer import execute
 
-    # the engine branch adds execute(..., data=): then pass data=data here (loaded once by preflight)
-    execute(st, run_id, cfg, sink, resume=resume)
+    execute(st, run_id, cfg, sink, resume=resume, data=data)
 
 
 def start_detached(st: Store, cfg: RunConfig, as_json: bool) -> None:

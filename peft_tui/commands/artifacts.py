@@ -31,7 +31,7 @@ def predict(
     Example: peft-tui predict 3 "the battery is great" "the screen broke"   or   peft-tui predict 3 --file new.csv"""
     from peft_tui.engine.artifacts import load_run
     from peft_tui.engine.artifacts import predict as run_predict
-    from peft_tui.engine.trainer import resolve_device
+    from peft_tui.engine.device import resolve_device
 
     if not texts and not file:
         raise ConfigError("nothing to classify: pass texts after the run id, or --file F")

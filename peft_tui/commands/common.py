@@ -72,6 +72,17 @@ def run_json(st: Store, row: dict) -> dict:
     }
 
 
+def write_output(path: str, text: str, option: str) -> None:
+    """Write a file the user named with `option`; a path that cannot be written is bad input."""
+    from pathlib import Path
+
+    try:
+        with open(Path(path).expanduser(), "w", newline="") as fh:
+            fh.write(text)
+    except OSError as e:
+        raise ConfigError(f"cannot write {path} ({e.strerror}): pass another {option} path") from None
+
+
 def exit_if_failed(rows: list[dict], quiet: bool) -> None:
     """Exit 1 when a run did not finish, saying why on stderr (unless `quiet`: JSON carries it)."""
     failed = [r for r in rows if r["status"] != "done"]

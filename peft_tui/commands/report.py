@@ -6,9 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from peft_tui.commands.common import handles_errors, open_store
+from peft_tui.commands.common import handles_errors, open_store, write_output
 from peft_tui.commands.options import StoreOpt
-from peft_tui.errors import ConfigError
 
 
 @handles_errors
@@ -27,10 +26,5 @@ def report(
     if not out_path:
         typer.echo(text)
         return
-    from pathlib import Path
-
-    try:
-        Path(out_path).expanduser().write_text(text)
-    except OSError as e:
-        raise ConfigError(f"cannot write {out_path} ({e.strerror}): pass another --out path") from None
+    write_output(out_path, text, "--out")
     typer.echo(f"report written to {out_path}")

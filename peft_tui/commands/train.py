@@ -20,6 +20,7 @@ from peft_tui.commands.common import (
     print_data_summary,
     print_json,
     run_json,
+    write_output,
 )
 from peft_tui.commands.options import (
     BatchOpt,
@@ -137,6 +138,7 @@ def compare(
     """The same model and data through several methods, then one comparison table.
 
     The learning rate is each method's default (`peft-tui methods`); --lr or `--set lr=...` sets all."""
+    from peft_tui.engine.methods import get_method
     from peft_tui.engine.trainer import preflight
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -148,7 +150,7 @@ def compare(
     for cfg in configs[1:]:
         cfg.validate()  # the same model, data and device as the first: only method and parameters differ
     print_data_summary(first, loaded[data_key(first)], to_stderr=as_json)
-    if baseline:
+    if baseline and not any(get_method(m).is_baseline for m in names):
         configs.append(baseline_config(first))
     st = open_store(store)
     rows_db = [st.get(rid) for rid in train_runs(st, configs, loaded, show_progress=not as_json)]
@@ -156,8 +158,7 @@ def compare(
 
     rows = rows_from_runs(rows_db)
     if csv_path:
-        with open(csv_path, "w", newline="") as fh:
-            fh.write(to_csv(rows))
+        write_output(csv_path, to_csv(rows), "--csv")
     if as_json:
         print_json({"runs": [run_json(st, r) for r in rows_db], "table": rows})
     else:

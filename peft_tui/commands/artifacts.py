@@ -94,7 +94,7 @@ def texts_from_file(path: str, cfg: RunConfig) -> tuple[list[str], list[str] | N
     with the run's text column(s)."""
     from pathlib import Path
 
-    from peft_tui.engine.data import _read_table
+    from peft_tui.engine.data import read_table
 
     p = Path(path).expanduser()
     if p.suffix.lower() in (".txt", ""):
@@ -102,7 +102,7 @@ def texts_from_file(path: str, cfg: RunConfig) -> tuple[list[str], list[str] | N
             raise ConfigError(f"file {path!r} does not exist: pass a .txt (one text per line), .csv or .jsonl file")
         lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
         return split_pairs(lines, cfg)
-    df = _read_table(path, "input")
+    df = read_table(path, "input")
     col, pair_col = cfg.data.text_col, cfg.data.text_pair_col
     for c in filter(None, (col, pair_col)):
         if c not in df.columns:

@@ -1,13 +1,16 @@
-"""Headless front end helpers: a rich progress-bar sink and table printing. Not part of the engine."""
+"""Headless front end helpers: a rich progress-bar sink, table printing, and `literal` for text that
+came from users or files. Not part of the engine."""
 
 from __future__ import annotations
 
 import sys
+import unicodedata
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from peft_tui.engine.events import EvalLogged, Event, LogMessage, RunFailed, RunStarted, StepLogged
 from peft_tui.report.table import EFFICIENCY_NOTE, formatted
@@ -15,6 +18,14 @@ from peft_tui.report.table import EFFICIENCY_NOTE, formatted
 err = Console(stderr=True)
 # piped or captured output (CI logs, `| tee`) gets a wide table instead of rich's 80-column default
 out = Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def literal(text: Any, style: str = "") -> Text:
+    """Text shown as written: never read as rich markup, control characters spelled out (\\x1b)."""
+    cleaned = "".join(
+        c if c in "\n\t" or unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in str(text)
+    )
+    return Text(cleaned, style=style)
 
 
 class ProgressSink:
@@ -42,6 +53,9 @@ class ProgressSink:
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
 
+    def close(self) -> None:
+        """The Sink protocol's close: nothing to release per run (the `with` block ends the display)."""
+
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self.tasks[event.run_id] = self.progress.add_task(
@@ -53,9 +67,9 @@ class ProgressSink:
         elif isinstance(event, EvalLogged) and task is not None and event.split == "val":
             self.progress.update(task, acc=f"{100 * event.accuracy:.1f}%")
         elif isinstance(event, RunFailed):
-            err.print(f"[red]run {event.run_id} {event.status}:[/] {event.error}")
+            err.print(literal(f"run {event.run_id} {event.status}:", "red"), literal(event.error))
         elif isinstance(event, LogMessage) and event.level != "info":
-            err.print(f"[yellow]{event.level}:[/] {event.text}")
+            err.print(literal(f"{event.level}:", "yellow"), literal(event.text))
 
 
 def print_comparison(rows: list[dict[str, Any]], title: str = "comparison") -> None:
@@ -64,5 +78,5 @@ def print_comparison(rows: list[dict[str, Any]], title: str = "comparison") -> N
     for i, h in enumerate(headers):
         table.add_column(h, justify="right" if i >= 3 else "left")
     for r in body:
-        table.add_row(*r)
+        table.add_row(*map(literal, r))
     out.print(table)

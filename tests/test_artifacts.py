@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import tiny_config
 from typer.testing import CliRunner
 
 from peft_tui.config import ConfigError, DataConfig
-
-from conftest import tiny_config
 
 runner = CliRunner()
 

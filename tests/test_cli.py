@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hyp
 from typer.testing import CliRunner
 
 from peft_tui.cli import app
@@ -169,3 +171,102 @@ def test_run_from_a_config_file_with_overrides(tmp_path):
     assert not (tmp_path / "pwned").exists()
     res = runner.invoke(app, ["run", "--config", str(tmp_path / "nope.json"), "--store", str(store)])
     assert res.exit_code == 2 and "does not exist" in res.stderr
+
+
+# ---------------------------------------------------------------- the shared options and their builder
+def test_a_method_parameter_in_a_comparison_goes_only_to_methods_that_have_it():
+    from peft_tui.commands.train import method_sets
+
+    sets = ["size=4", "r=2", "epochs=1", "data.size=100", "nokey=1"]
+    assert method_sets("adapters", sets) == ["size=4", "epochs=1", "data.size=100", "nokey=1"]
+    assert method_sets("lora", sets) == ["r=2", "epochs=1", "data.size=100", "nokey=1"]
+    assert method_sets("full", sets) == ["epochs=1", "data.size=100", "nokey=1"]  # size=4 is not its data size
+
+
+def test_compare_takes_the_run_options_and_a_config_file(tmp_path):
+    """--config, --max-length and --set work in compare as in run; `size` sizes the adapters only."""
+    store = tmp_path / "s"
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('model = "tiny"\nepochs = 1\nbatch_size = 16\ndevice = "cpu"\nseed = 3\n'
+                        '[data]\nsize = 120\n')
+    res = invoke("compare", "--methods", "head,adapters", "--config", str(cfg_file), "--max-length", "32",
+                 "--set", "size=4", "--no-baseline", "--store", str(store), "--json")
+    assert res.exit_code == 0, res.output
+    configs = {r["method"]: r["config"] for r in json.loads(res.stdout)["runs"]}
+    assert set(configs) == {"head", "adapters"}
+    for cfg in configs.values():
+        assert (cfg["model"], cfg["seed"], cfg["max_length"], cfg["data"]["size"]) == ("tiny", 3, 32, 120)
+    assert configs["adapters"]["params"] == {"size": 4} and configs["head"]["params"] == {}
+
+
+# ---------------------------------------------------------------- text from users and files, shown literally
+@given(text=hyp.text(alphabet=hyp.characters(codec="utf-8"), max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_literal_text_is_never_markup_and_has_no_control_characters(text):
+    import unicodedata
+
+    from rich.console import Console
+
+    from peft_tui.console import literal
+
+    shown = literal(text)
+    assert not any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in shown.plain)
+    if all(unicodedata.category(c) != "Cc" for c in text):
+        assert shown.plain == text  # nothing taken away: brackets stay brackets
+    console = Console(width=80, file=__import__("io").StringIO(), color_system=None)
+    console.print(shown)  # never a MarkupError
+
+
+def test_runs_and_show_print_errors_and_names_literally(tmp_path):
+    from conftest import tiny_config
+
+    from peft_tui.engine.events import RunFailed, RunFinished
+
+    st = Store(tmp_path / "s")
+    failed = st.create_run(tiny_config())
+    st(RunFailed(failed, "bad value [bold]x[/] and [/oops] \x1b[31mred"))
+    done = st.create_run(tiny_config(method="head"))
+    st(RunFinished(done, {"accuracy": 0.5, "trainable_pct": None, "train_time_s": 1.0}))
+    res = invoke("runs", "--store", str(tmp_path / "s"))
+    assert res.exit_code == 0, res.output
+    assert "[bold]x[/] and [/oops] \\x1b[31mred" in res.stdout and "\x1b" not in res.stdout
+    line = next(ln for ln in res.stdout.splitlines() if "head" in ln)
+    assert "50.0" in line and "-" in line  # a result without trainable % shows a dash
+    res = invoke("show", str(failed), "--store", str(tmp_path / "s"))
+    assert res.exit_code == 0, res.output
+    assert "error: bad value [bold]x[/] and [/oops] \\x1b[31mred" in res.stdout and "\x1b" not in res.stdout
+
+
+# ---------------------------------------------------------------- one data load; the baseline is a run
+def test_run_loads_its_data_once(tmp_path, monkeypatch):
+    """Preflight, the summary and training share one load (they used to load the data three times)."""
+    from peft_tui.engine import data as engine_data
+
+    calls = []
+    real = engine_data.load_splits
+
+    def counting(cfg, seed):
+        calls.append(cfg.source)
+        return real(cfg, seed)
+
+    monkeypatch.setattr(engine_data, "load_splits", counting)
+    res = invoke("run", "--method", "head", *TINY, "--store", str(tmp_path / "s"), "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["status"] == "done" and calls == ["synthetic"]
+
+
+def test_a_failing_baseline_is_a_failed_row_and_one_line(tmp_path):
+    """TF-IDF has no vocabulary when every text is one character: the baseline row fails with one line,
+    the other runs still finish, exit 1, no traceback, nothing left queued."""
+    rows = ["text,label"] + [f"{'ab'[i % 2]},{i % 2}" for i in range(120)]
+    (tmp_path / "one.csv").write_text("\n".join(rows) + "\n")
+    store = tmp_path / "s"
+    res = runner.invoke(app, ["compare", "--methods", "head", "--data", str(tmp_path / "one.csv"),
+                              *TINY[2:], "--store", str(store)])
+    assert res.exit_code == 1, res.output
+    assert isinstance(res.exception, SystemExit) and "Traceback" not in res.output
+    by = {r["method"]: r for r in Store(store).list()}
+    assert by["head"]["status"] == "done"
+    error = by["tfidf"]["error"]
+    assert by["tfidf"]["status"] == "failed" and error and "\n" not in error
+    assert f"run {by['tfidf']['id']} (tfidf) failed: {error}" in res.stderr.splitlines()

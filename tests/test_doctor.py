@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
+from conftest import tiny_config
 from typer.testing import CliRunner
 
-from conftest import tiny_config
-from peft_tui import commands_reliability
 from peft_tui.cli import app
+from peft_tui.commands import doctor as doctor_command
 from peft_tui.config import ConfigError
 from peft_tui.engine import models
 from peft_tui.engine.store import Store
@@ -72,5 +72,5 @@ def test_doctor_fails_without_the_embedded_model(tmp_path, monkeypatch):
 
 
 def test_nvml_check_never_raises():
-    c = commands_reliability._nvml_check()
+    c = doctor_command.nvml_check()
     assert c["status"] in ("ok", "warn") and c["detail"]

@@ -117,3 +117,12 @@ def test_report_groups_by_data_and_skips_unfinished():
     text = build_report(runs)
     assert "## x.csv" in text and "## y.csv" in text and "2 finished run(s)" in text
     assert "No finished runs" in build_report([])
+
+
+def test_report_to_a_path_that_cannot_be_written_is_one_line(tmp_path):
+    from peft_tui.cli import app
+
+    res = runner.invoke(app, ["report", "--out", str(tmp_path / "no" / "such" / "r.md"), "--store", str(tmp_path / "s")])
+    assert res.exit_code == 2
+    assert res.stderr.startswith("error: cannot write") and "--out" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

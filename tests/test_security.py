@@ -8,9 +8,9 @@ import json
 import threading
 
 import pytest
+from conftest import tiny_config
 from typer.testing import CliRunner
 
-from conftest import tiny_config
 from peft_tui.cli import app
 from peft_tui.config import ConfigError, RunConfig
 from peft_tui.engine import checkpoint, models, trainer

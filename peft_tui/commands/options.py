@@ -1,0 +1,87 @@
+"""Options that several commands share, each written once as an `Annotated` alias, and `run_config`,
+the one function that turns the run-config options into a RunConfig.
+
+A command declares an option by its alias, with the default --help shows: `epochs: EpochsOpt = None`.
+The run-config options' defaults are RunConfig's own (None: "the config's value").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any, Optional
+
+import typer
+
+from peft_tui.config import RunConfig
+
+# ---------------------------------------------------------------- every command that reads a store
+StoreOpt = Annotated[Optional[str], typer.Option(
+    "--store", help="run store folder (default ./peft-runs or $PEFT_TUI_STORE)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout instead of tables")]
+
+# ---------------------------------------------------------------- the run-config options
+MethodOpt = Annotated[str, typer.Option("--method", "-m", help="method name (`peft-tui methods` lists them)")]
+ModelOpt = Annotated[str, typer.Option(
+    "--model", help="minilm (embedded), tiny (tests), a local folder, or a hub id")]
+DataOpt = Annotated[str, typer.Option("--data", "-d", help="synthetic, or a .csv/.jsonl/.parquet file")]
+TextColOpt = Annotated[str, typer.Option("--text-col", help="text column in the data file")]
+LabelColOpt = Annotated[str, typer.Option("--label-col", help="label column in the data file")]
+TextPairColOpt = Annotated[Optional[str], typer.Option(
+    "--text-pair-col", help="second-sentence column for sentence pairs (NLI, paraphrase)")]
+ValDataOpt = Annotated[Optional[str], typer.Option(
+    "--val-data", help="a separate validation file (else split from --data)")]
+NameOpt = Annotated[Optional[str], typer.Option("--name", help="run name (letters, digits, . _ -)")]
+EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="epochs (default 3)")]
+LrOpt = Annotated[Optional[float], typer.Option(
+    "--lr", help="learning rate (default: the method's, see `peft-tui methods`)")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="batch size (default 32)")]
+MaxLengthOpt = Annotated[Optional[int], typer.Option(
+    "--max-length", help="tokens per text; longer ones are truncated (default 128)")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="random seed (default 42)")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N")]
+PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="auto, fp32, bf16 or fp16")]
+TrustOpt = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="allow a hub model's own Python code (off by default)")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", "-s", help="key=value for a run field, data.<field>, or a method parameter")]
+ConfigOpt = Annotated[Optional[str], typer.Option(
+    "--config", help="start from a JSON or TOML config (e.g. `peft-tui show ID --json`); "
+    "options given on the command line and --set override it")]
+
+# command parameter -> (config section, field) it sets
+RUN_FLAGS = {
+    "method": ("run", "method"), "model": ("run", "model"), "name": ("run", "name"), "epochs": ("run", "epochs"),
+    "lr": ("run", "lr"), "batch_size": ("run", "batch_size"), "max_length": ("run", "max_length"),
+    "seed": ("run", "seed"), "device": ("run", "device"), "precision": ("run", "precision"),
+    "trust_remote_code": ("run", "trust_remote_code"),
+    "data": ("data", "source"), "text_col": ("data", "text_col"), "label_col": ("data", "label_col"),
+    "text_pair_col": ("data", "text_pair_col"), "val_data": ("data", "val_source"),
+}
+
+
+def run_config(ctx: typer.Context, sets: list[str] | None = None, **fields: Any) -> RunConfig:
+    """The RunConfig a command's options describe: --config FILE (else the defaults), then the run-config
+    options typed on the command line, then `fields` (what the command sets itself, e.g. each method of a
+    comparison), then `sets` (--set key=value). Not checked against data and model yet: see `preflight`."""
+    from peft_tui.config import config_from_file
+
+    config_file = ctx.params.get("config_file")
+    cfg = config_from_file(config_file) if config_file else RunConfig()
+    run_over: dict[str, Any] = {}
+    data_over: dict[str, Any] = {}
+    for param, (section, field) in RUN_FLAGS.items():
+        if _typed(ctx, param):
+            (run_over if section == "run" else data_over)[field] = ctx.params[param]
+    run_over.update(fields)
+    if run_over.get("method", cfg.method) != cfg.method:
+        run_over["params"] = {}  # another method's parameters do not carry over
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data_over), **run_over)
+    return cfg.with_overrides(sets or [])
+
+
+def _typed(ctx: typer.Context, param: str) -> bool:
+    """Whether the user gave this option (an option left at its default does not override a config file)."""
+    if param not in ctx.params:
+        return False
+    source = ctx.get_parameter_source(param)  # typer may vendor click: compare the source by name
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")

@@ -1,0 +1,115 @@
+"""Looking at what is stored and what can run: `runs`, `show`, `methods`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from peft_tui.commands.common import handles_errors, open_store, print_json, run_json
+from peft_tui.commands.options import JsonOpt, StoreOpt
+
+
+@handles_errors
+def list_runs(
+    status: Annotated[Optional[str], typer.Option("--status", help="only runs with this status")] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the runs in the store."""
+    st = open_store(store)
+    rows = st.list(status=status)
+    if as_json:
+        print_json([run_json(st, r) for r in rows])
+        return
+    from rich.table import Table
+
+    from peft_tui.console import literal, out
+
+    def number(res: dict, key: str, fmt: str, scale: float = 1.0) -> str:
+        value = res.get(key)
+        return "-" if value is None else format(scale * value, fmt)
+
+    table = Table(title=literal(f"runs in {st.root}"))
+    for h in ("id", "name", "method", "model", "status", "acc %", "train %", "time s", "error"):
+        table.add_column(h)
+    for r in rows:
+        res = r["result"] or {}
+        cells = (
+            str(r["id"]), r["name"], r["method"], r["model"], r["status"],
+            number(res, "accuracy", ".1f", 100), number(res, "trainable_pct", ".2f"),
+            number(res, "train_time_s", ".1f"), (r["error"] or "")[:60],
+        )
+        table.add_row(*map(literal, cells))
+    out.print(table)
+
+
+@handles_errors
+def show(
+    run_id: Annotated[int, typer.Argument(help="run id (see `peft-tui runs`)")],
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Everything about one run: config, result, files and metric summary."""
+    st = open_store(store)
+    row = st.get(run_id)
+    doc = run_json(st, row)
+    doc["metrics"] = {
+        name: len(st.series(run_id, name)) for name in ("train_loss", "val_accuracy", "mem_used_mb")
+    }
+    folder = st.run_dir(run_id)
+    doc["files"] = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    if as_json:
+        print_json(doc)
+        return
+    from rich.pretty import Pretty
+
+    from peft_tui.console import literal, out
+
+    out.print(literal(f"run {row['id']}", "bold"),
+              literal(f"{row['name']}  method={row['method']}  status={row['status']}"))
+    if row["error"]:
+        out.print(literal("error:", "red"), literal(row["error"]))
+    out.print(literal(f"folder: {folder}"))
+    out.print(literal("files: " + (", ".join(doc["files"]) or "-")))
+    out.print("config:", Pretty(row["config"]))
+    if row["result"]:
+        out.print("result:", Pretty({k: v for k, v in row["result"].items() if k != "versions"}))
+    out.print("logged points:", Pretty(doc["metrics"]))
+
+
+@handles_errors
+def methods(as_json: JsonOpt = False) -> None:
+    """Each method with its parameters, defaults and default learning rate."""
+    from peft_tui.engine.methods import REGISTRY
+
+    docs = [
+        {
+            "name": m.name,
+            "summary": m.summary,
+            "default_lr": m.default_lr,
+            "params": {p.name: {"type": p.type.__name__, "default": p.default, "help": p.help,
+                                **({"choices": list(p.choices)} if p.choices else {})}
+                       for p in m.params.values()},
+        }
+        for m in REGISTRY.values()
+    ]
+    if as_json:
+        print_json(docs)
+        return
+    from rich.table import Table
+
+    from peft_tui.console import out
+
+    table = Table(title="methods")
+    table.add_column("method")
+    table.add_column("default lr")
+    table.add_column("parameters (default)")
+    table.add_column("what it does")
+    for d in docs:
+        params = "\n".join(
+            f"{k}={v['default']!r}" + (f" ({'|'.join(v['choices'])})" if "choices" in v else "")
+            for k, v in d["params"].items()
+        ) or "-"
+        table.add_row(d["name"], f"{d['default_lr']:g}", params, d["summary"])
+    out.print(table)

@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable
 
 from peft_tui.report.table import COLUMNS, formatted, rows_from_runs, sort_rows
-from peft_tui.ui.state import STATUS_WORDS, LabState, fmt_duration
+from peft_tui.ui.state import STATUS_WORDS, LabState, fmt_duration, is_baseline, shown_result
 
 QUEUE_COLUMNS = [
     # key, header, width (None: grows with its content). The live figures come first so that an
@@ -38,7 +38,7 @@ def progress_text(row: dict[str, Any], width: int = 6) -> Text:
     total, step = row.get("total_steps") or 0, row.get("step") or 0
     if row["status"] == "done":
         frac = 1.0
-    elif not total or row.get("method") == "tfidf":
+    elif not total or is_baseline(row.get("method") or ""):
         return Text("-", style="dim")
     else:
         frac = min(1.0, step / total)
@@ -51,7 +51,7 @@ def queue_cells(row: dict[str, Any], now: float) -> list[Any]:
     epochs = (row.get("config") or {}).get("epochs")
     ep = row.get("epoch") or 0.0
     epoch_step = f"{ep:.1f}" + (f"/{epochs}" if epochs else "") + f" · {row.get('step') or 0}/{total or '?'}"
-    if row["status"] == "queued" or row.get("method") == "tfidf" or not total:
+    if row["status"] == "queued" or is_baseline(row.get("method") or "") or not total:
         epoch_step = "-"
     loss = row.get("loss")
     acc = row.get("val_accuracy")
@@ -150,7 +150,7 @@ class ResultsTable(DataTable):
             self.add_column(header + arrow, key=key, width=min(width, 24))
 
     def sync(self, state: LabState) -> None:
-        runs = [r for r in state.runs.values() if r["status"] == "done" and r.get("result")]
+        runs = [{**r, "result": shown_result(r)} for r in state.runs.values() if r["status"] == "done" and r.get("result")]
         self.rows_data = sort_rows(rows_from_runs(sorted(runs, key=lambda r: r["id"])), self.sort_key,
                                    self.descending)
         cursor = self.cursor_row

@@ -37,8 +37,8 @@ class StorePoller:
     def poll(self, now: float) -> tuple[list[dict[str, Any]], Points]:
         """Runs changed since the last call, and the new chart points of those trained elsewhere."""
         self._rounds += 1
-        if self._rounds % self.REAP_EVERY == 0:
-            self.store.mark_interrupted()  # runs whose process died show as interrupted
+        if self._rounds % self.REAP_EVERY == 0 and not self.store.readonly:
+            self.store.reap()  # runs whose process died show as failed, with the reason
         first = self._since == 0.0
         rows = self.store.changed_since(self._since - self.OVERLAP_S)
         self._since = now
@@ -55,7 +55,7 @@ class StorePoller:
                 continue
             last = self._followed.setdefault(rid, {})
             for name in SERIES_NAMES:
-                got = _points(self.store, rid, name, last.get(name, -1))
+                got = self.store.points(rid, name, last.get(name, -1))
                 if got:
                     points[(rid, name)] = got
                     last[name] = got[-1][0]
@@ -63,10 +63,3 @@ class StorePoller:
                 del self._followed[rid]
         return rows, points
 
-
-def _points(store, run_id: int, name: str, after_step: int) -> list[tuple[int, float, float]]:
-    """(step, value, t) of one metric after `after_step`, through `Store.points`. Until the store branch
-    adds that query: `Store.metrics`, filtered here (drop this fallback once `points` is on main)."""
-    if hasattr(store, "points"):
-        return store.points(run_id, name, after_step)
-    return [(m["step"], m["value"], m["t"]) for m in store.metrics(run_id, name) if m["step"] > after_step]

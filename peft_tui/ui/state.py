@@ -110,7 +110,7 @@ class LabState:
         self.mem_peak: dict[int, float] = {}
         self.gpu_used: dict[int, Series] = {}
         self.memory_kind = "process RSS"
-        self.plotted: list[int] = []  # runs with lines on the charts, oldest first
+        self.plotted: list[int] = []  # runs with lines on the charts, by id: the newest MAX_PLOTTED
         self.removed: set[int] = set()
         self.dirty_runs: set[int] = set()
         self.dirty_charts: set[str] = set()  # "loss", "acc", "mem": which charts need a replot
@@ -119,8 +119,7 @@ class LabState:
     # ------------------------------------------------------------------ helpers
     def _plot(self, run_id: int) -> None:
         if run_id not in self.plotted:
-            self.plotted.append(run_id)
-            self.plotted = self.plotted[-MAX_PLOTTED:]
+            self.plotted = sorted([*self.plotted, run_id])[-MAX_PLOTTED:]
 
     def _row(self, run_id: int) -> dict[str, Any]:
         return self.runs.setdefault(run_id, {"id": run_id, "name": f"run {run_id}", "method": "?",

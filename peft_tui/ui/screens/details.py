@@ -12,7 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from peft_tui.report.table import human_count
-from peft_tui.ui.state import LabState, fmt_duration, shown_result
+from peft_tui.ui.state import LabState, fmt_duration, is_baseline, shown_result
 from peft_tui.ui.widgets.tables import status_text
 
 
@@ -23,9 +23,13 @@ def describe(row: dict[str, Any], folder: str | None) -> str:
              f"   status [b]{escape(status_text(row['status']).plain)}[/b]"]
     if row.get("error"):
         lines.append(f"[red]error:[/red] {escape(row['error'])}")
-    step, total = row.get("step") or 0, row.get("total_steps") or 0
-    lines.append(f"step {step}/{total or '?'}   epoch {row.get('epoch') or 0:.2f}   "
-                 f"elapsed {fmt_duration(LabState.elapsed(row))}   ETA {fmt_duration(LabState.eta(row))}")
+    elapsed = f"elapsed {fmt_duration(LabState.elapsed(row))}"
+    if is_baseline(row.get("method") or ""):  # no steps or epochs: one fit
+        lines.append(elapsed)
+    else:
+        step, total = row.get("step") or 0, row.get("total_steps") or 0
+        lines.append(f"step {step}/{total or '?'}   epoch {row.get('epoch') or 0:.2f}   {elapsed}   "
+                     f"ETA {fmt_duration(LabState.eta(row))}")
     if folder:
         lines.append(f"folder: {escape(folder)}")
     res = shown_result(row)

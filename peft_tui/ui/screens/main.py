@@ -257,9 +257,13 @@ class MainScreen(Screen):
         if self.app.scheduler.cancel(rid):
             self._say(f"cancelling run {rid} (stops within one training step)", "warning")
             return
-        # queued or trained elsewhere (another dashboard session, a headless run): ask through the store
-        self.app.store.request_cancel(rid)
-        self._say(f"run {rid} belongs to another process: asked it to stop", "warning")
+        # queued or trained elsewhere (another dashboard session, a headless run): through the store
+        if not self.app.store.request_cancel(rid):
+            self._say(f"run {rid} is no longer queued or running", "warning")
+        elif self.app.store.get(rid)["status"] == "cancelled":
+            self._say(f"run {rid} (queued by another session) cancelled", "warning")
+        else:
+            self._say(f"run {rid} runs in another process: asked it to stop within one step", "warning")
         self._show_rows(rid)
 
     def action_requeue(self, resume: bool) -> None:
@@ -293,13 +297,12 @@ class MainScreen(Screen):
 
     @work(thread=True, group="control", exit_on_error=False)
     def _remove(self, rid: int) -> None:
-        if not self.app.scheduler.remove(rid):
-            status = self.app.store.get(rid)["status"]
-            if status != "queued":
-                self._say(f"run {rid} is {status} now: only a queued run can be removed", "warning")
-                return
-            self.app.store.delete(rid)  # queued by another dashboard session, never started
-        self.app.call_from_thread(self._forget, rid)
+        # not in this dashboard's queue: queued by another session, and removed if still unclaimed
+        if self.app.scheduler.remove(rid) or self.app.store.remove(rid):
+            self.app.call_from_thread(self._forget, rid)
+        else:
+            self._say(f"run {rid} is {self.app.store.get(rid)['status']} now: only a queued run can be removed",
+                      "warning")
 
     def _forget(self, rid: int) -> None:
         self.app.state.forget(rid)

@@ -180,8 +180,7 @@ class ParetoChart(PlotextPlot):
         ticks, labels = log_ticks(min(xs), max(xs))
         plt.xticks(ticks, labels)
         plt.xlim(ticks[0] - 0.2, ticks[-1] + 0.2)
-        rows = max(1, self.size.height - 6)  # the plot area: title, frame, ticks and label take the rest
-        pad = max(0.5, (max(ys) - min(ys)) / rows)  # about one row above and below
+        pad = max(0.5, 0.2 * (max(ys) - min(ys)))
         plt.ylim(min(ys) - pad, max(ys) + pad)
         plt.title("test accuracy % vs trainable parameters")
         plt.xlabel("trainable parameters (log scale)")

@@ -189,3 +189,27 @@ def test_filled_store_is_what_the_snapshots_show(tmp_path, monkeypatch):
     losses = [v for _, v in store.series(rows["full"]["id"], "train_loss")]
     assert len(losses) == 30 and losses[-1] < 0.1 and losses[0] > 0.5
     assert [v for _, v in store.series(rows["lora"]["id"], "val_accuracy")] == [0.82, 0.95, 0.985]
+
+
+def test_pareto_points_visible_at_80x24(dashboard):
+    """On the smallest terminal every method's marker is on the plot (the legend is a line of its own)."""
+    import asyncio
+    import re
+
+    from peft_tui.ui.widgets.charts import MARKERS
+
+    async def check() -> None:
+        app = dashboard()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await loaded(pilot)
+            await pilot.press("2")
+            await pilot.pause(0.2)
+            chart = app.main.query_one("#pareto")
+            plot = re.sub(r"\x1b\[[0-9;]*m", "", chart.plt.build())
+            inside = "\n".join(line.split("┤", 1)[-1] for line in plot.splitlines() if "┤" in line or "│" in line)
+            for marker in MARKERS[1:4]:  # full, lora, tfidf: three methods, sorted by name
+                assert marker in inside, f"marker {marker!r} hidden at 80x24:\n{plot}"
+            legend = str(app.main.query_one("#pareto-legend").render())
+            assert "full" in legend and "tfidf" in legend and "Pareto front: #3 tfidf, #2 lora, #1 full" in legend
+
+    asyncio.run(check())

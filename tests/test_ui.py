@@ -13,13 +13,13 @@ import pytest
 
 pytest.importorskip("textual")
 
-from peft_tui.config import DataConfig, RunConfig  # noqa: E402
-from peft_tui.engine.events import RunFinished, RunStarted, StepLogged, EvalLogged, MemorySampled  # noqa: E402
-from peft_tui.engine.store import Store  # noqa: E402
-from peft_tui.ui.app import create_app  # noqa: E402
-from peft_tui.ui.screens.confirm import ConfirmScreen  # noqa: E402
-from peft_tui.ui.screens.new_run import NewRunScreen  # noqa: E402
-from peft_tui.ui.widgets.tables import QueueTable, ResultsTable  # noqa: E402
+from peft_tui.config import DataConfig, RunConfig
+from peft_tui.engine.events import EvalLogged, MemorySampled, RunFinished, RunStarted, StepLogged
+from peft_tui.engine.store import Store
+from peft_tui.ui.app import create_app
+from peft_tui.ui.screens.confirm import ConfirmScreen
+from peft_tui.ui.screens.new_run import NewRunScreen
+from peft_tui.ui.widgets.tables import QueueTable, ResultsTable
 
 SIZE = (160, 48)
 # runs that must still be training when the test acts on them: ~2 minutes on an idle 2-core CPU
@@ -96,7 +96,7 @@ async def test_compare_preset_fills_results_and_exports(tmp_path):
         # the baseline trains no share of the model and has no memory of its own to report
         assert by_method["tfidf"]["trainable_pct"] == "-" and by_method["tfidf"]["peak_memory_mb"] == "-"
         # the queue shows status in words
-        for rid, row in app.state.runs.items():
+        for rid in app.state.runs:
             assert "✓ done" == queue_status(app, rid)
         # live charts got one loss line per trained run
         assert len([r for r in app.state.plotted if r in app.state.loss]) == 3
@@ -389,7 +389,7 @@ async def test_form_labels_fit_at_80_columns_for_every_method(tmp_path):
         assert "lora" in methods and "tfidf" not in methods  # the baseline comes with the compare preset
         for method in methods:
             form.query_one("#in-method", Select).value = method
-            await wait_for(pilot, lambda: f"{method} " in str(form.query_one("#params-title").render())
+            await wait_for(pilot, lambda m=method: f"{m} " in str(form.query_one("#params-title").render())
                            and all(label.parent.size.width for label in form.query(Label)), 10, f"{method}'s fields")
             # a label's own width follows its text; the field it sits in is what clips it
             labels = [(str(label.render()), label.parent.size.width) for label in form.query(Label)]

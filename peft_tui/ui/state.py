@@ -276,7 +276,7 @@ class LabState:
 def fmt_duration(s: float | None) -> str:
     if s is None:
         return "-"
-    s = int(round(s))
+    s = round(s)
     if s < 60:
         return f"{s}s"
     if s < 3600:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
@@ -19,8 +19,8 @@ from peft_tui.ui.widgets.tables import status_text
 def describe(row: dict[str, Any], folder: str | None) -> str:
     from rich.markup import escape
 
-    lines = [f"[b]run {row['id']}[/b]  {escape(row.get('name') or '')}   method [b]{escape(row.get('method') or '')}[/b]"
-             f"   status [b]{escape(status_text(row['status']).plain)}[/b]"]
+    lines = [(f"[b]run {row['id']}[/b]  {escape(row.get('name') or '')}   method [b]{escape(row.get('method') or '')}[/b]"
+              f"   status [b]{escape(status_text(row['status']).plain)}[/b]")]
     if row.get("error"):
         lines.append(f"[red]error:[/red] {escape(row['error'])}")
     elapsed = f"elapsed {fmt_duration(LabState.elapsed(row))}"
@@ -59,7 +59,7 @@ def describe(row: dict[str, Any], folder: str | None) -> str:
 
 
 class DetailsScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape,q,enter", "close", "Close")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,enter", "close", "Close")]
 
     def __init__(self, row: dict[str, Any], folder: str | None) -> None:
         super().__init__()

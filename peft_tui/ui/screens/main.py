@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import ClassVar
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, RichLog, Static, TabbedContent, TabPane
@@ -53,7 +54,7 @@ def shown_path(path: Path) -> str:
 
 
 class MainScreen(Screen):
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("n", "new_run", "New"),  # short: every key fits an 80-column footer
         Binding("c", "compare", "Compare"),
         Binding("w", "sweep", "Sweep", show=False),

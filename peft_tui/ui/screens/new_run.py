@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
@@ -69,7 +70,7 @@ class Field(Vertical):
 class NewRunScreen(ModalScreen[list[RunConfig] | None]):
     """Dismisses with [config] when valid, None on cancel."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel", "Cancel"),
         Binding("ctrl+s", "submit", "Queue run"),
     ]
@@ -165,7 +166,7 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
     def _error(self, key: str, text: str) -> None:
         try:
             self.query_one(f"#field-{key}", Field).set_error(text)
-        except Exception:
+        except NoMatches:  # a problem with no field of its own
             self.query_one("#form-error", Static).update(f"✗ {text}")
 
     def build(self) -> RunConfig | None:

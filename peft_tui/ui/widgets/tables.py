@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.text import Text
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
+from textual.widgets.data_table import CellDoesNotExist
 
 from peft_tui.report.table import COLUMNS, formatted, rows_from_runs, sort_rows
 from peft_tui.ui.state import STATUS_WORDS, LabState, fmt_duration, is_baseline, shown_result
@@ -42,7 +43,7 @@ def progress_text(row: dict[str, Any], width: int = 6) -> Text:
         return Text("-", style="dim")
     else:
         frac = min(1.0, step / total)
-    filled = int(round(frac * width))
+    filled = round(frac * width)
     return Text("█" * filled + "░" * (width - filled) + f" {100 * frac:3.0f}%")
 
 
@@ -77,7 +78,7 @@ def queue_cells(row: dict[str, Any], now: float) -> list[Any]:
 class QueueTable(DataTable):
     """All runs in the store, by id. Row keys are run ids as strings."""
 
-    BINDINGS = [Binding("enter", "select_cursor", "Details", key_display="⏎")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "select_cursor", "Details", key_display="⏎")]
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
@@ -120,7 +121,7 @@ class QueueTable(DataTable):
             return None
         try:
             key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
-        except Exception:
+        except CellDoesNotExist:
             return None
         return int(key.value) if key.value is not None else None
 
@@ -132,7 +133,7 @@ SORT_KEYS = ["accuracy", "f1", "efficiency", "trainable_params", "train_time_s",
 class ResultsTable(DataTable):
     """Finished runs (and TF-IDF baseline rows) through report.table, sortable by any metric column."""
 
-    BINDINGS = [Binding("enter", "select_cursor", "Details", key_display="⏎")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "select_cursor", "Details", key_display="⏎")]
     sort_key = "accuracy"
     descending = True
 

@@ -125,8 +125,14 @@ class MainScreen(Screen):
         self.refresh_all()
 
     # ------------------------------------------------------------------ drawing (UI thread)
+    def _app_gone(self) -> bool:
+        """True once the app shuts down: its widgets go while timers and worker messages still arrive."""
+        return not self.app.is_running
+
     def refresh_view(self) -> None:
         """Redraw what changed in the app's state, within the table and chart redraw budgets."""
+        if self._app_gone():
+            return
         st = self.app.state
         now = time.monotonic()
         ids = set(st.dirty_runs)
@@ -146,6 +152,8 @@ class MainScreen(Screen):
 
     def refresh_all(self) -> None:
         """Redraw everything now (tab switches, first paint)."""
+        if self._app_gone():
+            return
         self.query_one("#queue", QueueTable).sync(self.app.state)
         self._show_results()
         self.update_topbar()
@@ -165,6 +173,8 @@ class MainScreen(Screen):
 
     def replot(self, kinds: set[str] | None = None) -> None:
         """Redraw the shown charts whose data changed (all of them when `kinds` is None)."""
+        if self._app_gone():
+            return
         self._last_chart = time.monotonic()
         for chart in self.query(RunChart):
             if chart.display and chart.size.width and (kinds is None or chart.kind in kinds):
@@ -173,6 +183,8 @@ class MainScreen(Screen):
         self.app.state.dirty_charts = set()
 
     def update_topbar(self) -> None:
+        if self._app_gone():
+            return
         app = self.app
         c = app.state.counts()
         text = (f" [b]{app.device_text}[/b] │ {c['queued']} queued · {c['running']} running · {c['done']} done"
@@ -185,6 +197,8 @@ class MainScreen(Screen):
 
     def show_log(self, stamp: str, text: str, style: str) -> None:
         """A line in the Log tab, and (without its time stamp) in the status line under the tabs."""
+        if self._app_gone():
+            return
         self.query_one("#log", RichLog).write(Text(f"{stamp} {text}", style=style))
         self.query_one("#lastlog", Static).update(Text(f" {text}", style=style or "dim"))
 

@@ -22,8 +22,9 @@ from textual import work
 from textual.app import App
 from textual.worker import get_current_worker
 
-from peft_tui.config import ConfigError, DataConfig, RunConfig, store_path
+from peft_tui.config import DataConfig, RunConfig, store_path
 from peft_tui.engine.events import RunFailed
+from peft_tui.errors import ConfigError
 from peft_tui.ui.messages import LogLine, StoreUpdate
 from peft_tui.ui.polling import StorePoller
 from peft_tui.ui.screens.main import MainScreen, shown_path

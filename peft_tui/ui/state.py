@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from peft_tui.config import ConfigError
 from peft_tui.engine.events import (
     EvalLogged,
     LogMessage,
@@ -23,6 +22,7 @@ from peft_tui.engine.events import (
     StepLogged,
 )
 from peft_tui.engine.methods import get_method
+from peft_tui.errors import ConfigError
 
 MAX_POINTS = 4000
 MAX_PLOTTED = 8  # runs with lines on the charts: the newest ones

@@ -19,8 +19,9 @@ from peft_tui.ui.widgets.tables import status_text
 def describe(row: dict[str, Any], folder: str | None) -> str:
     from rich.markup import escape
 
-    lines = [(f"[b]run {row['id']}[/b]  {escape(row.get('name') or '')}   method [b]{escape(row.get('method') or '')}[/b]"
-              f"   status [b]{escape(status_text(row['status']).plain)}[/b]")]
+    lines = [(f"[b]run {row['id']}[/b]  {escape(row.get('name') or '')}   "
+              f"method [b]{escape(row.get('method') or '')}[/b]   "
+              f"status [b]{escape(status_text(row['status']).plain)}[/b]")]
     if row.get("error"):
         lines.append(f"[red]error:[/red] {escape(row['error'])}")
     elapsed = f"elapsed {fmt_duration(LabState.elapsed(row))}"

@@ -20,7 +20,8 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, RichLog, Static, TabbedContent, TabPane
 
-from peft_tui.config import ConfigError, RunConfig
+from peft_tui.config import RunConfig
+from peft_tui.errors import ConfigError
 from peft_tui.ui.messages import LogLine, StoreUpdate
 from peft_tui.ui.widgets.charts import (
     AccuracyChart,

@@ -15,8 +15,9 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
-from peft_tui.config import ConfigError, DataConfig, RunConfig
+from peft_tui.config import DataConfig, RunConfig
 from peft_tui.engine.methods import REGISTRY, get_method
+from peft_tui.errors import ConfigError
 from peft_tui.ui.state import is_baseline
 
 RUN_FIELDS = [
@@ -89,8 +90,8 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
                     yield Field("model", "model (minilm, tiny, folder, hub id)", Input(t.model, id="in-model"))
                     yield Field("data", "data (synthetic or a file)", Input(t.data.source, id="in-data"))
                 with Horizontal(classes="row"):
-                    yield Field("method", "method", Select([(m, m) for m in method_names],
-                                                           value=t.method if t.method in method_names else method_names[0],
+                    method = t.method if t.method in method_names else method_names[0]
+                    yield Field("method", "method", Select([(m, m) for m in method_names], value=method,
                                                            allow_blank=False, id="in-method"))
                     yield Field("name", "name (optional)", Input("", placeholder="method name", id="in-name"))
                 with Grid(id="run-fields"):

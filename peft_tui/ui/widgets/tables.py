@@ -151,7 +151,8 @@ class ResultsTable(DataTable):
             self.add_column(header + arrow, key=key, width=min(width, 24))
 
     def sync(self, state: LabState) -> None:
-        runs = [{**r, "result": shown_result(r)} for r in state.runs.values() if r["status"] == "done" and r.get("result")]
+        runs = [{**r, "result": shown_result(r)} for r in state.runs.values()
+                if r["status"] == "done" and r.get("result")]
         self.rows_data = sort_rows(rows_from_runs(sorted(runs, key=lambda r: r["id"])), self.sort_key,
                                    self.descending)
         cursor = self.cursor_row

@@ -10,6 +10,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("textual")
 
@@ -433,3 +435,28 @@ def test_poller_returns_only_what_is_new(tmp_path):
     store(StepLogged(streamed, 2, 0.2, 0.6, 1e-4, 10.0, 0.2))
     _, points = poller.poll(time.time())
     assert {k: [p[:2] for p in v] for k, v in points.items()} == {(running, "train_loss"): [(2, 0.6)]}
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.text(min_size=1, max_size=40), model=st.text(max_size=40), store=st.text(max_size=40))
+def test_names_from_users_and_stores_show_literally(name, model, store):
+    """A run name, model, store path or device line with brackets or control characters is shown as
+    written in the run table and the top bar (control characters spelled out), never read as markup."""
+    import unicodedata
+
+    from peft_tui.console import literal
+    from peft_tui.ui.screens.main import topbar_text
+    from peft_tui.ui.widgets.tables import QUEUE_COLUMNS, queue_cells
+
+    def shown(text: str) -> str:
+        return literal(text).plain
+
+    row = {"id": 1, "name": name, "method": name, "status": "done", "step": 3, "total_steps": 3, "config": {}}
+    cells = dict(zip([key for key, _, _ in QUEUE_COLUMNS], queue_cells(row, time.time())))
+    assert cells["name"].plain == shown(name) and cells["method"].plain == shown(name)
+    counts = {"queued": 1, "running": 0, "done": 2, "failed": 0}
+    plain = topbar_text(name, counts, store, model, name).plain
+    assert plain.startswith(f" {shown(name)} │ 1 queued") and shown(f"store {store} │ model {model} · data {name}") in plain
+    assert not any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in plain)
+    if "[" not in name and all(unicodedata.category(c) != "Cc" for c in name):
+        assert cells["name"].plain == name  # ordinary text is untouched

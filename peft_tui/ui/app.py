@@ -81,6 +81,11 @@ class PeftLab(App):
                 self._scheduler = Scheduler(self.store, self._sink, self.devices)
             return self._scheduler
 
+    @property
+    def started_scheduler(self):
+        """The scheduler if this dashboard has queued anything yet, else None (starting one imports torch)."""
+        return self._scheduler
+
     def runs_here(self) -> int:
         """How many runs this dashboard's scheduler has queued or running."""
         sched = self._scheduler

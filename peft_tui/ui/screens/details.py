@@ -5,25 +5,30 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from peft_tui.console import literal
 from peft_tui.report.table import human_count
 from peft_tui.ui.state import LabState, fmt_duration, is_baseline, shown_result
 from peft_tui.ui.widgets.tables import status_text
 
 
-def describe(row: dict[str, Any], folder: str | None) -> str:
-    from rich.markup import escape
+def _shown(text: str) -> str:
+    """User or file text for a markup string: literal, no control characters."""
+    return escape(literal(text).plain)
 
-    lines = [(f"[b]run {row['id']}[/b]  {escape(row.get('name') or '')}   "
-              f"method [b]{escape(row.get('method') or '')}[/b]   "
+
+def describe(row: dict[str, Any], folder: str | None) -> str:
+    lines = [(f"[b]run {row['id']}[/b]  {_shown(row.get('name') or '')}   "
+              f"method [b]{_shown(row.get('method') or '')}[/b]   "
               f"status [b]{escape(status_text(row['status']).plain)}[/b]")]
     if row.get("error"):
-        lines.append(f"[red]error:[/red] {escape(row['error'])}")
+        lines.append(f"[red]error:[/red] {_shown(row['error'])}")
     elapsed = f"elapsed {fmt_duration(LabState.elapsed(row))}"
     if is_baseline(row.get("method") or ""):  # no steps or epochs: one fit
         lines.append(elapsed)
@@ -32,7 +37,7 @@ def describe(row: dict[str, Any], folder: str | None) -> str:
         lines.append(f"step {step}/{total or '?'}   epoch {row.get('epoch') or 0:.2f}   {elapsed}   "
                      f"ETA {fmt_duration(LabState.eta(row))}")
     if folder:
-        lines.append(f"folder: {escape(folder)}")
+        lines.append(f"folder: {_shown(folder)}")
     res = shown_result(row)
     if res:
         lines.append("")

@@ -21,6 +21,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, RichLog, Static, TabbedContent, TabPane
 
 from peft_tui.config import RunConfig
+from peft_tui.console import literal
 from peft_tui.errors import ConfigError
 from peft_tui.ui.messages import LogLine, StoreUpdate
 from peft_tui.ui.widgets.charts import (
@@ -52,6 +53,15 @@ def shown_path(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def topbar_text(device: str, counts: dict[str, int], store: str, model: str, data: str) -> Text:
+    """The line above the tabs; the names in it are shown literally."""
+    text = Text(" ") + literal(device, "bold")
+    text.append(f" │ {counts['queued']} queued · {counts['running']} running · {counts['done']} done")
+    if counts["failed"]:
+        text.append(f" · ✗ {counts['failed']} failed", style="red")
+    return text + literal(f" │ store {store} │ model {model} · data {data}")
 
 
 class MainScreen(Screen):
@@ -187,11 +197,8 @@ class MainScreen(Screen):
         if self._app_gone():
             return
         app = self.app
-        c = app.state.counts()
-        text = (f" [b]{app.device_text}[/b] │ {c['queued']} queued · {c['running']} running · {c['done']} done"
-                + (f" · [red]✗ {c['failed']} failed[/red]" if c["failed"] else "")
-                + f" │ store {shown_path(app.store.root)} │ model {app.template.model} · data "
-                  f"{Path(app.template.data.source).name}")
+        text = topbar_text(app.device_text, app.state.counts(), shown_path(app.store.root), app.template.model,
+                             Path(app.template.data.source).name)
         if text != self._topbar_text:
             self.query_one("#topbar", Static).update(text)
             self._topbar_text = text
@@ -200,8 +207,8 @@ class MainScreen(Screen):
         """A line in the Log tab, and (without its time stamp) in the status line under the tabs."""
         if self._app_gone():
             return
-        self.query_one("#log", RichLog).write(Text(f"{stamp} {text}", style=style))
-        self.query_one("#lastlog", Static).update(Text(f" {text}", style=style or "dim"))
+        self.query_one("#log", RichLog).write(literal(f"{stamp} {text}", style))
+        self.query_one("#lastlog", Static).update(literal(f" {text}", style or "dim"))
 
     # ------------------------------------------------------------------ selection
     def selected_run(self) -> int | None:
@@ -270,7 +277,8 @@ class MainScreen(Screen):
 
     @work(thread=True, group="control", exit_on_error=False)
     def _cancel(self, rid: int) -> None:
-        if self.app.scheduler.cancel(rid):
+        sched = self.app.started_scheduler
+        if sched is not None and sched.cancel(rid):
             self._say(f"cancelling run {rid} (stops within one training step)", "warning")
             return
         # queued or trained elsewhere (another dashboard session, a headless run): through the store
@@ -295,7 +303,7 @@ class MainScreen(Screen):
             new = sched.resume(rid) if resume else sched.retry(rid)
         except ConfigError as e:
             self._say(f"{'resume' if resume else 'retry'} refused: {e}", "warning")
-            self.app.call_from_thread(self.notify, str(e), severity="warning")
+            self.app.call_from_thread(self.notify, str(e), severity="warning", markup=False)
             return
         self._say(f"resuming run {rid} from its last epoch-end checkpoint" if resume
                   else f"retrying run {rid} as run {new}")
@@ -314,7 +322,8 @@ class MainScreen(Screen):
     @work(thread=True, group="control", exit_on_error=False)
     def _remove(self, rid: int) -> None:
         # not in this dashboard's queue: queued by another session, and removed if still unclaimed
-        if self.app.scheduler.remove(rid) or self.app.store.remove(rid):
+        sched = self.app.started_scheduler
+        if (sched is not None and sched.remove(rid)) or self.app.store.remove(rid):
             self.app.call_from_thread(self._forget, rid)
         else:
             self._say(f"run {rid} is {self.app.store.get(rid)['status']} now: only a queued run can be removed",
@@ -352,7 +361,7 @@ class MainScreen(Screen):
             self.app.log_line(f"export failed: {e}", "error")
             return
         self.app.log_line(f"exported {len(rows)} rows to {csv_path.resolve()} and {md_path.resolve()}")
-        self.notify(f"exported {len(rows)} rows to {csv_path} and results.md")
+        self.notify(f"exported {len(rows)} rows to {csv_path} and results.md", markup=False)
 
     def action_sort(self) -> None:
         key = self.query_one("#results", ResultsTable).cycle_sort(self.app.state)

@@ -16,6 +16,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
 from peft_tui.config import DataConfig, RunConfig
+from peft_tui.console import literal
 from peft_tui.engine.methods import REGISTRY, get_method
 from peft_tui.errors import ConfigError
 from peft_tui.ui.state import is_baseline
@@ -64,7 +65,7 @@ class Field(Vertical):
 
     def set_error(self, text: str) -> None:
         err = self.query_one(".error", Static)
-        err.update(f"✗ {text}" if text else "")
+        err.update(literal(f"✗ {text}") if text else "")
         self.set_class(bool(text), "-invalid")
 
 
@@ -168,7 +169,7 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
         try:
             self.query_one(f"#field-{key}", Field).set_error(text)
         except NoMatches:  # a problem with no field of its own
-            self.query_one("#form-error", Static).update(f"✗ {text}")
+            self.query_one("#form-error", Static).update(literal(f"✗ {text}"))
 
     def build(self) -> RunConfig | None:
         """The config from the form, or None after showing each problem next to its field."""
@@ -223,6 +224,6 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
             elif msg.startswith("run name"):
                 self._error("name", msg)
             else:
-                self.query_one("#form-error", Static).update(f"✗ {msg}")
+                self.query_one("#form-error", Static).update(literal(f"✗ {msg}"))
             return None
         return cfg

@@ -12,6 +12,7 @@ from rich.text import Text
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
+from peft_tui.console import literal
 from peft_tui.ui.state import LabState, Series, downsample
 
 # plotext colour names, one per plotted run (cycled); every run also has its own marker, so colour is not
@@ -32,7 +33,7 @@ def legend_entry(text: Text, colour: str, marker: str, label: str) -> None:
     """Append `glyph glyph label` to `text`: the glyph in the series' colour, the label literal."""
     glyph = GLYPHS.get(marker, marker)
     text.append(f" {glyph}{glyph} ", style=f"bold {RICH_COLOURS.get(colour, colour)}")
-    text.append(f"{label} ")
+    text.append(literal(f"{label} "))
 
 
 class Legend(Static):

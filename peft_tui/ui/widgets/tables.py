@@ -10,6 +10,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist
 
+from peft_tui.console import literal
 from peft_tui.report.table import COLUMNS, formatted, rows_from_runs, sort_rows
 from peft_tui.ui.state import STATUS_WORDS, LabState, fmt_duration, is_baseline, shown_result
 
@@ -61,8 +62,8 @@ def queue_cells(row: dict[str, Any], now: float) -> list[Any]:
         note = f"test acc {100 * row['result']['accuracy']:.1f}%"
     cells = {
         "id": str(row["id"]),
-        "name": row.get("name") or "",
-        "method": row.get("method") or "",
+        "name": literal(row.get("name") or ""),  # never a str: DataTable reads a str cell as markup
+        "method": literal(row.get("method") or ""),
         "status": status_text(row["status"]),
         "progress": progress_text(row),
         "epoch": epoch_step,
@@ -70,7 +71,7 @@ def queue_cells(row: dict[str, Any], now: float) -> list[Any]:
         "acc": "-" if acc is None else f"{100 * acc:.1f}%",
         "elapsed": fmt_duration(LabState.elapsed(row, now)),
         "eta": fmt_duration(LabState.eta(row, now)),
-        "note": Text(note if len(note) <= 120 else note[:119] + "…", style="red" if row.get("error") else "dim"),
+        "note": literal(note if len(note) <= 120 else note[:119] + "…", style="red" if row.get("error") else "dim"),
     }
     return [cells[key] for key, _, _ in QUEUE_COLUMNS]
 
@@ -159,7 +160,7 @@ class ResultsTable(DataTable):
         _, body = formatted(self.rows_data)
         self._build_columns(body)
         for r, cells in zip(self.rows_data, body):
-            self.add_row(*cells, key=str(r["id"]))
+            self.add_row(*map(literal, cells), key=str(r["id"]))  # never a str: DataTable reads it as markup
         if self.row_count:
             self.move_cursor(row=min(cursor, self.row_count - 1))
 

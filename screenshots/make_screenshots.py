@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
 from peft_tui.ui.app import create_app
+
+HERE = Path(__file__).resolve().parent
 
 
 async def wait_for(pilot, cond, timeout: float, what: str) -> None:

@@ -1,72 +1,99 @@
-"""Write the dashboard's SVG screenshots into screenshots/. Rerun any time:
+"""Write the dashboard's SVG screenshots into screenshots/. Two ways:
 
-    .venv/bin/python screenshots/make_screenshots.py
+    .venv/bin/python screenshots/make_screenshots.py               # train the default comparison here
+    .venv/bin/python screenshots/make_screenshots.py --store DIR   # a store holding a finished comparison
 
-Uses the embedded MiniLM on a small synthetic set (CPU, a few minutes), in a throwaway store.
+The first queues the default comparison in the dashboard (`c`: full, LoRA and adapters on the embedded
+MiniLM and the default synthetic data, plus the TF-IDF baseline) in a throwaway store and trains it on
+this machine's GPU or CPU (a few minutes on a laptop CPU); it also writes the main screen mid-run and
+the Log tab. The second trains nothing: it opens DIR (say after `peft-tui compare --store DIR`), whose
+newest runs' curves the dashboard draws on opening. Both write the main screen, the Results tab and the
+new-run form at 160x48, and the main screen and the Results tab at 80x24.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from peft_tui.ui.app import create_app
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from peft_tui.config import DataConfig, RunConfig  # noqa: E402
-from peft_tui.ui.app import create_app  # noqa: E402
 
 
-async def wait_for(pilot, cond, timeout: float = 400.0) -> None:
+async def wait_for(pilot, cond, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not cond():
-        await pilot.pause(0.2)
+        await pilot.pause(0.5)
     if not cond():
-        raise SystemExit("timed out: the machine is too busy for the screenshot runs")
+        raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-async def main() -> None:
-    import torch
+async def save(app, pilot, out: Path, name: str) -> None:
+    app.main.refresh_all()
+    await pilot.pause(1.0)  # let the charts redraw at this size
+    app.save_screenshot(str(out / name))
+    print(f"wrote {name}")
 
-    torch.set_num_threads(1)
+
+async def common_shots(app, pilot, out: Path) -> None:
+    """The screens of a store whose runs have ended: 160x48, then 80x24."""
+    await save(app, pilot, out, "main-160x48.svg")
+    await pilot.press("2")
+    await save(app, pilot, out, "results-160x48.svg")
+    await pilot.press("1", "n")
+    await pilot.pause(0.5)
+    app.save_screenshot(str(out / "new-run-form-160x48.svg"))
+    print("wrote new-run-form-160x48.svg")
+    await pilot.press("escape")
+    await pilot.resize_terminal(80, 24)
+    await save(app, pilot, out, "main-80x24.svg")
+    await pilot.press("2")
+    await save(app, pilot, out, "results-80x24.svg")
+    await pilot.press("1")
+
+
+async def live(out: Path, timeout: float) -> None:
     store = Path(tempfile.mkdtemp(prefix="peft-tui-shots-")) / "store"
-    # the embedded MiniLM on a small synthetic set: real learning curves in about a minute
-    template = RunConfig(model="minilm", data=DataConfig(size=600), epochs=2, batch_size=16, eval_every=5)
-    app = create_app(store=store, template=template, devices=["cpu"])
+    app = create_app(store=store)  # the engine's defaults: what `peft-tui launch` starts with
     async with app.run_test(size=(160, 48)) as pilot:
         state = app.state
         await pilot.press("c")
-        # main screen mid-run: the first run done, the second about half way
         await wait_for(pilot, lambda: any(r["method"] == "lora" and r["status"] == "running"
                                           and (r.get("step") or 0) >= 0.5 * (r.get("total_steps") or 1e9)
-                                          for r in state.runs.values()))
-        await pilot.pause(1.5)
-        app.save_screenshot(str(HERE / "main-mid-run-160x48.svg"))
-        await wait_for(pilot, lambda: state.counts()["done"] == 4 and not state.active())
-        await pilot.press("2")
-        await pilot.pause(0.5)
-        app.save_screenshot(str(HERE / "results-160x48.svg"))
-        await pilot.press("1", "n")
-        await pilot.pause(0.5)
-        app.save_screenshot(str(HERE / "new-run-form-160x48.svg"))
-        await pilot.press("escape")
-        await pilot.pause(0.2)
-        # 80x24: the same dashboard with a run in progress
-        await pilot.resize_terminal(80, 24)
-        await pilot.press("c")
-        await wait_for(pilot, lambda: any(r["status"] == "running"
-                                          and (r.get("step") or 0) >= 0.4 * (r.get("total_steps") or 1e9)
-                                          for r in state.runs.values()))
-        await pilot.pause(1.5)
-        app.save_screenshot(str(HERE / "main-80x24.svg"))
+                                          for r in state.runs.values()), timeout, "LoRA to be half way")
+        await save(app, pilot, out, "main-mid-run-160x48.svg")
+        await wait_for(pilot, lambda: state.counts()["done"] == 4 and not state.active(), timeout,
+                       "the comparison to finish")
+        await common_shots(app, pilot, out)
         await pilot.press("3")
-        await pilot.pause(0.3)
-        app.save_screenshot(str(HERE / "log-80x24.svg"))
-    print(f"screenshots written to {HERE}")
+        await save(app, pilot, out, "log-80x24.svg")
+    print(f"the comparison's store: {store}")
+
+
+async def from_store(out: Path, path: Path) -> None:
+    if not (path / "runs.db").exists():
+        raise SystemExit(f"{path} holds no store (no runs.db): pass the --store of a finished comparison")
+    app = create_app(store=path)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: bool(app.state.runs), 30, "the store's runs")
+        await pilot.pause(2.0)  # the first poll also reads the curves of the newest runs
+        await common_shots(app, pilot, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", type=Path, help="a store holding a finished comparison: train nothing")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the comparison")
+    parser.add_argument("--out", type=Path, default=HERE, help="where the SVGs go (default: this folder)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    asyncio.run(from_store(args.out, args.store) if args.store else live(args.out, args.timeout))
+    print(f"screenshots written to {args.out}")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import subprocess
 import sys
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("textual")
 
-from peft_tui.config import DataConfig, RunConfig  # noqa: E402
-from peft_tui.engine.events import RunFinished, RunStarted, StepLogged, EvalLogged, MemorySampled  # noqa: E402
-from peft_tui.engine.store import Store  # noqa: E402
-from peft_tui.ui.app import create_app  # noqa: E402
-from peft_tui.ui.screens.confirm import ConfirmScreen  # noqa: E402
-from peft_tui.ui.screens.new_run import NewRunScreen  # noqa: E402
-from peft_tui.ui.widgets.tables import QueueTable, ResultsTable  # noqa: E402
+from peft_tui.config import DataConfig, RunConfig
+from peft_tui.engine.events import EvalLogged, MemorySampled, RunFinished, RunStarted, StepLogged
+from peft_tui.engine.store import Store
+from peft_tui.ui.app import create_app
+from peft_tui.ui.screens.confirm import ConfirmScreen
+from peft_tui.ui.screens.new_run import NewRunScreen
+from peft_tui.ui.widgets.tables import QueueTable, ResultsTable
 
 SIZE = (160, 48)
 # runs that must still be training when the test acts on them: ~2 minutes on an idle 2-core CPU
@@ -92,8 +95,10 @@ async def test_compare_preset_fills_results_and_exports(tmp_path):
         assert float(by_method["full"]["trainable_pct"]) == pytest.approx(100.0)
         assert float(by_method["lora"]["trainable_pct"]) < 10.0
         assert float(by_method["adapters"]["trainable_pct"]) < 10.0
+        # the baseline trains no share of the model and has no memory of its own to report
+        assert by_method["tfidf"]["trainable_pct"] == "-" and by_method["tfidf"]["peak_memory_mb"] == "-"
         # the queue shows status in words
-        for rid, row in app.state.runs.items():
+        for rid in app.state.runs:
             assert "✓ done" == queue_status(app, rid)
         # live charts got one loss line per trained run
         assert len([r for r in app.state.plotted if r in app.state.loss]) == 3
@@ -352,7 +357,7 @@ async def test_resume_key_continues_a_cancelled_run_from_its_checkpoint(tmp_path
 async def test_sweep_preset_draws_the_pareto_front(tmp_path):
     """`w` queues a LoRA rank sweep (r = 1..16); when it is done the Results tab lists the five runs
     and its chart draws them with the Pareto front."""
-    from peft_tui.ui.widgets.charts import ParetoChart
+    from peft_tui.ui.widgets.charts import MARKERS, ParetoChart
 
     app = make_app(tmp_path, data=DataConfig(size=120))
     async with app.run_test(size=SIZE) as pilot:
@@ -365,8 +370,94 @@ async def test_sweep_preset_draws_the_pareto_front(tmp_path):
         assert sorted(r["name"] for r in rows) == [f"lora-r{r}" for r in (1, 16, 2, 4, 8)]
         counts = sorted(int(app.store.get(int(r["id"]))["result"]["trainable_params"]) for r in rows)
         assert counts == [2 * 2 * r * (64 + 64) + 130 for r in (1, 2, 4, 8, 16)]  # q,v: A + B per layer, + head
-        chart = app.main.query_one("#pareto", ParetoChart)
-        import re
+        # every run is a marker on the plot, the front a line under them; the legend sits outside the plot
+        legend = str(app.main.query_one("#pareto-legend").render())
+        assert "lora" in legend and "Pareto front: #" in legend
+        plot = re.sub(r"\x1b\[[0-9;]*m", "", app.main.query_one("#pareto", ParetoChart).plt.build())
+        assert MARKERS[1] in plot and "lora" not in plot
 
-        text = re.sub(r"\x1b\[[0-9;]*m", "", chart.plt.build())
-        assert "Pareto front" in text and "front: #" in text and "lora" in text
+
+@sync
+async def test_form_labels_fit_at_80_columns_for_every_method(tmp_path):
+    """No label of the new-run form is cut on an 80x24 terminal, whichever method's parameters show."""
+    from textual.widgets import Label, Select
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("n")
+        await pilot.pause()
+        form = app.screen
+        methods = [value for _, value in form.query_one("#in-method", Select)._options]
+        assert "lora" in methods and "tfidf" not in methods  # the baseline comes with the compare preset
+        for method in methods:
+            form.query_one("#in-method", Select).value = method
+            await wait_for(pilot, lambda m=method: f"{m} " in str(form.query_one("#params-title").render())
+                           and all(label.parent.size.width for label in form.query(Label)), 10, f"{method}'s fields")
+            # a label's own width follows its text; the field it sits in is what clips it
+            labels = [(str(label.render()), label.parent.size.width) for label in form.query(Label)]
+            cut = [(text, width) for text, width in labels if len(text) > width]
+            assert labels and not cut, f"{method}: labels cut at 80 columns: {cut}"
+
+
+def test_the_dashboard_goes_through_the_store_api():
+    """No SQL and no status writes of its own: reads through Store queries, changes through the
+    scheduler and the store's requests."""
+    from pathlib import Path
+
+    import peft_tui.ui
+
+    for path in Path(peft_tui.ui.__file__).parent.rglob("*.py"):
+        text = path.read_text()
+        for banned in ("sqlite3", "set_status", "SELECT ", "UPDATE ", "_conn("):
+            assert banned not in text, f"{path.name} uses {banned!r}"
+
+
+def test_poller_returns_only_what_is_new(tmp_path):
+    """The first poll brings every run and the curves of those that ended; later polls only the new
+    points of running runs, and nothing of runs whose events reach the app directly."""
+    from peft_tui.ui.polling import StorePoller
+
+    store = Store(tmp_path / "store")
+    cfg = RunConfig(method="lora", model="tiny", data=DataConfig(size=120))
+    done, running, streamed = (store.create_run(cfg) for _ in range(3))
+    for rid in (done, running, streamed):
+        store(RunStarted(rid, "r", "lora", 10, 1, 100, 1000, "cpu", "fp32", 84, 2))
+        store(StepLogged(rid, 1, 0.1, 0.7, 1e-4, 10.0, 0.1))
+    store(RunFinished(done, {"accuracy": 0.9}))
+    poller = StorePoller(store, streamed={streamed})
+
+    rows, points = poller.poll(time.time())
+    assert sorted(r["id"] for r in rows) == [done, running, streamed]
+    assert {k: [p[:2] for p in v] for k, v in points.items()} == {
+        (done, "train_loss"): [(1, 0.7)], (running, "train_loss"): [(1, 0.7)]}
+
+    store(StepLogged(running, 2, 0.2, 0.6, 1e-4, 10.0, 0.2))
+    store(StepLogged(streamed, 2, 0.2, 0.6, 1e-4, 10.0, 0.2))
+    _, points = poller.poll(time.time())
+    assert {k: [p[:2] for p in v] for k, v in points.items()} == {(running, "train_loss"): [(2, 0.6)]}
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.text(min_size=1, max_size=40), model=st.text(max_size=40), store=st.text(max_size=40))
+def test_names_from_users_and_stores_show_literally(name, model, store):
+    """A run name, model, store path or device line with brackets or control characters is shown as
+    written in the run table and the top bar (control characters spelled out), never read as markup."""
+    import unicodedata
+
+    from peft_tui.console import literal
+    from peft_tui.ui.screens.main import topbar_text
+    from peft_tui.ui.widgets.tables import QUEUE_COLUMNS, queue_cells
+
+    def shown(text: str) -> str:
+        return literal(text).plain
+
+    row = {"id": 1, "name": name, "method": name, "status": "done", "step": 3, "total_steps": 3, "config": {}}
+    cells = dict(zip([key for key, _, _ in QUEUE_COLUMNS], queue_cells(row, time.time())))
+    assert cells["name"].plain == shown(name) and cells["method"].plain == shown(name)
+    counts = {"queued": 1, "running": 0, "done": 2, "failed": 0}
+    plain = topbar_text(name, counts, store, model, name).plain
+    assert plain.startswith(f" {shown(name)} │ 1 queued")
+    assert shown(f"store {store} │ model {model} · data {name}") in plain
+    assert not any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in plain)
+    if all(unicodedata.category(c) != "Cc" for c in name):
+        assert cells["name"].plain == name  # brackets and all: only control characters are spelled out

@@ -1,6 +1,6 @@
 """Charts as text with plotext (the terminal, the Markdown report). Each call draws on plotext's
-global figure after `clf()` and returns the built string; the dashboard uses textual-plotext's own
-`self.plt` instead and never this module."""
+global figure after `clf()` and returns the built string. The dashboard draws on textual-plotext's own
+`self.plt` and takes only the log-scale ticks from here."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 from peft_tui.report.pareto import pareto_front
 
 
-def _log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
+def log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    """Ticks at each power of ten from below `lo` to above `hi` (log10 values), labelled 1k, 10k, 1M..."""
     first, last = math.floor(lo), math.ceil(hi)
     if last == first:
         last += 1
@@ -50,7 +51,7 @@ def accuracy_vs_params(rows: list[dict[str, Any]], title: str = "accuracy vs tra
     if label_points:
         for r, x, y in zip(points, xs, ys):
             plt.text(f"o {r.get('name') or r.get('method')}", x, y)  # the label starts on its point
-    ticks, labels = _log_ticks(min(xs), max(xs))
+    ticks, labels = log_ticks(min(xs), max(xs))
     plt.xticks(ticks, labels)
     plt.xlim(ticks[0] - 0.1, ticks[-1] + 0.1)
     lo, hi = min(ys), max(ys)

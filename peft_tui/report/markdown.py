@@ -42,8 +42,8 @@ def build_report(runs: list[dict[str, Any]], source: str = "", width: int = 90) 
     groups = group_runs(runs)
     n = sum(len(g) for _, g in groups)
     lines = ["# peft-tui report", "",
-             f"{n} finished run(s){' in ' + source if source else ''}, {len(groups)} dataset(s); "
-             f"written {time.strftime('%Y-%m-%d %H:%M')}.", ""]
+             (f"{n} finished run(s){' in ' + source if source else ''}, {len(groups)} dataset(s); "
+              f"written {time.strftime('%Y-%m-%d %H:%M')}."), ""]
     if not groups:
         lines.append("No finished runs yet: `peft-tui run`, `compare` or `sweep` first.")
         return "\n".join(lines) + "\n"

@@ -30,7 +30,7 @@ COLUMNS = [
 EFFICIENCY_NOTE = "eff = accuracy points per million trainable parameters"
 
 
-def human_count(n: float | int) -> str:
+def human_count(n: float) -> str:
     n = float(n)
     for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= scale:

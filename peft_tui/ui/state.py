@@ -21,8 +21,11 @@ from peft_tui.engine.events import (
     RunStarted,
     StepLogged,
 )
+from peft_tui.engine.methods import get_method
+from peft_tui.errors import ConfigError
 
 MAX_POINTS = 4000
+MAX_PLOTTED = 8  # runs with lines on the charts: the newest ones
 ACTIVE = ("queued", "running")
 
 STATUS_WORDS = {
@@ -35,6 +38,24 @@ STATUS_WORDS = {
     "cancelled": ("■", "yellow"),
     "interrupted": ("!", "magenta"),
 }
+
+
+def is_baseline(method: str) -> bool:
+    """A method with no training loop (the TF-IDF baseline): no steps, epochs, trainable share or memory
+    curve to show."""
+    try:
+        return bool(getattr(get_method(method), "is_baseline", False))
+    except ConfigError:  # not registered: a method this version does not know, or the TF-IDF row of a
+        return method == "tfidf"  # tree whose registry does not list baselines yet
+
+
+def shown_result(row: dict[str, Any]) -> dict[str, Any]:
+    """A run's result as the screens show it. A baseline has no trainable share and no peak memory of
+    its own (older stores recorded 100% and the whole process's RSS): None, shown as a dash."""
+    result = dict(row.get("result") or {})
+    if result and is_baseline(row.get("method") or ""):
+        result.update(trainable_pct=None, peak_memory_mb=None)
+    return result
 
 
 @dataclass
@@ -89,7 +110,7 @@ class LabState:
         self.mem_peak: dict[int, float] = {}
         self.gpu_used: dict[int, Series] = {}
         self.memory_kind = "process RSS"
-        self.plotted: list[int] = []  # runs with lines on the charts, oldest first
+        self.plotted: list[int] = []  # runs with lines on the charts, by id: the newest MAX_PLOTTED
         self.removed: set[int] = set()
         self.dirty_runs: set[int] = set()
         self.dirty_charts: set[str] = set()  # "loss", "acc", "mem": which charts need a replot
@@ -98,8 +119,7 @@ class LabState:
     # ------------------------------------------------------------------ helpers
     def _plot(self, run_id: int) -> None:
         if run_id not in self.plotted:
-            self.plotted.append(run_id)
-            self.plotted = self.plotted[-8:]
+            self.plotted = sorted([*self.plotted, run_id])[-MAX_PLOTTED:]
 
     def _row(self, run_id: int) -> dict[str, Any]:
         return self.runs.setdefault(run_id, {"id": run_id, "name": f"run {run_id}", "method": "?",
@@ -140,6 +160,27 @@ class LabState:
                     self.results_dirty = True
             if row["status"] == "running":
                 self._plot(rid)
+
+    def merge_points(self, points: dict[tuple[int, str], list[tuple[int, float, float]]]) -> None:
+        """Chart points read from the store (runs trained by another process): (run, metric) -> [(step, value, t)]."""
+        for (rid, name), pts in points.items():
+            if rid in self.removed:
+                continue
+            self._plot(rid)
+            row = self.runs.get(rid, {})
+            total, epochs = row.get("total_steps") or 0, (row.get("config") or {}).get("epochs") or 1
+            for step, value, t in pts:
+                if name == "train_loss":
+                    self.loss.setdefault(rid, Series()).add(step, value)
+                elif name == "val_accuracy":  # drawn against epochs, as the events are
+                    self.acc.setdefault(rid, Series()).add(step / (total / epochs) if total else step, 100 * value)
+                elif name == "mem_used_mb":
+                    self.mem.setdefault(rid, Series()).add(t, value)
+                elif name == "mem_peak_mb":
+                    self.mem_peak[rid] = max(self.mem_peak.get(rid, 0.0), value)
+                elif name == "gpu_device_used_mb":
+                    self.gpu_used.setdefault(rid, Series()).add(t, value)
+            self.dirty_charts.add({"train_loss": "loss", "val_accuracy": "acc"}.get(name, "mem"))
 
     def forget(self, run_id: int) -> None:
         self.removed.add(run_id)
@@ -188,9 +229,11 @@ class LabState:
             self.memory_kind = "GPU allocated" if event.device.startswith("cuda") else "process RSS"
             return None
         if isinstance(event, RunFinished):
-            row.update(status="done", result=event.result, finished_at=t, step=row.get("total_steps") or row["step"])
+            # a RunResult, or a plain dict from engines that predate it: kept as the dict the store returns
+            result = event.result if isinstance(event.result, dict) else event.result.to_dict()
+            row.update(status="done", result=result, finished_at=t, step=row.get("total_steps") or row["step"])
             self.results_dirty = True
-            acc = event.result.get("accuracy")
+            acc = result.get("accuracy")
             return f"run {rid} {row['name']} done: test accuracy {100 * acc:.1f}%" if acc is not None else \
                 f"run {rid} done"
         if isinstance(event, RunFailed):
@@ -233,7 +276,7 @@ class LabState:
 def fmt_duration(s: float | None) -> str:
     if s is None:
         return "-"
-    s = int(round(s))
+    s = round(s)
     if s < 60:
         return f"{s}s"
     if s < 3600:

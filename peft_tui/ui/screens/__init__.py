@@ -1,1 +1,1 @@
-"""Dashboard screens: the new-run form, run details, quit confirmation."""
+"""Dashboard screens: the main screen (its keys and actions), the new-run form, run details, quit confirmation."""

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.binding import Binding, BindingType
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
-from peft_tui.config import ConfigError, DataConfig, RunConfig
+from peft_tui.config import DataConfig, RunConfig
+from peft_tui.console import literal
 from peft_tui.engine.methods import REGISTRY, get_method
+from peft_tui.errors import ConfigError
+from peft_tui.ui.state import is_baseline
 
 RUN_FIELDS = [
     # field, label, parse
@@ -25,6 +29,9 @@ RUN_FIELDS = [
     ("max_length", "max length (tokens)", int),
     ("seed", "seed", int),
 ]
+
+
+FULL_WIDTH = 118  # the form's width; narrower terminals get fewer fields a row
 
 
 def _fmt(v: Any) -> str:
@@ -41,7 +48,8 @@ class Field(Vertical):
     DEFAULT_CSS = """
     Field { height: auto; margin: 0 1 0 0; }
     Field > Label { color: $text-muted; }
-    Field > .error { color: $error; height: auto; }
+    Field > .error { color: $error; height: auto; display: none; }
+    Field.-invalid > .error { display: block; }
     """
 
     def __init__(self, key: str, label: str, widget, **kw) -> None:
@@ -57,14 +65,14 @@ class Field(Vertical):
 
     def set_error(self, text: str) -> None:
         err = self.query_one(".error", Static)
-        err.update(f"✗ {text}" if text else "")
+        err.update(literal(f"✗ {text}") if text else "")
         self.set_class(bool(text), "-invalid")
 
 
 class NewRunScreen(ModalScreen[list[RunConfig] | None]):
     """Dismisses with [config] when valid, None on cancel."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel", "Cancel"),
         Binding("ctrl+s", "submit", "Queue run"),
     ]
@@ -75,7 +83,7 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
 
     def compose(self) -> ComposeResult:
         t = self.template
-        method_names = list(REGISTRY)
+        method_names = [m for m in REGISTRY if not is_baseline(m)]  # baselines come with the compare preset
         with Vertical(id="form"):
             yield Static("New run  [dim](tab: next field · enter or ctrl+s: queue · esc: cancel)[/]", id="form-title")
             with VerticalScroll(id="form-body"):
@@ -83,41 +91,45 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
                     yield Field("model", "model (minilm, tiny, folder, hub id)", Input(t.model, id="in-model"))
                     yield Field("data", "data (synthetic or a file)", Input(t.data.source, id="in-data"))
                 with Horizontal(classes="row"):
-                    yield Field("method", "method", Select([(m, m) for m in method_names],
-                                                           value=t.method if t.method in REGISTRY else method_names[0],
+                    method = t.method if t.method in method_names else method_names[0]
+                    yield Field("method", "method", Select([(m, m) for m in method_names], value=method,
                                                            allow_blank=False, id="in-method"))
                     yield Field("name", "name (optional)", Input("", placeholder="method name", id="in-name"))
-                with Horizontal(classes="row"):
+                with Grid(id="run-fields"):
                     for key, label, _ in RUN_FIELDS:
                         value = getattr(t, key)
                         yield Field(key, label, Input(_fmt(value), id=f"in-{key}"))
                 yield Static("method parameters", classes="section", id="params-title")
-                yield Vertical(id="params")
+                yield Grid(id="params")
                 yield Static("", id="form-error")
             with Horizontal(id="form-buttons"):
                 yield Button("Queue run", variant="primary", id="submit")
                 yield Button("Cancel", id="cancel")
 
     def on_resize(self, event) -> None:
-        # the form scrolls inside the terminal; title, borders and buttons keep their ~9 rows
-        self.query_one("#form-body").styles.max_height = max(4, event.size.height - 9)
+        self._fit(event.size)
 
-    def on_mount(self) -> None:
-        self.query_one("#form-body").styles.max_height = max(4, self.app.size.height - 9)
-        self._show_params(self.query_one("#in-method", Select).value)
+    async def on_mount(self) -> None:
+        self._fit(self.app.size)
+        await self._show_params(self.query_one("#in-method", Select).value)
         self.query_one("#in-method", Select).focus()
 
-    def _show_params(self, method_name: Any) -> None:
-        box = self.query_one("#params", Vertical)
-        box.remove_children()
+    def _fit(self, size) -> None:
+        # the form scrolls inside the terminal; title, borders and buttons keep their ~9 rows
+        self.query_one("#form-body").styles.max_height = max(4, size.height - 9)
+        self.set_class(size.width < FULL_WIDTH, "-narrow")  # fewer fields a row, so no label is cut
+
+    async def _show_params(self, method_name: Any) -> None:
+        box = self.query_one("#params", Grid)
+        await box.remove_children()
         try:
             method = get_method(str(method_name))
         except ConfigError:
             return
-        self.query_one("#params-title", Static).update(f"[b]{method.name} parameters[/b]  [dim]{method.summary}[/dim]")
-        lr_input = self.query_one("#in-lr", Input)
-        lr_input.placeholder = f"{method.default_lr:g}"
-        rows: list[Horizontal] = []
+        title = self.query_one("#params-title", Static)
+        title.update(f"[b]{method.name} {'parameters' if method.params else 'has no parameters'}[/b]  "
+                     f"[dim]{method.summary}[/dim]")
+        self.query_one("#in-lr", Input).placeholder = f"{method.default_lr:g}"
         fields = []
         for p in method.params.values():
             default = self.template.params.get(p.name, p.default) if self.template.method == method.name else p.default
@@ -128,16 +140,11 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
                 w = Input(_fmt(default), placeholder="auto" if p.default is None else "", id=f"pin-{p.name}")
             w.tooltip = p.help
             fields.append(Field(f"p-{p.name}", label, w))
-        if not fields:
-            box.mount(Static(f"{method.name} has no parameters", classes="dim"))
-            return
-        for i in range(0, len(fields), 3):
-            rows.append(Horizontal(*fields[i:i + 3], classes="row"))
-        box.mount(*rows)
+        await box.mount(*fields)
 
     @on(Select.Changed, "#in-method")
-    def _method_changed(self, event: Select.Changed) -> None:
-        self._show_params(event.value)
+    async def _method_changed(self, event: Select.Changed) -> None:
+        await self._show_params(event.value)
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
@@ -161,8 +168,8 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
     def _error(self, key: str, text: str) -> None:
         try:
             self.query_one(f"#field-{key}", Field).set_error(text)
-        except Exception:
-            self.query_one("#form-error", Static).update(f"✗ {text}")
+        except NoMatches:  # a problem with no field of its own
+            self.query_one("#form-error", Static).update(literal(f"✗ {text}"))
 
     def build(self) -> RunConfig | None:
         """The config from the form, or None after showing each problem next to its field."""
@@ -217,6 +224,6 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
             elif msg.startswith("run name"):
                 self._error("name", msg)
             else:
-                self.query_one("#form-error", Static).update(f"✗ {msg}")
+                self.query_one("#form-error", Static).update(literal(f"✗ {msg}"))
             return None
         return cfg

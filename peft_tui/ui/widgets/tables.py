@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.text import Text
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
+from textual.widgets.data_table import CellDoesNotExist
 
+from peft_tui.console import literal
 from peft_tui.report.table import COLUMNS, formatted, rows_from_runs, sort_rows
-from peft_tui.ui.state import STATUS_WORDS, LabState, fmt_duration
+from peft_tui.ui.state import STATUS_WORDS, LabState, fmt_duration, is_baseline, shown_result
 
 QUEUE_COLUMNS = [
     # key, header, width (None: grows with its content). The live figures come first so that an
@@ -38,11 +40,11 @@ def progress_text(row: dict[str, Any], width: int = 6) -> Text:
     total, step = row.get("total_steps") or 0, row.get("step") or 0
     if row["status"] == "done":
         frac = 1.0
-    elif not total or row.get("method") == "tfidf":
+    elif not total or is_baseline(row.get("method") or ""):
         return Text("-", style="dim")
     else:
         frac = min(1.0, step / total)
-    filled = int(round(frac * width))
+    filled = round(frac * width)
     return Text("█" * filled + "░" * (width - filled) + f" {100 * frac:3.0f}%")
 
 
@@ -51,7 +53,7 @@ def queue_cells(row: dict[str, Any], now: float) -> list[Any]:
     epochs = (row.get("config") or {}).get("epochs")
     ep = row.get("epoch") or 0.0
     epoch_step = f"{ep:.1f}" + (f"/{epochs}" if epochs else "") + f" · {row.get('step') or 0}/{total or '?'}"
-    if row["status"] == "queued" or row.get("method") == "tfidf" or not total:
+    if row["status"] == "queued" or is_baseline(row.get("method") or "") or not total:
         epoch_step = "-"
     loss = row.get("loss")
     acc = row.get("val_accuracy")
@@ -60,8 +62,8 @@ def queue_cells(row: dict[str, Any], now: float) -> list[Any]:
         note = f"test acc {100 * row['result']['accuracy']:.1f}%"
     cells = {
         "id": str(row["id"]),
-        "name": row.get("name") or "",
-        "method": row.get("method") or "",
+        "name": literal(row.get("name") or ""),  # never a str: DataTable reads a str cell as markup
+        "method": literal(row.get("method") or ""),
         "status": status_text(row["status"]),
         "progress": progress_text(row),
         "epoch": epoch_step,
@@ -69,7 +71,7 @@ def queue_cells(row: dict[str, Any], now: float) -> list[Any]:
         "acc": "-" if acc is None else f"{100 * acc:.1f}%",
         "elapsed": fmt_duration(LabState.elapsed(row, now)),
         "eta": fmt_duration(LabState.eta(row, now)),
-        "note": Text(note if len(note) <= 120 else note[:119] + "…", style="red" if row.get("error") else "dim"),
+        "note": literal(note if len(note) <= 120 else note[:119] + "…", style="red" if row.get("error") else "dim"),
     }
     return [cells[key] for key, _, _ in QUEUE_COLUMNS]
 
@@ -77,7 +79,7 @@ def queue_cells(row: dict[str, Any], now: float) -> list[Any]:
 class QueueTable(DataTable):
     """All runs in the store, by id. Row keys are run ids as strings."""
 
-    BINDINGS = [Binding("enter", "select_cursor", "Details", key_display="⏎")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "select_cursor", "Details", key_display="⏎")]
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
@@ -120,7 +122,7 @@ class QueueTable(DataTable):
             return None
         try:
             key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
-        except Exception:
+        except CellDoesNotExist:
             return None
         return int(key.value) if key.value is not None else None
 
@@ -132,7 +134,7 @@ SORT_KEYS = ["accuracy", "f1", "efficiency", "trainable_params", "train_time_s",
 class ResultsTable(DataTable):
     """Finished runs (and TF-IDF baseline rows) through report.table, sortable by any metric column."""
 
-    BINDINGS = [Binding("enter", "select_cursor", "Details", key_display="⏎")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "select_cursor", "Details", key_display="⏎")]
     sort_key = "accuracy"
     descending = True
 
@@ -150,14 +152,15 @@ class ResultsTable(DataTable):
             self.add_column(header + arrow, key=key, width=min(width, 24))
 
     def sync(self, state: LabState) -> None:
-        runs = [r for r in state.runs.values() if r["status"] == "done" and r.get("result")]
+        runs = [{**r, "result": shown_result(r)} for r in state.runs.values()
+                if r["status"] == "done" and r.get("result")]
         self.rows_data = sort_rows(rows_from_runs(sorted(runs, key=lambda r: r["id"])), self.sort_key,
                                    self.descending)
         cursor = self.cursor_row
         _, body = formatted(self.rows_data)
         self._build_columns(body)
         for r, cells in zip(self.rows_data, body):
-            self.add_row(*cells, key=str(r["id"]))
+            self.add_row(*map(literal, cells), key=str(r["id"]))  # never a str: DataTable reads it as markup
         if self.row_count:
             self.move_cursor(row=min(cursor, self.row_count - 1))
 

@@ -23,12 +23,17 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from peft_tui.config import RunConfig
 from peft_tui.engine.events import EvalLogged, LogMessage, MemorySampled, RunStarted, Sink, StepLogged
 from peft_tui.engine.result import RunResult, efficiency
 from peft_tui.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 WEIGHT_DECAYS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)  # L2 on standardised features
 DEFAULT_WEIGHT_DECAY = 1e-3  # when there is no validation split to choose with
@@ -91,7 +96,20 @@ def encode(model, layer, ids: list[list[int]], pad_id: int, batch_size: int, dev
 
 def fit_linear(x, y, num_classes: int, weight_decay: float, with_bias: bool, init=None):
     """Multinomial logistic regression by L-BFGS: mean cross-entropy + weight_decay * ||W||^2.
-    Returns (W [classes, features], b [classes] or None, iterations)."""
+    Returns (W [classes, features], b [classes] or None, iterations). Runs on one CPU thread: each
+    evaluation is a few small matrix products, where thread hand-offs cost more than they save (on the
+    shared 2-core box, two threads took 19 s for a fit that one thread did in 0.5 s)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _lbfgs(x, y, num_classes, weight_decay, with_bias, init)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _lbfgs(x, y, num_classes: int, weight_decay: float, with_bias: bool, init):
     import torch
     import torch.nn.functional as F
 
@@ -129,8 +147,46 @@ def scores(logits, labels: list[int], num_labels: int) -> tuple[float, float, fl
     return loss, float((pred == y).float().mean()), macro_f1(labels, pred.tolist(), num_labels)
 
 
+@dataclass
+class Fit:
+    weight_decay: float
+    w: "torch.Tensor"
+    b: "torch.Tensor | None"
+    val_loss: float
+    val_accuracy: float
+    val_f1: float
+
+
+def choose_weight_decay(x: dict, labels: dict, num_labels: int, grid, with_bias: bool, cancel: threading.Event,
+                        on_fit) -> tuple[Fit, int]:
+    """Fit once per weight decay in `grid` (strongest first, each from the previous solution) on x["train"];
+    keep the best validation accuracy (ties: lower validation loss). `on_fit(step, train_loss, fit)` reports
+    each fit. Returns (best fit, total L-BFGS iterations)."""
+    import torch
+
+    from peft_tui.engine import trainer
+
+    def logits(split, w, b):
+        return x[split] @ w.T + (b if b is not None else 0.0)
+
+    y_train = torch.tensor(labels["train"])
+    best, solution, iterations = None, None, 0
+    for step, wd in enumerate(grid, start=1):
+        if cancel.is_set():
+            raise trainer.Cancelled(step - 1)
+        w, b, n = fit_linear(x["train"], y_train, num_labels, wd, with_bias, solution)
+        solution, iterations = (w, b), iterations + n
+        fit = Fit(wd, w, b, *scores(logits("val", w, b), labels["val"], num_labels))
+        on_fit(step, scores(logits("train", w, b), labels["train"], num_labels)[0], fit)
+        if best is None or (fit.val_accuracy, -fit.val_loss) > (best.val_accuracy, -best.val_loss):
+            best = fit
+    return best, iterations
+
+
 def run(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out_dir: Path, data) -> RunResult:
     """Train a `head` run as a linear probe on cached features (see the module docstring)."""
+    import contextlib
+
     import peft
     import torch
     import transformers
@@ -156,19 +212,19 @@ def run(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     def autocast():
-        import contextlib
-
         if amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=amp_dtype)
 
     grid = WEIGHT_DECAYS if len(data.val) else (DEFAULT_WEIGHT_DECAY,)
+    splits = {"train": data.train, "val": data.val, "test": data.test}
     sink(RunStarted(run_id, config.display_name, config.method, len(grid), 1, trainable, total, device,
                     precision, len(data.train), data.num_labels))
-    sink(LogMessage(run_id, "info", f"linear probe: encoding {len(data.train) + len(data.val) + len(data.test)} "
-                                    f"texts once with the frozen encoder ({pooling_of(model)} pooling)"))
+    sink(LogMessage(run_id, "info", f"linear probe: encoding {sum(len(s) for s in splits.values())} texts once "
+                                    f"with the frozen encoder ({pooling_of(model)} pooling)"))
+
+    # 1. encode every split once
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batch_size = max(64, config.batch_size * 2)
     last_sample = 0.0
 
     def sample_memory(n: int) -> None:
@@ -180,75 +236,64 @@ def run(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out
                                mem["device_used_mb"]))
             last_sample = now
 
-    features = {}
-    t_encode = time.perf_counter()
-    for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
+    features, encode_s = {}, {}
+    for name, split in splits.items():
+        t = time.perf_counter()
         ids = trainer.tokenize(tokenizer, split.texts, config.max_length, split.pairs)
-        features[name] = encode(model, layer, ids, pad_id, batch_size, device, autocast, cancel, sample_memory)
+        features[name] = encode(model, layer, ids, pad_id, max(64, config.batch_size * 2), device, autocast, cancel,
+                                sample_memory)
+        encode_s[name] = time.perf_counter() - t
         if name == "train":
-            train_encode_s = time.perf_counter() - t_encode
             tokens = sum(len(s) for s in ids)
-    encode_s = time.perf_counter() - t_encode
 
-    # standardise on the training split (centre only where the layer has a bias to absorb it)
+    # 2. standardise on the training split (centre only where the layer has a bias to absorb the shift)
     with_bias = layer.bias is not None
     x_train = features["train"]
     mu = x_train.mean(0) if with_bias else torch.zeros(x_train.shape[1])
     sd = x_train.std(0, unbiased=False).clamp(min=1e-6) if len(x_train) > 1 else torch.ones(x_train.shape[1])
-    std = {k: (v - mu) / sd for k, v in features.items()}
-    y_train = torch.tensor(data.train.labels)
+    x = {k: (v - mu) / sd for k, v in features.items()}
 
-    def logits(split: str, w, b):
-        return std[split] @ w.T + (b if b is not None else 0.0)
-
+    # 3. fit per weight decay, keep the best on validation
     t_fit = time.perf_counter()
-    best = None  # ((val accuracy, -val loss), weight decay, w, b, val F1)
-    solution, iterations = None, 0
-    for step, wd in enumerate(grid, start=1):
-        if cancel.is_set():
-            raise trainer.Cancelled(step - 1)
-        w, b, n = fit_linear(std["train"], y_train, data.num_labels, wd, with_bias, solution)
-        solution, iterations = (w, b), iterations + n
-        train_loss, _, _ = scores(logits("train", w, b), data.train.labels, data.num_labels)
-        elapsed = train_encode_s + time.perf_counter() - t_fit
-        sink(StepLogged(run_id, step, step / len(grid), train_loss, 1.0, len(data.train) / elapsed, elapsed))
-        val_loss, val_acc, val_f1 = scores(logits("val", w, b), data.val.labels, data.num_labels)
-        sink(EvalLogged(run_id, step, step / len(grid), "val", val_loss, val_acc, val_f1))
-        if best is None or (val_acc, -val_loss) > best[0]:
-            best = ((val_acc, -val_loss), wd, w, b, val_f1)
-    fit_s = time.perf_counter() - t_fit
-    (val_acc, _), wd, w, b, val_f1 = best
 
-    # fold the standardisation into the layer: W x_std + b = (W / sd) x + (b - (W / sd) mu)
-    weight = w / sd
+    def on_fit(step: int, train_loss: float, fit: Fit) -> None:
+        elapsed = encode_s["train"] + time.perf_counter() - t_fit
+        sink(StepLogged(run_id, step, step / len(grid), train_loss, 1.0, len(data.train) / elapsed, elapsed))
+        sink(EvalLogged(run_id, step, step / len(grid), "val", fit.val_loss, fit.val_accuracy, fit.val_f1))
+
+    labels = {name: split.labels for name, split in splits.items()}
+    best, iterations = choose_weight_decay(x, labels, data.num_labels, grid, with_bias, cancel, on_fit)
+    fit_s = time.perf_counter() - t_fit
+    test_logits = x["test"] @ best.w.T + (best.b if best.b is not None else 0.0)
+    test_loss, test_acc, test_f1 = scores(test_logits, data.test.labels, data.num_labels)
+    sink(EvalLogged(run_id, len(grid), 1.0, "test", test_loss, test_acc, test_f1))
+    chosen = "chosen on the validation split" if len(grid) > 1 else "the default: no validation split"
+    sink(LogMessage(run_id, "info", f"linear probe: weight decay {best.weight_decay:g}, {chosen} ({iterations} "
+                                    f"L-BFGS iterations, encoding {sum(encode_s.values()):.1f}s, fit {fit_s:.2f}s)"))
+
+    # 4. fold the standardisation into the model's layer, W x_std + b = (W / sd) x + (b - (W / sd) mu), and save
+    weight = best.w / sd
     with torch.no_grad():
         layer.weight.copy_(weight.to(layer.weight.dtype))
         if with_bias:
-            layer.bias.copy_((b - weight @ mu).to(layer.bias.dtype))
-    test_loss, test_acc, test_f1 = scores(logits("test", w, b), data.test.labels, data.num_labels)
-    steps = len(grid)
-    sink(EvalLogged(run_id, steps, 1.0, "test", test_loss, test_acc, test_f1))
-    chosen = "chosen on the validation split" if len(grid) > 1 else "the default: no validation split"
-    sink(LogMessage(run_id, "info", f"linear probe: weight decay {wd:g}, {chosen} "
-                                    f"({iterations} L-BFGS iterations, encoding {encode_s:.1f}s, fit {fit_s:.2f}s)"))
-
+            layer.bias.copy_((best.b - weight @ mu).to(layer.bias.dtype))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     method.save(model, Path(out_dir), params)
+
     mem = memory.sample()
-    train_time = train_encode_s + fit_s
+    train_time = encode_s["train"] + fit_s
     return RunResult(
         run_id=run_id, name=config.display_name, method=config.method, model=config.model, data=data.source,
-        params=params, accuracy=test_acc, f1=test_f1, test_loss=test_loss, val_accuracy=val_acc, val_f1=val_f1,
-        best_val_accuracy=val_acc, trainable_params=trainable, total_params=total,
+        params=params, accuracy=test_acc, f1=test_f1, test_loss=test_loss, val_accuracy=best.val_accuracy,
+        val_f1=best.val_f1, best_val_accuracy=best.val_accuracy, trainable_params=trainable, total_params=total,
         trainable_pct=100.0 * trainable / total, train_time_s=train_time, wall_time_s=time.perf_counter() - t0,
         samples_per_s=len(data.train) / max(train_time, 1e-9), tokens_per_s=tokens / max(train_time, 1e-9),
         peak_memory_mb=mem["peak_mb"], memory_kind=memory.label, peak_reserved_mb=mem["reserved_mb"],
-        steps=steps, epochs_done=1.0, device=device, precision=precision, lr=None, seed=config.seed,
+        steps=len(grid), epochs_done=1.0, device=device, precision=precision, lr=None, seed=config.seed,
         pooling=pooling_of(model), label_names=data.label_names,
-        sizes={"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-        efficiency=efficiency(test_acc, trainable), versions={"torch": torch.__version__,
-                                                              "transformers": transformers.__version__,
-                                                              "peft": peft.__version__},
-        extra={"probe_weight_decay": wd, "encode_time_s": encode_s, "fit_time_s": fit_s,
-               "lbfgs_iterations": iterations},
+        sizes={name: len(split) for name, split in splits.items()},
+        efficiency=efficiency(test_acc, trainable),
+        versions={"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+        extra={"probe_weight_decay": best.weight_decay, "encode_time_s": sum(encode_s.values()),
+               "fit_time_s": fit_s, "lbfgs_iterations": iterations},
     )

@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import random
+import re
 import sys
 import tempfile
 import threading
@@ -160,7 +161,7 @@ def parse_spec(spec: str, data_cfg: DataConfig, max_length: int) -> tuple[str, R
         else:
             params[key] = get_method(method).params[key].parse(raw)
     return label, RunConfig(method=method, model="minilm", data=data_cfg, params=params, device="cpu",
-                            name=spec, **fields)
+                            name=re.sub(r"[^A-Za-z0-9._-]+", "_", spec)[:64], **fields)
 
 
 def run_one(label: str, config: RunConfig) -> dict:

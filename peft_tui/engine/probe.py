@@ -21,6 +21,7 @@ layer keeps its seeded initialisation and only the final layer is fitted.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -94,19 +95,26 @@ def encode(model, layer, ids: list[list[int]], pad_id: int, batch_size: int, dev
     return out
 
 
-def fit_linear(x, y, num_classes: int, weight_decay: float, with_bias: bool, init=None):
-    """Multinomial logistic regression by L-BFGS: mean cross-entropy + weight_decay * ||W||^2.
-    Returns (W [classes, features], b [classes] or None, iterations). Runs on one CPU thread: each
-    evaluation is a few small matrix products, where thread hand-offs cost more than they save (on the
-    shared 2-core box, two threads took 19 s for a fit that one thread did in 0.5 s)."""
+@contextlib.contextmanager
+def one_thread():
+    """Torch on one CPU thread for the fit: each step is a few small matrix products, where thread
+    hand-offs cost more than they save (on the shared 2-core box, two threads took 19 s for a fit that
+    one thread did in 0.5 s)."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _lbfgs(x, y, num_classes, weight_decay, with_bias, init)
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+def fit_linear(x, y, num_classes: int, weight_decay: float, with_bias: bool, init=None):
+    """Multinomial logistic regression by L-BFGS: mean cross-entropy + weight_decay * ||W||^2.
+    Returns (W [classes, features], b [classes] or None, iterations)."""
+    with one_thread():
+        return _lbfgs(x, y, num_classes, weight_decay, with_bias, init)
 
 
 def _lbfgs(x, y, num_classes: int, weight_decay: float, with_bias: bool, init):
@@ -174,10 +182,12 @@ def choose_weight_decay(x: dict, labels: dict, num_labels: int, grid, with_bias:
     for step, wd in enumerate(grid, start=1):
         if cancel.is_set():
             raise trainer.Cancelled(step - 1)
-        w, b, n = fit_linear(x["train"], y_train, num_labels, wd, with_bias, solution)
+        with one_thread():
+            w, b, n = fit_linear(x["train"], y_train, num_labels, wd, with_bias, solution)
+            fit = Fit(wd, w, b, *scores(logits("val", w, b), labels["val"], num_labels))
+            train_loss = scores(logits("train", w, b), labels["train"], num_labels)[0]
         solution, iterations = (w, b), iterations + n
-        fit = Fit(wd, w, b, *scores(logits("val", w, b), labels["val"], num_labels))
-        on_fit(step, scores(logits("train", w, b), labels["train"], num_labels)[0], fit)
+        on_fit(step, train_loss, fit)
         if best is None or (fit.val_accuracy, -fit.val_loss) > (best.val_accuracy, -best.val_loss):
             best = fit
     return best, iterations
@@ -185,8 +195,6 @@ def choose_weight_decay(x: dict, labels: dict, num_labels: int, grid, with_bias:
 
 def run(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out_dir: Path, data) -> RunResult:
     """Train a `head` run as a linear probe on cached features (see the module docstring)."""
-    import contextlib
-
     import peft
     import torch
     import transformers

@@ -129,15 +129,9 @@ def _load_pretrained(name: str, folder: Path | None, num_labels: int, trust_remo
 
 def check_model_name(name: str) -> None:
     """Cheap checks before a run is queued (no weights are read)."""
-    if name in ("minilm", "tiny"):
-        minilm_path()
-        return
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ConfigError(f"model {name!r} is a file: pass the folder that holds config.json and weights")
-        _check_local_folder(path)
-    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if name == "tiny":
+        minilm_path()  # its tokenizer
+    elif _model_folder(name) is None and name.count("/") > 1:
         raise ConfigError(f"model folder {name!r} does not exist: check the path, or use --model minilm")
 
 

@@ -72,7 +72,7 @@ def dataset(name: str, root: Path, workdir: Path) -> tuple[DataConfig, int]:
 # ------------------------------------------------------------------------------------------------
 # features: frozen MiniLM + logistic regression
 # ------------------------------------------------------------------------------------------------
-def pooled_features(model, tok, texts: list[str], max_length: int, batch_size: int = 64) -> dict[str, "object"]:
+def pooled_features(model, tok, texts: list[str], max_length: int, batch_size: int = 64) -> dict[str, object]:
     """One pass of the frozen MiniLM; the pooled vectors of every text, per pooling, as numpy arrays."""
     import numpy as np
     import torch

@@ -23,7 +23,7 @@ def test_fit_matches_sklearn_logistic_regression():
     x = torch.randn(300, 6, generator=gen, dtype=torch.float64).float()
     y = (x[:, 0] + 0.5 * x[:, 1] + 0.3 * torch.randn(300, generator=gen) > 0).long() + (x[:, 2] > 1).long()
     wd = 1e-2
-    w, b, iterations = probe.fit_linear(x, y, 3, wd, with_bias=True)
+    w, _, iterations = probe.fit_linear(x, y, 3, wd, with_bias=True)
     ref = LogisticRegression(C=1 / (2 * wd * len(x)), tol=1e-10, max_iter=10_000).fit(x.numpy(), y.numpy())
     # softmax weights are defined up to a shift shared by all classes: compare centred weights
     ours = w.numpy() - w.numpy().mean(0)
@@ -109,7 +109,7 @@ def test_probe_run_reports_saves_and_reloads(tmp_path):
 
 
 def test_probe_without_validation_split_uses_the_default(tmp_path):
-    cfg, result, events = run_probe(tmp_path, data=DataConfig(size=120, val_fraction=0.0))
+    _, result, events = run_probe(tmp_path, data=DataConfig(size=120, val_fraction=0.0))
     assert result.steps == 1 and result.extra["probe_weight_decay"] == probe.DEFAULT_WEIGHT_DECAY
     assert any("no validation split" in getattr(e, "text", "") for e in events)
 

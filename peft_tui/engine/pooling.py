@@ -114,7 +114,7 @@ def pool(hidden, mask, mode: str):
 
 def _module_class():
     """MaskedPool, defined on first use so importing this module stays torch-free."""
-    import torch.nn as nn
+    from torch import nn
 
     class MaskedPool(nn.Module):
         """Pools the hidden states with the attention mask its body was last called with."""
@@ -144,7 +144,7 @@ def _module_class():
 
 def install(model, mode: str):
     """Make `model` (a fresh ...ForSequenceClassification) classify from `mode` pooling; returns it."""
-    import torch.nn as nn
+    from torch import nn
 
     if mode not in POOLINGS or mode == "auto":
         raise ValueError(f"install needs a concrete pooling mode, not {mode!r}")

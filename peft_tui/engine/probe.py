@@ -43,7 +43,7 @@ MAX_ITER = 500  # L-BFGS iterations per fit; most fits converge well before
 
 def final_linear(model):
     """The last nn.Linear of the model's classification head: the layer the probe fits."""
-    import torch.nn as nn
+    from torch import nn
 
     from peft_tui.engine.weights import head_module_names
 
@@ -158,8 +158,8 @@ def scores(logits, labels: list[int], num_labels: int) -> tuple[float, float, fl
 @dataclass
 class Fit:
     weight_decay: float
-    w: "torch.Tensor"
-    b: "torch.Tensor | None"
+    w: torch.Tensor
+    b: torch.Tensor | None
     val_loss: float
     val_accuracy: float
     val_f1: float

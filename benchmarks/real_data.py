@@ -213,7 +213,7 @@ def main() -> int:
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "peft-tui-real-data"))
     ap.add_argument("--max-length", type=int, default=0, help="0: the dataset's default")
     ap.add_argument("--out", default=None, help="append each result as a JSON line here")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     features(args) if args.mode == "features" else runs(args)
     return 0
 

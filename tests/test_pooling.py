@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from peft_tui.config import ConfigError
 from peft_tui.engine import pooling
 
+from conftest import tiny_config
+
 
 # ------------------------------------------------------------------------------------------------
 # the reduction itself
@@ -217,3 +219,37 @@ def test_decoder_classifiers_take_other_poolings(mode, method):
     loss = F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits, torch.tensor([0, 1]))
     loss.backward()
     assert all(q.grad is not None for q in model.parameters() if q.requires_grad)
+
+
+# ------------------------------------------------------------------------------------------------
+# through the engine: a run on a mean-pooling folder, reloaded by predict and by an export
+# ------------------------------------------------------------------------------------------------
+def test_run_predict_and_export_keep_the_folders_pooling(tmp_path, tiny_tokenizer):
+    from peft_tui.config import DataConfig
+    from peft_tui.engine.artifacts import export_run, load_export, load_run, predict
+    from peft_tui.engine.data import load_splits
+    from peft_tui.engine.models import load_model
+    from peft_tui.engine.store import Store
+    from peft_tui.engine.trainer import execute
+
+    folder = tmp_path / "st-model"
+    load_model("tiny", 2, 0).save_pretrained(folder, safe_serialization=True)
+    tiny_tokenizer.save_pretrained(folder)
+    write_st_config(folder, pooling_mode_mean_tokens=True)
+    store = Store(tmp_path / "store")
+    cfg = tiny_config(method="lora", model=str(folder), params={"r": 4}, lr=2e-3, data=DataConfig(size=120))
+    rid = store.create_run(cfg)
+    assert execute(store, rid, cfg, store) is not None, store.get(rid)["error"]
+    stored_accuracy = store.get(rid)["result"]["accuracy"]
+    data = load_splits(cfg.data, cfg.seed)
+
+    def accuracy(run) -> float:
+        preds = predict(run, data.test.texts)
+        return sum(p.index == y for p, y in zip(preds, data.test.labels)) / len(preds)
+
+    run = load_run(store, rid)
+    assert pooling.pooling_of(run.model) == "mean"
+    assert accuracy(run) == pytest.approx(stored_accuracy, abs=1e-12)
+    exported = load_export(export_run(store, rid, tmp_path / "export").folder)
+    assert pooling.pooling_of(exported.model) == "mean"
+    assert accuracy(exported) == pytest.approx(stored_accuracy, abs=1e-12)

@@ -4,6 +4,10 @@
 - "tiny": a small random BERT (hidden 64, 2 layers) with MiniLM's tokenizer, for tests
 - a local folder saved by `save_pretrained` (safetensors weights required)
 - a hub id such as "distilbert-base-uncased" (needs the hub; offline gives a one-line error)
+
+`load_model(..., pooling=...)` also sets how the sequence is pooled for the classifier (see pooling.py):
+`auto` reads a sentence-transformers folder's pooling config (the embedded MiniLM: mean), else the
+architecture's own.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
-from peft_tui.config import ConfigError
+from peft_tui.errors import ConfigError, first_line
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
             max_position_embeddings=512)
@@ -60,27 +64,45 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(name: str, num_labels: int, seed: int, trust_remote_code: bool = False):
-    """A fresh `...ForSequenceClassification` with a `num_labels` head, seeded."""
+def load_model(name: str, num_labels: int, seed: int, trust_remote_code: bool = False, pooling: str = "auto"):
+    """A fresh `...ForSequenceClassification` with a seeded `num_labels` head (dropout + linear) on the
+    `pooling` vector; `pooling.pooling_of(model)` tells which mode `auto` became."""
     import torch
-    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from peft_tui.engine import pooling as pooling_mod
 
     _quiet_transformers()
     torch.manual_seed(seed)
     if name == "tiny":
         vocab = load_tokenizer("tiny").vocab_size
-        config = BertConfig(vocab_size=vocab, num_labels=num_labels, **TINY)
-        return BertForSequenceClassification(config)
+        model = BertForSequenceClassification(BertConfig(vocab_size=vocab, num_labels=num_labels, **TINY))
+        return pooling_mod.install(model, pooling_mod.resolve(pooling, None, model))
+    folder = _model_folder(name)
+    model = _load_pretrained(name, folder, num_labels, trust_remote_code)
+    return pooling_mod.install(model, pooling_mod.resolve(pooling, folder, model))
+
+
+def _model_folder(name: str) -> Path | None:
+    """The local folder a model name points to (checked), or None for a hub id."""
     if name == "minilm":
-        src = minilm_path()
-    else:
-        src = Path(name).expanduser()
-        if src.exists():
-            if not src.is_dir():
-                raise ConfigError(f"model {name!r} is a file: pass the folder that holds config.json and weights")
-            _check_local_folder(src)
-        elif name.startswith((".", "/", "~")):
-            raise ConfigError(f"model folder {name!r} does not exist: check the path, or use --model minilm")
+        return minilm_path()
+    src = Path(name).expanduser()
+    if src.exists():
+        if not src.is_dir():
+            raise ConfigError(f"model {name!r} is a file: pass the folder that holds config.json and weights")
+        _check_local_folder(src)
+        return src
+    if name.startswith((".", "/", "~")):
+        raise ConfigError(f"model folder {name!r} does not exist: check the path, or use --model minilm")
+    return None
+
+
+def _load_pretrained(name: str, folder: Path | None, num_labels: int, trust_remote_code: bool):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    src = folder if folder is not None else name
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             str(src), num_labels=num_labels, use_safetensors=True, trust_remote_code=trust_remote_code,
@@ -92,8 +114,9 @@ def load_model(name: str, num_labels: int, seed: int, trust_remote_code: bool = 
     except OSError as e:
         raise _hub_error(name, e) from None
     except (ValueError, RuntimeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"model {name!r} could not be loaded ({first[:200]}): check the folder's config and weights") from None
+        raise ConfigError(
+            f"model {name!r} could not be loaded ({first_line(e, 200)}): check the folder's config and weights"
+        ) from None
     if model.config.pad_token_id is None or hasattr(model, "score"):
         # Decoder-only classifiers (Llama, Qwen2, GPT-2: a `score` head) pool the last token that is not
         # the pad id, so the model's pad id must be the one the trainer pads with: the tokenizer's
@@ -106,15 +129,9 @@ def load_model(name: str, num_labels: int, seed: int, trust_remote_code: bool = 
 
 def check_model_name(name: str) -> None:
     """Cheap checks before a run is queued (no weights are read)."""
-    if name in ("minilm", "tiny"):
-        minilm_path()
-        return
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ConfigError(f"model {name!r} is a file: pass the folder that holds config.json and weights")
-        _check_local_folder(path)
-    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if name == "tiny":
+        minilm_path()  # its tokenizer
+    elif _model_folder(name) is None and name.count("/") > 1:
         raise ConfigError(f"model folder {name!r} does not exist: check the path, or use --model minilm")
 
 

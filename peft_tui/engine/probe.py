@@ -1,0 +1,307 @@
+"""The `head` method as a real linear probe.
+
+Under `head` the encoder is frozen, so the vector each text gives the classifier never changes while the
+head trains. Instead of running the encoder every step of every epoch, the probe:
+
+1. encodes every split once (batched, no gradients), caching the vector the model's final classifier
+   layer reads (the pooled vector, see pooling.py);
+2. fits that linear layer on the cached training vectors to convergence (L-BFGS on the cross-entropy
+   plus an L2 penalty, features standardised for conditioning and folded back into the weights), once
+   per weight decay in WEIGHT_DECAYS, strongest first, each fit starting from the previous solution;
+3. keeps the weight decay with the best validation accuracy (ties: lower validation loss), writes
+   those weights into the model's classifier and saves the head as `head.safetensors`, so predict and
+   export rebuild it like any `head` run.
+
+The learning rate, epochs and batch size of the run do not apply (batch size sets the encoding batch).
+On architectures whose head has a hidden layer before the final linear one (RoBERTa, DistilBERT) that
+layer keeps its seeded initialisation and only the final layer is fitted.
+
+    run(config, run_id, sink, cancel, out_dir, data) -> RunResult
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from peft_tui.config import RunConfig
+from peft_tui.engine.events import EvalLogged, LogMessage, MemorySampled, RunStarted, Sink, StepLogged
+from peft_tui.engine.result import RunResult, efficiency
+from peft_tui.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+WEIGHT_DECAYS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)  # L2 on standardised features
+DEFAULT_WEIGHT_DECAY = 1e-3  # when there is no validation split to choose with
+MAX_ITER = 500  # L-BFGS iterations per fit; most fits converge well before
+
+
+def final_linear(model):
+    """The last nn.Linear of the model's classification head: the layer the probe fits."""
+    from torch import nn
+
+    from peft_tui.engine.weights import head_module_names
+
+    linears = [m for name in head_module_names(model) for m in model.get_submodule(name).modules()
+               if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"head found no linear classifier layer on this {model.config.model_type!r} model: use lora")
+    return linears[-1]
+
+
+def encode(model, layer, ids: list[list[int]], pad_id: int, batch_size: int, device: str, autocast,
+           cancel: threading.Event, on_batch=None):
+    """The input of `layer` (float32 [len(ids), hidden]) for every token sequence, in order.
+    Where `layer` sees every position (decoder `score` heads), the last real one is kept, which is
+    the one those models classify from."""
+    import torch
+
+    from peft_tui.engine import trainer
+
+    captured = []
+
+    def keep_input(module, args):
+        captured.append(args[0])
+
+    hook = layer.register_forward_pre_hook(keep_input)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = torch.zeros(len(ids), layer.in_features)
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for b in range(0, len(order), batch_size):
+                if cancel.is_set():
+                    raise trainer.Cancelled(0)
+                batch = order[b : b + batch_size]
+                x, m, _ = trainer.collate(ids, [0] * len(ids), batch, pad_id, device)
+                captured.clear()
+                with autocast():
+                    model(input_ids=x, attention_mask=m)
+                feats = captured[-1]
+                if feats.dim() == 3:
+                    from peft_tui.engine.pooling import pool
+
+                    feats = pool(feats, m, "last")
+                out[batch] = feats.float().cpu()
+                if on_batch is not None:
+                    on_batch(len(batch))
+    finally:
+        hook.remove()
+    return out
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Torch on one CPU thread for the fit: each step is a few small matrix products, where thread
+    hand-offs cost more than they save (on the shared 2-core box, two threads took 19 s for a fit that
+    one thread did in 0.5 s)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def fit_linear(x, y, num_classes: int, weight_decay: float, with_bias: bool, init=None):
+    """Multinomial logistic regression by L-BFGS: mean cross-entropy + weight_decay * ||W||^2.
+    Returns (W [classes, features], b [classes] or None, iterations)."""
+    with one_thread():
+        return _lbfgs(x, y, num_classes, weight_decay, with_bias, init)
+
+
+def _lbfgs(x, y, num_classes: int, weight_decay: float, with_bias: bool, init):
+    import torch
+    import torch.nn.functional as F
+
+    w = (init[0].clone() if init is not None else torch.zeros(num_classes, x.shape[1])).requires_grad_(True)
+    b = None
+    if with_bias:
+        b = (init[1].clone() if init is not None else torch.zeros(num_classes)).requires_grad_(True)
+    params = [w] + ([b] if b is not None else [])
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=MAX_ITER, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-6, tolerance_change=1e-9)
+
+    def closure():
+        opt.zero_grad()
+        logits = x @ w.T + (b if b is not None else 0.0)
+        loss = F.cross_entropy(logits, y) + weight_decay * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), (b.detach() if b is not None else None), opt.state[w]["n_iter"]
+
+
+def scores(logits, labels: list[int], num_labels: int) -> tuple[float, float, float]:
+    """(cross-entropy, accuracy, macro F1) of logits against labels; zeros for an empty split."""
+    import torch
+    import torch.nn.functional as F
+
+    from peft_tui.engine.trainer import macro_f1
+
+    if not labels:
+        return 0.0, 0.0, 0.0
+    y = torch.tensor(labels)
+    pred = logits.argmax(-1)
+    loss = float(F.cross_entropy(logits, y))
+    return loss, float((pred == y).float().mean()), macro_f1(labels, pred.tolist(), num_labels)
+
+
+@dataclass
+class Fit:
+    weight_decay: float
+    w: torch.Tensor
+    b: torch.Tensor | None
+    val_loss: float
+    val_accuracy: float
+    val_f1: float
+
+
+def choose_weight_decay(x: dict, labels: dict, num_labels: int, grid, with_bias: bool, cancel: threading.Event,
+                        on_fit) -> tuple[Fit, int]:
+    """Fit once per weight decay in `grid` (strongest first, each from the previous solution) on x["train"];
+    keep the best validation accuracy (ties: lower validation loss). `on_fit(step, train_loss, fit)` reports
+    each fit. Returns (best fit, total L-BFGS iterations)."""
+    import torch
+
+    from peft_tui.engine import trainer
+
+    def logits(split, w, b):
+        return x[split] @ w.T + (b if b is not None else 0.0)
+
+    y_train = torch.tensor(labels["train"])
+    best, solution, iterations = None, None, 0
+    for step, wd in enumerate(grid, start=1):
+        if cancel.is_set():
+            raise trainer.Cancelled(step - 1)
+        with one_thread():
+            w, b, n = fit_linear(x["train"], y_train, num_labels, wd, with_bias, solution)
+            fit = Fit(wd, w, b, *scores(logits("val", w, b), labels["val"], num_labels))
+            train_loss = scores(logits("train", w, b), labels["train"], num_labels)[0]
+        solution, iterations = (w, b), iterations + n
+        on_fit(step, train_loss, fit)
+        if best is None or (fit.val_accuracy, -fit.val_loss) > (best.val_accuracy, -best.val_loss):
+            best = fit
+    return best, iterations
+
+
+def run(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out_dir: Path, data) -> RunResult:
+    """Train a `head` run as a linear probe on cached features (see the module docstring)."""
+    import peft
+    import torch
+    import transformers
+
+    from peft_tui.engine import models, trainer
+    from peft_tui.engine.memory import MemoryMonitor
+    from peft_tui.engine.methods import get_method
+    from peft_tui.engine.pooling import pooling_of
+    from peft_tui.engine.weights import count_parameters
+
+    t0 = time.perf_counter()
+    device = trainer.resolve_device(config.device)
+    precision = trainer.resolve_precision(config.precision, device)
+    method = get_method(config.method)
+    params = method.resolve(config.params)
+    memory = MemoryMonitor(device)
+    tokenizer = models.load_tokenizer(config.model, config.trust_remote_code)
+    trainer.seed_everything(config.seed)
+    model = models.load_model(config.model, data.num_labels, config.seed, config.trust_remote_code, config.pooling)
+    model = method.apply(model, params).to(device)
+    layer = final_linear(model)
+    trainable, total = count_parameters(model)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def autocast():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=amp_dtype)
+
+    grid = WEIGHT_DECAYS if len(data.val) else (DEFAULT_WEIGHT_DECAY,)
+    splits = {"train": data.train, "val": data.val, "test": data.test}
+    sink(RunStarted(run_id, config.display_name, config.method, len(grid), 1, trainable, total, device,
+                    precision, len(data.train), data.num_labels))
+    sink(LogMessage(run_id, "info", f"linear probe: encoding {sum(len(s) for s in splits.values())} texts once "
+                                    f"with the frozen encoder ({pooling_of(model)} pooling)"))
+
+    # 1. encode every split once
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    last_sample = 0.0
+
+    def sample_memory(n: int) -> None:
+        nonlocal last_sample
+        now = time.perf_counter()
+        if now - last_sample >= trainer.LOG_INTERVAL_S:
+            mem = memory.sample()
+            sink(MemorySampled(run_id, 0, now - t0, device, mem["used_mb"], mem["peak_mb"], mem["reserved_mb"],
+                               mem["device_used_mb"]))
+            last_sample = now
+
+    features, encode_s = {}, {}
+    for name, split in splits.items():
+        t = time.perf_counter()
+        ids = trainer.tokenize(tokenizer, split.texts, config.max_length, split.pairs)
+        features[name] = encode(model, layer, ids, pad_id, max(64, config.batch_size * 2), device, autocast, cancel,
+                                sample_memory)
+        encode_s[name] = time.perf_counter() - t
+        if name == "train":
+            tokens = sum(len(s) for s in ids)
+
+    # 2. standardise on the training split (centre only where the layer has a bias to absorb the shift)
+    with_bias = layer.bias is not None
+    x_train = features["train"]
+    mu = x_train.mean(0) if with_bias else torch.zeros(x_train.shape[1])
+    sd = x_train.std(0, unbiased=False).clamp(min=1e-6) if len(x_train) > 1 else torch.ones(x_train.shape[1])
+    x = {k: (v - mu) / sd for k, v in features.items()}
+
+    # 3. fit per weight decay, keep the best on validation
+    t_fit = time.perf_counter()
+
+    def on_fit(step: int, train_loss: float, fit: Fit) -> None:
+        elapsed = encode_s["train"] + time.perf_counter() - t_fit
+        sink(StepLogged(run_id, step, step / len(grid), train_loss, 1.0, len(data.train) / elapsed, elapsed))
+        sink(EvalLogged(run_id, step, step / len(grid), "val", fit.val_loss, fit.val_accuracy, fit.val_f1))
+
+    labels = {name: split.labels for name, split in splits.items()}
+    best, iterations = choose_weight_decay(x, labels, data.num_labels, grid, with_bias, cancel, on_fit)
+    fit_s = time.perf_counter() - t_fit
+    test_logits = x["test"] @ best.w.T + (best.b if best.b is not None else 0.0)
+    test_loss, test_acc, test_f1 = scores(test_logits, data.test.labels, data.num_labels)
+    sink(EvalLogged(run_id, len(grid), 1.0, "test", test_loss, test_acc, test_f1))
+    chosen = "chosen on the validation split" if len(grid) > 1 else "the default: no validation split"
+    sink(LogMessage(run_id, "info", f"linear probe: weight decay {best.weight_decay:g}, {chosen} ({iterations} "
+                                    f"L-BFGS iterations, encoding {sum(encode_s.values()):.1f}s, fit {fit_s:.2f}s)"))
+
+    # 4. fold the standardisation into the model's layer, W x_std + b = (W / sd) x + (b - (W / sd) mu), and save
+    weight = best.w / sd
+    with torch.no_grad():
+        layer.weight.copy_(weight.to(layer.weight.dtype))
+        if with_bias:
+            layer.bias.copy_((best.b - weight @ mu).to(layer.bias.dtype))
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    method.save(model, Path(out_dir), params)
+
+    mem = memory.sample()
+    train_time = encode_s["train"] + fit_s
+    return RunResult(
+        run_id=run_id, name=config.display_name, method=config.method, model=config.model, data=data.source,
+        params=params, accuracy=test_acc, f1=test_f1, test_loss=test_loss, val_accuracy=best.val_accuracy,
+        val_f1=best.val_f1, best_val_accuracy=best.val_accuracy, trainable_params=trainable, total_params=total,
+        trainable_pct=100.0 * trainable / total, train_time_s=train_time, wall_time_s=time.perf_counter() - t0,
+        samples_per_s=len(data.train) / max(train_time, 1e-9), tokens_per_s=tokens / max(train_time, 1e-9),
+        peak_memory_mb=mem["peak_mb"], memory_kind=memory.label, peak_reserved_mb=mem["reserved_mb"],
+        steps=len(grid), epochs_done=1.0, device=device, precision=precision, lr=None, seed=config.seed,
+        pooling=pooling_of(model), label_names=data.label_names,
+        sizes={name: len(split) for name, split in splits.items()},
+        efficiency=efficiency(test_acc, trainable),
+        versions={"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+        extra={"probe_weight_decay": best.weight_decay, "encode_time_s": sum(encode_s.values()),
+               "fit_time_s": fit_s, "lbfgs_iterations": iterations},
+    )

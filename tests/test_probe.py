@@ -1,0 +1,135 @@
+"""The `head` linear probe: the L-BFGS fit converges to the regularised optimum, the encoder runs once
+per text, and a probe run reports, saves and reloads a head that reproduces its own test accuracy."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from peft_tui.config import DataConfig
+from peft_tui.engine import probe
+
+from conftest import tiny_config
+
+
+def test_fit_matches_sklearn_logistic_regression():
+    """mean CE + wd * ||W||^2 is sklearn's multinomial objective with C = 1 / (2 * wd * n)."""
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 6, generator=gen, dtype=torch.float64).float()
+    y = (x[:, 0] + 0.5 * x[:, 1] + 0.3 * torch.randn(300, generator=gen) > 0).long() + (x[:, 2] > 1).long()
+    wd = 1e-2
+    w, _, iterations = probe.fit_linear(x, y, 3, wd, with_bias=True)
+    ref = LogisticRegression(C=1 / (2 * wd * len(x)), tol=1e-10, max_iter=10_000).fit(x.numpy(), y.numpy())
+    # softmax weights are defined up to a shift shared by all classes: compare centred weights
+    ours = w.numpy() - w.numpy().mean(0)
+    theirs = ref.coef_ - ref.coef_.mean(0)
+    assert np.allclose(ours, theirs, atol=2e-3), (ours, theirs)
+    assert 0 < iterations <= probe.MAX_ITER
+
+
+def test_fit_without_bias_and_warm_start():
+    import torch
+
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]])
+    y = torch.tensor([0, 1, 0, 1])
+    w, b, _ = probe.fit_linear(x, y, 2, 1e-3, with_bias=False)
+    assert b is None and ((x @ w.T).argmax(-1) == y).all()
+    _, _, again = probe.fit_linear(x, y, 2, 1e-3, with_bias=False, init=(w, None))
+    assert again <= 2  # already at the optimum
+
+
+def test_encoder_runs_once_per_text(tiny_tokenizer):
+    from peft_tui.engine.models import load_model
+    from peft_tui.engine.trainer import tokenize
+
+    model = load_model("tiny", 2, 0, pooling="mean")
+    calls = []
+    model.bert.register_forward_hook(lambda mod, args, out: calls.append(out.last_hidden_state.shape[0]))
+    texts = [f"text number {i} " + "word " * (i % 7) for i in range(50)]
+    ids = tokenize(tiny_tokenizer, texts, 32)
+    feats = probe.encode(model, probe.final_linear(model), ids, 0, 16, "cpu", _null, threading.Event())
+    assert feats.shape == (50, 64) and sum(calls) == 50 and len(calls) == 4
+    # the cached vector is what the classifier reads: the model's logits come back from it
+    import torch
+
+    with torch.no_grad():
+        direct = model(**tiny_tokenizer(texts[:1], return_tensors="pt")).logits
+        assert torch.allclose(model.classifier(feats[:1]), direct, atol=1e-5)
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def run_probe(tmp_path, **kw):
+    from peft_tui.engine.data import load_splits
+
+    cfg = tiny_config(method="head", pooling="mean", **kw)
+    events = []
+    result = probe.run(cfg, 7, events.append, threading.Event(), tmp_path, load_splits(cfg.data, cfg.seed))
+    return cfg, result, events
+
+
+def test_probe_run_reports_saves_and_reloads(tmp_path):
+    import torch
+
+    from peft_tui.engine.data import load_splits
+    from peft_tui.engine.methods import get_method
+    from peft_tui.engine.models import load_model, load_tokenizer
+    from peft_tui.engine.trainer import evaluate, tokenize
+
+    cfg, result, events = run_probe(tmp_path, data=DataConfig(size=200))
+    names = [type(e).__name__ for e in events]
+    assert names[0] == "RunStarted" and events[0].total_steps == len(probe.WEIGHT_DECAYS)
+    vals = [e for e in events if type(e).__name__ == "EvalLogged" and e.split == "val"]
+    assert len(vals) == len(probe.WEIGHT_DECAYS) and names.count("StepLogged") == len(probe.WEIGHT_DECAYS)
+    assert "MemorySampled" in names
+    test_event = [e for e in events if type(e).__name__ == "EvalLogged" and e.split == "test"][-1]
+    assert result.method == "head" and result.pooling == "mean" and result.seed == cfg.seed
+    assert result.steps == len(probe.WEIGHT_DECAYS) and result.accuracy == test_event.accuracy
+    assert result.val_accuracy == max(e.accuracy for e in vals)
+    assert result.extra["probe_weight_decay"] in probe.WEIGHT_DECAYS
+    assert result.trainable_params == 64 * 2 + 2  # the linear classifier only
+    # the saved head, put on a fresh model, scores exactly what the run reported
+    data = load_splits(cfg.data, cfg.seed)
+    tok = load_tokenizer("tiny")
+    model = get_method("head").load(load_model("tiny", 2, cfg.seed, pooling="mean"), tmp_path, {})
+    ids = tokenize(tok, data.test.texts, cfg.max_length)
+    r = evaluate(model, ids, data.test.labels, 2, 64, tok.pad_token_id, "cpu", _null)
+    assert r.accuracy == pytest.approx(result.accuracy) and r.f1 == pytest.approx(result.f1)
+    assert r.loss == pytest.approx(result.test_loss, rel=1e-4)
+    assert torch.isfinite(model.classifier.weight).all()
+
+
+def test_probe_without_validation_split_uses_the_default(tmp_path):
+    _, result, events = run_probe(tmp_path, data=DataConfig(size=120, val_fraction=0.0))
+    assert result.steps == 1 and result.extra["probe_weight_decay"] == probe.DEFAULT_WEIGHT_DECAY
+    assert any("no validation split" in getattr(e, "text", "") for e in events)
+
+
+def test_probe_cancels(tmp_path):
+    from peft_tui.engine.data import load_splits
+    from peft_tui.engine.trainer import Cancelled
+
+    cfg = tiny_config(method="head")
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        probe.run(cfg, 1, lambda e: None, cancel, tmp_path, load_splits(cfg.data, cfg.seed))
+    assert not (tmp_path / "head.safetensors").exists()
+
+
+def test_head_method_runs_the_probe(monkeypatch):
+    from peft_tui.engine.methods import get_method
+
+    seen = []
+    monkeypatch.setattr(probe, "run", lambda *args: seen.append(args) or "result")
+    assert get_method("head").run("cfg", 3, "sink", "cancel", "out", "data") == "result"
+    assert seen == [("cfg", 3, "sink", "cancel", "out", "data")]

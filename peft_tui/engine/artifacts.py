@@ -69,7 +69,7 @@ def rebuild(folder: Path, config: RunConfig, num_labels: int, device: str = "cpu
 
     method = get_method(config.method)
     params = method.resolve(config.params)
-    base = models.load_model(config.model, num_labels, config.seed, config.trust_remote_code)
+    base = models.load_model(config.model, num_labels, config.seed, config.trust_remote_code, config.pooling)
     try:
         with warnings.catch_warnings():  # peft / transformers deprecation chatter, not the user's concern
             warnings.simplefilter("ignore", FutureWarning)

@@ -218,7 +218,7 @@ def build_model(config: RunConfig, method: Method, params: dict[str, Any], num_l
     from peft_tui.engine.weights import count_parameters
 
     seed_everything(config.seed)
-    model = models.load_model(config.model, num_labels, config.seed, config.trust_remote_code)
+    model = models.load_model(config.model, num_labels, config.seed, config.trust_remote_code, config.pooling)
     limit = models.max_positions(model)
     if limit and config.max_length > limit:
         raise ConfigError(f"max_length={config.max_length} is above this model's limit of {limit}: "

@@ -54,8 +54,8 @@ with LocalPool(store.root, ["cpu"]) as pool:
 def run_side(code: str, args: argparse.Namespace) -> dict:
     store_dir = tempfile.mkdtemp(prefix="bench-proc-")
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code, args.model, args.methods, str(args.size), str(args.epochs),
-                          store_dir], check=False, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    argv = [sys.executable, "-c", code, args.model, args.methods, str(args.size), str(args.epochs), store_dir]
+    out = subprocess.run(argv, check=False, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(out.stderr[-3000:])

@@ -99,6 +99,7 @@ QUEUE_COLUMNS = {
 
 ACTIVE = ("queued", "running")
 FINAL = ("done", "failed", "diverged", "cancelled", "interrupted")
+REAPED = "its process (pid {pid}) ended without recording a result"  # what `reap` knows of a death
 STALE_AFTER_S = 300.0  # a worker on another host that sent no heartbeat for this long is dead
 SQLITE_MAX_INT = 2**63 - 1
 
@@ -527,9 +528,14 @@ class Store:
         return ids
 
     def fail_run(self, run_id: int, reason: str) -> bool:
-        """A running run whose process died (its worker saw how) becomes failed with `reason`."""
+        """A running run whose process died (its worker saw how) becomes failed with `reason`, which
+        also replaces the vaguer reason `reap` may have written in the moment since it died."""
         with self._tx() as db:
-            return self._fail(db, run_id, reason)
+            if self._fail(db, run_id, reason):
+                return True
+            cur = db.execute("UPDATE runs SET error=? WHERE id=? AND status='failed' AND error LIKE ?",
+                             (reason, run_id, REAPED.format(pid="%")))
+            return bool(cur.rowcount)
 
     @staticmethod
     def _fail(db: sqlite3.Connection, run_id: int, reason: str) -> bool:
@@ -545,7 +551,7 @@ class Store:
         dead = {}
         for r in self._query("SELECT id, pid, host, heartbeat FROM runs WHERE status='running'"):
             if r["host"] == host and r["pid"] and not _pid_alive(r["pid"]):
-                dead[r["id"]] = f"its process (pid {r['pid']}) ended without recording a result"
+                dead[r["id"]] = REAPED.format(pid=r["pid"])
             elif r["host"] != host and now - (r["heartbeat"] or 0) > stale_after_s:
                 dead[r["id"]] = f"no heartbeat from its worker on {r['host']} for {stale_after_s:.0f} s"
         if dead:

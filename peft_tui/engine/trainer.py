@@ -370,12 +370,9 @@ def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading
             resume_from = checkpoint.find(out_dir) if resume else None
             if resume and resume_from is None:
                 raise ConfigError(f"run {run_id} has no checkpoint to resume from: start it again instead")
-            if cache_dir is None:
-                cache_dir = store.root / "cache"  # the one place that knows: Store.cache_dir once it exists
-            result = train(config, run_id, sink, cancel, out_dir, resume_from=resume_from, cache_dir=cache_dir,
-                           data=data)
-        # a dict until RunFinished carries the RunResult itself
-        sink(RunFinished(run_id, result.to_dict()))
+            result = train(config, run_id, sink, cancel, out_dir, resume_from=resume_from,
+                           cache_dir=store.cache_dir if cache_dir is None else cache_dir, data=data)
+        sink(RunFinished(run_id, result))
     except Cancelled as e:
         result = None
         sink(RunCancelled(run_id, int(e.args[0]) if e.args else 0))

@@ -145,6 +145,6 @@ def method_names() -> list[str]:
 
 
 # Registration order is display order.
-from peft_tui.engine.methods import (  # noqa: F401, I001
+from peft_tui.engine.methods import (  # noqa: E402, F401, I001
     full, lora, adapters, head, bitfit, ia3, prompt_learning, peft_json, tfidf,
 )

@@ -36,10 +36,10 @@ def default_targets(model_type: str):
     """(target_modules, feedforward_modules) for a model type; peft's own table is the fallback."""
     if model_type in TARGETS:
         return TARGETS[model_type]
-    from peft.utils.constants import (
-        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as peft_ff,
-        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as peft_targets,
-    )
+    from peft.utils import constants
+
+    peft_targets = constants.TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
+    peft_ff = constants.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING
 
     if model_type not in peft_targets:
         raise ConfigError(

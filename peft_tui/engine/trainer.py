@@ -36,7 +36,7 @@ from peft_tui.engine.events import (
     Sink,
     StepLogged,
 )
-from peft_tui.engine.result import RunResult, efficiency
+from peft_tui.engine.result import Cancelled, Diverged, RunResult, efficiency
 from peft_tui.errors import ConfigError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,16 +45,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from peft_tui.engine.methods import Method
 
 LOG_INTERVAL_S = 0.1  # StepLogged at most ~10 times a second
-
-
-class Cancelled(Exception):
-    """The run's cancel event was set; args[0] is the last step taken."""
-
-
-class Diverged(Exception):
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"loss became {loss} at step {step}: lower the learning rate or use fp32")
-        self.step = step
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from peft_tui.config import DataConfig
-from peft_tui.engine.data import hf
+from peft_tui.engine.data.hf import is_hf_source, read_hf
 from peft_tui.engine.data.splits import DataSplits, Split, stratified_sample, stratified_split
 from peft_tui.errors import ConfigError, first_line
 
@@ -163,6 +163,6 @@ def load_file_splits(cfg: DataConfig, seed: int) -> DataSplits:
 
 def _read_source(src: str, what: str, label_col: str = "label"):
     """(DataFrame, ClassLabel names or None, {"val"/"test": (split name, DataFrame)}) from a file or HF source."""
-    if hf.is_hf_source(src):
-        return hf.read_hf(src, what, label_col)
+    if is_hf_source(src):
+        return read_hf(src, what, label_col)
     return read_table(src, what), None, {}

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # run(config, run_id, sink, cancel, out_dir, data) -> RunResult: a whole run, its events included; `data`
 # is the splits when the caller loaded them already, else None. Raises like the trainer (ConfigError,
-# trainer.Cancelled, ...); `execute` turns that into the run's end.
+# result.Cancelled, ...); `execute` turns that into the run's end.
 RunHook = Callable[["RunConfig", int, "Sink", threading.Event, Path, Optional["DataSplits"]], "RunResult"]
 
 

@@ -38,7 +38,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from peft_tui.engine.data import DataSplits
 
-WEIGHT_DECAYS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)  # L2 on standardised features
+# L2 penalties on standardised features, half a decade apart. The best one scales about as 1/train size:
+# on AG News (2,000 rows) it was 0.1, on 100 IMDB reviews sklearn's best C meant about 5.
+WEIGHT_DECAYS = (10.0, 3.0, 1.0, 0.3, 0.1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 DEFAULT_WEIGHT_DECAY = 1e-3  # when there is no validation split to choose with
 MAX_ITER = 500  # L-BFGS iterations per fit; most fits converge well before
 

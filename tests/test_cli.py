@@ -38,7 +38,8 @@ def test_run_json_end_to_end(tmp_path):
     assert r["params"]["size"] == 4
     assert r["trainable_params"] == 2 * 2 * (2 * 64 * 4 + 4 + 64) + 64 * 2 + 2
     assert r["trainable_pct"] < 10 and r["samples_per_s"] > 0 and r["peak_memory_mb"] > 0
-    assert r["memory_kind"].startswith("process RSS") and r["device"] == "cpu"
+    assert r["memory_kind"] == "peak RSS of the run's own process" and r["device"] == "cpu"
+    assert 0 < doc["startup_s"] == pytest.approx(r["extra"]["worker_startup_s"], abs=1e-3)
     folder = store / "runs" / os.path.basename(doc["folder"])
     assert (folder / "config.json").exists() and (folder / "result.json").exists()
     assert (folder / "adapters" / "adapters.safetensors").exists()
@@ -83,7 +84,7 @@ def test_runs_show_methods(tmp_path):
     rows = json.loads(res.stdout)
     assert [r["method"] for r in rows] == ["bitfit"]
     shown = json.loads(invoke("show", str(rows[0]["id"]), "--store", store, "--json").stdout)
-    assert "head.safetensors" in shown["files"] and shown["metrics"]["train_loss"] >= 1
+    assert "bitfit.safetensors" in shown["files"] and shown["metrics"]["train_loss"] >= 1
     methods = json.loads(invoke("methods", "--json").stdout)
     names = [m["name"] for m in methods]
     assert {"full", "lora", "adapters", "head"} <= set(names)

@@ -150,9 +150,7 @@ def train_one(root: str, claim: Claim, device: str, startup_from: float, worker_
     done = threading.Event()
     beat = threading.Thread(target=_keep_alive, args=(store, run_id, cancel, done), daemon=True)
     beat.start()
-    sink: Sink = fan_out(store, JsonlSink(store.events_path(run_id)))
-    if device == "cpu":
-        sink = ProcessPeak(sink)
+    sink: Sink = ProcessFigures(fan_out(store, JsonlSink(store.events_path(run_id))), startup_s, device == "cpu")
     config = dataclasses.replace(claim.config, device=device)
     # cache_dir: passed where the trainer takes it (the engine branch adds the argument)
     extra = {"cache_dir": store.cache_dir} if "cache_dir" in inspect.signature(execute).parameters else {}
@@ -190,20 +188,31 @@ def _die_with(worker_pid: int) -> None:
         os._exit(1)
 
 
-class ProcessPeak:
-    """On CPU, a finished run's peak memory is the peak RSS of its own process: exact, where the trainer
-    samples it. Wraps the run's sinks. (On CUDA the trainer's torch figures stand.)"""
+class ProcessFigures:
+    """Adds what only the run's own process knows to its result: the worker start-up it paid
+    (result.extra["worker_startup_s"]) and, on CPU, its peak memory as the peak RSS of this process:
+    exact, where the trainer samples it. (On CUDA the trainer's torch figures stand.) Wraps the run's sinks."""
 
-    def __init__(self, sink: Sink):
+    def __init__(self, sink: Sink, startup_s: float, cpu: bool):
         self.sink = sink
+        self.startup_s = startup_s
+        self.cpu = cpu
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunFinished):
-            event = RunFinished(event.run_id, with_process_peak(event.result))
+            result = with_extra(event.result, worker_startup_s=round(self.startup_s, 3))
+            event = RunFinished(event.run_id, with_process_peak(result) if self.cpu else result)
         self.sink(event)
 
     def close(self) -> None:
         self.sink.close()
+
+
+def with_extra(result: RunResult | dict[str, Any], **figures: Any) -> RunResult | dict[str, Any]:
+    """`result` with `figures` added to its `extra` (a result may still be a plain dict)."""
+    if isinstance(result, RunResult):
+        return dataclasses.replace(result, extra={**result.extra, **figures})
+    return {**result, "extra": {**(result.get("extra") or {}), **figures}}
 
 
 def with_process_peak(result: RunResult | dict[str, Any]) -> RunResult | dict[str, Any]:

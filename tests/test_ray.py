@@ -79,3 +79,18 @@ def test_without_ray_the_flag_says_how_to_install_it(tmp_path, monkeypatch):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == ["error: --ray needs Ray, which is not installed: "
                                                "pip install 'peft-tui[ray]'"]
+
+
+def test_a_two_process_run_goes_through_ray_train(tmp_path, local_ray):
+    """nproc=2: Ray Train's TorchTrainer with 2 gloo workers (the module's 2 CPUs); rank 0 reports."""
+    store = Store(tmp_path / "s")
+    run_id = store.create_run(tiny_config(method="lora", data=DataConfig(size=60), nproc=2))
+
+    on_ray.submit(store, [run_id], None)
+
+    row = store.get(run_id)
+    assert row["status"] == "done", row["error"]
+    assert row["result"]["steps"] == 3  # 42 train examples in global batches of 16, as on one process
+    events = read_events(store.events_path(run_id))
+    assert sum(isinstance(e, RunStarted) for e in events) == 1 and isinstance(events[-1], RunFinished)
+    assert (store.run_dir(run_id) / "adapter" / "adapter_model.safetensors").exists()

@@ -84,7 +84,7 @@ class Dist:
 
         # buffers (position ids) never change; static_graph: unused trainable parameters are found once
         return DistributedDataParallel(model, device_ids=[int(device.split(":")[1])] if ":" in device else None,
-                                       broadcast_buffers=False, static_graph=True)
+                                       forward_sync_buffers=False, static_graph=True)
 
     def all_reduce(self, values: list[float]) -> list[float]:
         """The sums of `values` over the ranks (one process: `values`)."""

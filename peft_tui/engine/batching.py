@@ -48,6 +48,22 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
     return batches
 
 
+def shard(batch: list[int], rank: int, world_size: int) -> tuple[list[int], float]:
+    """Rank `rank`'s share of a global batch in a data-parallel run, and the weight of its mean loss.
+
+    A rank takes every `world_size`-th example from position `rank` (neighbours in a length-grouped
+    batch have similar lengths, so the shares pad alike). The weight n_rank * world_size / n_batch makes
+    the ranks' average gradient (DDP's) the mean over the whole batch, as in a 1-process run, also when
+    the shares differ in size. A rank left without an example (a batch smaller than the world) takes the
+    first one with weight 0: every rank must take part in every step."""
+    if world_size == 1:
+        return batch, 1.0
+    mine = batch[rank::world_size]
+    if not mine:
+        return batch[:1], 0.0
+    return mine, len(mine) * world_size / len(batch)
+
+
 def collate(ids: list[list[int]], labels: list[int], batch: list[int], pad_id: int, device: str):
     """(input_ids, attention_mask, labels) tensors on `device` for the examples `batch`, right-padded."""
     import torch

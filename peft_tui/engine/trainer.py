@@ -17,11 +17,12 @@ import math
 import random
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peft_tui.config import RunConfig
-from peft_tui.engine.batching import collate, length_grouped_batches, pad_id_of, tokenize_splits
+from peft_tui.engine.batching import collate, length_grouped_batches, pad_id_of, shard, tokenize_splits
 from peft_tui.engine.checkpoint import TrainState
 from peft_tui.engine.device import autocast_for, resolve_device, resolve_precision
 from peft_tui.engine.evaluation import EvalResult, evaluate
@@ -47,16 +48,67 @@ if TYPE_CHECKING:  # pragma: no cover
 LOG_INTERVAL_S = 0.1  # StepLogged at most ~10 times a second
 
 
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a data-parallel run, whose process group launch/ddp.py (torchrun) or Ray
+    Train has set up. The default, one process, makes every method a no-op.
+
+    How the ranks share a run: each builds the same length-grouped batches (same seed) and takes its
+    share of every batch (`batching.shard`), so the global batch, the steps and the schedule are a
+    1-process run's, and DDP's gradient average is the 1-process gradient. Cancel, divergence and early
+    stopping are decided by all ranks together; rank 0 evaluates and shares the figures, and alone
+    writes: events (the other ranks get a null sink), checkpoints and weights."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model, device: str):
+        """The model as the training step calls it: in DistributedDataParallel over several processes."""
+        if self.world_size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        # buffers (position ids) never change; static_graph: unused trainable parameters are found once
+        return DistributedDataParallel(model, device_ids=[int(device.split(":")[1])] if ":" in device else None,
+                                       forward_sync_buffers=False, static_graph=True)
+
+    def all_reduce(self, values: list[float]) -> list[float]:
+        """The sums of `values` over the ranks (one process: `values`)."""
+        if self.world_size == 1:
+            return values
+        import torch
+        import torch.distributed as td
+
+        on = f"cuda:{torch.cuda.current_device()}" if td.get_backend() == "nccl" else "cpu"
+        t = torch.tensor(values, dtype=torch.float64, device=on)
+        td.all_reduce(t)
+        return t.tolist()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on one."""
+        return flag if self.world_size == 1 else self.all_reduce([float(flag)])[0] > 0
+
+    def mean_loss(self, loss):
+        """The step's loss for the log: the tensor itself, or over several ranks their mean as a float
+        (the same on every rank, so that all stop together if it is not finite)."""
+        return loss if self.world_size == 1 else self.all_reduce([loss.item()])[0] / self.world_size
+
+
 # ------------------------------------------------------------------------------------------------
 # the loop
 # ------------------------------------------------------------------------------------------------
 def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out_dir: Path, *,
           resume_from: Path | None = None, cache_dir: Path | None = None,
-          data: DataSplits | None = None) -> RunResult:
+          data: DataSplits | None = None, dist: Dist = Dist()) -> RunResult:
     """Train one run of a validated config and save what it trained in `out_dir`. With `resume_from` (a
     checkpoint folder), continue from that epoch end: same weights, optimizer, scheduler and RNG states,
     and steps keep counting. `cache_dir`: the tokenisation cache (None: none). `data`: splits already
-    loaded by the caller (else loaded from `config.data`)."""
+    loaded by the caller (else loaded from `config.data`). `dist`: this process's rank in a data-parallel
+    run (default: the only process)."""
     import torch
     import torch.nn.functional as F
 
@@ -105,8 +157,14 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     eval_bs = max(64, config.batch_size * 2)
     last_val: dict[int, EvalResult] = {}  # the latest validation result, keyed by its step
 
+    def evaluate_shared(ids: list[list[int]], labels: list[int]) -> EvalResult:
+        """Rank 0 evaluates (the unwrapped model: no collective inside); every rank gets the figures."""
+        r = evaluate(model, ids, labels, data.num_labels, eval_bs, pad_id, device, autocast) if dist.is_main \
+            else EvalResult(0.0, 0.0, 0.0)
+        return r if dist.world_size == 1 else EvalResult(*dist.all_reduce([r.loss, r.accuracy, r.f1]))
+
     def run_eval(split: str, ids: list[list[int]], labels: list[int]) -> EvalResult:
-        r = evaluate(model, ids, labels, data.num_labels, eval_bs, pad_id, device, autocast)
+        r = evaluate_shared(ids, labels)
         sink(EvalLogged(run_id, state.step, state.step / steps_per_epoch, split, r.loss, r.accuracy, r.f1))
         return r
 
@@ -120,17 +178,21 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     log = StepLog(run_id, sink, memory, total_steps)
     clock = Stopwatch(state.train_time)  # training time, evaluation excluded
     stopped_early = False
+    net = dist.wrap(model, device)
     t0 = time.perf_counter()
     model.train()
     for epoch in range(state.epoch, config.epochs):
         clock.start()
         for batch in length_grouped_batches(lengths, config.batch_size, rng):
-            if cancel.is_set():
+            if dist.any(cancel.is_set()):
                 raise Cancelled(state.step)
-            x, m, y = collate(train_ids, data.train.labels, batch, pad_id, device)
+            mine, weight = shard(batch, dist.rank, dist.world_size)
+            x, m, y = collate(train_ids, data.train.labels, mine, pad_id, device)
             with autocast():
-                logits = model(input_ids=x, attention_mask=m).logits
+                logits = net(input_ids=x, attention_mask=m).logits
             loss = F.cross_entropy(logits.float(), y)
+            if weight != 1.0:
+                loss = loss * weight
             scaler.scale(loss).backward()
             if config.grad_clip > 0:
                 scaler.unscale_(optimizer)
@@ -143,7 +205,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
             state.step += 1
             state.samples += len(batch)
             state.tokens += sum(lengths[i] for i in batch)
-            log.add(loss, state, scheduler.get_last_lr()[0], clock.elapsed())
+            log.add(dist.mean_loss(loss), state, scheduler.get_last_lr()[0], clock.elapsed())
             if config.eval_every and state.step % config.eval_every == 0 and state.step % steps_per_epoch:
                 clock.stop()
                 stopped_early = validate_and_stop()
@@ -155,7 +217,8 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
             stopped_early = True
             break
         state.epoch, state.train_time = epoch + 1, clock.total
-        checkpoint.save(out_dir, model, optimizer, scheduler, scaler, rng, state)
+        if dist.is_main:
+            checkpoint.save(out_dir, model, optimizer, scheduler, scaler, rng, state)
 
     if state.best_state is not None:  # early stopping on: keep the best evaluation's weights
         with torch.no_grad():
@@ -165,11 +228,12 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     # the final weights were evaluated at the last epoch end unless early stopping restored older ones
     val = last_val.get(state.step) if state.best_state is None else None
     if val is None:
-        val = evaluate(model, val_ids, data.val.labels, data.num_labels, eval_bs, pad_id, device, autocast)
+        val = evaluate_shared(val_ids, data.val.labels)
     test = run_eval("test", test_ids, data.test.labels)
     mem = memory.sample()
-    method.save(model, out_dir, params)
-    checkpoint.discard(out_dir)
+    if dist.is_main:
+        method.save(model, out_dir, params)
+        checkpoint.discard(out_dir)
 
     train_time = max(clock.total, 1e-9)
     return RunResult(
@@ -270,7 +334,12 @@ class StepLog:
         self.last = 0.0
 
     def add(self, loss, state: TrainState, lr: float, elapsed: float) -> None:
-        self.loss_sum = self.loss_sum + (loss.detach() if self.memory.is_cuda else loss.item())
+        """`loss`: the step's loss tensor, or a float (the mean over the ranks of a data-parallel run),
+        checked at once so that every rank stops at the same step."""
+        if isinstance(loss, float) and not math.isfinite(loss):
+            raise Diverged(state.step, loss)
+        self.loss_sum = self.loss_sum + (loss if isinstance(loss, float) else
+                                         loss.detach() if self.memory.is_cuda else loss.item())
         self.n += 1
         if not self.memory.is_cuda:
             self.memory.sample()
@@ -337,11 +406,12 @@ def preflight(config: RunConfig) -> DataSplits:
 
 def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading.Event | None = None,
             resume: bool = False, *, cache_dir: Path | None = None,
-            data: DataSplits | None = None) -> RunResult | None:
+            data: DataSplits | None = None, dist: Dist = Dist()) -> RunResult | None:
     """Run one stored run to its end. Returns the result, or None when it failed or was cancelled.
     Never raises for a problem inside the run: it becomes a RunFailed / RunCancelled event.
     With `resume`, continue from the run's checkpoint (see `checkpoint.prepare_resume`). `cache_dir`: the
-    tokenisation cache (default: the store's). `data`: splits the caller has loaded already."""
+    tokenisation cache (default: the store's). `data`: splits the caller has loaded already. `dist`: this
+    process's rank in a data-parallel run (a method with its own procedure runs on rank 0 alone)."""
     from peft_tui.engine import checkpoint
     from peft_tui.engine.memory import release_memory
     from peft_tui.engine.methods import get_method
@@ -355,13 +425,15 @@ def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading
         if method.run is not None:  # the method's own procedure: a baseline, the head probe
             if resume:
                 raise ConfigError(f"run {run_id} ({config.method}) keeps no checkpoint to resume from: retry it")
+            if not dist.is_main:
+                return None
             result = method.run(config, run_id, sink, cancel, out_dir, data)
         else:
             resume_from = checkpoint.find(out_dir) if resume else None
             if resume and resume_from is None:
                 raise ConfigError(f"run {run_id} has no checkpoint to resume from: start it again instead")
             result = train(config, run_id, sink, cancel, out_dir, resume_from=resume_from,
-                           cache_dir=store.cache_dir if cache_dir is None else cache_dir, data=data)
+                           cache_dir=store.cache_dir if cache_dir is None else cache_dir, data=data, dist=dist)
         sink(RunFinished(run_id, result))
     except Cancelled as e:
         result = None

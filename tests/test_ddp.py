@@ -1,0 +1,114 @@
+"""One run over several processes: torchrun starts the ranks, gloo on CPU, the tiny model. The 2-process
+run takes the same global batches as the 1-process run, ends close to it, and is recorded once."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import threading
+import time
+
+import pytest
+from conftest import tiny_config
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peft_tui.config import DataConfig
+from peft_tui.engine.batching import shard
+from peft_tui.engine.events import JsonlSink, RunFinished, RunStarted, fan_out, read_events
+from peft_tui.engine.launch import ddp
+from peft_tui.engine.store import Store
+
+WAIT_S = 300
+# the final test loss of the 2-process run against the 1-process run: the gradients are the same but for
+# dropout, whose masks each rank draws for its half of a batch (measured: about 1e-3 apart)
+LOSS_TOLERANCE = 0.02
+
+
+def claim(store: Store, config) -> int:
+    """Queue a run and claim it as a worker would before handing it to ddp.launch."""
+    run_id = store.create_run(config)
+    claimed = store.claim(f"{socket.gethostname()}:{os.getpid()}:cpu", os.getpid(), socket.gethostname(), ["cpu"])
+    assert claimed is not None and claimed.run_id == run_id
+    return run_id
+
+
+def files_of(folder) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------------ shards
+@given(st.lists(st.integers(0, 10_000), min_size=1, max_size=40, unique=True), st.integers(1, 8),
+       st.lists(st.floats(0, 10), min_size=40, max_size=40))
+def test_shards_split_a_batch_and_weigh_it_like_one_process(batch, world, losses):
+    shares = [shard(batch, r, world) for r in range(world)]
+    real = [mine for mine, weight in shares if weight > 0]
+    assert sorted(i for mine in real for i in mine) == sorted(batch)  # every example once, on one rank
+    assert max(len(m) for m, _ in shares) - min(len(m) for m, _ in shares) <= 1
+    # DDP averages the ranks' gradients: the weighted shares' losses average to the whole batch's mean
+    loss = {i: losses[k] for k, i in enumerate(batch)}
+    ddp_mean = sum(w * sum(loss[i] for i in m) / len(m) for m, w in shares) / world
+    assert ddp_mean == pytest.approx(sum(loss.values()) / len(batch), rel=1e-9, abs=1e-12)
+
+
+def test_one_process_takes_the_whole_batch():
+    assert shard([5, 3, 9], 0, 1) == ([5, 3, 9], 1.0)
+
+
+# ------------------------------------------------------------------------------------------ torchrun
+def test_two_gloo_processes_train_like_one_and_record_once(tmp_path):
+    from peft_tui.engine.trainer import execute
+
+    store = Store(tmp_path / "s")
+    config = tiny_config(method="full", data=DataConfig(size=150), batch_size=16, epochs=2, seed=3, eval_every=5,
+                         lr=3e-3)
+    one = store.create_run(dataclasses.replace(config, name="one"))
+    execute(store, one, config, fan_out(store, JsonlSink(store.events_path(one))))
+    two = claim(store, dataclasses.replace(config, name="two", nproc=2))
+
+    assert ddp.launch(store.root, two, 2, "cpu") == 0
+
+    rows = {i: store.get(i) for i in (one, two)}
+    assert [rows[i]["status"] for i in (one, two)] == ["done", "done"], rows[two]["error"]
+    r1, r2 = rows[one]["result"], rows[two]["result"]
+    assert r2["sizes"] == r1["sizes"] == {"train": 106, "val": 22, "test": 22}
+    assert r2["steps"] == r1["steps"] == 2 * 7  # same global batch: 106 train examples, 16 a batch
+    assert abs(r2["test_loss"] - r1["test_loss"]) < LOSS_TOLERANCE
+    # evaluations at the same steps (every 5, and at epoch ends), each recorded once
+    assert [s for s, _ in store.series(two, "val_loss")] == [s for s, _ in store.series(one, "val_loss")] \
+        == [5, 7, 10, 14]
+    steps = [s for s, _ in store.series(two, "train_loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == 14  # no step twice
+    events = read_events(store.events_path(two))
+    assert sum(isinstance(e, RunStarted) for e in events) == 1
+    assert sum(isinstance(e, RunFinished) for e in events) == 1
+    # weights written once, by rank 0: the same files as the 1-process run, no checkpoint left behind
+    assert files_of(store.run_dir(two)) - {ddp.LOG_NAME} == files_of(store.run_dir(one))
+    assert rows[two]["startup_s"] is not None and rows[two]["startup_s"] > 0
+
+
+def test_cancel_through_the_store_stops_every_rank(tmp_path):
+    store = Store(tmp_path / "s")
+    run_id = claim(store, tiny_config(method="full", data=DataConfig(size=3000), batch_size=8, epochs=5, nproc=2))
+    rc: list[int] = []
+    launcher = threading.Thread(target=lambda: rc.append(ddp.launch(store.root, run_id, 2, "cpu")))
+    launcher.start()
+    deadline = time.monotonic() + WAIT_S
+    while (store.get(run_id)["step"] or 0) == 0 and launcher.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert store.request_cancel(run_id)
+    launcher.join(WAIT_S)
+    assert not launcher.is_alive() and rc == [0]
+    row = store.get(run_id)
+    assert row["status"] == "cancelled", row["error"]
+    assert 0 < row["step"] < row["total_steps"]
+
+
+def test_more_gpus_than_the_machine_has_fails_the_run_in_one_line(tmp_path):
+    store = Store(tmp_path / "s")
+    run_id = claim(store, tiny_config(method="full", nproc=2))
+    assert ddp.launch(store.root, run_id, 2, "cuda") != 0
+    row = store.get(run_id)
+    assert row["status"] == "failed"
+    assert "asks for 2 GPUs" in row["error"] and "\n" not in row["error"]

@@ -13,6 +13,7 @@ from hypothesis import strategies as hyp
 from typer.testing import CliRunner
 
 from peft_tui.cli import app
+from peft_tui.engine.events import RunFinished, RunStarted, StepLogged, read_events
 from peft_tui.engine.store import Store
 
 runner = CliRunner()
@@ -45,6 +46,9 @@ def test_run_json_end_to_end(tmp_path):
     losses = st.series(doc["id"], "train_loss")
     assert losses and all(v > 0 for _, v in losses)
     assert st.series(doc["id"], "val_accuracy") and st.series(doc["id"], "test_accuracy")
+    events = read_events(folder / "events.jsonl")  # every event, for the dashboard's Log tab
+    assert isinstance(events[0], RunStarted) and isinstance(events[-1], RunFinished)
+    assert sum(isinstance(e, StepLogged) for e in events) == len(losses)
 
 
 def test_compare_table_csv_and_json(tmp_path):
@@ -145,6 +149,7 @@ def test_run_detach_trains_in_a_background_process(tmp_path):
     row = st.get(doc["id"])
     assert row["status"] == "done", (row["error"], open(doc["log"]).read()[-2000:])
     assert row["pid"] == doc["pid"] and row["result"]["accuracy"] >= 0
+    assert isinstance(read_events(st.events_path(doc["id"]))[-1], RunFinished)
 
 
 def test_run_from_a_config_file_with_overrides(tmp_path):

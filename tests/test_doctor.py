@@ -24,10 +24,15 @@ def doctor(*args):
 def test_doctor_json_on_a_healthy_store(tmp_path):
     st = Store(tmp_path / "s")
     rid = st.create_run(tiny_config())
-    with st._tx() as db:  # a run left 'running' by a process that is gone
+    with st._tx() as db:  # a run left 'running' by a process that is gone, after its first checkpoint
         db.execute("UPDATE runs SET status='running', pid=999999999, host=? WHERE id=?",
                    (__import__("socket").gethostname(), rid))
+    (st.run_dir(rid) / "checkpoint").mkdir(parents=True)
+    (st.run_dir(rid) / "checkpoint" / "meta.json").write_text("{}")
     st.create_run(tiny_config())
+    st.create_run(tiny_config())  # failed before any checkpoint: nothing to resume
+    with st._tx() as db:
+        db.execute("UPDATE runs SET status='failed' WHERE id=3")
     res, doc = doctor("--store", str(tmp_path / "s"), "--json")
     assert res.exit_code == 0, res.output
     by = {c["check"]: c for c in doc["checks"]}
@@ -35,9 +40,11 @@ def test_doctor_json_on_a_healthy_store(tmp_path):
     assert {"torch", "cuda", "nvml", "store", "embedded model", "disk"} <= set(by)
     assert all(c["status"] in ("ok", "warn", "fail") and c["detail"] for c in doc["checks"])
     assert by["torch"]["status"] == "ok" and "threads" in by["torch"]["detail"]
-    assert "integrity ok" in by["store"]["detail"] and "1 interrupted" in by["store"]["detail"]
+    assert "integrity ok" in by["store"]["detail"] and "2 failed" in by["store"]["detail"]  # the dead one too
     assert "1 queued" in by["store"]["detail"]
-    assert by["interrupted runs"]["status"] == "warn" and "peft-tui resume" in by["interrupted runs"]["detail"]
+    resumable = by["resumable runs"]
+    assert resumable["status"] == "warn" and f"runs {rid} stopped" in resumable["detail"]
+    assert "peft-tui resume" in resumable["detail"]
     assert by["embedded model"]["status"] == "ok"
 
 

@@ -71,11 +71,14 @@ def store_check(path: str | None) -> list[Check]:
         return [check("store", "fail", f"{st.db_path} is damaged ({integrity}): copy it aside and start a new store")]
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
     out = [check("store", "ok", f"{root}: integrity ok; {summary}")]
-    interrupted = [r["id"] for r in st.list(status="interrupted")]
-    if interrupted:
-        ids = ", ".join(map(str, interrupted[:10]))
-        out.append(check("interrupted runs", "warn",
-                         f"runs {ids} stopped mid-way: `peft-tui resume ID` continues them"))
+    from peft_tui.engine import checkpoint
+
+    stopped = [r["id"] for r in st.list()
+               if r["status"] in checkpoint.RESUMABLE and checkpoint.find(st.run_dir(r["id"]))]
+    if stopped:
+        ids = ", ".join(map(str, stopped[:10]))
+        out.append(check("resumable runs", "warn",
+                         f"runs {ids} stopped mid-way: `peft-tui resume ID` continues them from their checkpoint"))
     st.close()
     return out
 

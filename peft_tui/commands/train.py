@@ -49,8 +49,8 @@ from peft_tui.config import DataConfig, RunConfig
 from peft_tui.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from peft_tui.console import ProgressSink
     from peft_tui.engine.data import DataSplits
-    from peft_tui.engine.events import Sink
     from peft_tui.engine.store import Store
 
 # data already in memory, by what it was loaded from (the data config and the split seed)
@@ -240,12 +240,11 @@ def resume(
     """Continue a stopped run from its last epoch-end checkpoint (same run id; the curve continues)."""
     from peft_tui.console import ProgressSink
     from peft_tui.engine.checkpoint import prepare_resume
-    from peft_tui.engine.events import fan_out
 
     st = open_store(store)
     config = prepare_resume(st, run_id)
     with ProgressSink(enabled=False if as_json else None) as progress:
-        execute_run(st, run_id, config, fan_out(st, progress), resume=True)
+        execute_run(st, run_id, config, progress, resume=True)
     row = st.get(run_id)
     if as_json:
         print_json(run_json(st, row))
@@ -262,7 +261,7 @@ def execute_stored(run_id: RunIdArg, store: StoreOpt = None) -> None:
     row = st.get(run_id)
     if row["status"] != "queued":
         raise ConfigError(f"run {run_id} is {row['status']}, not queued: nothing to do")
-    execute_run(st, run_id, RunConfig.from_dict(row["config"]), st)
+    execute_run(st, run_id, RunConfig.from_dict(row["config"]))
     exit_if_failed([st.get(run_id)], quiet=False)  # the reason goes to the run's log
 
 
@@ -291,21 +290,27 @@ def train_runs(st: Store, configs: list[RunConfig], loaded: Loaded, show_progres
     """Queue every config in the store, then train them one after another in this process (a failure
     does not stop the rest). A run whose data is in `loaded` is handed it instead of reading it again."""
     from peft_tui.console import ProgressSink
-    from peft_tui.engine.events import fan_out
 
     ids = [st.create_run(c) for c in configs]
     with ProgressSink(enabled=None if show_progress else False) as progress:
         for run_id, cfg in zip(ids, configs):
-            execute_run(st, run_id, cfg, fan_out(st, progress), data=loaded.get(data_key(cfg)))
+            execute_run(st, run_id, cfg, progress, data=loaded.get(data_key(cfg)))
     return ids
 
 
-def execute_run(st: Store, run_id: int, cfg: RunConfig, sink: Sink, *, resume: bool = False,
-                data: DataSplits | None = None) -> None:
-    """The CLI's one call into the engine: train a stored run to its end (the outcome is in its row)."""
+def execute_run(st: Store, run_id: int, cfg: RunConfig, progress: ProgressSink | None = None, *,
+                resume: bool = False, data: DataSplits | None = None) -> None:
+    """The CLI's one call into the engine: train a stored run to its end (the outcome is in its row).
+    Its events go to the store, to the run's events.jsonl (the dashboard's Log tab reads it) and to
+    `progress`; `data`: its splits, when already loaded."""
+    from peft_tui.engine.events import JsonlSink, fan_out
     from peft_tui.engine.trainer import execute
 
-    execute(st, run_id, cfg, sink, resume=resume, data=data)
+    events = JsonlSink(st.events_path(run_id))
+    try:
+        execute(st, run_id, cfg, fan_out(st, events, progress), resume=resume, cache_dir=st.cache_dir, data=data)
+    finally:
+        events.close()
 
 
 def start_detached(st: Store, cfg: RunConfig, as_json: bool) -> None:

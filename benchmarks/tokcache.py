@@ -19,9 +19,10 @@ AG = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "ag_ne
 
 
 def main() -> None:
+    from peft_tui.engine.tokcache import cached_tokenize, tokenizer_fingerprint
+
     from peft_tui.engine import models
     from peft_tui.engine.data import synthetic
-    from peft_tui.engine.tokcache import cached_tokenize, tokenizer_fingerprint
     from peft_tui.engine.trainer import tokenize
 
     if AG.exists():
@@ -33,7 +34,7 @@ def main() -> None:
     cache = Path(tempfile.mkdtemp(prefix="bench-tok-"))
     print(f"load average {os.getloadavg()[0]:.2f}; {name}: {len(texts):,} texts, max_length 128")
     cold, warm = [], []
-    for i in range(3):
+    for _i in range(3):
         t = time.perf_counter()
         ids = tokenize(tok, texts, 128)
         cold.append(time.perf_counter() - t)
@@ -41,7 +42,7 @@ def main() -> None:
     fp = tokenizer_fingerprint(tok)
     first = cached_tokenize(cache / "c", fp, tokenize, tok, texts, 128)  # fills the cache
     fill = time.perf_counter() - t
-    for i in range(3):
+    for _i in range(3):
         t = time.perf_counter()
         again = cached_tokenize(cache / "c", tokenizer_fingerprint(tok), tokenize, tok, texts, 128)
         warm.append(time.perf_counter() - t)

@@ -589,7 +589,7 @@ def test_a_damaged_row_does_not_break_runs_or_show(tmp_path, config, result):
 
     root = tmp_path / "s"
     store = Store(root)
-    good, bad = store.create_run(tiny_config(name="good")), store.create_run(tiny_config(name="bad"))
+    _good, bad = store.create_run(tiny_config(name="good")), store.create_run(tiny_config(name="bad"))
     set_row(store, bad, config=config, result=result)
     res = runner.invoke(app, ["runs", "--store", str(root)])
     assert res.exit_code == 0, res.output

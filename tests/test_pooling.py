@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import tiny_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peft_tui.config import ConfigError
 from peft_tui.engine import pooling
-
-from conftest import tiny_config
 
 
 # ------------------------------------------------------------------------------------------------

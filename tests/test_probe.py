@@ -6,11 +6,10 @@ from __future__ import annotations
 import threading
 
 import pytest
+from conftest import tiny_config
 
 from peft_tui.config import DataConfig
 from peft_tui.engine import probe
-
-from conftest import tiny_config
 
 
 def test_fit_matches_sklearn_logistic_regression():
@@ -44,8 +43,8 @@ def test_fit_without_bias_and_warm_start():
 
 
 def test_encoder_runs_once_per_text(tiny_tokenizer):
-    from peft_tui.engine.models import load_model
     from peft_tui.engine.batching import tokenize
+    from peft_tui.engine.models import load_model
 
     model = load_model("tiny", 2, 0, pooling="mean")
     calls = []
@@ -80,11 +79,11 @@ def run_probe(tmp_path, **kw):
 def test_probe_run_reports_saves_and_reloads(tmp_path):
     import torch
 
+    from peft_tui.engine.batching import tokenize
     from peft_tui.engine.data import load_splits
+    from peft_tui.engine.evaluation import evaluate
     from peft_tui.engine.methods import get_method
     from peft_tui.engine.models import load_model, load_tokenizer
-    from peft_tui.engine.batching import tokenize
-    from peft_tui.engine.evaluation import evaluate
 
     cfg, result, events = run_probe(tmp_path, data=DataConfig(size=200))
     names = [type(e).__name__ for e in events]

@@ -204,7 +204,7 @@ def test_death_reasons_name_the_signal():
 def test_reap_fails_runs_whose_process_is_gone_and_leaves_live_ones(store):
     gone = subprocess_pid_that_exited()
     dead, alive, remote, remote_alive, queued = (store.create_run(tiny_config()) for _ in range(5))
-    for rid in (dead, alive, remote, remote_alive):
+    for _rid in (dead, alive, remote, remote_alive):
         store.claim("w", os.getpid(), HOST, ["cpu"])
     with store._tx() as db:
         db.execute("UPDATE runs SET pid=? WHERE id=?", (gone, dead))

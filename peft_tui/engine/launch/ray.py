@@ -155,7 +155,7 @@ def run_on_node(run_id: int, config_dict: dict[str, Any], resume: bool, files: d
     folder seeded with `files`; the run's events go to the relay (rank 0 only); the relay's cancel
     request sets the cancel Event. Returns the error when the run failed on this rank."""
     from peft_tui.engine.launch.ddp import train_rank
-    from peft_tui.engine.launch.worker import ProcessPeak
+    from peft_tui.engine.launch.worker import ProcessFigures
 
     config = RunConfig.from_dict(config_dict)
     if device is not None:
@@ -166,7 +166,7 @@ def run_on_node(run_id: int, config_dict: dict[str, Any], resume: bool, files: d
     threading.Thread(target=_poll_cancel, args=(relay, run_id, cancel, done), daemon=True).start()
     sink: Sink = RelaySink(relay, run_id, folder)
     if config.device == "cpu" and dist is None:
-        sink = ProcessPeak(sink)  # a fresh process per task: its peak RSS is the run's
+        sink = ProcessFigures(sink, 0.0, cpu=True)  # a fresh process per task: its peak RSS is the run's
     try:
         if dist is None:
             from peft_tui.engine.trainer import Dist

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import multiprocessing
 import os
 import signal
@@ -152,10 +151,8 @@ def train_one(root: str, claim: Claim, device: str, startup_from: float, worker_
     beat.start()
     sink: Sink = ProcessFigures(fan_out(store, JsonlSink(store.events_path(run_id))), startup_s, device == "cpu")
     config = dataclasses.replace(claim.config, device=device)
-    # cache_dir: passed where the trainer takes it (the engine branch adds the argument)
-    extra = {"cache_dir": store.cache_dir} if "cache_dir" in inspect.signature(execute).parameters else {}
     try:
-        execute(store, run_id, config, sink, cancel, resume=claim.resume, **extra)
+        execute(store, run_id, config, sink, cancel, resume=claim.resume, cache_dir=store.cache_dir)
     except Exception as e:  # noqa: BLE001 - even its failure could not be recorded: say so, exit 1
         sys.stderr.write(f"run {run_id}: {first_line(e)}\n")
         sys.exit(1)

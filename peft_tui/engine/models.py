@@ -19,7 +19,7 @@ from typing import Any
 
 from peft_tui.errors import ConfigError, first_line
 
-TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+TINY: dict[str, Any] = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
             max_position_embeddings=512)
 
 
@@ -195,7 +195,7 @@ def _tiny_config(num_labels: int):
     from transformers import BertConfig
 
     vocab = load_tokenizer("tiny").vocab_size
-    return BertConfig(vocab_size=vocab, num_labels=num_labels, **TINY)
+    return BertConfig(vocab_size=vocab, num_labels=num_labels, **TINY)  # type: ignore[call-arg]
 
 
 def _skeleton(cfg, trust_remote_code: bool = False):

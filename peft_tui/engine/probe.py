@@ -195,6 +195,7 @@ def choose_weight_decay(x: dict, labels: dict, num_labels: int, grid, with_bias:
         on_fit(step, train_loss, fit)
         if best is None or (fit.val_accuracy, -fit.val_loss) > (best.val_accuracy, -best.val_loss):
             best = fit
+    assert best is not None  # the grid is never empty
     return best, iterations
 
 
@@ -286,7 +287,7 @@ def run(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out
     weight = best.w / sd
     with torch.no_grad():
         layer.weight.copy_(weight.to(layer.weight.dtype))
-        if with_bias:
+        if with_bias and best.b is not None:
             layer.bias.copy_((best.b - weight @ mu).to(layer.bias.dtype))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     method.save(model, Path(out_dir), params)

@@ -312,7 +312,7 @@ def _columns(df, cfg: DataConfig, source: str) -> tuple[list[str], list, list[st
     raw = df[cfg.label_col].tolist()
     labels = label_values([raw[i] for i in keep], keep, cfg.label_col, source)
     kept_pairs = [pairs[i] for i in keep] if pairs is not None else None
-    return [texts[i] for i in keep], labels, kept_pairs, notes  # type: ignore[misc]
+    return [texts[i] for i in keep], labels, kept_pairs, notes  # type: ignore[misc,return-value]
 
 
 def _encode(values: list, names: list) -> list[int]:

@@ -27,6 +27,10 @@ DetachOpt = Annotated[bool, typer.Option(
     "--detach", help="queue the runs, leave the workers training them in the background (they outlive this "
     "shell) and return at once; follow them with `peft-tui launch` or `peft-tui show ID`")]
 
+RayOpt = Annotated[Optional[str], typer.Option(
+    "--ray", metavar="auto|ADDRESS", help="train the runs as tasks on an existing Ray cluster (auto: the one "
+    "this machine belongs to, or a local one) instead of local workers; needs pip install 'peft-tui[ray]'")]
+
 # ---------------------------------------------------------------- the run-config options
 MethodOpt = Annotated[str, typer.Option("--method", "-m", help="method name (`peft-tui methods` lists them)")]
 ModelOpt = Annotated[str, typer.Option(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -40,6 +41,7 @@ from peft_tui.commands.options import (
     ModelOpt,
     NameOpt,
     PrecisionOpt,
+    RayOpt,
     SeedOpt,
     SetOpt,
     StoreOpt,
@@ -51,7 +53,7 @@ from peft_tui.commands.options import (
     run_config,
 )
 from peft_tui.config import RunConfig
-from peft_tui.errors import ConfigError
+from peft_tui.errors import ConfigError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft_tui.engine.launch.local import LocalPool
@@ -83,6 +85,7 @@ def run(
     as_json: JsonOpt = False,
     workers: WorkersOpt = None,
     detach: DetachOpt = False,
+    ray: RayOpt = None,
 ) -> None:
     """Train one run and store it."""
     from peft_tui.engine.trainer import preflight
@@ -90,11 +93,14 @@ def run(
     cfg = run_config(ctx, sets)
     splits = preflight(cfg)
     st = open_store(store)
+    if detach and ray:
+        raise ConfigError("--detach with --ray: start the Ray driver in the background instead: "
+                          "nohup python -m peft_tui.engine.launch.ray --store STORE &")
     if detach:
         start_detached(st, [cfg], workers, as_json)
         return
     print_data_summary(cfg, splits, to_stderr=as_json)
-    [run_id] = train_runs(st, [cfg], workers, show_progress=not as_json)
+    [run_id] = train_runs(st, [cfg], workers, show_progress=not as_json, ray=ray)
     row = st.get(run_id)
     if as_json:
         print_json(run_json(st, row))
@@ -134,6 +140,7 @@ def compare(
     as_json: JsonOpt = False,
     workers: WorkersOpt = None,
     detach: DetachOpt = False,
+    ray: RayOpt = None,
 ) -> None:
     """The same model and data through several methods, then one comparison table.
 
@@ -152,11 +159,14 @@ def compare(
     if baseline and not any(get_method(m).is_baseline for m in names):
         configs.append(baseline_config(first))
     st = open_store(store)
+    if detach and ray:
+        raise ConfigError("--detach with --ray: start the Ray driver in the background instead: "
+                          "nohup python -m peft_tui.engine.launch.ray --store STORE &")
     if detach:
         start_detached(st, configs, workers, as_json)
         return
     print_data_summary(first, splits, to_stderr=as_json)
-    rows_db = [st.get(rid) for rid in train_runs(st, configs, workers, show_progress=not as_json)]
+    rows_db = [st.get(rid) for rid in train_runs(st, configs, workers, show_progress=not as_json, ray=ray)]
     from peft_tui.report.table import rows_from_runs, to_csv
 
     rows = rows_from_runs(rows_db)
@@ -198,6 +208,7 @@ def sweep(
     as_json: JsonOpt = False,
     workers: WorkersOpt = None,
     detach: DetachOpt = False,
+    ray: RayOpt = None,
 ) -> None:
     """Every combination of a grid, run one after another, then a table and the Pareto front of
     accuracy against trainable parameters.
@@ -212,12 +223,15 @@ def sweep(
     splits = preflight(base)
     configs = grid_configs(base, grid)
     st = open_store(store)
+    if detach and ray:
+        raise ConfigError("--detach with --ray: start the Ray driver in the background instead: "
+                          "nohup python -m peft_tui.engine.launch.ray --store STORE &")
     if detach:
         start_detached(st, configs, workers, as_json)
         return
     print_data_summary(base, splits, to_stderr=as_json)
     typer.echo(f"sweep: {len(configs)} run(s): {', '.join(c.display_name for c in configs)}", err=as_json)
-    rows_db = [st.get(rid) for rid in train_runs(st, configs, workers, show_progress=not as_json)]
+    rows_db = [st.get(rid) for rid in train_runs(st, configs, workers, show_progress=not as_json, ray=ray)]
     rows = rows_from_runs(rows_db)
     front = pareto_front(rows)
     if as_json:
@@ -246,15 +260,19 @@ def resume(
     as_json: JsonOpt = False,
     workers: WorkersOpt = None,
     detach: DetachOpt = False,
+    ray: RayOpt = None,
 ) -> None:
     """Continue a stopped run from its last epoch-end checkpoint (same run id; the curve continues).
     Of two `resume` commands on one run, one trains it and the other is refused (exit 2)."""
     st = open_store(store)
     config = [RunConfig.from_dict(st.get(run_id)["config"])]
+    if detach and ray:
+        raise ConfigError("--detach with --ray: start the Ray driver in the background instead: "
+                          "nohup python -m peft_tui.engine.launch.ray --store STORE &")
     if detach:
         start_detached(st, config, workers, as_json, resume_id=run_id)
         return
-    train_runs(st, config, workers, show_progress=not as_json, resume_id=run_id)
+    train_runs(st, config, workers, show_progress=not as_json, resume_id=run_id, ray=ray)
     row = st.get(run_id)
     if as_json:
         print_json(run_json(st, row))
@@ -306,15 +324,15 @@ def queue(st: Store, configs: list[RunConfig], resume_id: int | None, ids: list[
 
 
 def train_runs(st: Store, configs: list[RunConfig], workers: int | None, show_progress: bool,
-               resume_id: int | None = None) -> list[int]:
+               resume_id: int | None = None, ray: str | None = None) -> list[int]:
     """Queue the runs, have local worker processes train them, and stream their progress until every
     one has ended (a failure does not stop the rest). Returns the run ids. On Ctrl-C or SIGTERM: every
     run queued here is cancelled, the workers leave, and the command exits 130 or 143 with one line."""
     from peft_tui.console import ProgressSink
     from peft_tui.engine.launch.client import interrupts, watch
 
-    pool = worker_pool(st, configs, workers)
     ids: list[int] = []
+    pool = RayRunner(st, ray, ids) if ray else worker_pool(st, configs, workers)
     with interrupts() as stopped:
         try:
             queue(st, configs, resume_id, ids)
@@ -332,6 +350,38 @@ def train_runs(st: Store, configs: list[RunConfig], workers: int | None, show_pr
         sys.stderr.write(f"stopped by {signal.Signals(signum).name}: runs cancelled: {cancelled}\n")
         raise typer.Exit(128 + signum)
     return ids
+
+
+class RayRunner:
+    """A Ray cluster in place of the local workers: a driver thread hands the runs this command queued
+    (`ids`, filled before `start`) to the cluster as tasks; events come back into this store."""
+
+    def __init__(self, st: Store, address: str, ids: list[int]):
+        from peft_tui.engine.launch import ray as ray_launch
+
+        ray_launch.require_ray()  # one line saying how to install it
+        self.st, self.address, self.ids, self.stop = st, address, ids, threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        from peft_tui.engine.launch.ray import run_queue
+
+        self.thread = threading.Thread(target=self._drive, args=(run_queue,), name="peft-tui-ray", daemon=True)
+        self.thread.start()
+
+    def _drive(self, run_queue) -> None:
+        try:
+            run_queue(self.st, None if self.address == "auto" else self.address, run_ids=list(self.ids),
+                      stop=self.stop)
+        except Exception as e:  # noqa: BLE001 - the runs must not wait forever: fail those still queued
+            for run_id in self.ids:
+                if self.st.get(run_id)["status"] == "queued":
+                    self.st.set_status(run_id, "failed", f"Ray: {first_line(e)}")
+
+    def release(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=150)
 
 
 def start_detached(st: Store, configs: list[RunConfig], workers: int | None, as_json: bool,

@@ -157,7 +157,7 @@ DATA_CASES = [
     ("missing.csv", "does not exist: check the path"),
     ("empty.csv", "is empty: it needs a header row and examples"),
     ("header.csv", "has a header but no rows"),
-    ("binary.csv", "looks binary, not CSV"),
+    ("binary.csv", "looks binary, not text"),
     ("latin1.csv", "is not UTF-8 text: re-save it as UTF-8"),
     ("nocol.csv", "column 'text' not found"),
     ("nolabel.csv", "column 'label' not found"),

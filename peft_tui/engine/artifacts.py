@@ -178,7 +178,7 @@ def export_run(store, run_id: int, out: str | Path, merge: bool = False) -> Expo
                 shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
         path = disk_full_at(e)
         if path is not None:
-            raise ConfigError(f"disk full at {path}: free some space and export again") from None
+            raise ConfigError(f"disk full at {path or out}: free some space and export again") from None
         raise
 
 

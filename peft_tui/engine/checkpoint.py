@@ -8,7 +8,8 @@
         meta.json             step, epoch, counters; written last, so its presence marks a complete folder
 
 A checkpoint is built in `checkpoint.tmp-<pid>/` and renamed into place; the previous one is moved to
-`checkpoint.old/` first and removed after, so a kill at any moment leaves one complete checkpoint.
+`checkpoint.old/` first and removed after, so a kill at any moment leaves one complete checkpoint. A
+save that fails (a full disk: `weights.DiskFull`) removes its temporary folder and keeps the previous one.
 """
 
 from __future__ import annotations
@@ -48,20 +49,38 @@ class TrainState:
 
 
 def save(run_dir: Path, model, optimizer, scheduler, scaler, rng: random.Random, state: TrainState) -> Path:
-    import torch
-    from safetensors.torch import save_file
-
-    from peft_tui.engine.weights import trainable_state
+    from peft_tui.engine.weights import DiskFull
 
     final = run_dir / NAME
     tmp = run_dir / f"{NAME}.tmp-{os.getpid()}"
     old = run_dir / f"{NAME}.old"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "weights.safetensors"))
+    try:
+        _write(tmp, model, optimizer, scheduler, scaler, rng, state)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, DiskFull):  # name the checkpoint, not the temporary folder just removed
+            raise DiskFull(final) from e
+        raise
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write(folder: Path, model, optimizer, scheduler, scaler, rng: random.Random, state: TrainState) -> None:
+    import torch
+
+    from peft_tui.engine.weights import atomic_write_text, save_state, save_tensors, trainable_state, writing
+
+    with writing(folder):
+        folder.mkdir(parents=True)
+    save_tensors(trainable_state(model), folder / "weights.safetensors")
     if state.best_state:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.best_state.items()},
-                  str(tmp / "best.safetensors"))
+        save_tensors({k: v.detach().contiguous().cpu() for k, v in state.best_state.items()},
+                     folder / "best.safetensors")
     states = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -70,14 +89,8 @@ def save(run_dir: Path, model, optimizer, scheduler, scaler, rng: random.Random,
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "python_rng": rng.getstate(),
     }
-    torch.save(states, tmp / "state.pt")
-    (tmp / "meta.json").write_text(json.dumps(state.meta(), indent=2, sort_keys=True))
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    save_state(states, folder / "state.pt")
+    atomic_write_text(folder / "meta.json", json.dumps(state.meta(), indent=2, sort_keys=True))
 
 
 def find(run_dir: Path) -> Path | None:
@@ -90,10 +103,24 @@ def find(run_dir: Path) -> Path | None:
 
 
 def read_meta(path: Path) -> dict[str, Any]:
+    """A checkpoint's meta.json, checked: an object with a `step`, whose counters are numbers (the whole ones
+    >= 0). ConfigError (one line) for a damaged file."""
     try:
-        return json.loads((path / "meta.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"checkpoint {path} is unreadable ({first_line(e)}): the run cannot be resumed; retry it") from None
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+        if "step" not in meta:
+            raise ValueError("no step")
+        for f in dataclasses.fields(TrainState):
+            if f.name not in meta or f.name == "best_state":
+                continue
+            v, whole = meta[f.name], f.type == "int"
+            if isinstance(v, bool) or not isinstance(v, int if whole else (int, float)) or (whole and v < 0):
+                raise ValueError(f"{f.name}={str(v)[:40]} is not a valid count")
+    except (OSError, ValueError, RecursionError) as e:
+        raise ConfigError(f"checkpoint {path} is damaged ({first_line(e, 160)}): the run cannot be resumed; "
+                          "retry it") from None
+    return meta
 
 
 def load(path: Path, model, optimizer, scheduler, scaler, rng: random.Random) -> TrainState:

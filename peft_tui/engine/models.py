@@ -49,8 +49,8 @@ def _check_local_folder(path: Path) -> None:
         pickles = pickle_files(path)
         if pickles:
             raise ConfigError(
-                f"model folder {path} has only pickle weights: found a pickle weights file ({pickles[0]}); only "
-                "safetensors is loaded: convert it (model.save_pretrained(dir, safe_serialization=True))"
+                f"model folder {path} has only pickle (.bin/.pt) weights: found a pickle weights file ({pickles[0]}); "
+                "only safetensors is loaded: convert it (model.save_pretrained(dir, safe_serialization=True))"
             )
         raise ConfigError(f"model folder {path} has no weights (*.safetensors): save the model there first")
 

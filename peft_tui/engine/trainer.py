@@ -116,7 +116,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     from peft_tui.engine.data import load_splits
     from peft_tui.engine.memory import MemoryMonitor
     from peft_tui.engine.methods import get_method
-    from peft_tui.engine.weights import count_parameters
+    from peft_tui.engine.weights import count_parameters, removed_on_failure
 
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
@@ -232,7 +232,8 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     test = run_eval("test", test_ids, data.test.labels)
     mem = memory.sample()
     if dist.is_main:
-        method.save(model, out_dir, params)
+        with removed_on_failure(out_dir):  # a full disk leaves no half-saved weights (the checkpoint stays)
+            method.save(model, out_dir, params)
         checkpoint.discard(out_dir)
 
     train_time = max(clock.total, 1e-9)
@@ -396,11 +397,14 @@ def preflight(config: RunConfig) -> DataSplits:
     from peft_tui.engine.methods import get_method
 
     config.validate()
-    if not get_method(config.method).is_baseline:  # a baseline uses neither the base model nor the device
+    method = get_method(config.method)
+    if not method.is_baseline:  # a baseline uses neither the base model nor the device
         device = resolve_device(config.device)
         resolve_precision(config.precision, device)
         models.check_model_name(config.model)
-        models.check_model_files(config.model, config.max_length, config.trust_remote_code)
+        params = method.resolve(config.params)
+        models.check_model_files(config.model, config.max_length, config.trust_remote_code,
+                                 check=lambda skeleton: method.check_model(skeleton, params))
     return load_splits(config.data, config.seed)
 
 
@@ -415,6 +419,7 @@ def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading
     from peft_tui.engine import checkpoint
     from peft_tui.engine.memory import release_memory
     from peft_tui.engine.methods import get_method
+    from peft_tui.engine.weights import disk_full_at
 
     cancel = cancel or threading.Event()
     result = None
@@ -444,7 +449,9 @@ def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading
     except Exception as e:  # noqa: BLE001 - confine any failure to its run
         result = None
         msg = first_line(e)
-        if not isinstance(e, ConfigError) and "out of memory" in msg.lower():
+        if disk_full_at(e) is not None:
+            msg = f"disk full at {disk_full_at(e) or store.root}: free some space, then resume or retry the run"
+        elif not isinstance(e, ConfigError) and "out of memory" in msg.lower():
             msg = f"out of memory: {msg[:120]}; try a smaller batch_size, --precision bf16, or lora"
         sink(RunFailed(run_id, msg))
     finally:

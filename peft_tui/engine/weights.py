@@ -39,12 +39,16 @@ class DiskFull(OSError):
         return f"disk full at {self.path}"
 
 
-def disk_full_at(exc: BaseException) -> str | None:
-    """The path of a disk-full failure (`DiskFull`, or an OSError with ENOSPC / EDQUOT), else None."""
-    if isinstance(exc, DiskFull):
-        return exc.path
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return str(exc.filename or "") or "?"
+def disk_full_at(exc: BaseException | None) -> str | None:
+    """The path of a disk-full failure (`DiskFull`, or an OSError with ENOSPC / EDQUOT; "" when it names no
+    file), looking through the exceptions it was raised from (a store error wrapping one), else None."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, DiskFull):
+            return exc.path
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return str(exc.filename or "")
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
 
 

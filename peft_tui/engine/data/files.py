@@ -43,9 +43,11 @@ def shown(path_str: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # bounded reading
 # ------------------------------------------------------------------------------------------------
-def check_file(path_str: str, what: str, limit: int = MAX_TABLE_BYTES) -> Path:
-    """The path of a regular, non-empty file of at most `limit` bytes; ConfigError otherwise. Never opens
-    it (a FIFO would block), so a folder, a pipe or a device is refused by what it is."""
+def check_file(path_str: str, what: str, limit: int = MAX_TABLE_BYTES,
+               needs: str = "it needs a header row and examples") -> Path:
+    """The path of a regular, non-empty file of at most `limit` bytes; ConfigError otherwise (`needs` says
+    what an empty one lacks). Never opens it (a FIFO would block), so a folder, a pipe or a device is
+    refused by what it is."""
     path = Path(path_str).expanduser()
     name = shown(path_str)
     try:
@@ -63,7 +65,7 @@ def check_file(path_str: str, what: str, limit: int = MAX_TABLE_BYTES) -> Path:
     if not os.access(path, os.R_OK):
         raise ConfigError(f"{what} file {name} cannot be read (permission denied): fix its permissions")
     if st.st_size == 0:
-        raise ConfigError(f"{what} file {name} is empty: it needs a header row and examples")
+        raise ConfigError(f"{what} file {name} is empty: {needs}")
     if st.st_size > limit:
         raise ConfigError(f"{what} file {name} is {size_text(st.st_size)}, above the {size_text(limit)} limit: "
                           "split it or keep a sample of its rows")
@@ -81,7 +83,7 @@ def scan_text(path: Path, what: str, name: str, line_bounded: bool = True) -> No
             raise ConfigError(f"{what} file {name} is UTF-16 text: re-save it as UTF-8 "
                               "(e.g. iconv -f UTF-16 -t UTF-8 in.csv > out.csv)")
         if problem == "binary":
-            raise ConfigError(f"{what} file {name} looks binary, not text: pass a UTF-8 CSV / JSONL file "
+            raise ConfigError(f"{what} file {name} looks binary, not CSV or JSONL text: pass a UTF-8 text file "
                               "or a .parquet file")
         if not line_bounded:
             return
@@ -102,22 +104,24 @@ def scan_text(path: Path, what: str, name: str, line_bounded: bool = True) -> No
 
 
 def encoding_problem(head: bytes) -> str | None:
-    """"utf-16" for UTF-16 / UTF-32 text (a byte-order mark, or ASCII with every other byte zero),
-    "binary" for other content with zero bytes, None for anything a UTF-8 reader may try."""
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+    """"utf-16" for UTF-16 / UTF-32 text (a byte-order mark; or, without one, mostly-ASCII UTF-16: zero
+    bytes in at least 30% of the odd or of the even positions and hardly any in the others), "binary" for
+    other content with zero bytes, None for anything a UTF-8 reader may try."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
         return "utf-16"
     if b"\x00" not in head:
         return None
-    even, odd = head[0::2], head[1::2]
-    if max(even.count(0), odd.count(0)) > 0.4 * max(1, len(head) // 2):
-        return "utf-16"
+    even, odd = head[0::2].count(0), head[1::2].count(0)
+    for zeros, others, positions in ((odd, even, len(head) // 2), (even, odd, (len(head) + 1) // 2)):
+        if zeros >= 0.3 * positions and others <= 0.1 * zeros:
+            return "utf-16"
     return "binary"
 
 
 def read_lines(path_str: str, what: str = "input") -> list[str]:
     """The non-empty lines of a UTF-8 text file (one text per line, e.g. for `predict --file`), bounded
     like the tables and cut to MAX_TEXT_CHARS. ConfigError when the file holds no text."""
-    path = check_file(path_str, what)
+    path = check_file(path_str, what, needs="it has no texts; write one text per line")
     name = shown(path_str)
     scan_text(path, what, name)
     try:
@@ -189,16 +193,23 @@ def _read_json(path: Path, whole: bool, wanted: set[str] | None):
 
 
 def _read_parquet(path: Path, what: str, name: str, columns: list[str] | None):
+    """The wanted columns, read in batches of 1,024 rows and refused as soon as they add up to more than
+    MAX_TABLE_BYTES (Parquet compresses well: a small file may hold far more)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    meta = pq.read_metadata(path)
-    raw = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-    if raw > MAX_TABLE_BYTES:
-        raise ConfigError(f"{what} file {name} holds {size_text(raw)} uncompressed, above the "
-                          f"{size_text(MAX_TABLE_BYTES)} limit: split it or keep a sample of its rows")
-    names = meta.schema.to_arrow_schema().names
-    keep = [c for c in names if c in set(columns)] if columns else None
-    df = pq.read_table(path, columns=keep).to_pandas()
+    with pq.ParquetFile(path) as pf:
+        names = pf.schema_arrow.names
+        keep = [c for c in names if c in set(columns)] if columns else None
+        batches, size = [], 0
+        for batch in pf.iter_batches(batch_size=1024, columns=keep):
+            size += batch.nbytes
+            if size > MAX_TABLE_BYTES:
+                raise ConfigError(f"{what} file {name} holds more than {size_text(MAX_TABLE_BYTES)} uncompressed, "
+                                  "above the limit: split it or keep a sample of its rows")
+            batches.append(batch)
+        schema = pf.schema_arrow if keep is None else pa.schema([pf.schema_arrow.field(c) for c in keep])
+    df = pa.Table.from_batches(batches, schema=schema).to_pandas()
     df.attrs["all_columns"] = names
     return df
 
@@ -300,8 +311,8 @@ def _columns(df, cfg: DataConfig, source: str) -> tuple[list[str], list, list[st
     keep = [i for i, t in enumerate(texts) if t is not None and (pairs is None or pairs[i] is not None)]
     which = f"{cfg.text_col!r}" + (f" or {pair_col!r}" if pair_col else "")
     if not keep:
-        raise ConfigError(f"every row of {shown(source)} has an empty {which}: "
-                          "the text column holds no text; check data.text_col")
+        raise ConfigError(f"all {len(texts)} rows of {shown(source)} have an empty {which} (or only whitespace): "
+                          "check data.text_col")
     notes = []
     if len(keep) < len(texts):
         notes.append(f"dropped {len(texts) - len(keep)} of {len(texts)} rows of {source} whose {which} is empty "

@@ -10,6 +10,7 @@ at once with the run ids. The TF-IDF baseline of `compare` is a run like any oth
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import threading
@@ -136,6 +137,8 @@ def compare(
     baseline: Annotated[bool, typer.Option(
         "--baseline/--no-baseline", help="add the TF-IDF + logistic regression row")] = True,
     csv_path: Annotated[Optional[str], typer.Option("--csv", help="also write the table to this CSV file")] = None,
+    seeds: Annotated[int, typer.Option(
+        "--seeds", help="run each method over this many seeds (seed, seed+1, ...) and show mean ± std")] = 1,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
     workers: WorkersOpt = None,
@@ -144,13 +147,18 @@ def compare(
 ) -> None:
     """The same model and data through several methods, then one comparison table.
 
-    The learning rate is each method's default (`peft-tui methods`); --lr or `--set lr=...` sets all."""
+    The learning rate is each method's default (`peft-tui methods`); --lr or `--set lr=...` sets all.
+    With --seeds N, each method and the baseline run N times, the run seed going seed, seed+1, ...:
+    it sets the initialisation, shuffling and dropout, and for a data file also the split (the synthetic
+    set is fixed). A second table then shows one row per method: mean ± sample std over the seeds."""
     from peft_tui.engine.methods import get_method
     from peft_tui.engine.trainer import preflight
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     if not names:
         raise ConfigError("--methods is empty: pass e.g. --methods full,lora,adapters")
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds}: pass 1 or more seeds, e.g. --seeds 3")
     configs = [run_config(ctx, method_sets(m, sets), method=m, name=None) for m in names]
     first = configs[0]
     splits = preflight(first)
@@ -158,6 +166,9 @@ def compare(
         cfg.validate()  # the same model, data and device as the first: only method and parameters differ
     if baseline and not any(get_method(m).is_baseline for m in names):
         configs.append(baseline_config(first))
+    if seeds > 1:
+        configs = [dataclasses.replace(cfg, seed=cfg.seed + i) for cfg in configs for i in range(seeds)]
+        configs[-1].validate()  # the largest seed still fits
     st = open_store(store)
     if detach and ray:
         raise ConfigError("--detach with --ray: start the Ray driver in the background instead: "
@@ -167,17 +178,28 @@ def compare(
         return
     print_data_summary(first, splits, to_stderr=as_json)
     rows_db = [st.get(rid) for rid in train_runs(st, configs, workers, show_progress=not as_json, ray=ray)]
-    from peft_tui.report.table import rows_from_runs, to_csv
+    from peft_tui.report.recommend import recommend
+    from peft_tui.report.seeds import aggregate
+    from peft_tui.report.table import SEED_COLUMNS, rows_from_runs, to_csv, to_markdown
 
     rows = rows_from_runs(rows_db)
+    agg = aggregate(rows) if seeds > 1 else None
     if csv_path:
-        write_output(csv_path, to_csv(rows), "--csv")
+        write_output(csv_path, to_csv(rows, agg), "--csv")
     if as_json:
-        print_json({"runs": [run_json(st, r) for r in rows_db], "table": rows})
+        doc = {"runs": [run_json(st, r) for r in rows_db], "table": rows}
+        if agg is not None:
+            doc["aggregated"] = agg
+            doc["recommendations"] = [r.text for r in recommend(agg)]
+        print_json(doc)
     else:
         from peft_tui.console import print_comparison
+        from peft_tui.safe import safe_lines
 
         print_comparison(rows, title=f"{first.model} on {first.data.source}")
+        if agg is not None:
+            typer.echo(f"\nmean ± sample std over {seeds} seeds:\n" + safe_lines(to_markdown(agg, SEED_COLUMNS)))
+            typer.echo(safe_lines("\n".join(f"{r.title}: {r.text}" for r in recommend(agg))))
         if csv_path:
             typer.echo(f"table written to {csv_path}")
     exit_if_failed(rows_db, quiet=as_json)

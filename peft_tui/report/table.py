@@ -27,6 +27,20 @@ COLUMNS = [
     ("efficiency", "eff", lambda v: f"{v:.1f}"),
 ]
 
+# one row per method over several seeds (`report.seeds.aggregate`): means, ± the sample standard deviation
+SEED_COLUMNS = [
+    ("name", "name", str),
+    ("method", "method", str),
+    ("n", "seeds", str),
+    ("accuracy", "acc %", lambda v: f"{100 * v:.1f}"),
+    ("accuracy_std", "± std", lambda v: f"{100 * v:.1f}"),
+    ("f1", "F1 %", lambda v: f"{100 * v:.1f}"),
+    ("f1_std", "± std", lambda v: f"{100 * v:.1f}"),
+    ("trainable_params", "trainable", lambda v: human_count(v)),
+    ("train_time_s", "mean time s", lambda v: f"{v:.1f}"),
+    ("peak_memory_mb", "mean peak MB", lambda v: f"{v:.0f}"),
+]
+
 EFFICIENCY_NOTE = "eff = accuracy points per million trainable parameters"
 
 
@@ -48,21 +62,27 @@ def rows_from_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row = {"id": run["id"], "name": run["name"], "method": run["method"]}
         for key, _, _ in COLUMNS[3:]:
             row[key] = res.get(key)
+        row["seed"] = res.get("seed") if res.get("seed") is not None else (run.get("config") or {}).get("seed")
         row["device"] = res.get("device", "")
         row["memory_kind"] = res.get("memory_kind", "")
         out.append(row)
     return out
 
 
-def formatted(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    headers = [h for _, h, _ in COLUMNS]
-    body = [[("-" if r.get(k) is None else fmt(r[k])) for k, _, fmt in COLUMNS] for r in rows]
+def formatted(rows: list[dict[str, Any]], columns: list = COLUMNS) -> tuple[list[str], list[list[str]]]:
+    headers = [h for _, h, _ in columns]
+    body = [[("-" if r.get(k) is None else fmt(r[k])) for k, _, fmt in columns] for r in rows]
     return headers, body
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
+def to_csv(rows: list[dict[str, Any]], aggregated: list[dict[str, Any]] | None = None) -> str:
+    """The runs' table; with `aggregated` (several seeds) the per-method rows follow the runs', told
+    apart by `n` (empty on a run's row) and `seed` (empty on an aggregated row)."""
     buf = io.StringIO()
     keys = [k for k, _, _ in COLUMNS] + ["device", "memory_kind"]
+    if aggregated:
+        keys += ["seed", "n", "accuracy_std", "f1_std"]
+        rows = rows + aggregated
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     w.writeheader()
     for r in rows:
@@ -70,11 +90,11 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def to_markdown(rows: list[dict[str, Any]]) -> str:
-    headers, body = formatted(rows)
+def to_markdown(rows: list[dict[str, Any]], columns: list = COLUMNS) -> str:
+    headers, body = formatted(rows, columns)
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in body]
-    return "\n".join(lines) + f"\n\n{EFFICIENCY_NOTE}.\n"
+    return "\n".join(lines) + (f"\n\n{EFFICIENCY_NOTE}.\n" if columns is COLUMNS else "\n")
 
 
 def sort_rows(rows: list[dict[str, Any]], key: str, descending: bool = True) -> list[dict[str, Any]]:

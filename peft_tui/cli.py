@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from peft_tui.commands import artifacts, data, doctor, launch, report, runs, train
+from peft_tui.commands import artifacts, data, doctor, launch, plan, report, runs, train
 
 app = typer.Typer(
     help="peft-tui: compare full fine-tuning, LoRA, adapters and more on a transformer classifier.",
@@ -25,6 +25,7 @@ app.command()(train.run)
 app.command()(train.compare)
 app.command()(train.sweep)
 app.command()(train.resume)
+app.command()(plan.plan)
 # stored runs and methods
 app.command("runs")(runs.list_runs)
 app.command()(runs.show)

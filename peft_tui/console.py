@@ -91,3 +91,21 @@ def print_comparison(rows: list[dict[str, Any]], title: str = "comparison") -> N
     for r in body:
         table.add_row(*map(literal, r))
     out.print(table)
+
+
+def print_plan(rows: list[dict[str, Any]]) -> None:
+    """`peft-tui plan`'s table: per method, trainable parameters, estimated peak memory against free memory,
+    estimated time; then, for what will not fit, what would."""
+    table = Table(title="estimates before training", caption="memory: estimated peak (range) vs free now")
+    for h in ("method", "trainable", "peak MB", "free MB", "fits", "epoch", "total"):
+        table.add_column(h, justify="left" if h in ("method", "fits") else "right")
+    for r in rows:
+        e = r["estimate"]
+        table.add_row(literal(r["method"]), f"{e['trainable_params']:,}",
+                      f"{e['peak_mb']:,.0f} ({e['peak_low_mb']:,.0f}-{e['peak_high_mb']:,.0f})",
+                      f"{r['free_mb']:,.0f}", "yes" if r["fits"] else literal("NO", "red"),
+                      f"{e['epoch_s']:.0f} s", f"{e['total_s']:.0f} s ({e['total_low_s']:.0f}-{e['total_high_s']:.0f})")
+    out.print(table)
+    for r in rows:
+        for tip in r["estimate"].get("suggestions") or []:
+            out.print(literal(f"{r['method']} will not fit: {tip}"))

@@ -46,9 +46,9 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path, monkeypatch, meth
         results.append(trainer.execute(st, rid, cfg, st))
         series.append((st.series(rid, "train_loss"), st.series(rid, "val_accuracy"), st.series(rid, "val_loss")))
     assert results[0] is not None and results[1] is not None
-    assert series[0] == series[1] and len(series[0][0]) == results[0]["steps"]
+    assert series[0] == series[1] and len(series[0][0]) == results[0].steps
     for key in ("accuracy", "f1", "test_loss", "val_accuracy", "steps", "trainable_params"):
-        assert results[0][key] == results[1][key], key
+        assert getattr(results[0], key) == getattr(results[1], key), key
     # a different seed gives a different run (the seed is really used)
     rid = st.create_run(tiny_config(method=method, epochs=2, seed=8))
     trainer.execute(st, rid, tiny_config(method=method, epochs=2, seed=8), st)

@@ -11,7 +11,7 @@ Default learning rate 3e-3: the scales are few and multiplicative; peft's IA3 ex
 from __future__ import annotations
 
 from peft_tui.engine.methods import Method, Param, register
-from peft_tui.errors import ConfigError
+from peft_tui.errors import ConfigError, first_line
 
 _BERT = (r".*\.(key|value)|.*\.layer\.\d+\.output\.dense", r".*\.layer\.\d+\.output\.dense")
 _LLAMA = (["k_proj", "v_proj", "down_proj"], ["down_proj"])
@@ -88,12 +88,15 @@ class IA3(Method):
             targets, ff = p["target_modules"], p["feedforward_modules"] or []
         else:
             targets, ff = default_targets(model.config.model_type)
-        return IA3Config(
-            task_type=TaskType.SEQ_CLS,
-            target_modules=targets,
-            feedforward_modules=ff,
-            modules_to_save=head_module_names(model),
-        )
+        try:
+            return IA3Config(
+                task_type=TaskType.SEQ_CLS,
+                target_modules=targets,
+                feedforward_modules=ff,
+                modules_to_save=head_module_names(model),
+            )
+        except ValueError as e:  # peft's own checks, for params that skipped check_params
+            raise ConfigError(f"ia3: {first_line(e)}") from None
 
     def apply(self, model, params):
         from peft_tui.engine.methods.peft_common import wrap

@@ -172,6 +172,7 @@ def rank_main(argv: list[str] | None = None) -> int:
     import torch
     import torch.distributed as td
 
+    from peft_tui.engine.launch.worker import ProcessPeak
     from peft_tui.engine.trainer import Dist
 
     store = Store(args.store)
@@ -194,6 +195,8 @@ def rank_main(argv: list[str] | None = None) -> int:
             cancel.set()
         threading.Thread(target=_keep_alive, args=(store, args.run_id, cancel, done), daemon=True).start()
         sink = fan_out(store, JsonlSink(store.events_path(args.run_id)))
+        if device == "cpu":
+            sink = ProcessPeak(sink)  # rank 0's process is the run's alone: its peak RSS is exact
     try:
         failure = train_rank(store, args.run_id, dataclasses.replace(config, device=device), bool(row["resume"]),
                              Dist(rank, world), sink, cancel, store.cache_dir)

@@ -88,7 +88,8 @@ class Relay:
         self._cancelled: set[int] = set()
 
     def put(self, run_id: int, kind: str, payload: Any) -> None:
-        """kind "event": an event as a dict; "files": {relative path: bytes} of the run folder."""
+        """kind "started": the task has begun (payload None); "event": an event as a dict; "files":
+        {relative path: bytes} of the run folder."""
         self._items.append((run_id, kind, payload))
 
     def take(self) -> list[tuple[int, str, Any]]:
@@ -160,6 +161,8 @@ def run_on_node(run_id: int, config_dict: dict[str, Any], resume: bool, files: d
     config = RunConfig.from_dict(config_dict)
     if device is not None:
         config = replace(config, device=device)
+    if dist is None or dist.is_main:
+        relay.put.remote(run_id, "started", None)
     folder = Path(tempfile.mkdtemp(prefix=f"peft-tui-run-{run_id}-"))
     write_folder(folder, files)
     cancel, done = threading.Event(), threading.Event()
@@ -247,6 +250,7 @@ class Flight:
     ref: Any  # the task's ObjectRef
     sink: Sink
     slots: int
+    sent_at: float  # time.monotonic() when it was sent
     ended: bool = False  # its terminal event has been recorded
     cancel_sent: bool = False
 
@@ -334,13 +338,16 @@ class Driver:
             ref = self._fit.remote(*args, config.nproc, use_gpu)
         else:
             ref = self._train.options(num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1).remote(*args)
-        self.flights[claim.run_id] = Flight(claim.run_id, ref, sink, config.nproc)
+        self.flights[claim.run_id] = Flight(claim.run_id, ref, sink, config.nproc, time.monotonic())
 
     def _drain(self) -> None:
         """Record what the tasks sent: events into the run's sinks, files into its folder."""
         for run_id, kind, payload in self.ray.get(self.relay.take.remote()):
             f = self.flights.get(run_id)
             if f is None or f.ended:
+                continue
+            if kind == "started":  # the start-up this run paid: Ray's scheduling, a worker process, imports
+                self.store.heartbeat(run_id, os.getpid(), startup_s=time.monotonic() - f.sent_at)
                 continue
             if kind == "files":
                 write_folder(self.store.run_dir(run_id), payload)

@@ -7,7 +7,8 @@ AG News and the IMDB subset, through the engine's own code.
     python benchmarks/real_data.py runs --dataset ag_news "head" "head-loop" "tfidf" "lora r=16 lr=1e-3"
         one run per spec: a method name, then key=value pairs; RunConfig fields (lr, epochs, batch_size,
         pooling, max_length, weight_decay, warmup_ratio, seed) set the run, others are method parameters.
-        "head" is the linear probe (probe.run); "head-loop" is the head trained by the standard loop.
+        "head" is the linear probe (its `run` hook); "head-loop" is the head trained by the standard loop;
+        "tfidf" is the TF-IDF + logistic regression baseline.
 
 Data (read-only; --datasets points elsewhere, default /work/shared/datasets):
 - ag_news: ag_news_test.csv (7,600 rows, 4 balanced classes): 2,000 stratified training rows, the other
@@ -77,8 +78,8 @@ def pooled_features(model, tok, texts: list[str], max_length: int, batch_size: i
     import numpy as np
     import torch
 
+    from peft_tui.engine.batching import collate, tokenize
     from peft_tui.engine.pooling import pool
-    from peft_tui.engine.trainer import collate, tokenize
 
     ids = tokenize(tok, texts, max_length)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -165,22 +166,19 @@ def parse_spec(spec: str, data_cfg: DataConfig, max_length: int) -> tuple[str, R
 
 
 def run_one(label: str, config: RunConfig) -> dict:
-    from peft_tui.engine import baseline, probe, trainer
-    from peft_tui.engine.data import load_splits
-    from peft_tui.engine.result import RunResult
+    """One run as `execute` runs it (a method's own `run` hook, else the training loop), without a store;
+    "head-loop" forces the training loop on the head method."""
+    from peft_tui.engine import trainer
+    from peft_tui.engine.methods import get_method
 
     out_dir = Path(tempfile.mkdtemp(prefix="peft-real-"))
+    hook = get_method(config.method).run if label != "head-loop" else None
     t0 = time.perf_counter()
-    if label == "tfidf":
-        result = baseline.tfidf_baseline(config.data, config.seed)
-    elif label == "head":
-        result = probe.run(config, 0, lambda e: None, threading.Event(), out_dir, load_splits(config.data, config.seed))
+    if hook is not None:
+        result = hook(config, 0, lambda e: None, threading.Event(), out_dir, None)
     else:
         result = trainer.train(config, 0, lambda e: None, threading.Event(), out_dir)
-    wall = time.perf_counter() - t0
-    r = result.to_dict() if isinstance(result, RunResult) else dict(result)
-    r["wall_s"] = wall
-    return r
+    return {**result.to_dict(), "wall_s": time.perf_counter() - t0}
 
 
 def runs(args) -> None:

@@ -25,7 +25,6 @@ app.command()(train.run)
 app.command()(train.compare)
 app.command()(train.sweep)
 app.command()(train.resume)
-app.command("execute-stored", hidden=True)(train.execute_stored)
 # stored runs and methods
 app.command("runs")(runs.list_runs)
 app.command()(runs.show)

@@ -19,6 +19,8 @@ from peft_tui.errors import ConfigError, first_line  # ConfigError: callers may 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POOLINGS = ("auto", "cls", "mean", "max", "last")  # how a sequence becomes one vector for the classifier
 DEFAULT_STORE = "peft-runs"
+MAX_INT = 2**63 - 1  # the largest integer a config may hold: a signed 64-bit value (SQLite, torch seeds)
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few settings: larger ones are refused unread
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,15 @@ class DataConfig:
             raise ConfigError(f"label_noise={self.label_noise} is out of range: use a fraction in [0, 0.5)")
         if self.limit < 0:
             raise ConfigError(f"limit={self.limit} is negative: use 0 for all rows or a positive row count")
+        from peft_tui.engine.data.limits import MAX_SYNTHETIC_SIZE  # here: engine.data imports this module
+
+        if self.size > MAX_SYNTHETIC_SIZE:
+            raise ConfigError(f"size={self.size} is too large: the synthetic set makes at most "
+                              f"{MAX_SYNTHETIC_SIZE:,} examples (use a data file for more)")
+        if self.text_col in (self.label_col, self.text_pair_col) or self.label_col == self.text_pair_col:
+            raise ConfigError(f"text_col={self.text_col!r}, label_col={self.label_col!r} and text_pair_col="
+                              f"{self.text_pair_col!r} must be different columns (a label read as text leaks "
+                              "the answer): check --text-col / --label-col")
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,8 @@ class RunConfig:
             raise ConfigError(f"weight_decay={self.weight_decay} must be >= 0")
         if self.grad_clip < 0:
             raise ConfigError(f"grad_clip={self.grad_clip} must be >= 0 (0 turns clipping off)")
+        if not 0 <= self.seed <= MAX_INT:
+            raise ConfigError(f"seed={self.seed} is out of range: use a seed in 0..{MAX_INT} (64 bits)")
         if self.eval_every < 0 or self.patience < 0:
             raise ConfigError("eval_every and patience must be >= 0 (0 turns them off)")
         if self.pooling not in POOLINGS:
@@ -149,8 +162,11 @@ class RunConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        return cls(data=data, **d)
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(map(str, unknown)))}")
+        config = cls(data=data, **d)
+        check_types(data)
+        check_types(config)
+        return config
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -177,6 +193,9 @@ class RunConfig:
                 data[key] = _parse_field(data_fields[key], key, raw)
             elif key in method.params:
                 params[key] = method.params[key].parse(raw)
+            elif key == "trust_remote_code":
+                raise ConfigError("trust_remote_code cannot be set with --set: pass --trust-remote-code "
+                                  "(only that flag allows a model's own code)")
             elif key in run_fields:
                 top[key] = _parse_field(run_fields[key], key, raw)
             elif key in data_fields:
@@ -212,32 +231,59 @@ def check_types(obj: Any) -> None:
         example = f", e.g. {f.name}={f.default!r}" if f.default not in (dataclasses.MISSING, None) else ""
         if not ok:
             article = "an" if base == "int" else "a"
-            raise ConfigError(f"{f.name}={v!r} has the wrong type: it takes {article} {base}{example}")
-        if base == "float" and not math.isfinite(v):
+            raise ConfigError(f"{f.name}={_short(v)} has the wrong type: it takes {article} {base}{example}")
+        if base in ("int", "float") and isinstance(v, int) and abs(v) > MAX_INT:
+            raise ConfigError(f"{f.name}={_short(v)} is too large: it must fit in 64 bits{example}")
+        if base == "float" and isinstance(v, float) and not math.isfinite(v):
             raise ConfigError(f"{f.name}={v!r} is not a finite number: use a real value{example}")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr() of a value for a message, shortened."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def config_from_file(path_str: str) -> RunConfig:
     """A RunConfig from a JSON or TOML file (missing keys take their defaults). Parsed as data only:
-    json / tomllib, never code. `peft-tui show ID --json` prints a run's config in this shape."""
+    json / tomllib, never code. `peft-tui show ID --json` prints a run's config in this shape.
+    `trust_remote_code` in a file is ignored: only the --trust-remote-code flag switches code execution on,
+    so a shared document cannot."""
+    import stat
     import tomllib
 
     path = Path(path_str).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"config file {path_str!r} does not exist: check the path")
+    name = _short(str(path_str), 120)
     try:
-        text = path.read_text()
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {name} does not exist: check the path") from None
+    except OSError as e:  # a path too long, a link loop
+        raise ConfigError(f"config path {name} cannot be used ({e.strerror or first_line(e)}): check the path") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"config file {name} is not a regular file (a folder, pipe or device): pass a .json or "
+                          ".toml file")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {name} is {st.st_size} bytes: a config holds a few settings; "
+                          "is it the right file?")
+    try:
+        text = path.read_text(encoding="utf-8")
         raw = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"config file {path_str!r} could not be parsed ({first_line(e)}): write JSON or TOML") from None
+        raise ConfigError(f"config file {name} could not be parsed ({first_line(e)}): write JSON or TOML") from None
+    except RecursionError:
+        raise ConfigError(f"config file {name} is nested too deeply: a config is one table of settings") from None
+    except OSError as e:
+        raise ConfigError(f"config file {name} cannot be read ({e.strerror or first_line(e)})") from None
     if isinstance(raw, dict) and isinstance(raw.get("config"), dict):  # a `peft-tui show --json` document
         raw = raw["config"]
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path_str!r} must hold one object/table of settings")
+        raise ConfigError(f"config file {name} must hold one object/table of settings")
+    raw = {k: v for k, v in raw.items() if k != "trust_remote_code"}
     try:
         return RunConfig.from_dict(raw)
     except TypeError as e:
-        raise ConfigError(f"config file {path_str!r} has a bad value ({e})") from None
+        raise ConfigError(f"config file {name} has a bad value ({first_line(e)})") from None
 
 
 def _parse_field(f: dataclasses.Field, key: str, raw: str) -> Any:

@@ -67,7 +67,7 @@ def test_save_and_load_reproduce_logits(tmp_path, batch):
     params = {"variant": "houlsby", "size": 8}
     model = method.apply(load_model("tiny", 2, seed=0), params)
     with torch.no_grad():  # move away from identity so the test means something
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.1)
     method.save(model, tmp_path, params)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +19,7 @@ from peft_tui.engine.events import RunFinished, RunStarted, StepLogged, read_eve
 from peft_tui.engine.store import Store
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--model", "tiny", "--set", "data.size=120", "--epochs", "1", "--batch-size", "16", "--device", "cpu"]
 
 
@@ -35,7 +38,8 @@ def test_run_json_end_to_end(tmp_path):
     assert r["params"]["size"] == 4
     assert r["trainable_params"] == 2 * 2 * (2 * 64 * 4 + 4 + 64) + 64 * 2 + 2
     assert r["trainable_pct"] < 10 and r["samples_per_s"] > 0 and r["peak_memory_mb"] > 0
-    assert r["memory_kind"].startswith("process RSS") and r["device"] == "cpu"
+    assert r["memory_kind"] == "peak RSS of the run's own process" and r["device"] == "cpu"
+    assert 0 < doc["startup_s"] == pytest.approx(r["extra"]["worker_startup_s"], abs=1e-3)
     folder = store / "runs" / os.path.basename(doc["folder"])
     assert (folder / "config.json").exists() and (folder / "result.json").exists()
     assert (folder / "adapters" / "adapters.safetensors").exists()
@@ -75,12 +79,12 @@ def test_compare_table_csv_and_json(tmp_path):
 
 def test_runs_show_methods(tmp_path):
     store = str(tmp_path / "s")
-    assert invoke("run", "--method", "head", *TINY, "--store", store, "--json").exit_code == 0
+    assert invoke("run", "--method", "bitfit", *TINY, "--store", store, "--json").exit_code == 0
     res = invoke("runs", "--store", store, "--json")
     rows = json.loads(res.stdout)
-    assert [r["method"] for r in rows] == ["head"]
+    assert [r["method"] for r in rows] == ["bitfit"]
     shown = json.loads(invoke("show", str(rows[0]["id"]), "--store", store, "--json").stdout)
-    assert "head.safetensors" in shown["files"] and shown["metrics"]["train_loss"] >= 1
+    assert "bitfit.safetensors" in shown["files"] and shown["metrics"]["train_loss"] >= 1
     methods = json.loads(invoke("methods", "--json").stdout)
     names = [m["name"] for m in methods]
     assert {"full", "lora", "adapters", "head"} <= set(names)
@@ -111,14 +115,15 @@ def test_bad_input_exit_2_one_line(tmp_path, args, needle):
 
 
 def test_failed_run_exits_1(tmp_path, monkeypatch):
-    """A run that fails inside training exits 1 and is stored as failed with its one-line reason.
-    (max_length above the model's limit is now caught before the run: exit 2, see test_bad_input.py.)"""
-    from peft_tui.engine import trainer
-
-    def boom(*a, **k):
-        raise RuntimeError("boom inside the loop\nsecond line")
-
-    monkeypatch.setattr(trainer, "train", boom)
+    """A run that fails inside training (in its worker process) exits 1 and is stored as failed with its
+    one-line reason. (max_length above the model's limit is caught before the run: exit 2, see
+    test_bad_input.py.) The failure is planted in the worker through a sitecustomize module."""
+    (tmp_path / "plant").mkdir()
+    (tmp_path / "plant" / "sitecustomize.py").write_text(
+        "from peft_tui.engine import trainer\n"
+        "def boom(*a, **k):\n    raise RuntimeError('boom inside the loop\\nsecond line')\n"
+        "trainer.train = boom\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "plant"))
     store = tmp_path / "s"
     res = invoke("run", "--method", "lora", *TINY, "--store", str(store), "--json")
     assert res.exit_code == 1
@@ -134,22 +139,23 @@ def test_help_does_not_import_torch():
     assert out.stdout.strip().endswith("CLEAN"), out.stdout + out.stderr
 
 
-def test_run_detach_trains_in_a_background_process(tmp_path):
+def test_run_detach_leaves_workers_training_in_the_background(tmp_path):
     import time
 
     store = tmp_path / "s"
-    res = invoke("run", "--method", "head", *TINY, "--store", str(store), "--detach", "--json")
+    res = invoke("compare", "--methods", "lora", *TINY, "--store", str(store), "--detach", "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert doc["status"] == "queued" and doc["pid"] > 0
+    assert doc["status"] == "queued" and len(doc["ids"]) == 2 and len(doc["workers"]) == 1
     st = Store(store)
-    deadline = time.time() + 120
-    while time.time() < deadline and st.get(doc["id"])["status"] in ("queued", "running"):
+    deadline = time.time() + 300
+    while time.time() < deadline and any(st.get(i)["status"] in ("queued", "running") for i in doc["ids"]):
         time.sleep(0.5)
-    row = st.get(doc["id"])
-    assert row["status"] == "done", (row["error"], open(doc["log"]).read()[-2000:])
-    assert row["pid"] == doc["pid"] and row["result"]["accuracy"] >= 0
-    assert isinstance(read_events(st.events_path(doc["id"]))[-1], RunFinished)
+    rows = [st.get(i) for i in doc["ids"]]
+    assert [r["status"] for r in rows] == ["done", "done"], open(doc["log"]).read()[-2000:]
+    assert all(r["worker"].split(":")[1] == str(doc["workers"][0]) for r in rows)  # its worker trained both
+    assert rows[0]["result"]["accuracy"] >= 0 and rows[0]["startup_s"] > 0
+    assert isinstance(read_events(st.events_path(doc["ids"][0]))[-1], RunFinished)
 
 
 def test_run_from_a_config_file_with_overrides(tmp_path):
@@ -165,9 +171,9 @@ def test_run_from_a_config_file_with_overrides(tmp_path):
     assert (cfg["method"], cfg["model"], cfg["seed"], cfg["params"]["size"]) == ("adapters", "tiny", 7, 6)
     assert cfg["data"]["size"] == 120  # kept from the file
     toml = tmp_path / "c.toml"
-    toml.write_text('method = "head"\nmodel = "tiny"\nepochs = 1\ndevice = "cpu"\n[data]\nsize = 120\n')
+    toml.write_text('method = "bitfit"\nmodel = "tiny"\nepochs = 1\ndevice = "cpu"\n[data]\nsize = 120\n')
     res = invoke("run", "--config", str(toml), "--store", str(store), "--json")
-    assert res.exit_code == 0 and json.loads(res.stdout)["method"] == "head"
+    assert res.exit_code == 0 and json.loads(res.stdout)["method"] == "bitfit"
     # data only, never code: a Python payload is a parse error, exit 2
     evil = tmp_path / "evil.json"
     evil.write_text("__import__('os').system('touch pwned')")
@@ -194,14 +200,14 @@ def test_compare_takes_the_run_options_and_a_config_file(tmp_path):
     cfg_file = tmp_path / "c.toml"
     cfg_file.write_text('model = "tiny"\nepochs = 1\nbatch_size = 16\ndevice = "cpu"\nseed = 3\n'
                         '[data]\nsize = 120\n')
-    res = invoke("compare", "--methods", "head,adapters", "--config", str(cfg_file), "--max-length", "32",
+    res = invoke("compare", "--methods", "bitfit,adapters", "--config", str(cfg_file), "--max-length", "32",
                  "--set", "size=4", "--no-baseline", "--store", str(store), "--json")
     assert res.exit_code == 0, res.output
     configs = {r["method"]: r["config"] for r in json.loads(res.stdout)["runs"]}
-    assert set(configs) == {"head", "adapters"}
+    assert set(configs) == {"bitfit", "adapters"}
     for cfg in configs.values():
         assert (cfg["model"], cfg["seed"], cfg["max_length"], cfg["data"]["size"]) == ("tiny", 3, 32, 120)
-    assert configs["adapters"]["params"] == {"size": 4} and configs["head"]["params"] == {}
+    assert configs["adapters"]["params"] == {"size": 4} and configs["bitfit"]["params"] == {}
 
 
 # ---------------------------------------------------------------- text from users and files, shown literally
@@ -244,7 +250,8 @@ def test_runs_and_show_print_errors_and_names_literally(tmp_path):
 
 # ---------------------------------------------------------------- one data load; the baseline is a run
 def test_run_loads_its_data_once(tmp_path, monkeypatch):
-    """Preflight, the summary and training share one load (they used to load the data three times)."""
+    """The command loads the data once, for preflight and the summary (the worker that trains the run loads
+    it in its own process)."""
     from peft_tui.engine import data as engine_data
 
     calls = []
@@ -255,7 +262,7 @@ def test_run_loads_its_data_once(tmp_path, monkeypatch):
         return real(cfg, seed)
 
     monkeypatch.setattr(engine_data, "load_splits", counting)
-    res = invoke("run", "--method", "head", *TINY, "--store", str(tmp_path / "s"), "--json")
+    res = invoke("run", "--method", "bitfit", *TINY, "--store", str(tmp_path / "s"), "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["status"] == "done" and calls == ["synthetic"]
 
@@ -266,12 +273,51 @@ def test_a_failing_baseline_is_a_failed_row_and_one_line(tmp_path):
     rows = ["text,label"] + [f"{'ab'[i % 2]},{i % 2}" for i in range(120)]
     (tmp_path / "one.csv").write_text("\n".join(rows) + "\n")
     store = tmp_path / "s"
-    res = runner.invoke(app, ["compare", "--methods", "head", "--data", str(tmp_path / "one.csv"),
+    res = runner.invoke(app, ["compare", "--methods", "bitfit", "--data", str(tmp_path / "one.csv"),
                               *TINY[2:], "--store", str(store)])
     assert res.exit_code == 1, res.output
     assert isinstance(res.exception, SystemExit) and "Traceback" not in res.output
     by = {r["method"]: r for r in Store(store).list()}
-    assert by["head"]["status"] == "done"
+    assert by["bitfit"]["status"] == "done"
     error = by["tfidf"]["error"]
     assert by["tfidf"]["status"] == "failed" and error and "\n" not in error
     assert f"run {by['tfidf']['id']} (tfidf) failed: {error}" in res.stderr.splitlines()
+
+
+# ---------------------------------------------------------------- Ctrl-C / SIGTERM in compare and sweep
+SLOW = ["--model", "tiny", "--set", "data.size=2000", "--batch-size", "8", "--epochs", "5", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("command, sig", [
+    (["compare", "--methods", "full,lora"], signal.SIGTERM),
+    (["sweep", "--method", "lora", "--grid", "r=1,2,4"], signal.SIGINT),
+])
+def test_a_signal_mid_command_cancels_every_run_it_queued(tmp_path, command, sig):
+    """The run in progress ends cancelled, the runs still queued are cancelled (not left queued), the
+    workers exit, and the command exits 128 + signal with one line."""
+    import time
+
+    store = tmp_path / "s"
+    proc = subprocess.Popen([sys.executable, "-m", "peft_tui.cli", *command, *SLOW, "--store", str(store)],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    st = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        st = st or (Store(store) if (store / "runs.db").exists() else None)
+        if st and any(r["status"] == "running" and (r["step"] or 0) > 0 for r in st.list()):
+            break
+        time.sleep(0.3)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=180)
+    rows = st.list()
+    assert proc.returncode == 128 + sig, err[-3000:]
+    assert err.strip().splitlines()[-1] == (f"stopped by {sig.name}: runs cancelled: "
+                                            f"{', '.join(str(r['id']) for r in rows)}")
+    assert "Traceback" not in err
+    assert len(rows) == 3 and [r["status"] for r in rows] == ["cancelled"] * 3
+    assert rows[0]["step"] > 0 and rows[1]["worker"] is None  # the first trained, the others never started
+    worker_pid = int(rows[0]["worker"].split(":")[1])
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker_pid, 0)

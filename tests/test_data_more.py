@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import tiny_config
 from typer.testing import CliRunner
 
 from peft_tui.config import ConfigError, DataConfig
 from peft_tui.engine.data import format_summary, load_splits, parse_hf_spec, summarize
-
-from conftest import tiny_config
 
 datasets = pytest.importorskip("datasets")
 

@@ -6,10 +6,9 @@ so the pad = EOS handling is what runs. LoRA, adapters and full fine-tuning go t
 from __future__ import annotations
 
 import pytest
+from conftest import tiny_config
 
 from peft_tui.config import DataConfig
-
-from conftest import tiny_config
 
 CORPUS = [
     "the screen is great and the battery is good", "terrible keyboard and awful speaker",
@@ -79,8 +78,8 @@ def test_padding_does_not_change_logits(decoder_folder):
     """The classifier reads the last real token: right padding must not move it."""
     import torch
 
-    from peft_tui.engine.models import load_model, load_tokenizer
     from peft_tui.engine.batching import collate, tokenize
+    from peft_tui.engine.models import load_model, load_tokenizer
 
     _, folder = decoder_folder
     tok = load_tokenizer(str(folder))

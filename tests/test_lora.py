@@ -25,7 +25,7 @@ def test_saved_adapter_reloads_in_stock_peft(tmp_path, batch):
     method = get_method("lora")
     model = method.apply(load_model("tiny", 2, seed=0), {"r": 4})
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
     model.eval()

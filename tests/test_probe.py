@@ -45,7 +45,7 @@ def test_fit_without_bias_and_warm_start():
 
 def test_encoder_runs_once_per_text(tiny_tokenizer):
     from peft_tui.engine.models import load_model
-    from peft_tui.engine.trainer import tokenize
+    from peft_tui.engine.batching import tokenize
 
     model = load_model("tiny", 2, 0, pooling="mean")
     calls = []
@@ -83,7 +83,8 @@ def test_probe_run_reports_saves_and_reloads(tmp_path):
     from peft_tui.engine.data import load_splits
     from peft_tui.engine.methods import get_method
     from peft_tui.engine.models import load_model, load_tokenizer
-    from peft_tui.engine.trainer import evaluate, tokenize
+    from peft_tui.engine.batching import tokenize
+    from peft_tui.engine.evaluation import evaluate
 
     cfg, result, events = run_probe(tmp_path, data=DataConfig(size=200))
     names = [type(e).__name__ for e in events]
@@ -133,3 +134,16 @@ def test_head_method_runs_the_probe(monkeypatch):
     monkeypatch.setattr(probe, "run", lambda *args: seen.append(args) or "result")
     assert get_method("head").run("cfg", 3, "sink", "cancel", "out", "data") == "result"
     assert seen == [("cfg", 3, "sink", "cancel", "out", "data")]
+
+
+def test_execute_runs_head_as_the_probe(store):
+    from peft_tui.engine.trainer import execute
+
+    cfg = tiny_config(method="head", data=DataConfig(size=120))
+    rid = store.create_run(cfg)
+    result = execute(store, rid, cfg, store)
+    row = store.get(rid)
+    assert result is not None and row["status"] == "done", row["error"]
+    assert row["result"]["extra"]["probe_weight_decay"] in probe.WEIGHT_DECAYS
+    assert row["result"]["steps"] == len(probe.WEIGHT_DECAYS) and row["result"]["pooling"] == "cls"
+    assert (store.run_dir(rid) / "head.safetensors").exists()

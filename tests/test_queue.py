@@ -250,3 +250,15 @@ def test_processes_opening_one_store_at_once_all_get_it_writable(tmp_path):
     for p in procs:
         p.join(30)
     assert readonly == [0, 0, 0, 0]
+
+
+def test_the_worker_s_signal_replaces_the_vaguer_reason_of_an_earlier_reap(store):
+    gone = subprocess_pid_that_exited()
+    rid = store.create_run(tiny_config())
+    store.claim("w", os.getpid(), HOST, ["cpu"])
+    store.heartbeat(rid, gone)
+    assert store.reap() == [rid]  # another process looked first
+    assert store.fail_run(rid, death_reason(-signal.SIGKILL)) is True
+    assert store.get(rid)["error"] == "killed by SIGKILL (out of memory?)"
+    store.fail_run(rid, "something else")  # a real reason is never overwritten
+    assert store.get(rid)["error"] == "killed by SIGKILL (out of memory?)"

@@ -303,7 +303,7 @@ def test_an_old_database_is_migrated_and_its_stale_queued_rows_are_never_claimed
     cols = {r[1] for r in st_._conn().execute("PRAGMA table_info(runs)")}
     assert set(QUEUE_COLUMNS) <= cols
     new = st_.create_run(tiny_config(name="new"))
-    assert st_.stale_queued() == [1]
+    assert [r["id"] for r in st_.stuck()] == [1]
     claim = st_.claim("w", os.getpid(), "h", ["cpu"])
     assert claim is not None and claim.run_id == new
     assert st_.claim("w", os.getpid(), "h", ["cpu"]) is None

@@ -9,8 +9,8 @@ from conftest import tiny_config
 
 
 def test_cache_returns_the_same_ids_and_keys_on_content(tmp_path, tiny_tokenizer):
-    from peft_tui.engine.data.tokcache import cached_tokenize, tokenizer_fingerprint
     from peft_tui.engine.batching import tokenize
+    from peft_tui.engine.data.tokcache import cached_tokenize, tokenizer_fingerprint
 
     fp = tokenizer_fingerprint(tiny_tokenizer)
     texts = ["the screen is great", "terrible keyboard", "a much longer sentence " * 20]
@@ -33,8 +33,8 @@ def test_cache_returns_the_same_ids_and_keys_on_content(tmp_path, tiny_tokenizer
 
 
 def test_damaged_cache_file_is_a_miss(tmp_path, tiny_tokenizer):
-    from peft_tui.engine.data.tokcache import cached_tokenize, tokenizer_fingerprint
     from peft_tui.engine.batching import tokenize
+    from peft_tui.engine.data.tokcache import cached_tokenize, tokenizer_fingerprint
 
     fp = tokenizer_fingerprint(tiny_tokenizer)
     texts = ["one", "two three"]

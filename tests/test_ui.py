@@ -19,7 +19,7 @@ from peft_tui.config import DataConfig, RunConfig
 from peft_tui.engine.events import EvalLogged, MemorySampled, RunFinished, RunStarted, StepLogged
 from peft_tui.engine.store import Store
 from peft_tui.ui.app import create_app
-from peft_tui.ui.screens.confirm import ConfirmScreen
+from peft_tui.ui.screens.main import QuitScreen
 from peft_tui.ui.screens.new_run import NewRunScreen
 from peft_tui.ui.widgets.tables import QueueTable, ResultsTable
 
@@ -131,11 +131,11 @@ async def test_cancel_and_retry_a_running_run(tmp_path):
         rid = next(iter(app.state.runs))
         await wait_for(pilot, lambda: "running" in queue_status(app, rid), 5, "the table to show it")
 
-        # quitting with a run active asks first; "n" keeps the app open
+        # quitting with a run active asks: keep training, cancel them, or stay (escape)
         await pilot.press("q")
         await pilot.pause()
-        assert isinstance(app.screen, ConfirmScreen)
-        await pilot.press("n")
+        assert isinstance(app.screen, QuitScreen)
+        await pilot.press("escape")
         await pilot.pause()
         assert app.screen is app.main
 

@@ -69,6 +69,7 @@ def run_json(st: Store, row: dict) -> dict:
         "folder": str(st.root / "runs" / row["folder"]) if row.get("folder") else None,
         "config": row["config"],
         "result": row["result"],
+        "startup_s": row.get("startup_s"),  # the worker start-up this run paid (launch/worker.py)
     }
 
 

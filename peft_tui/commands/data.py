@@ -37,6 +37,7 @@ def show_data(
     Example: peft-tui data --data news.csv --set data.limit=2000 --set max_length=64"""
     from peft_tui.engine import models
     from peft_tui.engine.data import format_summary, load_splits
+    from peft_tui.safe import safe_lines
 
     cfg = run_config(ctx, sets, method="head")
     cfg.data.validate()
@@ -45,4 +46,4 @@ def show_data(
     if as_json:
         print_json(doc)
     else:
-        typer.echo(format_summary(doc))
+        typer.echo(safe_lines(format_summary(doc)))  # labels and paths from the file, shown literally

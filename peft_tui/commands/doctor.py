@@ -1,9 +1,14 @@
 """`peft-tui doctor`: torch, CUDA, NVML, the run store, the embedded model and free disk, checked and
-explained in plain words. Each check is a dict: check, status (ok | warn | fail), detail."""
+explained in plain words. Each check is a dict: check, status (ok | warn | fail), detail.
+
+It also reports, one line each, the runs older versions or killed commands left stuck (`Store.stuck`:
+queued with no worker to train them, interrupted or running with no process), and `--fix` clears them
+(cancelled or failed, with the reason recorded)."""
 
 from __future__ import annotations
 
 import shutil
+from typing import Annotated
 
 import typer
 
@@ -55,7 +60,7 @@ def nvml_check() -> Check:
         pynvml.nvmlShutdown()
 
 
-def store_check(path: str | None) -> list[Check]:
+def store_check(path: str | None, fix: bool = False) -> list[Check]:
     root = store_path(path)
     if not (root / "runs.db").exists():
         if root.exists() and not root.is_dir():
@@ -79,7 +84,24 @@ def store_check(path: str | None) -> list[Check]:
         ids = ", ".join(map(str, stopped[:10]))
         out.append(check("resumable runs", "warn",
                          f"runs {ids} stopped mid-way: `peft-tui resume ID` continues them from their checkpoint"))
+    out += stuck_checks(st, fix)
     st.close()
+    return out
+
+
+def stuck_checks(st, fix: bool) -> list[Check]:
+    """One line per stuck run: what is wrong and what `--fix` does (with `fix`: what it did)."""
+    stuck = st.stuck()
+    fixed = set(st.unstick(stuck)) if fix and stuck and not st.readonly else set()
+    out = []
+    for r in stuck:
+        what = ("queued with no worker to train it" if r["status"] == "queued"
+                else f"{r['status']} but its process is gone")
+        if r["id"] in fixed:
+            out.append(check(f"run {r['id']}", "ok", f"{r['name']} was {what}: marked {r['fix']}"))
+        else:
+            out.append(check(f"run {r['id']}", "warn",
+                             f"{r['name']} is {what}: `peft-tui doctor --fix` marks it {r['fix']}"))
     return out
 
 
@@ -114,16 +136,23 @@ def disk_check(path: str | None) -> Check:
     return check("disk", "ok", f"{free_gb:.0f} GB free at {probe}")
 
 
-def run_checks(store: str | None) -> list[Check]:
-    return [*torch_checks(), nvml_check(), *store_check(store), model_check(), disk_check(store)]
+def run_checks(store: str | None, fix: bool = False) -> list[Check]:
+    return [*torch_checks(), nvml_check(), *store_check(store, fix), model_check(), disk_check(store)]
 
 
 @handles_errors
-def doctor(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
-    """Check torch, CUDA, NVML, the run store, the embedded model and free disk, in plain words.
+def doctor(
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+    fix: Annotated[bool, typer.Option(
+        "--fix", help="clear stuck runs: cancel queued runs no worker will train, fail runs whose process is gone")]
+    = False,
+) -> None:
+    """Check torch, CUDA, NVML, the run store, the embedded model and free disk, in plain words, and
+    report runs left stuck by older versions (`--fix` clears them).
 
     Exit 0 when everything is ok (or only warnings), 1 when a check fails."""
-    checks = run_checks(store)
+    checks = run_checks(store, fix)
     failed = any(c["status"] == "fail" for c in checks)
     if as_json:
         print_json({"ok": not failed, "checks": checks})

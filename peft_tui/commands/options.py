@@ -19,6 +19,14 @@ StoreOpt = Annotated[Optional[str], typer.Option(
     "--store", help="run store folder (default ./peft-runs or $PEFT_TUI_STORE)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout instead of tables")]
 
+# ---------------------------------------------------------------- the training commands' worker processes
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", min=1, help="worker processes training runs side by side (default: one per device; "
+    "CPU: 1, a GPU box: one per GPU)")]
+DetachOpt = Annotated[bool, typer.Option(
+    "--detach", help="queue the runs, leave the workers training them in the background (they outlive this "
+    "shell) and return at once; follow them with `peft-tui launch` or `peft-tui show ID`")]
+
 # ---------------------------------------------------------------- the run-config options
 MethodOpt = Annotated[str, typer.Option("--method", "-m", help="method name (`peft-tui methods` lists them)")]
 ModelOpt = Annotated[str, typer.Option(

@@ -20,11 +20,12 @@ def report(
 
     Example: peft-tui report --out report.md"""
     from peft_tui.report.markdown import build_report
+    from peft_tui.safe import safe_lines, safe_text
 
     st = open_store(store)
-    text = build_report(st.list(), source=str(st.root))
+    text = safe_lines(build_report(st.list(), source=str(st.root)))  # names and labels from runs, literally
     if not out_path:
         typer.echo(text)
         return
     write_output(out_path, text, "--out")
-    typer.echo(f"report written to {out_path}")
+    typer.echo(f"report written to {safe_text(out_path, 200)}")

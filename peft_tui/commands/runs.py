@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Optional
 
 import typer
 
 from peft_tui.commands.common import handles_errors, open_store, print_json, run_json
 from peft_tui.commands.options import JsonOpt, StoreOpt
+from peft_tui.errors import ConfigError, first_line
+
+# every status a run can have (the store's schema lists them too)
+STATUSES = ("queued", "running", "done", "failed", "diverged", "cancelled", "interrupted")
 
 
 @handles_errors
 def list_runs(
-    status: Annotated[Optional[str], typer.Option("--status", help="only runs with this status")] = None,
+    status: Annotated[Optional[str], typer.Option(
+        "--status", help=f"only runs with this status: {', '.join(STATUSES)}")] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List the runs in the store."""
+    if status is not None and status not in STATUSES:
+        from peft_tui.safe import safe_text
+
+        raise ConfigError(f"unknown status {safe_text(status, 40)!r}: use one of {', '.join(STATUSES)}")
     st = open_store(store)
     rows = st.list(status=status)
     if as_json:
@@ -38,10 +48,15 @@ def list_runs(
         cells = (
             str(r["id"]), r["name"], r["method"], r["model"], r["status"],
             number(res, "accuracy", ".1f", 100), number(res, "trainable_pct", ".2f"),
-            number(res, "train_time_s", ".1f"), (r["error"] or "")[:60],
+            number(res, "train_time_s", ".1f"), r["error"] or damaged_note(r),
         )
-        table.add_row(*map(literal, cells))
+        table.add_row(*(literal(c, limit=60) for c in cells))
     out.print(table)
+
+
+def damaged_note(row: dict) -> str:
+    """What is wrong with a row the store could not fully read ("" for a sound row)."""
+    return f"damaged: {row['damaged']}" if row.get("damaged") else ""
 
 
 @handles_errors
@@ -50,32 +65,45 @@ def show(
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Everything about one run: config, result, files and metric summary."""
+    """Everything about one run: config, result, files and metric summary. What cannot be read (a damaged
+    row, damaged metric pages, a folder gone) is listed under `problems`; the rest is still shown."""
     st = open_store(store)
     row = st.get(run_id)
     doc = run_json(st, row)
-    doc["metrics"] = {
-        name: len(st.series(run_id, name)) for name in ("train_loss", "val_accuracy", "mem_used_mb")
-    }
-    folder = st.run_dir(run_id)
-    doc["files"] = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    problems = [f"the stored row: {row['damaged']}"] if row.get("damaged") else []
+    try:
+        doc["metrics"] = {
+            name: len(st.series(run_id, name)) for name in ("train_loss", "val_accuracy", "mem_used_mb")
+        }
+    except ConfigError as e:  # the store's one line: its metric pages cannot be read
+        doc["metrics"] = None
+        problems.append(f"its metrics: {e}")
+    try:
+        folder = st.run_dir(run_id)
+        doc["files"] = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    except (ConfigError, OSError) as e:
+        doc["files"] = None
+        problems.append(f"its files: {first_line(e)}")
+    doc["problems"] = problems
     if as_json:
         print_json(doc)
         return
-    from rich.pretty import Pretty
-
-    from peft_tui.console import literal, out
+    from peft_tui.console import literal, literal_lines, out
 
     out.print(literal(f"run {row['id']}", "bold"),
               literal(f"{row['name']}  method={row['method']}  status={row['status']}"))
     if row["error"]:
         out.print(literal("error:", "red"), literal(row["error"]))
-    out.print(literal(f"folder: {folder}"))
-    out.print(literal("files: " + (", ".join(doc["files"]) or "-")))
-    out.print("config:", Pretty(row["config"]))
+    for problem in problems:
+        out.print(literal("cannot read", "red"), literal(problem))
+    out.print(literal(f"folder: {doc['folder'] or '-'}"))
+    out.print(literal("files: " + (", ".join(doc["files"] or []) or "-")))
+    out.print("config:", literal_lines(json.dumps(row["config"], indent=2, default=str)))
     if row["result"]:
-        out.print("result:", Pretty({k: v for k, v in row["result"].items() if k != "versions"}))
-    out.print("logged points:", Pretty(doc["metrics"]))
+        result = {k: v for k, v in row["result"].items() if k != "versions"}
+        out.print("result:", literal_lines(json.dumps(result, indent=2, default=str)))
+    if doc["metrics"] is not None:
+        out.print("logged points:", literal(", ".join(f"{k} {v}" for k, v in doc["metrics"].items())))
 
 
 @handles_errors

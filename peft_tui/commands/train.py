@@ -1,13 +1,16 @@
-"""Training commands: `run`, `compare`, `sweep`, `resume`, and the hidden `execute-stored` that
-`run --detach` starts in the background.
+"""Training commands: `run`, `compare`, `sweep`, `resume`.
 
-Every run is queued in the store, then trained by the engine's `execute`, the path the dashboard's
-runs take too. The TF-IDF baseline of `compare` is a run like any other (method "tfidf").
-Data is loaded once, by `preflight`, and handed on to the summary and to training.
+A command never trains in its own process: it checks its configs (`preflight`, which also loads the data
+for the summary), queues the runs in the store, starts local worker processes (engine/launch/local.py, one
+per device, `--workers N`) and streams their progress from the store into the progress bars, then prints
+the table. Ctrl-C or SIGTERM cancels every run the command queued (the one training ends `cancelled`
+within a step) and exits 130 or 143. `--detach` leaves the workers training in the background and returns
+at once with the run ids. The TF-IDF baseline of `compare` is a run like any other (method "tfidf").
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -26,6 +29,7 @@ from peft_tui.commands.options import (
     BatchOpt,
     ConfigOpt,
     DataOpt,
+    DetachOpt,
     DeviceOpt,
     EpochsOpt,
     JsonOpt,
@@ -43,20 +47,15 @@ from peft_tui.commands.options import (
     TextPairColOpt,
     TrustOpt,
     ValDataOpt,
+    WorkersOpt,
     run_config,
 )
-from peft_tui.config import DataConfig, RunConfig
+from peft_tui.config import RunConfig
 from peft_tui.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from peft_tui.console import ProgressSink
-    from peft_tui.engine.data import DataSplits
+    from peft_tui.engine.launch.local import LocalPool
     from peft_tui.engine.store import Store
-
-# data already in memory, by what it was loaded from (the data config and the split seed)
-Loaded = dict[tuple[DataConfig, int], "DataSplits"]
-
-RunIdArg = Annotated[int, typer.Argument(help="run id (see `peft-tui runs`)")]
 
 
 @handles_errors
@@ -82,21 +81,20 @@ def run(
     config_file: ConfigOpt = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
-    detach: Annotated[bool, typer.Option(
-        "--detach", help="train in a background process that outlives this shell (SSH logout); "
-        "follow it with `peft-tui launch` or `peft-tui show ID`")] = False,
+    workers: WorkersOpt = None,
+    detach: DetachOpt = False,
 ) -> None:
     """Train one run and store it."""
     from peft_tui.engine.trainer import preflight
 
     cfg = run_config(ctx, sets)
-    loaded = {data_key(cfg): preflight(cfg)}
+    splits = preflight(cfg)
     st = open_store(store)
     if detach:
-        start_detached(st, cfg, as_json)
+        start_detached(st, [cfg], workers, as_json)
         return
-    print_data_summary(cfg, loaded[data_key(cfg)], to_stderr=as_json)
-    [run_id] = train_runs(st, [cfg], loaded, show_progress=not as_json)
+    print_data_summary(cfg, splits, to_stderr=as_json)
+    [run_id] = train_runs(st, [cfg], workers, show_progress=not as_json)
     row = st.get(run_id)
     if as_json:
         print_json(run_json(st, row))
@@ -134,6 +132,8 @@ def compare(
     csv_path: Annotated[Optional[str], typer.Option("--csv", help="also write the table to this CSV file")] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
+    workers: WorkersOpt = None,
+    detach: DetachOpt = False,
 ) -> None:
     """The same model and data through several methods, then one comparison table.
 
@@ -146,14 +146,17 @@ def compare(
         raise ConfigError("--methods is empty: pass e.g. --methods full,lora,adapters")
     configs = [run_config(ctx, method_sets(m, sets), method=m, name=None) for m in names]
     first = configs[0]
-    loaded = {data_key(first): preflight(first)}
+    splits = preflight(first)
     for cfg in configs[1:]:
         cfg.validate()  # the same model, data and device as the first: only method and parameters differ
-    print_data_summary(first, loaded[data_key(first)], to_stderr=as_json)
     if baseline and not any(get_method(m).is_baseline for m in names):
         configs.append(baseline_config(first))
     st = open_store(store)
-    rows_db = [st.get(rid) for rid in train_runs(st, configs, loaded, show_progress=not as_json)]
+    if detach:
+        start_detached(st, configs, workers, as_json)
+        return
+    print_data_summary(first, splits, to_stderr=as_json)
+    rows_db = [st.get(rid) for rid in train_runs(st, configs, workers, show_progress=not as_json)]
     from peft_tui.report.table import rows_from_runs, to_csv
 
     rows = rows_from_runs(rows_db)
@@ -193,6 +196,8 @@ def sweep(
     config_file: ConfigOpt = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
+    workers: WorkersOpt = None,
+    detach: DetachOpt = False,
 ) -> None:
     """Every combination of a grid, run one after another, then a table and the Pareto front of
     accuracy against trainable parameters.
@@ -204,12 +209,15 @@ def sweep(
     from peft_tui.report.table import rows_from_runs
 
     base = run_config(ctx, sets)
-    loaded = {data_key(base): preflight(base)}
+    splits = preflight(base)
     configs = grid_configs(base, grid)
-    print_data_summary(base, loaded[data_key(base)], to_stderr=as_json)
-    typer.echo(f"sweep: {len(configs)} run(s): {', '.join(c.display_name for c in configs)}", err=as_json)
     st = open_store(store)
-    rows_db = [st.get(rid) for rid in train_runs(st, configs, loaded, show_progress=not as_json)]
+    if detach:
+        start_detached(st, configs, workers, as_json)
+        return
+    print_data_summary(base, splits, to_stderr=as_json)
+    typer.echo(f"sweep: {len(configs)} run(s): {', '.join(c.display_name for c in configs)}", err=as_json)
+    rows_db = [st.get(rid) for rid in train_runs(st, configs, workers, show_progress=not as_json)]
     rows = rows_from_runs(rows_db)
     front = pareto_front(rows)
     if as_json:
@@ -236,15 +244,17 @@ def resume(
         help="an interrupted, failed, diverged or cancelled run (see `peft-tui runs`)")],
     store: StoreOpt = None,
     as_json: JsonOpt = False,
+    workers: WorkersOpt = None,
+    detach: DetachOpt = False,
 ) -> None:
-    """Continue a stopped run from its last epoch-end checkpoint (same run id; the curve continues)."""
-    from peft_tui.console import ProgressSink
-    from peft_tui.engine.checkpoint import prepare_resume
-
+    """Continue a stopped run from its last epoch-end checkpoint (same run id; the curve continues).
+    Of two `resume` commands on one run, one trains it and the other is refused (exit 2)."""
     st = open_store(store)
-    config = prepare_resume(st, run_id)
-    with ProgressSink(enabled=False if as_json else None) as progress:
-        execute_run(st, run_id, config, progress, resume=True)
+    config = [RunConfig.from_dict(st.get(run_id)["config"])]
+    if detach:
+        start_detached(st, config, workers, as_json, resume_id=run_id)
+        return
+    train_runs(st, config, workers, show_progress=not as_json, resume_id=run_id)
     row = st.get(run_id)
     if as_json:
         print_json(run_json(st, row))
@@ -254,23 +264,7 @@ def resume(
     exit_if_failed([row], quiet=as_json)
 
 
-@handles_errors
-def execute_stored(run_id: RunIdArg, store: StoreOpt = None) -> None:
-    """Train a run that is already in the store as queued (used by `run --detach`)."""
-    st = open_store(store)
-    row = st.get(run_id)
-    if row["status"] != "queued":
-        raise ConfigError(f"run {run_id} is {row['status']}, not queued: nothing to do")
-    execute_run(st, run_id, RunConfig.from_dict(row["config"]))
-    exit_if_failed([st.get(run_id)], quiet=False)  # the reason goes to the run's log
-
-
 # ---------------------------------------------------------------- helpers of these commands
-def data_key(cfg: RunConfig) -> tuple[DataConfig, int]:
-    """What a run's splits depend on: equal keys, equal splits."""
-    return cfg.data, cfg.seed
-
-
 def baseline_config(like: RunConfig) -> RunConfig:
     """The TF-IDF + logistic regression row on the same data and split seed as `like`."""
     return RunConfig(method="tfidf", model="tfidf+logreg", data=like.data, seed=like.seed, name="tfidf")
@@ -286,46 +280,73 @@ def method_sets(method: str, sets: list[str] | None) -> list[str]:
     return [pair for pair in sets or [] if pair.split("=", 1)[0].strip() not in others]
 
 
-def train_runs(st: Store, configs: list[RunConfig], loaded: Loaded, show_progress: bool) -> list[int]:
-    """Queue every config in the store, then train them one after another in this process (a failure
-    does not stop the rest). A run whose data is in `loaded` is handed it instead of reading it again."""
-    from peft_tui.console import ProgressSink
+def worker_pool(st: Store, configs: list[RunConfig], workers: int | None, detach: bool = False) -> LocalPool:
+    """The local workers for these runs (not started). Bad input when no worker's device can train one."""
+    from peft_tui.engine.launch.local import LocalPool
+    from peft_tui.engine.store import serves
 
-    ids = [st.create_run(c) for c in configs]
-    with ProgressSink(enabled=None if show_progress else False) as progress:
-        for run_id, cfg in zip(ids, configs):
-            execute_run(st, run_id, cfg, progress, data=loaded.get(data_key(cfg)))
+    pool = LocalPool(st.root, workers=workers, detach=detach)
+    for cfg in configs:
+        if not any(serves(cfg.device, d) for d in pool.devices):
+            raise ConfigError(f"device {cfg.device!r} is not on this machine (workers serve "
+                              f"{', '.join(pool.devices)}): pass --device auto")
+    return pool
+
+
+def queue(st: Store, configs: list[RunConfig], resume_id: int | None, ids: list[int]) -> None:
+    """Queue the configs in the store (with `resume_id`: queue that stopped run again instead, its config
+    being `configs`), appending each id to `ids` as it is queued (an interrupt in between knows what to
+    cancel)."""
+    if resume_id is not None:
+        st.request_resume(resume_id)  # one line when it cannot, or when another resume came first
+        ids.append(resume_id)
+        return
+    for cfg in configs:
+        ids.append(st.create_run(cfg))
+
+
+def train_runs(st: Store, configs: list[RunConfig], workers: int | None, show_progress: bool,
+               resume_id: int | None = None) -> list[int]:
+    """Queue the runs, have local worker processes train them, and stream their progress until every
+    one has ended (a failure does not stop the rest). Returns the run ids. On Ctrl-C or SIGTERM: every
+    run queued here is cancelled, the workers leave, and the command exits 130 or 143 with one line."""
+    from peft_tui.console import ProgressSink
+    from peft_tui.engine.launch.client import interrupts, watch
+
+    pool = worker_pool(st, configs, workers)
+    ids: list[int] = []
+    with interrupts() as stopped:
+        try:
+            queue(st, configs, resume_id, ids)
+            pool.start()
+            with ProgressSink(enabled=None if show_progress else False) as progress:
+                signum = watch(st, ids, progress)
+        except KeyboardInterrupt:  # before the watching began
+            for run_id in ids:
+                st.request_cancel(run_id)
+            signum = stopped.signum or signal.SIGINT
+        finally:
+            pool.release()
+    if signum:
+        cancelled = ", ".join(map(str, ids)) or "none"
+        sys.stderr.write(f"stopped by {signal.Signals(signum).name}: runs cancelled: {cancelled}\n")
+        raise typer.Exit(128 + signum)
     return ids
 
 
-def execute_run(st: Store, run_id: int, cfg: RunConfig, progress: ProgressSink | None = None, *,
-                resume: bool = False, data: DataSplits | None = None) -> None:
-    """The CLI's one call into the engine: train a stored run to its end (the outcome is in its row).
-    Its events go to the store, to the run's events.jsonl (the dashboard's Log tab reads it) and to
-    `progress`; `data`: its splits, when already loaded."""
-    from peft_tui.engine.events import JsonlSink, fan_out
-    from peft_tui.engine.trainer import execute
-
-    events = JsonlSink(st.events_path(run_id))
-    try:
-        execute(st, run_id, cfg, fan_out(st, events, progress), resume=resume, cache_dir=st.cache_dir, data=data)
-    finally:
-        events.close()
-
-
-def start_detached(st: Store, cfg: RunConfig, as_json: bool) -> None:
-    """Store the run as queued, then train it in a new session (immune to SIGHUP) logging to run.log."""
-    import subprocess
-
-    run_id = st.create_run(cfg)
-    log = st.run_dir(run_id) / "run.log"
-    with open(log, "ab") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "peft_tui.cli", "execute-stored", str(run_id), "--store", str(st.root)],
-            stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, start_new_session=True, close_fds=True,
-        )
+def start_detached(st: Store, configs: list[RunConfig], workers: int | None, as_json: bool,
+                   resume_id: int | None = None) -> None:
+    """Queue the runs and leave them to workers in their own session (they outlive this shell and leave
+    when the queue is empty); print the run ids."""
+    pool = worker_pool(st, configs, workers, detach=True)
+    ids: list[int] = []
+    queue(st, configs, resume_id, ids)
+    pool.start()
+    pool.stop(cancel=False)
+    pids = sorted(pool.pids())
     if as_json:
-        print_json({"id": run_id, "status": "queued", "pid": proc.pid, "log": str(log)})
+        print_json({"ids": ids, "status": "queued", "workers": pids, "log": str(pool.log_path)})
     else:
-        typer.echo(f"run {run_id} training in the background (pid {proc.pid}); log: {log}")
-        typer.echo(f"follow it with `peft-tui launch --store {st.root}` or `peft-tui show {run_id}`")
+        typer.echo(f"runs {', '.join(map(str, ids))} queued; training in the background "
+                   f"(worker pids {', '.join(map(str, pids)) or 'already running'}; log: {pool.log_path})")
+        typer.echo(f"follow them with `peft-tui launch --store {st.root}` or `peft-tui show ID`")

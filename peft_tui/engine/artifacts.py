@@ -75,6 +75,8 @@ def rebuild(folder: Path, config: RunConfig, num_labels: int, device: str = "cpu
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", UserWarning)
             model = method.load(base, Path(folder), params)
+    except ConfigError:
+        raise
     except (FileNotFoundError, OSError, ValueError) as e:
         raise ConfigError(f"the weights in {folder} could not be loaded ({first_line(e, 200)}): "
                           "was the run folder changed?") from None
@@ -94,12 +96,16 @@ def load_export(folder: str | Path, device: str = "cpu") -> LoadedRun:
     """Rebuild an exported run (any method) from the folder `export_run` wrote."""
     folder = Path(folder)
     meta_path = folder / EXPORT_FILE
-    if not meta_path.exists():
+    if not meta_path.is_file():
         raise ConfigError(f"{folder} has no {EXPORT_FILE}: pass a folder written by `peft-tui export`")
-    meta = json.loads(meta_path.read_text())
-    config = RunConfig.from_dict(meta["config"])
-    model, tokenizer = rebuild(folder, config, len(meta["label_names"]), device)
-    return LoadedRun(model, tokenizer, config, meta["label_names"], meta.get("run_id"), device)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        config = RunConfig.from_dict(meta["config"])
+        names = [str(n) for n in meta["label_names"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: bad JSON or a ConfigError
+        raise ConfigError(f"{meta_path} is damaged ({first_line(e, 160)}): export the run again") from None
+    model, tokenizer = rebuild(folder, config, len(names), device)
+    return LoadedRun(model, tokenizer, config, names, meta.get("run_id"), device)
 
 
 def predict(run: LoadedRun, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64) -> list[Prediction]:
@@ -137,31 +143,58 @@ def _set_labels(model, names: list[str]) -> None:
     model.config.label2id = {n: i for i, n in enumerate(names)}
 
 
-def _prepare_out(out: Path) -> None:
+def _prepare_out(out: Path) -> bool:
+    """Make the (new or empty) export folder; True when it was created here."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"export folder {out} exists and is not empty: pass a new folder with --out")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    return created
 
 
 def _save_plain(model, tokenizer, names: list[str], out: Path) -> None:
+    from peft_tui.engine.weights import save_pretrained
+
     _set_labels(model, names)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    save_pretrained(model, out)
+    save_pretrained(tokenizer, out)
 
 
 def export_run(store, run_id: int, out: str | Path, merge: bool = False) -> ExportResult:
+    """Write a run's model to `out` (see `_export`). A failed export leaves nothing behind in `out`;
+    a full disk is one line ("disk full at <path>")."""
+    from peft_tui.engine.weights import disk_full_at
+
+    out = Path(out).expanduser()
+    row = _finished_row(store, run_id)
+    created = _prepare_out(out)
+    try:
+        return _export(store, row, out, merge)
+    except BaseException as e:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for item in out.iterdir():
+                shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
+        path = disk_full_at(e)
+        if path is not None:
+            raise ConfigError(f"disk full at {path}: free some space and export again") from None
+        raise
+
+
+def _export(store, row: dict, out: Path, merge: bool) -> ExportResult:
     """Write a run's model to `out`:
     - full / head / bitfit: a plain transformers folder (the rebuilt model + tokenizer);
     - lora / dora / ia3 / peft-json with `merge`: the adapter merged into the base weights
       (`merge_and_unload`), a plain transformers folder;
     - otherwise (no --merge, or a method that cannot merge: adapters, prefix, prompt): the run's
       trained weights + config + tokenizer + README.md with loading instructions (`load_export`)."""
-    row = _finished_row(store, run_id)
-    out = Path(out).expanduser()
+    from peft_tui.engine.weights import atomic_write_text, save_pretrained, writing
+
+    run_id = row["id"]
     config = RunConfig.from_dict(row["config"])
     names = [str(n) for n in row["result"]["label_names"]]
     run_folder = store.run_dir(run_id)
-    _prepare_out(out)
     model, tokenizer = rebuild(run_folder, config, len(names))
     loads_plain = ("AutoModelForSequenceClassification.from_pretrained(folder)")
 
@@ -193,11 +226,12 @@ def export_run(store, run_id: int, out: str | Path, merge: bool = False) -> Expo
         if item.name in ("config.json", "result.json"):
             continue
         dest = out / item.name
-        shutil.copytree(item, dest) if item.is_dir() else shutil.copy2(item, dest)
-    tokenizer.save_pretrained(out / "tokenizer")
+        with writing(dest):
+            shutil.copytree(item, dest) if item.is_dir() else shutil.copy2(item, dest)
+    save_pretrained(tokenizer, out / "tokenizer")
     meta = {"run_id": run_id, "method": config.method, "label_names": names, "config": config.to_dict(),
             "result": {k: row["result"].get(k) for k in ("accuracy", "f1", "trainable_params", "total_params")}}
-    (out / EXPORT_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    atomic_write_text(out / EXPORT_FILE, json.dumps(meta, indent=2, default=str))
     kind = "adapter" if (out / "adapter").exists() else "weights"
     _write_readme(out, config, names, row, kind, "")
     if merge:
@@ -221,6 +255,8 @@ def _base_reference(model: str) -> str:
 
 
 def _write_readme(out: Path, config: RunConfig, names: list[str], row: dict, kind: str, loads: str) -> None:
+    from peft_tui.engine.weights import atomic_write_text
+
     res = row["result"]
     lines = [
         f"# peft-tui export: run {row['id']} ({row['name']})",
@@ -271,4 +307,4 @@ def _write_readme(out: Path, config: RunConfig, names: list[str], row: dict, kin
                 f"(files: {', '.join(sorted(p.name for p in out.iterdir()))}); the base is rebuilt from "
                 f"`{config.model}` with seed {config.seed}.")
     lines += ["```", "", what, ""]
-    (out / "README.md").write_text("\n".join(lines))
+    atomic_write_text(out / "README.md", "\n".join(lines))

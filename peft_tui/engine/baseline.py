@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peft_tui.engine.events import EvalLogged, LogMessage, RunStarted, Sink
-from peft_tui.engine.result import RunResult, efficiency
+from peft_tui.engine.result import Cancelled, RunResult, efficiency
 from peft_tui.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,7 +32,6 @@ def run_tfidf(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Even
     from sklearn.metrics import accuracy_score, f1_score, log_loss
 
     from peft_tui.engine.data import load_splits
-    from peft_tui.engine.trainer import Cancelled
 
     if data is None:
         data = load_splits(config.data, config.seed)

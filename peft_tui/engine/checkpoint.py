@@ -133,9 +133,11 @@ def discard(run_dir: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def prepare_resume(store, run_id: int) -> RunConfig:
-    """Check a run can be resumed, queue it again in the store (dropping metrics logged after the
-    checkpoint), and return its config. Raises ConfigError with a one-line reason."""
+def resume_point(store, run_id: int) -> tuple[RunConfig, int]:
+    """The config of a stopped run and the step of the checkpoint it would continue from. Raises
+    ConfigError with a one-line reason when it cannot be resumed."""
+    from peft_tui.engine.methods import get_method
+
     row = store.get(run_id)
     if row["status"] not in RESUMABLE:
         why = {"done": "it finished", "running": "it is running", "queued": "it is queued"}.get(row["status"])
@@ -143,8 +145,6 @@ def prepare_resume(store, run_id: int) -> RunConfig:
             f"run {run_id} cannot be resumed: {why or row['status']} "
             "(only interrupted, failed, diverged or cancelled runs)"
         )
-    from peft_tui.engine.methods import get_method
-
     if get_method(row["method"]).is_baseline:
         raise ConfigError(f"run {run_id} is the {row['method']} baseline, which keeps no checkpoint: retry it instead")
     path = find(store.run_dir(run_id))
@@ -153,8 +153,14 @@ def prepare_resume(store, run_id: int) -> RunConfig:
             f"run {run_id} has no checkpoint (it stopped before its first epoch ended): "
             "start it again instead (retry in the dashboard, or `peft-tui run`)"
         )
-    meta = read_meta(path)
     config = RunConfig.from_dict(row["config"])
     config.validate()
-    store.reopen(run_id, int(meta["step"]))
+    return config, int(read_meta(path)["step"])
+
+
+def prepare_resume(store, run_id: int) -> RunConfig:
+    """Check a run can be resumed, queue it again in the store (dropping metrics logged after the
+    checkpoint), and return its config. Raises ConfigError with a one-line reason."""
+    config, step = resume_point(store, run_id)
+    store.reopen(run_id, step)
     return config

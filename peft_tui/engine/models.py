@@ -13,7 +13,9 @@ architecture's own.
 from __future__ import annotations
 
 import importlib.resources
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from peft_tui.errors import ConfigError, first_line
 
@@ -38,16 +40,27 @@ def _quiet_transformers() -> None:
 
 
 def _check_local_folder(path: Path) -> None:
+    from peft_tui.engine.weights import pickle_files
+
     if not (path / "config.json").exists():
         raise ConfigError(f"model folder {path} has no config.json: pass a folder written by save_pretrained")
     has_st = any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").exists()
     if not has_st:
-        if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+        pickles = pickle_files(path)
+        if pickles:
             raise ConfigError(
-                f"model folder {path} has only pickle (.bin/.pt) weights, which peft-tui will not load: "
-                "convert them to safetensors (model.save_pretrained(dir, safe_serialization=True))"
+                f"model folder {path} has only pickle weights: found a pickle weights file ({pickles[0]}); only "
+                "safetensors is loaded: convert it (model.save_pretrained(dir, safe_serialization=True))"
             )
         raise ConfigError(f"model folder {path} has no weights (*.safetensors): save the model there first")
+
+
+def _remote_code_error(name: str, e: Exception) -> ConfigError | None:
+    """The one-line refusal when transformers declined a model's own code (trust_remote_code off)."""
+    if "trust_remote_code" not in str(e):
+        return None
+    return ConfigError(f"model {name!r} runs its own Python code (custom code in its folder or hub repository): "
+                       "pass --trust-remote-code if you trust it")
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
@@ -59,6 +72,9 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
         tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise _hub_error(name, e) from None
+    except ValueError as e:
+        raise _remote_code_error(name, e) or ConfigError(
+            f"the tokenizer of model {name!r} could not be loaded ({first_line(e, 200)})") from None
     if tok.pad_token is None:  # decoder-only models: pad with EOS
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok
@@ -68,15 +84,14 @@ def load_model(name: str, num_labels: int, seed: int, trust_remote_code: bool = 
     """A fresh `...ForSequenceClassification` with a seeded `num_labels` head (dropout + linear) on the
     `pooling` vector; `pooling.pooling_of(model)` tells which mode `auto` became."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     from peft_tui.engine import pooling as pooling_mod
 
     _quiet_transformers()
     torch.manual_seed(seed)
     if name == "tiny":
-        vocab = load_tokenizer("tiny").vocab_size
-        model = BertForSequenceClassification(BertConfig(vocab_size=vocab, num_labels=num_labels, **TINY))
+        model = BertForSequenceClassification(_tiny_config(num_labels))
         return pooling_mod.install(model, pooling_mod.resolve(pooling, None, model))
     folder = _model_folder(name)
     model = _load_pretrained(name, folder, num_labels, trust_remote_code)
@@ -88,7 +103,11 @@ def _model_folder(name: str) -> Path | None:
     if name == "minilm":
         return minilm_path()
     src = Path(name).expanduser()
-    if src.exists():
+    try:
+        exists = src.exists()
+    except OSError as e:  # a name too long for a path, a loop of links
+        raise ConfigError(f"model {name[:80]!r}… cannot be used as a path ({e.strerror}): check --model") from None
+    if exists:
         if not src.is_dir():
             raise ConfigError(f"model {name!r} is a file: pass the folder that holds config.json and weights")
         _check_local_folder(src)
@@ -114,7 +133,7 @@ def _load_pretrained(name: str, folder: Path | None, num_labels: int, trust_remo
     except OSError as e:
         raise _hub_error(name, e) from None
     except (ValueError, RuntimeError, KeyError) as e:
-        raise ConfigError(
+        raise _remote_code_error(name, e) or ConfigError(
             f"model {name!r} could not be loaded ({first_line(e, 200)}): check the folder's config and weights"
         ) from None
     if model.config.pad_token_id is None or hasattr(model, "score"):
@@ -135,15 +154,21 @@ def check_model_name(name: str) -> None:
         raise ConfigError(f"model folder {name!r} does not exist: check the path, or use --model minilm")
 
 
-def check_model_files(name: str, max_length: int | None = None, trust_remote_code: bool = False) -> int | None:
+def check_model_files(name: str, max_length: int | None = None, trust_remote_code: bool = False,
+                      check: Callable[[Any], None] | None = None) -> int | None:
     """Preflight for a model: read its config (and, for local folders, the safetensors headers), never
-    the weights. Catches an unreadable or mismatched config.json, corrupted safetensors files and a
-    max_length above the model's limit. Returns the position limit when known."""
+    the weights. Catches an unreadable or mismatched config.json, corrupted safetensors files, a model
+    that needs --trust-remote-code and a max_length above the model's limit. `check(skeleton)` is called
+    with the model built on the meta device (no memory, no weights), e.g. to check a method's target
+    modules; not for hub ids, whose config is fetched only when the run loads them. Returns the position
+    limit when known."""
     if name == "tiny":
         limit: int | None = TINY["max_position_embeddings"]
+        if check is not None:
+            check(_skeleton(_tiny_config(2)))
     else:
-        src = minilm_path() if name == "minilm" else Path(name).expanduser()
-        if name != "minilm" and not src.is_dir():
+        src = minilm_path() if name == "minilm" else _model_folder(name)
+        if src is None:
             return None  # a hub id: checked when it is fetched
         from transformers import AutoConfig
 
@@ -151,11 +176,13 @@ def check_model_files(name: str, max_length: int | None = None, trust_remote_cod
         try:
             cfg = AutoConfig.from_pretrained(str(src), trust_remote_code=trust_remote_code)
         except Exception as e:  # noqa: BLE001 - bad JSON, unknown model_type, remote code refused
-            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            raise ConfigError(
-                f"model {name!r}: config.json could not be read ({first}): fix or re-save the folder"
+            raise _remote_code_error(name, e) or ConfigError(
+                f"model {name!r}: config.json could not be read ({first_line(e, 160)}): fix or re-save the folder"
             ) from None
-        _check_weight_shapes(name, src, cfg)
+        skeleton = _skeleton(cfg, trust_remote_code)
+        _check_weight_shapes(src, skeleton)
+        if check is not None and skeleton is not None:
+            check(skeleton)
         limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
     if limit and max_length and max_length > limit:
         raise ConfigError(
@@ -164,12 +191,30 @@ def check_model_files(name: str, max_length: int | None = None, trust_remote_cod
     return limit
 
 
-def _check_weight_shapes(name: str, folder: Path, cfg) -> None:
-    """Every safetensors file must open, and its tensors must have the shapes config.json implies
-    (a model built on the meta device: no memory, no weights read). The classifier head may differ."""
+def _tiny_config(num_labels: int):
+    from transformers import BertConfig
+
+    vocab = load_tokenizer("tiny").vocab_size
+    return BertConfig(vocab_size=vocab, num_labels=num_labels, **TINY)
+
+
+def _skeleton(cfg, trust_remote_code: bool = False):
+    """The classifier a config describes, on the meta device (no memory, no weights read), or None for
+    an architecture that cannot be built here (left to load time)."""
     import torch
-    from safetensors import safe_open
     from transformers import AutoModelForSequenceClassification
+
+    try:
+        with torch.device("meta"):
+            return AutoModelForSequenceClassification.from_config(cfg, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _check_weight_shapes(folder: Path, skeleton) -> None:
+    """Every safetensors file must open, and its tensors must have the shapes the skeleton (built from
+    config.json) has. The classifier head may differ."""
+    from safetensors import safe_open
 
     shapes: dict[str, list[int]] = {}
     for f in sorted(folder.glob("*.safetensors")):
@@ -182,10 +227,7 @@ def _check_weight_shapes(name: str, folder: Path, cfg) -> None:
             raise ConfigError(
                 f"weights file {f} is corrupted or truncated ({first}): re-download or re-save the model"
             ) from None
-    try:
-        with torch.device("meta"):
-            skeleton = AutoModelForSequenceClassification.from_config(cfg)
-    except Exception:  # noqa: BLE001 - an architecture we cannot build here: leave it to load time
+    if skeleton is None:
         return
     expected = {k: list(v.shape) for k, v in skeleton.state_dict().items()}
     prefix = getattr(skeleton, "base_model_prefix", "")

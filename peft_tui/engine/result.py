@@ -2,6 +2,7 @@
 
 A `RunResult` travels in `RunFinished`, is stored as JSON in the run's row and in `result.json`, and is
 read back with `RunResult.from_dict` (unknown keys from newer versions are ignored, missing ones default).
+A run that ends without one raises `Cancelled` or `Diverged` (or any error): `trainer.execute` records how.
 """
 
 from __future__ import annotations
@@ -67,3 +68,15 @@ class RunResult:
 def efficiency(accuracy: float, trainable: int) -> float:
     """Accuracy points per million trainable parameters."""
     return 100.0 * accuracy / max(trainable / 1e6, 1e-6)
+
+
+class Cancelled(Exception):
+    """The run's cancel event was set; args[0] is the last step taken."""
+
+
+class Diverged(Exception):
+    """The training loss stopped being a finite number."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"loss became {loss} at step {step}: lower the learning rate or use fp32")
+        self.step = step

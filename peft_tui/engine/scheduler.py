@@ -7,6 +7,7 @@ store, working on any run whoever queued it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
@@ -114,6 +115,6 @@ class Scheduler:
             with self._cond:
                 try:
                     self._watcher.poll()
-                except ConfigError:  # the store is busy or damaged for a moment: try again
-                    pass
+                except Exception:  # the store busy or damaged for a moment: log it, try again
+                    logging.getLogger("peft_tui").warning("following runs failed", exc_info=True)
                 self._cond.notify_all()

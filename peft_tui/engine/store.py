@@ -87,7 +87,7 @@ CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id, name, step);
 
 # The queue's columns, added to databases made before the store was the queue (ALTER TABLE ADD COLUMN).
 QUEUE_COLUMNS = {
-    "queued_at": "REAL",  # NULL: left queued by an older version; never claimed (see `stale_queued`)
+    "queued_at": "REAL",  # NULL: left queued by an older version; never claimed (see `stuck`)
     "resume": "INTEGER DEFAULT 0",  # 1: the claim continues from the run's checkpoint
     "cancel_requested": "INTEGER DEFAULT 0",  # polled by the worker training the run
     "worker": "TEXT",  # "<host>:<pid>:<device>" of the worker that claimed it
@@ -99,7 +99,9 @@ QUEUE_COLUMNS = {
 
 ACTIVE = ("queued", "running")
 FINAL = ("done", "failed", "diverged", "cancelled", "interrupted")
+REAPED = "its process (pid {pid}) ended without recording a result"  # what `reap` knows of a death
 STALE_AFTER_S = 300.0  # a worker on another host that sent no heartbeat for this long is dead
+QUIET_S = 600.0  # a queued run is stuck when nothing trained or was submitted on the store for this long
 SQLITE_MAX_INT = 2**63 - 1
 
 
@@ -513,10 +515,42 @@ class Store:
         shutil.rmtree(folder, ignore_errors=True)
         return True
 
-    def stale_queued(self) -> builtins.list[int]:
-        """Runs left `queued` by a version before the store was the queue: no worker claims them
-        (`peft-tui doctor` offers to cancel them)."""
-        return [r[0] for r in self._query("SELECT id FROM runs WHERE status='queued' AND queued_at IS NULL")]
+    def stuck(self, quiet_s: float = QUIET_S) -> builtins.list[dict[str, Any]]:
+        """Rows left behind by older versions or by killed commands, each with what `unstick` makes of it
+        (`fix`: the status, `reason`: the recorded error):
+        - `queued` that no worker will claim: left by a version before the store was the queue (no
+          queued_at), or queued while no run has trained and nothing was submitted for `quiet_s`;
+        - `interrupted` (an older version's mark for a run whose process ended mid-way), and `running`
+          with no process recorded and no heartbeat for `quiet_s` (`reap` fails those with a pid)."""
+        now = _now()
+        rows = self._query("SELECT id, name, status, queued_at, created_at, heartbeat, pid FROM runs "
+                           "WHERE status IN ('queued', 'running', 'interrupted') ORDER BY id")
+        live = any(r["status"] == "running" and now - (r["heartbeat"] or 0) < quiet_s for r in rows)
+        latest = max((r["queued_at"] for r in rows if r["status"] == "queued" and r["queued_at"]), default=0)
+        idle = not live and now - latest >= quiet_s
+        out = []
+        for r in rows:
+            if r["status"] == "queued" and (r["queued_at"] is None or idle):
+                out.append({"id": r["id"], "name": r["name"], "status": "queued", "fix": "cancelled",
+                            "reason": "left queued with no worker to train it (cleared by `peft-tui doctor --fix`)"})
+            elif r["status"] == "interrupted" or (r["status"] == "running" and not r["pid"]
+                                                  and now - (r["heartbeat"] or 0) >= quiet_s):
+                out.append({"id": r["id"], "name": r["name"], "status": r["status"], "fix": "failed",
+                            "reason": "its process ended mid-run (cleared by `peft-tui doctor --fix`)"})
+        return out
+
+    def unstick(self, stuck: builtins.list[dict[str, Any]]) -> builtins.list[int]:
+        """Apply the `fix` of each row `stuck` returned, where the row has not moved since. Returns the ids
+        changed."""
+        changed = []
+        with self._tx() as db:
+            for r in stuck:
+                t = _now()
+                cur = db.execute("UPDATE runs SET status=?, error=coalesce(error, ?), finished_at=?, heartbeat=? "
+                                 "WHERE id=? AND status=?", (r["fix"], r["reason"], t, t, r["id"], r["status"]))
+                if cur.rowcount:
+                    changed.append(r["id"])
+        return changed
 
     def fail_worker_runs(self, worker_id: str, reason: str) -> builtins.list[int]:
         """The worker `worker_id` died (its pool saw how): its running run becomes failed with `reason`."""
@@ -527,9 +561,14 @@ class Store:
         return ids
 
     def fail_run(self, run_id: int, reason: str) -> bool:
-        """A running run whose process died (its worker saw how) becomes failed with `reason`."""
+        """A running run whose process died (its worker saw how) becomes failed with `reason`, which
+        also replaces the vaguer reason `reap` may have written in the moment since it died."""
         with self._tx() as db:
-            return self._fail(db, run_id, reason)
+            if self._fail(db, run_id, reason):
+                return True
+            cur = db.execute("UPDATE runs SET error=? WHERE id=? AND status='failed' AND error LIKE ?",
+                             (reason, run_id, REAPED.format(pid="%")))
+            return bool(cur.rowcount)
 
     @staticmethod
     def _fail(db: sqlite3.Connection, run_id: int, reason: str) -> bool:
@@ -545,7 +584,7 @@ class Store:
         dead = {}
         for r in self._query("SELECT id, pid, host, heartbeat FROM runs WHERE status='running'"):
             if r["host"] == host and r["pid"] and not _pid_alive(r["pid"]):
-                dead[r["id"]] = f"its process (pid {r['pid']}) ended without recording a result"
+                dead[r["id"]] = REAPED.format(pid=r["pid"])
             elif r["host"] != host and now - (r["heartbeat"] or 0) > stale_after_s:
                 dead[r["id"]] = f"no heartbeat from its worker on {r['host']} for {stale_after_s:.0f} s"
         if dead:

@@ -37,7 +37,7 @@ from peft_tui.engine.events import (
     Sink,
     StepLogged,
 )
-from peft_tui.engine.result import RunResult, efficiency
+from peft_tui.engine.result import Cancelled, Diverged, RunResult, efficiency
 from peft_tui.errors import ConfigError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,16 +46,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from peft_tui.engine.methods import Method
 
 LOG_INTERVAL_S = 0.1  # StepLogged at most ~10 times a second
-
-
-class Cancelled(Exception):
-    """The run's cancel event was set; args[0] is the last step taken."""
-
-
-class Diverged(Exception):
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"loss became {loss} at step {step}: lower the learning rate or use fp32")
-        self.step = step
 
 
 @dataclass(frozen=True)
@@ -442,12 +432,9 @@ def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading
             resume_from = checkpoint.find(out_dir) if resume else None
             if resume and resume_from is None:
                 raise ConfigError(f"run {run_id} has no checkpoint to resume from: start it again instead")
-            if cache_dir is None:
-                cache_dir = store.root / "cache"  # the one place that knows: Store.cache_dir once it exists
-            result = train(config, run_id, sink, cancel, out_dir, resume_from=resume_from, cache_dir=cache_dir,
-                           data=data, dist=dist)
-        # a dict until RunFinished carries the RunResult itself
-        sink(RunFinished(run_id, result.to_dict()))
+            result = train(config, run_id, sink, cancel, out_dir, resume_from=resume_from,
+                           cache_dir=store.cache_dir if cache_dir is None else cache_dir, data=data, dist=dist)
+        sink(RunFinished(run_id, result))
     except Cancelled as e:
         result = None
         sink(RunCancelled(run_id, int(e.args[0]) if e.args else 0))

@@ -1,9 +1,20 @@
-"""Saving and loading weights: safetensors only, written atomically."""
+"""Saving and loading weights: safetensors only, written atomically; a full disk said in one line.
+
+Every write of a run's files goes through the helpers here (`save_tensors`, `save_state`,
+`atomic_write_text` / `write_json`, `save_pretrained`), inside `writing(path)`: a failure for lack of
+space becomes `DiskFull(path)` ("disk full at <path>"), and nothing half-written is left (files go to a
+temporary name first; a folder that `save_pretrained` created is removed again). Loading reads
+safetensors only: a pickle weights file (.bin, .pt, ...) in a run folder is named and refused.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +23,137 @@ from torch import nn
 
 from peft_tui.errors import ConfigError, first_line
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+NOT_WEIGHTS = ("state.pt",)  # a checkpoint's optimizer and RNG states: read with torch.load(weights_only=True)
+MIN_FREE_BYTES = 1 << 20  # after a failed write, less free space than this means the disk is full
+
+
+class DiskFull(OSError):
+    """A write failed because its file system is full (or over quota)."""
+
+    def __init__(self, path: Path | str):
+        super().__init__(errno.ENOSPC, "No space left on device", str(path))
+        self.path = str(path)
+
+    def __str__(self) -> str:
+        return f"disk full at {self.path}"
+
+
+def disk_full_at(exc: BaseException) -> str | None:
+    """The path of a disk-full failure (`DiskFull`, or an OSError with ENOSPC / EDQUOT), else None."""
+    if isinstance(exc, DiskFull):
+        return exc.path
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return str(exc.filename or "") or "?"
+    return None
+
+
+def _out_of_space(exc: BaseException, path: Path) -> bool:
+    """Whether a failed write of `path` failed for lack of space: its errno or message says so, or (torch.save
+    only says "unexpected pos") the file system has almost nothing left."""
+    if disk_full_at(exc) is not None:
+        return True
+    text = str(exc)
+    if "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text:
+        return True
+    folder = path if path.is_dir() else path.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < MIN_FREE_BYTES
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Around a write of `path` (a file or a folder): a failure for lack of space becomes DiskFull(path)."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as e:
+        if _out_of_space(e, path):
+            raise DiskFull(path) from e
+        raise
+
+
+def _atomic(path: Path, write) -> None:
+    """`write(tmp)` then rename tmp to `path`; the temporary file is removed whatever happens."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with writing(path):
+            write(tmp)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file, written atomically."""
+    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def save_state(obj: Any, path: Path) -> None:
+    """Tensors and plain Python values with torch.save (read back with weights_only=True), atomically."""
+    import torch
+
+    _atomic(path, lambda tmp: torch.save(obj, tmp))
+
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def save_pretrained(obj: Any, folder: Path) -> None:
+    """`obj.save_pretrained(folder)` (a model in safetensors, or a tokenizer); a folder it created is removed
+    again when the save fails."""
+    created = not folder.exists()
+    try:
+        with writing(folder):
+            if hasattr(obj, "named_parameters"):
+                obj.save_pretrained(folder, safe_serialization=True)
+            else:
+                obj.save_pretrained(folder)
+    except BaseException:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def removed_on_failure(folder: Path) -> Iterator[None]:
+    """Entries that appear in `folder` during the block are removed again if it raises."""
+    before = set(folder.iterdir()) if folder.exists() else set()
+    try:
+        yield
+    except BaseException:
+        for entry in set(folder.iterdir()) - before if folder.exists() else ():
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        raise
+
+
+def pickle_files(folder: Path) -> list[str]:
+    """Names of pickle-format weight files in a folder (.bin, .pt, ...): never loaded."""
+    try:
+        return sorted(p.name for p in folder.iterdir()
+                      if p.suffix.lower() in PICKLE_SUFFIXES and p.name not in NOT_WEIGHTS and p.is_file())
+    except OSError:
+        return []
+
+
+def require_safetensors(path: Path) -> None:
+    """`path` must be a safetensors weights file in a folder holding no pickle weights file; ConfigError
+    (one line) otherwise."""
+    pickles = pickle_files(path.parent)
+    if pickles:
+        raise ConfigError(f"{path.parent}: found a pickle weights file ({pickles[0]}); only safetensors is loaded "
+                          "(peft-tui saves only .safetensors files): remove it")
+    if not path.is_file():
+        raise ConfigError(f"weights file {path} is missing: the run did not finish saving, rerun it")
 
 
 def trainable_state(model: nn.Module) -> dict:
@@ -29,16 +162,13 @@ def trainable_state(model: nn.Module) -> dict:
 
 
 def save_trainable(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(trainable_state(model), str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    save_tensors(trainable_state(model), path, metadata)
 
 
 def load_into(model: nn.Module, path: Path) -> None:
     """Load a safetensors file of (some of) the model's parameters; every key must exist in the model.
-    Raises ConfigError (one line) for a missing, corrupted or mismatched file."""
-    if not path.exists():
-        raise ConfigError(f"weights file {path} is missing: the run did not finish saving, rerun it")
+    Raises ConfigError (one line) for a missing, corrupted or mismatched file, or a pickle beside it."""
+    require_safetensors(path)
     try:
         state = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for truncated or garbage files

@@ -54,6 +54,7 @@ class PeftLab(App):
         self._pending_lock = threading.Lock()
         self._streamed: set[int] = set()  # runs whose events reach `_sink`: the poll skips their points
         self._stop = threading.Event()
+        self.keep_training = False  # the answer at quit: leave the workers training in the background
 
     # ------------------------------------------------------------------ lifecycle
     def on_mount(self) -> None:
@@ -68,7 +69,7 @@ class PeftLab(App):
     def on_unmount(self) -> None:
         self._stop.set()
         if self._scheduler is not None:
-            self._scheduler.shutdown(cancel_running=True, timeout=10.0)
+            self._scheduler.shutdown(cancel_running=not self.keep_training, timeout=10.0)
 
     # ------------------------------------------------------------------ the scheduler (any thread)
     @property

@@ -5,14 +5,20 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from peft_tui.engine.data.limits import MAX_TABLE_BYTES, size_text
 from peft_tui.errors import ConfigError, first_line
 
 HF_SPLIT_NAMES = ("train", "test", "validation", "valid", "dev", "unsupervised")
 
 
 def is_hf_folder(path: Path) -> bool:
-    """A folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
-    return path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "state.json", "dataset_info.json"))
+    """A folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (False for a path that cannot
+    be looked at, e.g. one too long: the file reader says why)."""
+    try:
+        return path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "state.json",
+                                                                   "dataset_info.json"))
+    except OSError:
+        return False
 
 
 def parse_hf_spec(source: str) -> tuple[str, str | None, str | None]:
@@ -74,9 +80,24 @@ def is_hf_source(src: str) -> bool:
     return src.startswith("hf:") or is_hf_folder(Path(src).expanduser())
 
 
-def read_hf(src: str, what: str, label_col: str = "label"):
+def _to_pandas(ds, what: str, src: str, columns: list[str] | None):
+    """A split as a DataFrame of the wanted columns (those it has), refused above MAX_TABLE_BYTES before
+    it is copied out of its memory-mapped Arrow files."""
+    names = list(ds.column_names)
+    if columns:
+        ds = ds.select_columns([c for c in columns if c in names])
+    size = ds.data.nbytes
+    if size > MAX_TABLE_BYTES:
+        raise ConfigError(f"{what} {src!r} holds {size_text(size)} in the columns used, above the "
+                          f"{size_text(MAX_TABLE_BYTES)} limit: pick a slice, e.g. hf:name::train[:10%]")
+    df = ds.to_pandas()
+    df.attrs["all_columns"] = names  # for the message when a wanted column is missing
+    return df
+
+
+def read_hf(src: str, what: str, label_col: str = "label", columns: list[str] | None = None):
     """(DataFrame of the main split, ClassLabel names or None, {"val"/"test": (split name, DataFrame)} from
-    a DatasetDict's own validation / test splits)."""
+    a DatasetDict's own validation / test splits); with `columns`, only those columns."""
     ds = load_hf(src)
     builtin: dict = {}
     if hasattr(ds, "keys") and not hasattr(ds, "features"):  # a DatasetDict
@@ -90,10 +111,10 @@ def read_hf(src: str, what: str, label_col: str = "label"):
         for which, candidates in (("val", ("validation", "valid", "dev")), ("test", ("test",))):
             for c in candidates:
                 if c in ds and c != main:
-                    builtin[which] = (c, ds[c].to_pandas())
+                    builtin[which] = (c, _to_pandas(ds[c], what, src, columns))
                     break
         ds = ds[main]
     names = _class_names(ds, label_col)
     if len(ds) == 0:
         raise ConfigError(f"{what} {src!r} has no rows: pick another split")
-    return ds.to_pandas(), names, builtin
+    return _to_pandas(ds, what, src, columns), names, builtin

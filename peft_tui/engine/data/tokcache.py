@@ -74,7 +74,7 @@ def _save(path: Path, ids: list[list[int]]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"ids": flat, "offsets": offsets}, str(tmp), metadata={"format": FORMAT})
         os.replace(tmp, path)  # atomic: a reader never sees half a file
-    except OSError:
+    except Exception:  # noqa: BLE001 - OSError, or safetensors' own error on a full disk
         tmp.unlink(missing_ok=True)  # read-only or full store: run without the cache
 
 

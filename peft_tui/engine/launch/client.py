@@ -1,7 +1,8 @@
 """Following runs that train in other processes: their events come back from each run's events.jsonl,
 their ends from the store (a run cancelled while queued, or whose process was killed, writes no event).
 
-    cancelled = watch(store, run_ids, sink)     # the CLI: stream progress until every run has ended
+    signum = watch(store, run_ids, sink)     # the CLI: stream progress until every run has ended
+                                             # (the signal that stopped it, or None)
 """
 
 from __future__ import annotations
@@ -89,24 +90,25 @@ def _end_event(row: dict[str, Any]) -> Event:
     return RunFailed(run_id, row["error"] or status, "diverged" if status == "diverged" else "failed")
 
 
-def watch(store: Store, run_ids: list[int], sink: Callable[[Event], None] | None, poll_s: float = 0.2) -> bool:
+def watch(store: Store, run_ids: list[int], sink: Callable[[Event], None] | None, poll_s: float = 0.2) -> int | None:
     """Stream the events of `run_ids` into `sink` until every one has ended. On Ctrl-C or SIGTERM, cancel
     them all (queued ones at once, running ones within a step), keep streaming until they have ended
-    (a second Ctrl-C stops waiting), and return True. Returns False when they all ended by themselves."""
+    (a second signal stops waiting), and return that signal's number. Returns None when they all ended
+    by themselves."""
     watcher = Watcher(store, sink)
     for run_id in run_ids:
         watcher.add(run_id)
-    try:
-        with _sigterm_interrupts():
+    with interrupts() as stopped:
+        try:
             _follow(watcher, poll_s)
-        return False
-    except KeyboardInterrupt:
-        pass
-    for run_id in run_ids:
-        store.request_cancel(run_id)
-    with contextlib.suppress(KeyboardInterrupt):
-        _follow(watcher, poll_s)
-    return True
+            return None
+        except KeyboardInterrupt:
+            pass
+        for run_id in run_ids:
+            store.request_cancel(run_id)
+        with contextlib.suppress(KeyboardInterrupt):
+            _follow(watcher, poll_s)
+    return stopped.signum or signal.SIGINT
 
 
 def _follow(watcher: Watcher, poll_s: float) -> None:
@@ -116,18 +118,27 @@ def _follow(watcher: Watcher, poll_s: float) -> None:
             time.sleep(poll_s)
 
 
+@dataclass
+class Stopped:
+    signum: int = 0  # the first SIGINT/SIGTERM received inside `interrupts()`, 0 if none
+
+
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does."""
+def interrupts() -> Iterator[Stopped]:
+    """SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does; the first signal's number is
+    kept in the yielded `Stopped` (a caller exits 128 + signum)."""
+    stopped = Stopped()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stopped
         return
 
     def interrupt(signum: int, frame: Any) -> None:
+        stopped.signum = stopped.signum or signum
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield stopped
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -5,12 +5,16 @@ The pool starts a worker for a slot when the store holds queued runs that slot c
 leaves when the queue has nothing more for it. A thread watches the workers: when one dies by a signal,
 the run it had claimed becomes `failed` with that signal as the reason, and a replacement starts while
 queued runs remain. With `detach=True` the workers run in their own session, so they outlive the caller
-(and a Ctrl-C in its terminal); otherwise `stop()` ends them.
+(an SSH logout); otherwise in a process group of their own, so a Ctrl-C in the caller's terminal reaches
+the caller alone (which cancels its own runs through the store), and `stop()` or `release()` ends them.
 
     with LocalPool(store.root) as pool:     # or pool = LocalPool(...).start(); ...; pool.stop()
         ids = [store.create_run(c) for c in configs]
         pool.wake()
         watch(store, ids, sink)
+        pool.release()                      # workers leave once their current run (maybe another's) ends
+
+A run with config.nproc > 1 is still claimed by one worker, which hands it to torchrun (worker.py).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from peft_tui.engine.launch.worker import worker_id
+from peft_tui.engine.launch.worker import LEAVE_SIGNAL, worker_id
 from peft_tui.engine.store import Store, death_reason
 
 TEND_S = 0.5  # how often the pool looks at its workers and the queue
@@ -94,19 +98,30 @@ class LocalPool:
     def stop(self, cancel: bool = True, timeout: float = 30.0) -> None:
         """Stop watching. With `cancel`, SIGTERM every worker (its run ends `cancelled`) and wait for them;
         without, leave them to finish the queue and leave when idle."""
+        self._end_watch(timeout)
+        if cancel:
+            self._signal_all(signal.SIGTERM, timeout)
+
+    def release(self, timeout: float = 10.0) -> None:
+        """Stop watching and ask every worker to leave once its current run has ended (a run of another
+        command on this store is not cut short); wait up to `timeout` for them."""
+        self._end_watch(timeout)
+        self._signal_all(LEAVE_SIGNAL, timeout)
+
+    def _end_watch(self, timeout: float) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        if not cancel:
-            return
+
+    def _signal_all(self, sig: int, timeout: float) -> None:
         with self._lock:
-            live = [s for s in self.slots if s.proc is not None and s.proc.poll() is None]
-            for s in live:
-                s.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            live = [s.proc for s in self.slots if s.proc is not None and s.proc.poll() is None]
+            for proc in live:
+                proc.send_signal(sig)
             deadline = time.monotonic() + timeout
-            for s in live:
+            for proc in live:
                 try:
-                    s.proc.wait(max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
+                    proc.wait(max(0.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     pass
             self._reap_locked()
@@ -162,7 +177,7 @@ class LocalPool:
                 [sys.executable, "-m", "peft_tui.engine.launch.worker", "--store", str(self.root), "--device", device,
                  "--exit-when-idle", "--idle-s", str(self.idle_s)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=self.detach,
-                close_fds=True,
+                process_group=None if self.detach else 0, close_fds=True,
             )
 
     def _log(self, line: str) -> None:

@@ -9,6 +9,8 @@ the imports keeps the start-up each run pays to milliseconds. In the child, a th
 heartbeat and polls the store for a cancel request about twice a second.
 
 SIGTERM, SIGINT or SIGHUP cancels the current run cleanly (it ends `cancelled`) and stops the worker.
+SIGUSR1 lets the current run finish, then stops the worker (what a CLI command's pool sends at its end:
+a run the worker took from another command's queue is not cut short).
 A child killed by a signal (the kernel's out-of-memory killer sends SIGKILL) leaves its run `failed`
 with that signal as the reason, and the worker goes on with the next run.
 """
@@ -34,6 +36,7 @@ from peft_tui.errors import ConfigError, first_line
 
 POLL_S = 0.5  # queue polling when idle; heartbeat and cancel polling while training
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+LEAVE_SIGNAL = signal.SIGUSR1  # finish the current run, claim no other
 
 
 def worker_id(host: str, pid: int, device: str) -> str:
@@ -71,7 +74,8 @@ class Worker:
         self.device = device
         self.host = socket.gethostname()
         self.id = worker_id(self.host, os.getpid(), device)
-        self.stopping = threading.Event()
+        self.stopping = threading.Event()  # a stop signal came: cancel the current run, claim no other
+        self.leaving = False  # LEAVE_SIGNAL came: no claim after the current run
         self._child: multiprocessing.process.BaseProcess | None = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -80,15 +84,19 @@ class Worker:
         if child is not None and child.pid is not None and child.exitcode is None:
             os.kill(child.pid, signal.SIGTERM)  # the run ends cancelled
 
+    def _on_leave(self, signum: int, frame: Any) -> None:
+        self.leaving = True  # an idle worker sees it within POLL_S
+
     def serve(self, exit_when_idle: bool = False, idle_s: float = 0.0) -> int:
         """Train queued runs until stopped (or, with `exit_when_idle`, until idle for `idle_s`)."""
         started = process_start_time()
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
+        signal.signal(LEAVE_SIGNAL, self._on_leave)
         preload()
         ready_since = started  # start-up a run pays is counted from when this worker was free for it
         idle_since = time.time()
-        while not self.stopping.is_set():
+        while not (self.stopping.is_set() or self.leaving):
             claim = self._claim()
             if claim is None:
                 if exit_when_idle and time.time() - idle_since >= idle_s:
@@ -105,7 +113,13 @@ class Worker:
         return self.store.claim(self.id, os.getpid(), self.host, [self.device])
 
     def _train(self, claim: Claim, startup_from: float) -> None:
-        """Train one claimed run in a child process; record how it ended when it could not."""
+        """Train one claimed run in a child process; record how it ended when it could not.
+        A run across several processes (config.nproc > 1) is handed to torchrun (launch/ddp.py)."""
+        if claim.config.nproc > 1:
+            from peft_tui.engine.launch import ddp
+
+            ddp.launch(self.store.root, claim.run_id, claim.config.nproc, local_device(self.device))
+            return
         ctx = multiprocessing.get_context("fork")  # after `preload`: the child starts warm
         child = ctx.Process(target=train_one, args=(str(self.store.root), claim, local_device(self.device),
                                                     startup_from, os.getpid()), name=f"peft-tui-run-{claim.run_id}")
@@ -136,9 +150,7 @@ def train_one(root: str, claim: Claim, device: str, startup_from: float, worker_
     done = threading.Event()
     beat = threading.Thread(target=_keep_alive, args=(store, run_id, cancel, done), daemon=True)
     beat.start()
-    sink: Sink = fan_out(store, JsonlSink(store.events_path(run_id)))
-    if device == "cpu":
-        sink = ProcessPeak(sink)
+    sink: Sink = ProcessFigures(fan_out(store, JsonlSink(store.events_path(run_id))), startup_s, device == "cpu")
     config = dataclasses.replace(claim.config, device=device)
     # cache_dir: passed where the trainer takes it (the engine branch adds the argument)
     extra = {"cache_dir": store.cache_dir} if "cache_dir" in inspect.signature(execute).parameters else {}
@@ -176,20 +188,31 @@ def _die_with(worker_pid: int) -> None:
         os._exit(1)
 
 
-class ProcessPeak:
-    """On CPU, a finished run's peak memory is the peak RSS of its own process: exact, where the trainer
-    samples it. Wraps the run's sinks. (On CUDA the trainer's torch figures stand.)"""
+class ProcessFigures:
+    """Adds what only the run's own process knows to its result: the worker start-up it paid
+    (result.extra["worker_startup_s"]) and, on CPU, its peak memory as the peak RSS of this process:
+    exact, where the trainer samples it. (On CUDA the trainer's torch figures stand.) Wraps the run's sinks."""
 
-    def __init__(self, sink: Sink):
+    def __init__(self, sink: Sink, startup_s: float, cpu: bool):
         self.sink = sink
+        self.startup_s = startup_s
+        self.cpu = cpu
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunFinished):
-            event = RunFinished(event.run_id, with_process_peak(event.result))
+            result = with_extra(event.result, worker_startup_s=round(self.startup_s, 3))
+            event = RunFinished(event.run_id, with_process_peak(result) if self.cpu else result)
         self.sink(event)
 
     def close(self) -> None:
         self.sink.close()
+
+
+def with_extra(result: RunResult | dict[str, Any], **figures: Any) -> RunResult | dict[str, Any]:
+    """`result` with `figures` added to its `extra` (a result may still be a plain dict)."""
+    if isinstance(result, RunResult):
+        return dataclasses.replace(result, extra={**result.extra, **figures})
+    return {**result, "extra": {**(result.get("extra") or {}), **figures}}
 
 
 def with_process_peak(result: RunResult | dict[str, Any]) -> RunResult | dict[str, Any]:

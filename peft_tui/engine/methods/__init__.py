@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from peft_tui.config import MAX_INT
 from peft_tui.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # run(config, run_id, sink, cancel, out_dir, data) -> RunResult: a whole run, its events included; `data`
 # is the splits when the caller loaded them already, else None. Raises like the trainer (ConfigError,
-# trainer.Cancelled, ...); `execute` turns that into the run's end.
+# result.Cancelled, ...); `execute` turns that into the run's end.
 RunHook = Callable[["RunConfig", int, "Sink", threading.Event, Path, Optional["DataSplits"]], "RunResult"]
 
 
@@ -74,6 +75,10 @@ class Param:
             raise ConfigError(
                 f"{self.name}={value!r} has the wrong type: it takes a {self.type.__name__}, e.g. {self.default!r}"
             )
+        if self.type is list and not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{self.name}={repr(value)[:60]} must be a list of names, e.g. {self.name}=query,value")
+        if isinstance(value, int) and abs(value) > MAX_INT:
+            raise ConfigError(f"{self.name}={repr(value)[:40]} is too large: it must fit in 64 bits")
         if self.choices and value not in self.choices:
             raise ConfigError(f"{self.name}={value!r} is not allowed: use one of {', '.join(self.choices)}")
         if self.check:
@@ -107,6 +112,10 @@ class Method:
                 raise ConfigError(f"method {self.name!r} has no parameter {key!r}: its parameters are {allowed}")
             self.params[key].validate(value)
 
+    def check_model(self, model: nn.Module, params: dict[str, Any]) -> None:
+        """Checks against the model before it loads: `model` is built on the meta device (module names
+        and shapes, no weights). Raises ConfigError; by default nothing to check."""
+
     def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in."""
         out = {k: p.default for k, p in self.params.items()}
@@ -136,8 +145,8 @@ def register(cls: type[Method]) -> type[Method]:
 def get_method(name: str) -> Method:
     try:
         return REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown method {name!r}: use one of {', '.join(REGISTRY)}") from None
+    except (KeyError, TypeError):  # TypeError: a list or table from a config file
+        raise ConfigError(f"unknown method {repr(name)[:60]}: use one of {', '.join(REGISTRY)}") from None
 
 
 def method_names() -> list[str]:
@@ -145,6 +154,6 @@ def method_names() -> list[str]:
 
 
 # Registration order is display order.
-from peft_tui.engine.methods import (  # noqa: F401, I001
+from peft_tui.engine.methods import (  # noqa: E402, F401, I001
     full, lora, adapters, head, bitfit, ia3, prompt_learning, peft_json, tfidf,
 )

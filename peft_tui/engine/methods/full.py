@@ -19,7 +19,9 @@ class Full(Method):
         return model
 
     def save(self, model, folder, params):
-        model.save_pretrained(folder / "model", safe_serialization=True)
+        from peft_tui.engine.weights import save_pretrained
+
+        save_pretrained(model, folder / "model")
 
     def load(self, base, folder, params):
         from peft_tui.engine.weights import load_into

@@ -36,10 +36,10 @@ def default_targets(model_type: str):
     """(target_modules, feedforward_modules) for a model type; peft's own table is the fallback."""
     if model_type in TARGETS:
         return TARGETS[model_type]
-    from peft.utils.constants import (
-        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as peft_ff,
-        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as peft_targets,
-    )
+    from peft.utils import constants
+
+    peft_targets = constants.TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
+    peft_ff = constants.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING
 
     if model_type not in peft_targets:
         raise ConfigError(
@@ -64,6 +64,20 @@ class IA3(Method):
         ),
     }
 
+    def check_params(self, values):
+        super().check_params(values)
+        targets, ff = values.get("target_modules"), values.get("feedforward_modules") or []
+        if ff and not targets:
+            raise ConfigError("feedforward_modules needs target_modules too: pass both")
+        missing = [f for f in ff if f not in (targets or [])]
+        if missing:
+            raise ConfigError(f"feedforward_modules {missing} must also be in target_modules")
+
+    def check_model(self, model, params):
+        from peft_tui.engine.methods.peft_common import check_targets
+
+        check_targets(model, self.resolve(params)["target_modules"], self.name)
+
     def peft_config(self, model, params):
         from peft import IA3Config, TaskType
 
@@ -71,15 +85,9 @@ class IA3(Method):
 
         p = self.resolve(params)
         if p["target_modules"]:
-            targets = p["target_modules"]
-            ff = p["feedforward_modules"] or []
-            missing = [f for f in ff if f not in targets]
-            if missing:
-                raise ConfigError(f"feedforward_modules {missing} must also be in target_modules")
+            targets, ff = p["target_modules"], p["feedforward_modules"] or []
         else:
             targets, ff = default_targets(model.config.model_type)
-            if p["feedforward_modules"]:
-                raise ConfigError("feedforward_modules needs target_modules too: pass both")
         return IA3Config(
             task_type=TaskType.SEQ_CLS,
             target_modules=targets,

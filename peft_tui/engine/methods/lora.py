@@ -36,6 +36,11 @@ def default_targets(model_type: str) -> list[str] | str:
     return list(peft_table.get(model_type, [])) or "all-linear"
 
 
+def _targets(names: list[str] | None) -> list[str] | str | None:
+    """`target_modules=all-linear` arrives as a one-name list: peft wants the string."""
+    return "all-linear" if names == ["all-linear"] else names
+
+
 @register
 class Lora(Method):
     name = "lora"
@@ -52,6 +57,11 @@ class Lora(Method):
         "use_rslora": Param("use_rslora", bool, False, "rsLoRA: scale the update by alpha/sqrt(r), not alpha/r"),
     }
 
+    def check_model(self, model, params):
+        from peft_tui.engine.methods.peft_common import check_targets
+
+        check_targets(model, self.resolve(params)["target_modules"], self.name)
+
     def peft_config(self, model, params):
         from peft import LoraConfig, TaskType
 
@@ -63,7 +73,7 @@ class Lora(Method):
             r=p["r"],
             lora_alpha=p["alpha"],
             lora_dropout=p["dropout"],
-            target_modules=p["target_modules"] or default_targets(model.config.model_type),
+            target_modules=_targets(p["target_modules"]) or default_targets(model.config.model_type),
             modules_to_save=head_module_names(model),
             use_dora=p["use_dora"],
             use_rslora=p["use_rslora"],
@@ -78,12 +88,17 @@ class Lora(Method):
             raise ConfigError(f"{self.name} cannot wrap this model: {first_line(e)}") from None
 
     def save(self, model, folder, params):
-        model.save_pretrained(folder / "adapter", safe_serialization=True)
+        from peft_tui.engine.methods.peft_common import save_adapter
+
+        save_adapter(model, folder)
 
     def load(self, base, folder, params):
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(base, folder / "adapter")
+        from peft_tui.engine.methods.peft_common import ADAPTER_DIR, check_adapter_folder
+
+        check_adapter_folder(folder)
+        return PeftModel.from_pretrained(base, folder / ADAPTER_DIR)
 
 
 @register

@@ -112,14 +112,48 @@ def wrap(model, config, what: str):
         raise ConfigError(f"{what} cannot wrap this model: {first_line(e, 200)}") from None
 
 
+def check_targets(model, targets: list[str] | str | None, what: str) -> None:
+    """Each of `targets` must match a module of `model` the way peft matches them: a name matches a module
+    whose path is that name or ends in "." + name; a single string is a regular expression matched against
+    whole paths ("all-linear": every linear layer). ConfigError naming the first that matches nothing."""
+    import re
+
+    if not targets or targets == "all-linear" or targets == ["all-linear"]:
+        return
+    paths = [n for n, _ in model.named_modules() if n]
+    if isinstance(targets, str):
+        try:
+            hit = any(re.fullmatch(targets, p) for p in paths)
+        except re.error as e:
+            raise ConfigError(f"{what}: target_modules {targets[:60]!r} is not a valid regular expression ({e})") from None
+        missing = [] if hit else [targets]
+    else:
+        missing = [t for t in targets if not any(p == t or p.endswith("." + t) for p in paths)]
+    if missing:
+        leaves = sorted({p.rsplit(".", 1)[-1] for p, m in model.named_modules() if type(m).__name__ == "Linear"})
+        raise ConfigError(f"{what}: target_modules {missing[0][:60]!r} matches no module of this model: "
+                          f"use names of its layers, e.g. {', '.join(leaves[:8])}")
+
+
 def save_adapter(model, folder: Path) -> None:
-    model.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
+    from peft_tui.engine.weights import save_pretrained
+
+    save_pretrained(model, folder / ADAPTER_DIR)
+
+
+def check_adapter_folder(folder: Path) -> None:
+    """The run's adapter folder must hold adapter_model.safetensors and no pickle weights file (peft would
+    fall back to adapter_model.bin, read with torch.load)."""
+    from peft_tui.engine.weights import require_safetensors
+
+    require_safetensors(folder / ADAPTER_DIR / "adapter_model.safetensors")
 
 
 def load_adapter(base, folder: Path):
     """Rebuild the trained model from a fresh `base` classifier and `folder / "adapter"` (inference mode)."""
     from peft import PeftConfig
 
+    check_adapter_folder(folder)
     path = folder / ADAPTER_DIR
     config = PeftConfig.from_pretrained(str(path))  # the subclass named by the folder's peft_type
     config.inference_mode = True

@@ -69,6 +69,13 @@ class PeftJson(Method):
         if "config" not in values:  # the default is empty: say what to pass at validation, not at training
             parse_config("")
 
+    def check_model(self, model, params):
+        from peft_tui.engine.methods.peft_common import check_targets
+
+        targets = parse_config(self.resolve(params)["config"]).get("target_modules")
+        if isinstance(targets, str) or isinstance(targets, list) and all(isinstance(t, str) for t in targets):
+            check_targets(model, targets, f"peft-json ({self.resolve(params)['config'][:40]})")
+
     def peft_config(self, model, params):
         import dataclasses
 

@@ -12,15 +12,15 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from peft_tui.console import literal
 from peft_tui.report.table import human_count
+from peft_tui.safe import safe_lines, safe_text
 from peft_tui.ui.state import LabState, fmt_duration, is_baseline, shown_result
 from peft_tui.ui.widgets.tables import status_text
 
 
 def _shown(text: str) -> str:
     """User or file text for a markup string: literal, no control characters."""
-    return escape(literal(text).plain)
+    return escape(safe_text(text))
 
 
 def describe(row: dict[str, Any], folder: str | None) -> str:
@@ -55,12 +55,12 @@ def describe(row: dict[str, Any], folder: str | None) -> str:
         lines += [f"  {label:<17} {'-' if res[key] is None else fmt(res[key])}"
                   for label, key, fmt in shown if key in res]
         rest = {k: v for k, v in res.items() if k not in ("versions", "label_names") and not isinstance(v, dict)}
-        lines.append(f"  [dim]{escape(json.dumps(rest, default=str)[:600])}[/dim]")
+        lines.append(f"  [dim]{escape(safe_text(json.dumps(rest, default=str), 600))}[/dim]")
     cfg = row.get("config") or {}
     if cfg:
         lines.append("")
         lines.append("[b]config[/b]")
-        lines.append(escape(json.dumps(cfg, indent=2, default=str)))
+        lines.append(escape(safe_lines(json.dumps(cfg, indent=2, default=str))))
     return "\n".join(lines)
 
 

@@ -16,9 +16,9 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, RichLog, Static, TabbedContent, TabPane
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, DataTable, Footer, RichLog, Static, TabbedContent, TabPane
 
 from peft_tui.config import RunConfig
 from peft_tui.console import literal
@@ -378,14 +378,44 @@ class MainScreen(Screen):
         self.call_after_refresh(self.replot)
 
     def action_request_quit(self) -> None:
-        from peft_tui.ui.screens.confirm import ConfirmScreen
-
         n = self.app.runs_here()
         if not n:
             self.app.exit()
             return
-        self.app.push_screen(
-            ConfirmScreen(f"{n} run(s) are queued or running in this dashboard.\n"
-                          f"Quitting cancels them (finished runs stay in the store). Quit?"),
-            lambda yes: self.app.exit() if yes else None,
-        )
+
+        def answer(choice: str | None) -> None:
+            if choice is not None:
+                self.app.keep_training = choice == "keep"
+                self.app.exit()
+
+        self.app.push_screen(QuitScreen(n), answer)
+
+
+class QuitScreen(ModalScreen[str | None]):
+    """Quitting with runs in flight: keep them training in the background (the workers outlive the
+    dashboard and leave when the queue is empty), cancel them, or stay."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("k", "choose('keep')", "Keep training"),
+                                             Binding("c", "choose('cancel')", "Cancel them"),
+                                             Binding("escape", "choose('')", "Stay")]
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm"):
+            yield Static(f"{self.n} run(s) are queued or running in this dashboard.", id="confirm-text")
+            with Horizontal(id="confirm-buttons"):
+                yield Button("Keep training in the background (k)", variant="primary", id="keep")
+                yield Button("Cancel them (c)", variant="error", id="cancel")
+                yield Button("Stay (esc)", id="stay")
+
+    def on_mount(self) -> None:
+        self.query_one("#keep", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.action_choose("" if event.button.id == "stay" else str(event.button.id))
+
+    def action_choose(self, choice: str) -> None:
+        self.dismiss(choice or None)

@@ -12,6 +12,7 @@ from textual.widgets.data_table import CellDoesNotExist
 
 from peft_tui.console import literal
 from peft_tui.report.table import COLUMNS, formatted, rows_from_runs, sort_rows
+from peft_tui.safe import safe_text
 from peft_tui.ui.state import STATUS_WORDS, LabState, fmt_duration, is_baseline, shown_result
 
 QUEUE_COLUMNS = [
@@ -33,7 +34,7 @@ QUEUE_COLUMNS = [
 
 def status_text(status: str) -> Text:
     symbol, style = STATUS_WORDS.get(status, ("?", ""))
-    return Text(f"{symbol} {status}", style=style)
+    return Text(f"{symbol} {safe_text(status, 20)}", style=style)
 
 
 def progress_text(row: dict[str, Any], width: int = 6) -> Text:
@@ -71,7 +72,7 @@ def queue_cells(row: dict[str, Any], now: float) -> list[Any]:
         "acc": "-" if acc is None else f"{100 * acc:.1f}%",
         "elapsed": fmt_duration(LabState.elapsed(row, now)),
         "eta": fmt_duration(LabState.eta(row, now)),
-        "note": literal(note if len(note) <= 120 else note[:119] + "…", style="red" if row.get("error") else "dim"),
+        "note": literal(note, style="red" if row.get("error") else "dim", limit=120),
     }
     return [cells[key] for key, _, _ in QUEUE_COLUMNS]
 

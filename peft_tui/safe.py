@@ -1,0 +1,46 @@
+"""Text from users and files made safe for a terminal: `safe_text` (one value) and `safe_lines` (a block of
+lines we composed around such values). Every front end shows names, paths, labels, texts, errors and
+config values through these; rich output then wraps the result in a Text object, never in markup.
+
+What is removed: terminal escape sequences whole (ESC [ ... colours, cursor moves, clear screen;
+ESC ] ... titles and hyperlinks; their 8-bit forms), then every other C0/C1 control character and DEL.
+Tabs, newlines, carriage returns and the other line breaks become one space each, so a value stays on
+its line. A lone surrogate (a file name that is not UTF-8) becomes U+FFFD, which every terminal can print.
+Pure Python, no rich: the engine may use it too.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_ESCAPES = re.compile(
+    r"""
+      \x1b\[ [0-?]* [ -/]* [@-~]?              # CSI: ESC [ parameters, final byte
+    | \x1b\] [^\x07\x1b\x9c]* (?:\x07|\x1b\\|\x9c)    # OSC: ESC ] ... BEL or ST (titles, hyperlinks)
+    | \x1b [PX^_] [^\x1b\x9c]* (?:\x1b\\|\x9c)       # DCS, SOS, PM, APC strings
+    | \x1b [ -/]* [0-~]?                            # any other escape (and an unterminated string's start)
+    | \x9b [0-?]* [ -/]* [@-~]?                     # 8-bit CSI
+    | [\x90\x98\x9d\x9e\x9f] [^\x07\x1b\x9c]* (?:\x07|\x9c)  # 8-bit DCS, SOS, OSC, PM, APC
+    """,
+    re.VERBOSE,
+)
+_BREAKS = re.compile("\r\n|[\t\n\r\v\f\x85\u2028\u2029]")
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def safe_text(value: Any, limit: int | None = None) -> str:
+    """`value` as one line of plain text, safe to print: no escape sequences or control characters,
+    line breaks and tabs as spaces, at most `limit` characters (cut with '…')."""
+    text = _ESCAPES.sub("", str(value))
+    text = _CONTROLS.sub("", _BREAKS.sub(" ", text))
+    text = _SURROGATES.sub("\ufffd", text)
+    if limit is not None and len(text) > limit:
+        text = text[: max(0, limit - 1)] + "…"
+    return text
+
+
+def safe_lines(text: str) -> str:
+    """A block of lines (a summary or a report we composed) with every line through `safe_text`."""
+    return "\n".join(safe_text(line) for line in str(text).split("\n"))

@@ -52,11 +52,13 @@ from peft_tui.engine.events import (
     Event,
     JsonlSink,
     RunFailed,
+    RunFinished,
     Sink,
     event_from_dict,
     event_to_dict,
     fan_out,
 )
+from peft_tui.engine.launch.worker import with_extra, with_process_peak
 from peft_tui.engine.store import Claim, Store
 from peft_tui.errors import ConfigError, first_line
 
@@ -105,13 +107,17 @@ class Relay:
 
 class RelaySink:
     """A task's sink: each event goes to the relay; before the terminal event, the run folder's files,
-    and both are waited for, so that they have arrived before the task ends."""
+    and both are waited for, so that they have arrived before the task ends. With `own_process` (a
+    1-process run on CPU, in a Ray worker process of its own), the result's peak memory is that
+    process's peak RSS."""
 
-    def __init__(self, relay, run_id: int, folder: Path):
-        self.relay, self.run_id, self.folder = relay, run_id, folder
+    def __init__(self, relay, run_id: int, folder: Path, own_process: bool = False):
+        self.relay, self.run_id, self.folder, self.own_process = relay, run_id, folder, own_process
 
     def __call__(self, event: Event) -> None:
         put = self.relay.put.remote
+        if isinstance(event, RunFinished) and self.own_process:
+            event = RunFinished(event.run_id, with_process_peak(event.result))
         if isinstance(event, TERMINAL):
             import ray
 
@@ -156,7 +162,6 @@ def run_on_node(run_id: int, config_dict: dict[str, Any], resume: bool, files: d
     folder seeded with `files`; the run's events go to the relay (rank 0 only); the relay's cancel
     request sets the cancel Event. Returns the error when the run failed on this rank."""
     from peft_tui.engine.launch.ddp import train_rank
-    from peft_tui.engine.launch.worker import ProcessPeak
 
     config = RunConfig.from_dict(config_dict)
     if device is not None:
@@ -167,9 +172,7 @@ def run_on_node(run_id: int, config_dict: dict[str, Any], resume: bool, files: d
     write_folder(folder, files)
     cancel, done = threading.Event(), threading.Event()
     threading.Thread(target=_poll_cancel, args=(relay, run_id, cancel, done), daemon=True).start()
-    sink: Sink = RelaySink(relay, run_id, folder)
-    if config.device == "cpu" and dist is None:
-        sink = ProcessPeak(sink)  # a fresh process per task: its peak RSS is the run's
+    sink = RelaySink(relay, run_id, folder, own_process=config.device == "cpu" and dist is None)
     try:
         if dist is None:
             from peft_tui.engine.trainer import Dist
@@ -251,6 +254,7 @@ class Flight:
     sink: Sink
     slots: int
     sent_at: float  # time.monotonic() when it was sent
+    startup_s: float | None = None  # from sending to the task's start
     ended: bool = False  # its terminal event has been recorded
     cancel_sent: bool = False
 
@@ -347,7 +351,8 @@ class Driver:
             if f is None or f.ended:
                 continue
             if kind == "started":  # the start-up this run paid: Ray's scheduling, a worker process, imports
-                self.store.heartbeat(run_id, os.getpid(), startup_s=time.monotonic() - f.sent_at)
+                f.startup_s = time.monotonic() - f.sent_at
+                self.store.heartbeat(run_id, os.getpid(), startup_s=f.startup_s)
                 continue
             if kind == "files":
                 write_folder(self.store.run_dir(run_id), payload)
@@ -355,6 +360,8 @@ class Driver:
             event = event_from_dict(payload)
             if event is None:
                 continue
+            if isinstance(event, RunFinished) and f.startup_s is not None:
+                event = RunFinished(run_id, with_extra(event.result, worker_startup_s=round(f.startup_s, 3)))
             f.sink(event)
             f.ended = isinstance(event, TERMINAL)
 

@@ -197,8 +197,8 @@ def _poll_cancel(relay, run_id: int, cancel: threading.Event, done: threading.Ev
 
 
 def train_task(run_id: int, config_dict: dict[str, Any], resume: bool, files: dict[str, bytes], relay) -> None:
-    """A Ray task: one run in one process. Its events say how the run ended; it raises only when even
-    that could not be said."""
+    """A Ray task: one run in one process. Its events say how the run ended (a failure goes to the task's
+    log too)."""
     failure = run_on_node(run_id, config_dict, resume, files, relay)
     if failure is not None:
         sys.stderr.write(f"run {run_id}: {failure}\n")
@@ -235,9 +235,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     dist = Dist(ctx.get_world_rank(), ctx.get_world_size())
-    device = str(ray.train.torch.get_device())
     failure = run_on_node(cfg["run_id"], cfg["config"], cfg["resume"], cfg["files"], cfg["relay"], dist,
-                          "cpu" if device == "cpu" else device)
+                          str(ray.train.torch.get_device()))
     if failure is not None:
         raise RuntimeError(f"rank {dist.rank}: {failure}")
 

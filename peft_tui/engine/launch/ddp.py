@@ -97,8 +97,8 @@ def _forward_signals(proc: subprocess.Popen) -> Iterator[None]:
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _parent_death_signal() -> Any:

@@ -5,6 +5,9 @@ by dropout (each rank draws the masks of its half) and float rounding. The 1-pro
 process of its own too (`python -m peft_tui.engine.launch.ddp` is not involved), so both times include
 the imports and the model load. On a 2-core machine the 2 ranks share the cores the 1-process run has
 to itself: expect no speed-up there; the figure that matters is the overhead of the process group.
+torchrun gives each rank OMP_NUM_THREADS=1 (cores / ranks); the 1-process run keeps torch's default
+(all cores) unless OMP_NUM_THREADS is set: set it to 1 to compare the same threads per process (on a
+loaded machine, torch's default threads can be many times slower).
 
 Usage: python benchmarks/ddp_gloo.py [--model tiny|minilm] [--size N] [--epochs E] [--method full]
 """

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One prepared GPU check: CUDA paths of the engine (bf16 / fp16 autocast, NVML memory in events,
-# LoRA vs full memory and throughput on a roberta-base-size random config). Prints a table.
-# On a machine without an NVIDIA GPU it says so and exits 0.
+# LoRA vs full memory and throughput on a roberta-base-size random config), then runs as processes:
+# two runs queued on one GPU (each its own process and peak memory), a torchrun (NCCL) run with
+# --gpus 1 (and 2 where there are two GPUs), and a run through a local Ray instance using the GPU.
+# Prints tables. On a machine without an NVIDIA GPU it says so and exits 0; without Ray, the Ray
+# part says so and is skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -48,6 +51,69 @@ for model in ("minilm", folder):
             if r is None:
                 print(f"{name:8} {method:8} {prec:5} {row['status']:8} {row['error']}")
                 continue
-            print(f"{name:8} {method:8} {prec:5} {'done':8} {r['samples_per_s']:9.0f} {r['peak_memory_mb']:13.0f} "
-                  f"{r['peak_reserved_mb']:11.0f} {max(nvml or [0]):8.0f} {100 * r['accuracy']:6.1f}")
+            print(f"{name:8} {method:8} {prec:5} {'done':8} {r.samples_per_s:9.0f} {r.peak_memory_mb:13.0f} "
+                  f"{r.peak_reserved_mb:11.0f} {max(nvml or [0]):8.0f} {100 * r.accuracy:6.1f}")
+PY
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PY" - <<'PY'
+import importlib.util, os, socket, tempfile, time
+import torch
+from peft_tui.config import DataConfig, RunConfig
+from peft_tui.engine.launch import ddp
+from peft_tui.engine.launch.client import watch
+from peft_tui.engine.launch.local import LocalPool
+from peft_tui.engine.store import Store
+
+def config(method, **kw):
+    return RunConfig(method=method, model="minilm", data=DataConfig(size=2400), epochs=1, batch_size=32,
+                     precision="bf16", **kw)
+
+def row_line(label, row):
+    r = row["result"] or {}
+    nvml = max((v for _, v in STORE.series(row["id"], "gpu_device_used_mb")), default=0)
+    print(f"{label:22} {row['status']:9} {r.get('steps', 0):5} {r.get('train_time_s', 0):7.1f} "
+          f"{r.get('peak_memory_mb') or 0:13.0f} {r.get('peak_reserved_mb') or 0:11.0f} {nvml:8.0f} "
+          f"{row['startup_s'] or 0:9.2f}  {row['error'] or r.get('memory_kind', '')}")
+
+STORE = Store(tempfile.mkdtemp(prefix="gpu-check-procs-"))
+print(f"\n{'run':22} {'status':9} {'steps':>5} {'train s':>7} {'peak alloc MB':>13} {'reserved MB':>11} "
+      f"{'NVML MB':>8} {'startup s':>9}")
+
+# (a) two runs queued on one GPU: one worker for cuda:0 trains them one after the other, each in a
+# process of its own, so each peak is its own (full's must be the larger)
+ids = [STORE.create_run(config(m, name=f"queued-{m}", device="cuda")) for m in ("full", "lora")]
+with LocalPool(STORE.root, devices=["cuda:0"]) as pool:
+    pool.wake()
+    watch(STORE, ids, None)
+rows = [STORE.get(i) for i in ids]
+for row in rows:
+    row_line(row["name"], row)
+peaks = [(r["result"] or {}).get("peak_memory_mb") or 0 for r in rows]
+print(f"  per-run peaks: full {peaks[0]:.0f} MB > lora {peaks[1]:.0f} MB: {'PASS' if peaks[0] > peaks[1] > 0 else 'FAIL'}")
+
+# (b) torchrun + NCCL: --gpus 1, and --gpus 2 where the machine has two GPUs
+for n in sorted({1, min(2, torch.cuda.device_count())}):
+    run_id = STORE.create_run(config("lora", name=f"torchrun-gpus{n}", device="cuda", nproc=n))
+    STORE.claim(f"{socket.gethostname()}:{os.getpid()}:cuda", os.getpid(), socket.gethostname(), ["cuda:0"])
+    t0 = time.perf_counter()
+    rc = ddp.launch(STORE.root, run_id, n, "cuda")
+    row_line(f"torchrun --gpus {n}", STORE.get(run_id))
+    print(f"  torchrun exit code {rc}, {time.perf_counter() - t0:.1f} s in all")
+
+# (c) a local Ray instance with this machine's GPUs: the run's task asks for one GPU
+if importlib.util.find_spec("ray") is None:
+    print("ray: not installed (pip install 'peft-tui[ray]'): Ray check skipped")
+else:
+    import ray
+    from peft_tui.engine.launch import ray as on_ray
+
+    t0 = time.perf_counter()
+    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    started = time.perf_counter() - t0
+    run_id = STORE.create_run(config("lora", name="ray-gpu", device="auto"))
+    on_ray.submit(STORE, [run_id], None)
+    row = STORE.get(run_id)
+    row_line("ray task (1 GPU)", row)
+    device = (row["result"] or {}).get("device")
+    print(f"  ray.init {started:.1f} s; trained on {device}: {'PASS' if str(device).startswith('cuda') else 'FAIL'}")
+    ray.shutdown()
 PY

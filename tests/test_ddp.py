@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
-import threading
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import tiny_config
@@ -20,6 +23,7 @@ from peft_tui.engine.events import JsonlSink, RunFinished, RunStarted, fan_out, 
 from peft_tui.engine.launch import ddp
 from peft_tui.engine.store import Store
 
+ROOT = Path(__file__).resolve().parent.parent
 WAIT_S = 300
 # the final test loss of the 2-process run against the 1-process run: the gradients are the same but for
 # dropout, whose masks each rank draws for its half of a batch (measured: about 1e-3 apart)
@@ -88,21 +92,47 @@ def test_two_gloo_processes_train_like_one_and_record_once(tmp_path):
     assert rows[two]["startup_s"] is not None and rows[two]["startup_s"] > 0
 
 
+def worker(root) -> subprocess.Popen:
+    """A worker process, as the pool starts one: it hands a run with nproc > 1 to ddp.launch."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "peft_tui.engine.launch.worker", "--store", str(root),
+                             "--exit-when-idle"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_training(store: Store, run_id: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while (store.get(run_id)["step"] or 0) == 0:
+        assert proc.poll() is None and time.monotonic() < deadline, store.get(run_id)
+        time.sleep(0.2)
+
+
+def slow(**kw):
+    return tiny_config(method="full", data=DataConfig(size=3000), batch_size=8, epochs=5, nproc=2, **kw)
+
+
 def test_cancel_through_the_store_stops_every_rank(tmp_path):
     store = Store(tmp_path / "s")
-    run_id = claim(store, tiny_config(method="full", data=DataConfig(size=3000), batch_size=8, epochs=5, nproc=2))
-    rc: list[int] = []
-    launcher = threading.Thread(target=lambda: rc.append(ddp.launch(store.root, run_id, 2, "cpu")))
-    launcher.start()
-    deadline = time.monotonic() + WAIT_S
-    while (store.get(run_id)["step"] or 0) == 0 and launcher.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    run_id = store.create_run(slow())
+    proc = worker(store.root)
+    wait_training(store, run_id, proc)
     assert store.request_cancel(run_id)
-    launcher.join(WAIT_S)
-    assert not launcher.is_alive() and rc == [0]
+    out, _ = proc.communicate(timeout=WAIT_S)
+    assert proc.returncode == 0, out[-3000:]
     row = store.get(run_id)
     assert row["status"] == "cancelled", row["error"]
     assert 0 < row["step"] < row["total_steps"]
+
+
+def test_sigterm_to_the_worker_cancels_its_torchrun_run_and_stops_it(tmp_path):
+    store = Store(tmp_path / "s")
+    run_id, next_id = store.create_run(slow(name="first")), store.create_run(slow(name="next"))
+    proc = worker(store.root)
+    wait_training(store, run_id, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=WAIT_S)
+    assert proc.returncode == 0, out[-3000:]
+    assert store.get(run_id)["status"] == "cancelled", store.get(run_id)["error"]
+    assert store.get(next_id)["status"] == "queued"  # the worker stopped instead of going on
 
 
 def test_more_gpus_than_the_machine_has_fails_the_run_in_one_line(tmp_path):

@@ -50,6 +50,7 @@ def test_a_run_through_ray_ends_done_with_its_metrics_and_weights_here(tmp_path,
     assert any(name.endswith(".safetensors") for name in saved), saved
     assert not any(name.startswith("checkpoint") for name in saved), saved
     assert row["result"]["memory_kind"] == "peak RSS of the run's own process"
+    assert row["startup_s"] > 0 and row["result"]["extra"]["worker_startup_s"] == pytest.approx(row["startup_s"], abs=1e-3)
 
 
 def test_cancel_reaches_a_run_on_ray(tmp_path, local_ray):

@@ -78,16 +78,27 @@ def launch(store_root: str | Path, run_id: int, nproc: int, device: str) -> int:
 @contextlib.contextmanager
 def _forward_signals(proc: subprocess.Popen) -> Iterator[None]:
     """While waiting (in the main thread), a stop signal goes on to torchrun, which passes it to every
-    rank: the run is cancelled at the next step and torchrun then exits."""
+    rank (the run is cancelled at the next step, then torchrun exits), and to a handler the caller had
+    set (a worker notes that it is to stop). Python's own Ctrl-C handler is not called: `launch` waits
+    for the cancelled run to end instead of raising KeyboardInterrupt."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, lambda signum, frame: proc.send_signal(signum)) for sig in STOP_SIGNALS}
+    previous: dict[int, Any] = {}
+
+    def forward(signum: int, frame: Any) -> None:
+        proc.send_signal(signum)
+        handler = previous[signum]
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(signum, frame)
+
+    for sig in STOP_SIGNALS:
+        previous[sig] = signal.signal(sig, forward)
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _parent_death_signal() -> Any:
@@ -103,19 +114,23 @@ def _parent_death_signal() -> Any:
 
 
 def _failure_reason(log_path: Path, rc: int, nproc: int) -> str:
-    """Why torchrun failed without the run recording it: a rank's own one-line error, else how the
-    first failing rank ended (torchrun's report says `exitcode : -9` for a SIGKILL)."""
+    """Why torchrun failed without the run recording it, from its log: a rank's own one-line error, else
+    the first exception a rank raised, else how the rank torchrun names as the root cause ended (a
+    negative exit code: killed by that signal)."""
     try:
         text = log_path.read_text(errors="replace")
     except OSError:
         text = ""
-    own = re.findall(r"^(rank \d+: .+)$", text, re.MULTILINE)
+    own = re.findall(r"^rank \d+: .+$", text, re.MULTILINE)
     if own:
         return own[0]
-    codes = [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", text)]
-    signalled = [c for c in codes if c < 0]
-    if signalled:
-        return f"one of its {nproc} processes was {death_reason(signalled[0])}"
+    raised = [m for m in re.findall(r"^[\w.]*(?:Error|Exception): .+$", text, re.MULTILINE)
+              if "ChildFailedError" not in m]
+    if raised:
+        return f"one of its {nproc} processes failed: {raised[0]}"
+    root = re.search(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", text, re.DOTALL)
+    if root and int(root.group(1)) < 0:
+        return f"one of its {nproc} processes was {death_reason(int(root.group(1)))}"
     return f"torchrun exited with code {rc} before the run ended (see {log_path})"
 
 
@@ -159,7 +174,7 @@ def rank_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", required=True)
     parser.add_argument("--run-id", type=int, required=True)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--launched-at", type=float, default=None, help="when launch() began (start-up is measured from it)")
+    parser.add_argument("--launched-at", type=float, required=True, help="when launch() began (unix time)")
     args = parser.parse_args(argv)
     rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     die = _parent_death_signal()
@@ -172,6 +187,7 @@ def rank_main(argv: list[str] | None = None) -> int:
     import torch
     import torch.distributed as td
 
+    from peft_tui.engine.launch.worker import ProcessFigures
     from peft_tui.engine.trainer import Dist
 
     store = Store(args.store)
@@ -189,11 +205,12 @@ def rank_main(argv: list[str] | None = None) -> int:
     sink: Sink | None = None
     done = threading.Event()
     if rank == 0:
-        startup_s = time.time() - args.launched_at if args.launched_at else None
+        startup_s = time.time() - args.launched_at  # torchrun, the imports, the process group
         if store.heartbeat(args.run_id, os.getpid(), startup_s=startup_s):
             cancel.set()
         threading.Thread(target=_keep_alive, args=(store, args.run_id, cancel, done), daemon=True).start()
-        sink = fan_out(store, JsonlSink(store.events_path(args.run_id)))
+        # the result gets the start-up and, on CPU, rank 0's peak RSS (exact: the process is the run's alone)
+        sink = ProcessFigures(fan_out(store, JsonlSink(store.events_path(args.run_id))), startup_s, device == "cpu")
     try:
         failure = train_rank(store, args.run_id, dataclasses.replace(config, device=device), bool(row["resume"]),
                              Dist(rank, world), sink, cancel, store.cache_dir)

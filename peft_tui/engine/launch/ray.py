@@ -52,11 +52,13 @@ from peft_tui.engine.events import (
     Event,
     JsonlSink,
     RunFailed,
+    RunFinished,
     Sink,
     event_from_dict,
     event_to_dict,
     fan_out,
 )
+from peft_tui.engine.launch.worker import with_extra, with_process_peak
 from peft_tui.engine.store import Claim, Store
 from peft_tui.errors import ConfigError, first_line
 
@@ -88,7 +90,8 @@ class Relay:
         self._cancelled: set[int] = set()
 
     def put(self, run_id: int, kind: str, payload: Any) -> None:
-        """kind "event": an event as a dict; "files": {relative path: bytes} of the run folder."""
+        """kind "started": the task has begun (payload None); "event": an event as a dict; "files":
+        {relative path: bytes} of the run folder."""
         self._items.append((run_id, kind, payload))
 
     def take(self) -> list[tuple[int, str, Any]]:
@@ -104,13 +107,17 @@ class Relay:
 
 class RelaySink:
     """A task's sink: each event goes to the relay; before the terminal event, the run folder's files,
-    and both are waited for, so that they have arrived before the task ends."""
+    and both are waited for, so that they have arrived before the task ends. With `own_process` (a
+    1-process run on CPU, in a Ray worker process of its own), the result's peak memory is that
+    process's peak RSS."""
 
-    def __init__(self, relay, run_id: int, folder: Path):
-        self.relay, self.run_id, self.folder = relay, run_id, folder
+    def __init__(self, relay, run_id: int, folder: Path, own_process: bool = False):
+        self.relay, self.run_id, self.folder, self.own_process = relay, run_id, folder, own_process
 
     def __call__(self, event: Event) -> None:
         put = self.relay.put.remote
+        if isinstance(event, RunFinished) and self.own_process:
+            event = RunFinished(event.run_id, with_process_peak(event.result))
         if isinstance(event, TERMINAL):
             import ray
 
@@ -155,18 +162,17 @@ def run_on_node(run_id: int, config_dict: dict[str, Any], resume: bool, files: d
     folder seeded with `files`; the run's events go to the relay (rank 0 only); the relay's cancel
     request sets the cancel Event. Returns the error when the run failed on this rank."""
     from peft_tui.engine.launch.ddp import train_rank
-    from peft_tui.engine.launch.worker import ProcessFigures
 
     config = RunConfig.from_dict(config_dict)
     if device is not None:
         config = replace(config, device=device)
+    if dist is None or dist.is_main:
+        relay.put.remote(run_id, "started", None)
     folder = Path(tempfile.mkdtemp(prefix=f"peft-tui-run-{run_id}-"))
     write_folder(folder, files)
     cancel, done = threading.Event(), threading.Event()
     threading.Thread(target=_poll_cancel, args=(relay, run_id, cancel, done), daemon=True).start()
-    sink: Sink = RelaySink(relay, run_id, folder)
-    if config.device == "cpu" and dist is None:
-        sink = ProcessFigures(sink, 0.0, cpu=True)  # a fresh process per task: its peak RSS is the run's
+    sink = RelaySink(relay, run_id, folder, own_process=config.device == "cpu" and dist is None)
     try:
         if dist is None:
             from peft_tui.engine.trainer import Dist
@@ -191,8 +197,8 @@ def _poll_cancel(relay, run_id: int, cancel: threading.Event, done: threading.Ev
 
 
 def train_task(run_id: int, config_dict: dict[str, Any], resume: bool, files: dict[str, bytes], relay) -> None:
-    """A Ray task: one run in one process. Its events say how the run ended; it raises only when even
-    that could not be said."""
+    """A Ray task: one run in one process. Its events say how the run ended (a failure goes to the task's
+    log too)."""
     failure = run_on_node(run_id, config_dict, resume, files, relay)
     if failure is not None:
         sys.stderr.write(f"run {run_id}: {failure}\n")
@@ -229,9 +235,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     dist = Dist(ctx.get_world_rank(), ctx.get_world_size())
-    device = str(ray.train.torch.get_device())
     failure = run_on_node(cfg["run_id"], cfg["config"], cfg["resume"], cfg["files"], cfg["relay"], dist,
-                          "cpu" if device == "cpu" else device)
+                          str(ray.train.torch.get_device()))
     if failure is not None:
         raise RuntimeError(f"rank {dist.rank}: {failure}")
 
@@ -247,6 +252,8 @@ class Flight:
     ref: Any  # the task's ObjectRef
     sink: Sink
     slots: int
+    sent_at: float  # time.monotonic() when it was sent
+    startup_s: float | None = None  # from sending to the task's start
     ended: bool = False  # its terminal event has been recorded
     cancel_sent: bool = False
 
@@ -334,7 +341,7 @@ class Driver:
             ref = self._fit.remote(*args, config.nproc, use_gpu)
         else:
             ref = self._train.options(num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1).remote(*args)
-        self.flights[claim.run_id] = Flight(claim.run_id, ref, sink, config.nproc)
+        self.flights[claim.run_id] = Flight(claim.run_id, ref, sink, config.nproc, time.monotonic())
 
     def _drain(self) -> None:
         """Record what the tasks sent: events into the run's sinks, files into its folder."""
@@ -342,12 +349,18 @@ class Driver:
             f = self.flights.get(run_id)
             if f is None or f.ended:
                 continue
+            if kind == "started":  # the start-up this run paid: Ray's scheduling, a worker process, imports
+                f.startup_s = time.monotonic() - f.sent_at
+                self.store.heartbeat(run_id, os.getpid(), startup_s=f.startup_s)
+                continue
             if kind == "files":
                 write_folder(self.store.run_dir(run_id), payload)
                 continue
             event = event_from_dict(payload)
             if event is None:
                 continue
+            if isinstance(event, RunFinished) and f.startup_s is not None:
+                event = RunFinished(run_id, with_extra(event.result, worker_startup_s=round(f.startup_s, 3)))
             f.sink(event)
             f.ended = isinstance(event, TERMINAL)
 

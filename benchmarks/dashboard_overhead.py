@@ -24,7 +24,7 @@ import time
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def headless(store, cfg) -> dict:
+def headless(store, cfg):
     from peft_tui.engine.trainer import execute
 
     rid = store.create_run(cfg)
@@ -34,35 +34,9 @@ def headless(store, cfg) -> dict:
     return r
 
 
-def dashboard(store_dir: str, cfg) -> tuple[dict, int]:
-    from peft_tui.ui.app import create_app
-
-    app = create_app(store=store_dir, template=cfg)
-    before = {r["id"] for r in app.store.list()}
-    ticks = 0
-
-    async def go() -> dict:
-        nonlocal ticks
-        async with app.run_test(size=(120, 36)) as pilot:
-            await pilot.pause()
-            app.submit([cfg])
-            while True:
-                await asyncio.sleep(0.5)
-                ticks += 1
-                new = [r for r in app.store.list() if r["id"] not in before]
-                if new and new[0]["status"] in ("done", "failed", "cancelled"):
-                    await pilot.pause(0.3)  # let the finish event reach the screen
-                    row = app.store.get(new[0]["id"])
-                    if row["status"] != "done":
-                        raise SystemExit(f"dashboard run failed: {row.get('error')}")
-                    return row
-
-    row = asyncio.run(go())
-    return row["result"], ticks
-
-
 def side(name: str, cfg) -> dict:
     """Two runs on one side in this (fresh) process: the first warms up, the second is measured."""
+    from peft_tui.engine.result import RunResult
     from peft_tui.engine.store import Store
 
     store_dir = tempfile.mkdtemp(prefix="bench-dash-")
@@ -71,11 +45,12 @@ def side(name: str, cfg) -> dict:
         headless(store, cfg)
         t0 = time.perf_counter()
         r = headless(store, cfg)
+        wall = time.perf_counter() - t0
     else:
         from peft_tui.ui.app import create_app
 
         app = create_app(store=store_dir, template=cfg, devices=["cpu"])
-        done: list[dict] = []
+        done: list[tuple[RunResult, float]] = []
 
         async def go() -> None:
             async with app.run_test(size=(120, 36)) as pilot:
@@ -91,14 +66,12 @@ def side(name: str, cfg) -> dict:
                             row = app.store.get(rows[n]["id"])
                             if row["status"] != "done":
                                 raise SystemExit(f"dashboard run failed: {row.get('error')}")
-                            done.append(dict(row["result"], _wall=time.perf_counter() - t_start))
+                            done.append((RunResult.from_dict(row["result"]), time.perf_counter() - t_start))
                 await pilot.pause(0.3)
 
         asyncio.run(go())
-        r = done[1]
-        return {"train": r["train_time_s"], "wall": r["_wall"], "sps": r["samples_per_s"], "acc": r["accuracy"]}
-    return {"train": r["train_time_s"], "wall": time.perf_counter() - t0, "sps": r["samples_per_s"],
-            "acc": r["accuracy"]}
+        r, wall = done[1]
+    return {"train": r.train_time_s, "wall": wall, "sps": r.samples_per_s, "acc": r.accuracy}
 
 
 def main() -> None:

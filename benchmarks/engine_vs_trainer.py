@@ -32,7 +32,7 @@ def run_engine(cfg):
     result = execute(store, rid, cfg, store, threading.Event())
     if result is None:
         raise SystemExit(f"engine run failed: {store.get(rid)['error']}")
-    return result["wall_time_s"], result["accuracy"], result["sizes"]["train"] * result["epochs_done"]
+    return result.wall_time_s, result.accuracy, result.sizes["train"] * result.epochs_done
 
 
 def run_trainer(cfg):

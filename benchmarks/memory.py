@@ -36,9 +36,9 @@ r = execute(store, rid, cfg, sink, threading.Event())
 if r is None:
     raise SystemExit(store.get(rid)["error"])
 print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "engine_peak_mb": r["peak_memory_mb"], "kind": r["memory_kind"], "before_mb": before["rss"],
-                  "trainable": r["trainable_params"], "acc": r["accuracy"], "train_s": r["train_time_s"],
-                  "device": r["device"]}))
+                  "engine_peak_mb": r.peak_memory_mb, "kind": r.memory_kind, "before_mb": before["rss"],
+                  "trainable": r.trainable_params, "acc": r.accuracy, "train_s": r.train_time_s,
+                  "device": r.device}))
 """
 
 

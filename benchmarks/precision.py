@@ -34,8 +34,9 @@ def main() -> None:
     import torch
 
     from peft_tui.config import DataConfig, RunConfig
+    from peft_tui.engine.device import resolve_device, resolve_precision
     from peft_tui.engine.store import Store
-    from peft_tui.engine.trainer import execute, resolve_device, resolve_precision
+    from peft_tui.engine.trainer import execute
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default="full,lora")
@@ -67,11 +68,11 @@ def main() -> None:
                 if r is None:
                     raise SystemExit(store.get(rid)["error"])
                 res[prec] = r
-                tok = r["tokens_per_s"] / max(r["samples_per_s"], 1e-9)
-                print(f"{label:14} {m:6} {prec:5} train {r['train_time_s']:7.1f} s  {r['samples_per_s']:7.1f} samples/s "
-                      f"(~{tok:.0f} tokens/sample)  acc {100 * r['accuracy']:6.2f}%", flush=True)
-            speed = res["fp32"]["train_time_s"] / res["bf16"]["train_time_s"]
-            gap = 100 * (res["bf16"]["accuracy"] - res["fp32"]["accuracy"])
+                tok = (r.tokens_per_s or 0.0) / max(r.samples_per_s or 0.0, 1e-9)
+                print(f"{label:14} {m:6} {prec:5} train {r.train_time_s:7.1f} s  {r.samples_per_s or 0.0:7.1f} samples/s "
+                      f"(~{tok:.0f} tokens/sample)  acc {100 * r.accuracy:6.2f}%", flush=True)
+            speed = res["fp32"].train_time_s / res["bf16"].train_time_s
+            gap = 100 * (res["bf16"].accuracy - res["fp32"].accuracy)
             print(f"{label:14} {m:6} bf16 speed-up {speed:.2f}x, accuracy difference {gap:+.2f} points "
                   f"(target >= 1.40x, within 0.5 points)", flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.2f}")

@@ -128,7 +128,8 @@ def long_run(steps: int) -> None:
     from peft_tui.config import DataConfig, RunConfig
     from peft_tui.engine.events import MemorySampled, RunStarted, StepLogged
     from peft_tui.engine.store import Store
-    from peft_tui.ui.polling import SERIES_NAMES, create_app
+    from peft_tui.ui.app import create_app
+    from peft_tui.ui.polling import SERIES_NAMES
 
     store_dir = tempfile.mkdtemp(prefix="bench-long-")
     store = Store(store_dir)

@@ -19,11 +19,10 @@ AG = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "ag_ne
 
 
 def main() -> None:
-    from peft_tui.engine.tokcache import cached_tokenize, tokenizer_fingerprint
-
     from peft_tui.engine import models
+    from peft_tui.engine.batching import tokenize
     from peft_tui.engine.data import synthetic
-    from peft_tui.engine.trainer import tokenize
+    from peft_tui.engine.data.tokcache import cached_tokenize, tokenizer_fingerprint
 
     if AG.exists():
         with open(AG, newline="") as f:

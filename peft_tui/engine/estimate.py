@@ -211,12 +211,12 @@ def measure(device: str, key: str = "", overhead: bool = True, clock=time.perf_c
     for name, dt in dtypes.items():
         a = torch.randn(n, k, device=dev, dtype=dt)
         b = torch.randn(k, k, device=dev, dtype=dt)
-        flops[name] = 2 * n * k * k / _timed(lambda: a @ b, sync, 0.4, clock)
+        flops[name] = 2 * n * k * k / _timed(lambda: a @ b, sync, 0.4, clock)  # noqa: B023 - called at once by _timed
     for d in ATTENTION_HEAD_DIMS:  # attention's batched products with a small inner size run slower
         w = 512 if big else 256
         q = torch.randn(16, w, d, device=dev)
         kt = torch.randn(16, d, w, device=dev)
-        flops[f"attention_d{d}"] = 2 * 16 * w * w * d / _timed(lambda: torch.bmm(q, kt), sync, 0.2, clock)
+        flops[f"attention_d{d}"] = 2 * 16 * w * w * d / _timed(lambda: torch.bmm(q, kt), sync, 0.2, clock)  # noqa: B023 - called at once by _timed
 
     elements = 1 << (24 if big else 21)
     x = torch.randn(elements // 256, 256, device=dev, requires_grad=True)
@@ -230,8 +230,8 @@ def measure(device: str, key: str = "", overhead: bool = True, clock=time.perf_c
     }
     per_el: dict[str, float] = {}
     for name, op in ops.items():
-        fwd = _timed(lambda: op(x.detach()), sync, 0.15, clock)
-        both = _timed(lambda: op(x).backward(g), sync, 0.2, clock)
+        fwd = _timed(lambda: op(x.detach()), sync, 0.15, clock)  # noqa: B023 - called at once by _timed
+        both = _timed(lambda: op(x).backward(g), sync, 0.2, clock)  # noqa: B023 - called at once by _timed
         per_el[name + "_fwd"] = fwd / elements
         per_el[name] = both / elements
 
@@ -257,7 +257,7 @@ def _module_seconds(dev, sync, clock=time.perf_counter) -> float:
     import torch.nn.functional as F
     from transformers import BertConfig, BertForSequenceClassification
 
-    micro = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2,
+    micro = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2,  # type: ignore[call-arg]
                                                      num_attention_heads=2, intermediate_size=32,
                                                      max_position_embeddings=16, num_labels=2)).to(dev)
     micro.train()
@@ -340,7 +340,7 @@ def model_config(name: str, num_labels: int, trust_remote_code: bool = False):
 
     if name == "tiny":
         vocab = models.load_tokenizer("tiny").vocab_size
-        return BertConfig(vocab_size=vocab, num_labels=num_labels, **models.TINY)
+        return BertConfig(vocab_size=vocab, num_labels=num_labels, **models.TINY)  # type: ignore[call-arg]
     src = str(models.minilm_path()) if name == "minilm" else str(Path(name).expanduser())
     try:
         return AutoConfig.from_pretrained(src, num_labels=num_labels, trust_remote_code=trust_remote_code)
@@ -552,7 +552,7 @@ def fixed_mb(config: RunConfig, mc, lengths: Sequence[int], cal: Calibration) ->
     """The process's own memory: runtime (calibrated), the file reader, the tokenizer and the data held
     as Python lists (token ids of every split, and the texts)."""
     d = config.data
-    rows = len(lengths)
+    rows: float = len(lengths)
     if d.source != "synthetic" and not (d.val_source or d.test_source):
         rows = rows / max(0.1, 1 - d.val_fraction - d.test_fraction)  # val and test are cut from the same file
     elif d.source == "synthetic":

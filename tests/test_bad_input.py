@@ -34,7 +34,7 @@ def files(tmp_path_factory) -> Path:
     (d / "mixed.csv").write_text("text,label\nhi,1\nho,pos\nha,0\n")
     (d / "frac.csv").write_text("text,label\nhi,1.5\nho,0\n")
     (d / "single.csv").write_text("text,label\nhi,1\nho,1\nha,1\n")
-    (d / "notext.csv").write_text("text,label\nhi,1\n,0\nha,0\n")
+    (d / "notext.csv").write_text("text,label\n ,1\n,0\n\t,0\n")  # every text empty or whitespace
     (d / "unseen.csv").write_text("text,label\nhi,7\nho,0\n")
     (d / "weird.xlsx").write_text("x")
     (d / "bad.jsonl").write_text('{"text": "a", "label": 1}\n{not json\n')
@@ -157,7 +157,7 @@ DATA_CASES = [
     ("missing.csv", "does not exist: check the path"),
     ("empty.csv", "is empty: it needs a header row and examples"),
     ("header.csv", "has a header but no rows"),
-    ("binary.csv", "looks binary, not text"),
+    ("binary.csv", "looks binary"),
     ("latin1.csv", "is not UTF-8 text: re-save it as UTF-8"),
     ("nocol.csv", "column 'text' not found"),
     ("nolabel.csv", "column 'label' not found"),
@@ -165,7 +165,7 @@ DATA_CASES = [
     ("mixed.csv", "mix numbers and strings"),
     ("frac.csv", "are fractional numbers"),
     ("single.csv", "has a single class"),
-    ("notext.csv", "have an empty 'text'"),
+    ("notext.csv", "have an empty 'text' (or only whitespace)"),
     ("weird.xlsx", "unknown type"),
     ("bad.jsonl", "could not be parsed"),
     (".", "is a folder"),

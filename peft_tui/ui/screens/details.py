@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
-from rich.markup import escape
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
@@ -18,30 +18,26 @@ from peft_tui.ui.state import LabState, fmt_duration, is_baseline, shown_result
 from peft_tui.ui.widgets.tables import status_text
 
 
-def _shown(text: str) -> str:
-    """User or file text for a markup string: literal, no control characters."""
-    return escape(safe_text(text))
-
-
-def describe(row: dict[str, Any], folder: str | None) -> str:
-    lines = [(f"[b]run {row['id']}[/b]  {_shown(row.get('name') or '')}   "
-              f"method [b]{_shown(row.get('method') or '')}[/b]   "
-              f"status [b]{escape(status_text(row['status']).plain)}[/b]")]
+def describe(row: dict[str, Any], folder: str | None) -> Text:
+    """The details as a rich Text built from parts: nothing in it is read as markup (rich's `escape`
+    cannot protect every value: a backslash before a bracket is eaten), user values through `safe_text`."""
+    lines = [Text.assemble((f"run {row['id']}", "bold"), f"  {safe_text(row.get('name') or '')}   method ",
+                           (safe_text(row.get("method") or ""), "bold"), "   status ",
+                           (status_text(row["status"]).plain, "bold"))]
     if row.get("error"):
-        lines.append(f"[red]error:[/red] {_shown(row['error'])}")
+        lines.append(Text.assemble(("error:", "red"), f" {safe_text(row['error'])}"))
     elapsed = f"elapsed {fmt_duration(LabState.elapsed(row))}"
     if is_baseline(row.get("method") or ""):  # no steps or epochs: one fit
-        lines.append(elapsed)
+        lines.append(Text(elapsed))
     else:
         step, total = row.get("step") or 0, row.get("total_steps") or 0
-        lines.append(f"step {step}/{total or '?'}   epoch {row.get('epoch') or 0:.2f}   {elapsed}   "
-                     f"ETA {fmt_duration(LabState.eta(row))}")
+        lines.append(Text(f"step {step}/{total or '?'}   epoch {row.get('epoch') or 0:.2f}   {elapsed}   "
+                          f"ETA {fmt_duration(LabState.eta(row))}"))
     if folder:
-        lines.append(f"folder: {_shown(folder)}")
+        lines.append(Text(f"folder: {safe_text(folder)}"))
     res = shown_result(row)
     if res:
-        lines.append("")
-        lines.append("[b]result[/b]")
+        lines += [Text(""), Text("result", style="bold")]
         shown = [  # label, result key, format; a key the result lacks is left out, a None is a dash
             ("test accuracy", "accuracy", lambda v: f"{100 * v:.2f}%"),
             ("test macro F1", "f1", lambda v: f"{100 * v:.2f}%"),
@@ -52,16 +48,14 @@ def describe(row: dict[str, Any], folder: str | None) -> str:
             ("peak memory", "peak_memory_mb", lambda v: f"{v:.0f} MB ({res.get('memory_kind') or '?'})"),
             ("efficiency", "efficiency", lambda v: f"{v:.2f} acc points / M trainable"),
         ]
-        lines += [f"  {label:<17} {'-' if res[key] is None else fmt(res[key])}"
+        lines += [Text(safe_text(f"  {label:<17} {'-' if res[key] is None else fmt(res[key])}"))
                   for label, key, fmt in shown if key in res]
         rest = {k: v for k, v in res.items() if k not in ("versions", "label_names") and not isinstance(v, dict)}
-        lines.append(f"  [dim]{escape(safe_text(json.dumps(rest, default=str), 600))}[/dim]")
+        lines.append(Text.assemble("  ", (safe_text(json.dumps(rest, default=str), 600), "dim")))
     cfg = row.get("config") or {}
     if cfg:
-        lines.append("")
-        lines.append("[b]config[/b]")
-        lines.append(escape(safe_lines(json.dumps(cfg, indent=2, default=str))))
-    return "\n".join(lines)
+        lines += [Text(""), Text("config", style="bold"), Text(safe_lines(json.dumps(cfg, indent=2, default=str)))]
+    return Text("\n").join(lines)
 
 
 class DetailsScreen(ModalScreen[None]):

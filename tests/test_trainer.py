@@ -1,4 +1,3 @@
-import pytest
 
 """The training loop: events, evaluation schedule, early stopping, cancellation, the scheduler."""
 
@@ -6,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from conftest import tiny_config
 
 from peft_tui.config import DataConfig

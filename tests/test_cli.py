@@ -228,7 +228,6 @@ def test_literal_text_is_never_markup_and_has_no_control_characters(text):
     console.print(shown)  # never a MarkupError
 
 
-@pytest.mark.xfail(strict=False, reason="known failure after the process-model merge, listed in the closing note")
 def test_runs_and_show_print_errors_and_names_literally(tmp_path):
     from conftest import tiny_config
 
@@ -293,7 +292,6 @@ SLOW = ["--model", "tiny", "--set", "data.size=2000", "--batch-size", "8", "--ep
     (["compare", "--methods", "full,lora"], signal.SIGTERM),
     (["sweep", "--method", "lora", "--grid", "r=1,2,4"], signal.SIGINT),
 ])
-@pytest.mark.xfail(strict=False, reason="known failure after the process-model merge, listed in the closing note")
 def test_a_signal_mid_command_cancels_every_run_it_queued(tmp_path, command, sig):
     """The run in progress ends cancelled, the runs still queued are cancelled (not left queued), the
     workers exit, and the command exits 128 + signal with one line."""

@@ -31,7 +31,7 @@ from peft_tui.cli import app
 from peft_tui.safe import safe_lines, safe_text
 
 runner = CliRunner()
-PENDING = pytest.mark.xfail(
+PENDING = pytest.mark.skipif(False,
     strict=True, reason="needs a change requested from another owner (hostile-front report): drop this marker "
     "when it lands")
 # a fixture shared by the examples of one test is fine: each example only reads it (or rewrites one row)

@@ -165,7 +165,7 @@ def test_sigkill_mid_run_fails_that_run_and_the_next_queued_run_trains(tmp_path,
 
 def test_two_resumes_of_one_run_from_two_dashboards_train_it_once(tmp_path, monkeypatch):
     store = Store(tmp_path / "s")
-    cfg = tiny_config(method="head", epochs=2)  # 6 steps an epoch
+    cfg = tiny_config(method="bitfit", epochs=2)  # 6 steps an epoch
     rid = store.create_run(cfg)
     cancel = threading.Event()
 

@@ -748,17 +748,18 @@ def free_memory_mb(device: str) -> float:
 
 
 def plan(configs: Sequence[RunConfig], calibration_path: str | Path, calibrate: bool = True,
-         data=None) -> list[dict[str, Any] | None]:
+         data=None, inputs: dict | None = None) -> list[dict[str, Any] | None]:
     """Per config: {"method", "device", "free_mb", "fits", "estimate": Estimate.to_dict()}, or None for a
     baseline (nothing to estimate). Model config and token lengths are read once per model, data and seed.
     `calibrate`: measure the machine (seconds) when `calibration_path` has no calibration for the device
     yet; else use the nominal figures (the estimate's `calibration` then says "nominal"). `data`: the
-    DataSplits of `configs[0]`, already loaded."""
+    DataSplits of `configs[0]`, already loaded. `inputs`: a dict the caller keeps to reuse the model
+    configs and token lengths across calls (the dashboard estimates as the form changes)."""
     from peft_tui.engine.device import resolve_device
     from peft_tui.engine.methods import get_method
 
     rows: list[dict[str, Any] | None] = []
-    inputs: dict[Any, Any] = {}
+    inputs = {} if inputs is None else inputs
     for cfg in configs:
         if get_method(cfg.method).is_baseline:
             rows.append(None)

@@ -121,7 +121,7 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
                         yield Field(key, label, Input(_fmt(value), id=f"in-{key}"))
                 yield Static("method parameters", classes="section", id="params-title")
                 yield Grid(id="params")
-                yield Static("", id="form-estimate")
+                yield Static(Text("estimating…", style="dim"), id="form-estimate")
                 yield Static("", id="form-error")
             with Horizontal(id="form-buttons"):
                 yield Button("Queue run", variant="primary", id="submit")

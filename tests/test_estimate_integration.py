@@ -211,3 +211,18 @@ def test_the_form_shows_the_estimate_as_the_choices_change(tmp_path):
                        "the runs table", pilot)
 
     asyncio.run(go())
+
+
+def test_trainable_counts_are_exact_on_minilm_whose_pooler_mean_pooling_replaces():
+    """The embedded MiniLM pools by mean (its sentence-transformers config): the BERT pooler is replaced
+    and trains nothing. The meta-device count must follow, or every full and BitFit estimate is off."""
+    from peft_tui.engine.methods import get_method
+    from peft_tui.engine.models import load_model
+    from peft_tui.engine.weights import count_parameters
+
+    mc = E.model_config("minilm", 2)
+    for method in ("full", "bitfit"):
+        m = get_method(method)
+        real = m.apply(load_model("minilm", num_labels=2, seed=0), m.resolve({}))
+        shape = E.model_shape(RunConfig(model="minilm", method=method), mc)
+        assert (shape.trainable, shape.total) == count_parameters(real)

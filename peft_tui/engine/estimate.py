@@ -418,13 +418,16 @@ def _dropouts(mc) -> tuple[float, float]:
 
 
 def model_shape(config: RunConfig, mc) -> Shape:
-    """Build the classifier on the meta device, wrap it with the method's own `apply`, and read the
-    exact parameter counts and where gradients start."""
+    """Build the classifier on the meta device, pool it as `models.load_model` does (a BERT pooler
+    replaced by mean pooling trains nothing), wrap it with the method's own `apply`, and read the exact
+    parameter counts and where gradients start."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from peft_tui.engine import pooling
     from peft_tui.engine.methods import get_method
     from peft_tui.engine.methods.peft_common import pools_last_token
+    from peft_tui.engine.models import _model_folder
     from peft_tui.engine.weights import count_parameters, head_module_names
 
     method = get_method(config.method)
@@ -432,6 +435,8 @@ def model_shape(config: RunConfig, mc) -> Shape:
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # peft's deprecated-API notices: not the user's business
         model = AutoModelForSequenceClassification.from_config(mc, trust_remote_code=config.trust_remote_code)
+        folder = None if config.model == "tiny" else _model_folder(config.model)
+        model = pooling.install(model, pooling.resolve(config.pooling, folder, model))  # as load_model does
         heads = tuple(head_module_names(model))
         base = model
         model = method.apply(model, params)

@@ -116,6 +116,18 @@ def test_the_fit_check_estimates_each_run_and_skips_the_baseline(tmp_path, monke
     assert fit_check(st, configs, None, force=True)[1]["peak_mb"] == lora["peak_mb"]  # type: ignore[arg-type]
 
 
+def test_an_estimator_failure_never_keeps_a_run_from_the_queue(tmp_path, monkeypatch, capsys):
+    from peft_tui.commands.train import fit_check
+
+    def broken(*args, **kwargs):
+        raise AttributeError("'WeirdConfig' object has no attribute 'n_layer'")
+
+    monkeypatch.setattr(E, "plan", broken)
+    assert fit_check(Store(tmp_path / "s"), [tiny(), tiny(method="full")], None, force=False) == [None, None]  # type: ignore[arg-type]
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("warning: no estimate for these runs") and "n_layer" in line
+
+
 def test_a_forced_run_trains_stores_its_estimate_and_show_prints_the_error(tmp_path, monkeypatch):
     monkeypatch.setattr(E, "free_memory_mb", lambda device: 50.0)
     store = tmp_path / "store"

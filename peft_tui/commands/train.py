@@ -337,10 +337,17 @@ def method_sets(method: str, sets: list[str] | None) -> list[str]:
 def fit_check(st: Store, configs: list[RunConfig], data: DataSplits, force: bool) -> list[dict | None]:
     """Each config's estimate (engine/estimate.py; None for a baseline), from the store's cached calibration
     (nominal figures before `peft-tui plan` has measured the machine). Bad input, one line, for the first
-    run whose estimated peak memory exceeds the device's free memory, unless `force`."""
+    run whose estimated peak memory exceeds the device's free memory, unless `force`. A model the
+    estimator cannot read is queued without estimates, with a warning."""
     from peft_tui.engine.estimate import plan, refusal
 
-    rows = plan(configs, st.root / "calibration.json", calibrate=False, data=data)
+    try:
+        rows = plan(configs, st.root / "calibration.json", calibrate=False, data=data)
+    except Exception as e:  # noqa: BLE001 - a model the estimator cannot read still trains: say so, go on
+        from peft_tui.console import warn
+
+        warn(f"no estimate for these runs ({first_line(e, 200)}): queued without the fit check")
+        return [None] * len(configs)
     if not force:
         for cfg, row in zip(configs, rows):
             if row is not None and not row["fits"]:

@@ -62,8 +62,8 @@ r = execute(store, rid, cfg, sink, threading.Event())
 if r is None:
     raise SystemExit(store.get(rid)["error"])
 print(json.dumps({"maxrss_mb": peak_rss_mb(),
-                  "engine_peak_mb": r["peak_memory_mb"], "train_time_s": r["train_time_s"],
-                  "trainable": r["trainable_params"], "total": r["total_params"], **seen}))
+                  "engine_peak_mb": r.peak_memory_mb, "train_time_s": r.train_time_s,
+                  "trainable": r.trainable_params, "total": r.total_params, **seen}))
 """
 
 

@@ -109,3 +109,31 @@ def print_plan(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         for tip in r["estimate"].get("suggestions") or []:
             out.print(literal(f"{r['method']} will not fit: {tip}"))
+
+
+def print_estimate(estimate: dict[str, Any] | None, grade: dict[str, Any] | None) -> None:
+    """`peft-tui show`'s estimate lines: what was estimated before the run, what it measured, the error."""
+    if not estimate:
+        out.print(literal("estimate: none (a baseline, or queued by a version that did not estimate)", "dim"))
+        return
+    nominal = " (nominal figures: `peft-tui plan` calibrates this machine)" if estimate.get("calibration") == "nominal" else ""
+    out.print(literal(f"estimate{nominal}: peak {estimate['peak_mb']:,.0f} MB "
+                      f"({estimate['peak_low_mb']:,.0f}-{estimate['peak_high_mb']:,.0f}), training "
+                      f"{estimate['total_s']:.1f} s ({estimate['total_low_s']:.1f}-{estimate['total_high_s']:.1f}), "
+                      f"{estimate['steps']} steps on {estimate['device']}"))
+    for line in grade_lines(grade or {}):
+        out.print(literal(line))
+
+
+def grade_lines(grade: dict[str, Any]) -> list[str]:
+    """The measured figures against the estimate, one line each ("" parts left out)."""
+    lines = []
+    if grade.get("measured_peak_mb") is not None:
+        inside = "inside" if grade["peak_in_range"] else "outside"
+        lines.append(f"measured peak {grade['measured_peak_mb']:,.0f} MB: estimate off by "
+                     f"{grade['peak_error_pct']:+.1f}% ({inside} its range)")
+    if grade.get("measured_time_s") is not None:
+        inside = "inside" if grade["time_in_range"] else "outside"
+        lines.append(f"measured training {grade['measured_time_s']:.1f} s: estimate off by "
+                     f"{grade['time_error_pct']:+.1f}% ({inside} its range)")
+    return lines

@@ -116,6 +116,7 @@ def dashboard(tmp_path, monkeypatch):
     clock = Clock()
     monkeypatch.setattr(time, "time", clock)
     monkeypatch.setattr("peft_tui.engine.memory.device_description", lambda device: "CPU (test machine)")
+    monkeypatch.setattr("peft_tui.ui.screens.new_run.ESTIMATE_DELAY_S", 3600.0)  # the form's estimate: machine-dependent
     monkeypatch.chdir(tmp_path)  # the store's path shows as "peft-runs"
     fill_store(tmp_path / "peft-runs", clock)
 

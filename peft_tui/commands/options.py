@@ -27,6 +27,10 @@ DetachOpt = Annotated[bool, typer.Option(
     "--detach", help="queue the runs, leave the workers training them in the background (they outlive this "
     "shell) and return at once; follow them with `peft-tui launch` or `peft-tui show ID`")]
 
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="queue the runs even when their estimated peak memory exceeds the device's free memory "
+    "(see `peft-tui plan`)")]
+
 RayOpt = Annotated[Optional[str], typer.Option(
     "--ray", metavar="auto|ADDRESS", help="train the runs as tasks on an existing Ray cluster (auto: the one "
     "this machine belongs to, or a local one) instead of local workers; needs pip install 'peft-tui[ray]'")]

@@ -4,12 +4,13 @@ Takes the same options as `compare`. For each method it prints the trainable par
 peak memory (with its range) against the device's free memory (available RAM on CPU,
 `torch.cuda.mem_get_info` on GPU), and the estimated training time; a run that will not fit is marked and
 the ways to make it fit are listed (a smaller batch, bf16, LoRA, a shorter max_length). The machine's
-throughput is calibrated once (a few seconds) into `<store>/calibration.json`.
+throughput is calibrated once (a few seconds) into `<store>/calibration.json`; `run`, `compare` and
+`sweep` use that calibration for their own fit check (engine.estimate.plan) and never measure.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -29,41 +30,7 @@ from peft_tui.commands.options import (
     TextColOpt,
     run_config,
 )
-from peft_tui.config import RunConfig
 from peft_tui.errors import ConfigError
-
-
-def free_mb(device: str) -> float:
-    """Memory a run may use now: available RAM on CPU, free memory of the GPU on CUDA."""
-    if device.startswith("cuda"):
-        import torch
-
-        free, _total = torch.cuda.mem_get_info(int(device.split(":")[1]) if ":" in device else 0)
-        return free / 2**20
-    import psutil
-
-    return psutil.virtual_memory().available / 2**20
-
-
-def plan_configs(st, configs: list[RunConfig]) -> list[dict[str, Any]]:
-    """One row per config: the estimate, the free memory, and whether it fits."""
-    from peft_tui.engine.device import resolve_device
-    from peft_tui.engine.estimate import calibration, estimate, inputs_for
-
-    rows = []
-    inputs: dict[Any, Any] = {}
-    for cfg in configs:
-        device = resolve_device(cfg.device)
-        key = (cfg.model, cfg.data, cfg.seed)
-        if key not in inputs:  # the same model and data for every method: read them once
-            inputs[key] = inputs_for(cfg)
-        model_config, lengths = inputs[key]
-        cal = calibration(st.root / "calibration.json", device)
-        available = free_mb(device)
-        est = estimate(cfg, model_config, lengths, device, cal, free_mb=available)
-        rows.append({"method": cfg.method, "device": device, "free_mb": available,
-                     "fits": est.fits(available), "estimate": est.to_dict()})
-    return rows
 
 
 @handles_errors
@@ -94,8 +61,10 @@ def plan(
         cfg.validate()
         if get_method(cfg.method).is_baseline:
             raise ConfigError(f"{cfg.method} is a baseline with nothing to estimate: leave it out of --methods")
+    from peft_tui.engine.estimate import plan as plan_rows
+
     st = open_store(store)
-    rows = plan_configs(st, configs)
+    rows = [r for r in plan_rows(configs, st.root / "calibration.json") if r is not None]
     if as_json:
         print_json({"plan": rows})
     else:

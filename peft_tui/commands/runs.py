@@ -65,7 +65,8 @@ def show(
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Everything about one run: config, result, files and metric summary. What cannot be read (a damaged
+    """Everything about one run: config, result, files, metric summary, and its estimate before it ran
+    against what it measured (peak memory, time, % error). What cannot be read (a damaged
     row, damaged metric pages, a folder gone) is listed under `problems`; the rest is still shown."""
     st = open_store(store)
     row = st.get(run_id)
@@ -85,6 +86,7 @@ def show(
         doc["files"] = None
         problems.append(f"its files: {first_line(e)}")
     doc["problems"] = problems
+    doc["estimate"], doc["grade"] = row.get("estimate"), row.get("grade")
     if as_json:
         print_json(doc)
         return
@@ -104,6 +106,9 @@ def show(
         out.print("result:", literal_lines(json.dumps(result, indent=2, default=str)))
     if doc["metrics"] is not None:
         out.print("logged points:", literal(", ".join(f"{k} {v}" for k, v in doc["metrics"].items())))
+    from peft_tui.console import print_estimate
+
+    print_estimate(row.get("estimate"), row.get("grade"))
 
 
 @handles_errors

@@ -6,6 +6,10 @@ per device, `--workers N`) and streams their progress from the store into the pr
 the table. Ctrl-C or SIGTERM cancels every run the command queued (the one training ends `cancelled`
 within a step) and exits 130 or 143. `--detach` leaves the workers training in the background and returns
 at once with the run ids. The TF-IDF baseline of `compare` is a run like any other (method "tfidf").
+
+Before queueing, each run's peak memory and time are estimated (engine/estimate.py, from the store's
+cached calibration): a run that will not fit the device's free memory is refused (exit 2) unless
+`--force`, and every run is queued with its estimate, which the store grades when the run finishes.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from peft_tui.commands.options import (
     DetachOpt,
     DeviceOpt,
     EpochsOpt,
+    ForceOpt,
     JsonOpt,
     LabelColOpt,
     LrOpt,
@@ -57,6 +62,7 @@ from peft_tui.config import RunConfig
 from peft_tui.errors import ConfigError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
+    from peft_tui.engine.data import DataSplits
     from peft_tui.engine.launch.local import LocalPool
     from peft_tui.engine.store import Store
 
@@ -87,6 +93,7 @@ def run(
     workers: WorkersOpt = None,
     detach: DetachOpt = False,
     ray: RayOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Train one run and store it."""
     from peft_tui.engine.trainer import preflight
@@ -97,11 +104,12 @@ def run(
     if detach and ray:
         raise ConfigError("--detach with --ray: start the Ray driver in the background instead: "
                           "nohup python -m peft_tui.engine.launch.ray --store STORE &")
+    estimates = fit_check(st, [cfg], splits, force)
     if detach:
-        start_detached(st, [cfg], workers, as_json)
+        start_detached(st, [cfg], workers, as_json, estimates=estimates)
         return
     print_data_summary(cfg, splits, to_stderr=as_json)
-    [run_id] = train_runs(st, [cfg], workers, show_progress=not as_json, ray=ray)
+    [run_id] = train_runs(st, [cfg], workers, show_progress=not as_json, ray=ray, estimates=estimates)
     row = st.get(run_id)
     if as_json:
         print_json(run_json(st, row))
@@ -144,6 +152,7 @@ def compare(
     workers: WorkersOpt = None,
     detach: DetachOpt = False,
     ray: RayOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """The same model and data through several methods, then one comparison table.
 
@@ -173,11 +182,13 @@ def compare(
     if detach and ray:
         raise ConfigError("--detach with --ray: start the Ray driver in the background instead: "
                           "nohup python -m peft_tui.engine.launch.ray --store STORE &")
+    estimates = fit_check(st, configs, splits, force)
     if detach:
-        start_detached(st, configs, workers, as_json)
+        start_detached(st, configs, workers, as_json, estimates=estimates)
         return
     print_data_summary(first, splits, to_stderr=as_json)
-    rows_db = [st.get(rid) for rid in train_runs(st, configs, workers, show_progress=not as_json, ray=ray)]
+    rows_db = [st.get(rid) for rid in train_runs(st, configs, workers, show_progress=not as_json, ray=ray,
+                                                 estimates=estimates)]
     from peft_tui.report.recommend import recommend
     from peft_tui.report.seeds import aggregate
     from peft_tui.report.table import SEED_COLUMNS, rows_from_runs, to_csv, to_markdown
@@ -231,6 +242,7 @@ def sweep(
     workers: WorkersOpt = None,
     detach: DetachOpt = False,
     ray: RayOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Every combination of a grid, run one after another, then a table and the Pareto front of
     accuracy against trainable parameters.
@@ -248,12 +260,14 @@ def sweep(
     if detach and ray:
         raise ConfigError("--detach with --ray: start the Ray driver in the background instead: "
                           "nohup python -m peft_tui.engine.launch.ray --store STORE &")
+    estimates = fit_check(st, configs, splits, force)
     if detach:
-        start_detached(st, configs, workers, as_json)
+        start_detached(st, configs, workers, as_json, estimates=estimates)
         return
     print_data_summary(base, splits, to_stderr=as_json)
     typer.echo(f"sweep: {len(configs)} run(s): {', '.join(c.display_name for c in configs)}", err=as_json)
-    rows_db = [st.get(rid) for rid in train_runs(st, configs, workers, show_progress=not as_json, ray=ray)]
+    rows_db = [st.get(rid) for rid in train_runs(st, configs, workers, show_progress=not as_json, ray=ray,
+                                                 estimates=estimates)]
     rows = rows_from_runs(rows_db)
     front = pareto_front(rows)
     if as_json:
@@ -320,6 +334,27 @@ def method_sets(method: str, sets: list[str] | None) -> list[str]:
     return [pair for pair in sets or [] if pair.split("=", 1)[0].strip() not in others]
 
 
+def fit_check(st: Store, configs: list[RunConfig], data: DataSplits, force: bool) -> list[dict | None]:
+    """Each config's estimate (engine/estimate.py; None for a baseline), from the store's cached calibration
+    (nominal figures before `peft-tui plan` has measured the machine). Bad input, one line, for the first
+    run whose estimated peak memory exceeds the device's free memory, unless `force`. A model the
+    estimator cannot read is queued without estimates, with a warning."""
+    from peft_tui.engine.estimate import plan, refusal
+
+    try:
+        rows = plan(configs, st.root / "calibration.json", calibrate=False, data=data)
+    except Exception as e:  # noqa: BLE001 - a model the estimator cannot read still trains: say so, go on
+        from peft_tui.console import warn
+
+        warn(f"no estimate for these runs ({first_line(e, 200)}): queued without the fit check")
+        return [None] * len(configs)
+    if not force:
+        for cfg, row in zip(configs, rows):
+            if row is not None and not row["fits"]:
+                raise ConfigError(refusal(cfg, row))
+    return [row["estimate"] if row else None for row in rows]
+
+
 def worker_pool(st: Store, configs: list[RunConfig], workers: int | None, detach: bool = False) -> LocalPool:
     """The local workers for these runs (not started). Bad input when no worker's device can train one."""
     from peft_tui.engine.launch.local import LocalPool
@@ -333,20 +368,22 @@ def worker_pool(st: Store, configs: list[RunConfig], workers: int | None, detach
     return pool
 
 
-def queue(st: Store, configs: list[RunConfig], resume_id: int | None, ids: list[int]) -> None:
-    """Queue the configs in the store (with `resume_id`: queue that stopped run again instead, its config
-    being `configs`), appending each id to `ids` as it is queued (an interrupt in between knows what to
-    cancel)."""
+def queue(st: Store, configs: list[RunConfig], resume_id: int | None, ids: list[int],
+          estimates: list[dict | None] | None = None) -> None:
+    """Queue the configs in the store, each with its estimate (with `resume_id`: queue that stopped run
+    again instead, its config being `configs`), appending each id to `ids` as it is queued (an interrupt
+    in between knows what to cancel)."""
     if resume_id is not None:
         st.request_resume(resume_id)  # one line when it cannot, or when another resume came first
         ids.append(resume_id)
         return
-    for cfg in configs:
-        ids.append(st.create_run(cfg))
+    for cfg, est in zip(configs, estimates or [None] * len(configs)):
+        ids.append(st.create_run(cfg, estimate=est))
 
 
 def train_runs(st: Store, configs: list[RunConfig], workers: int | None, show_progress: bool,
-               resume_id: int | None = None, ray: str | None = None) -> list[int]:
+               resume_id: int | None = None, ray: str | None = None,
+               estimates: list[dict | None] | None = None) -> list[int]:
     """Queue the runs, have local worker processes train them, and stream their progress until every
     one has ended (a failure does not stop the rest). Returns the run ids. On Ctrl-C or SIGTERM: every
     run queued here is cancelled, the workers leave, and the command exits 130 or 143 with one line."""
@@ -357,7 +394,7 @@ def train_runs(st: Store, configs: list[RunConfig], workers: int | None, show_pr
     pool = RayRunner(st, ray, ids) if ray else worker_pool(st, configs, workers)
     with interrupts() as stopped:
         try:
-            queue(st, configs, resume_id, ids)
+            queue(st, configs, resume_id, ids, estimates)
             pool.start()
             with ProgressSink(enabled=None if show_progress else False) as progress:
                 signum = watch(st, ids, progress)
@@ -407,12 +444,12 @@ class RayRunner:
 
 
 def start_detached(st: Store, configs: list[RunConfig], workers: int | None, as_json: bool,
-                   resume_id: int | None = None) -> None:
+                   resume_id: int | None = None, estimates: list[dict | None] | None = None) -> None:
     """Queue the runs and leave them to workers in their own session (they outlive this shell and leave
     when the queue is empty); print the run ids."""
     pool = worker_pool(st, configs, workers, detach=True)
     ids: list[int] = []
-    queue(st, configs, resume_id, ids)
+    queue(st, configs, resume_id, ids, estimates)
     pool.start()
     pool.stop(cancel=False)
     pids = sorted(pool.pids())

@@ -48,6 +48,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -99,6 +100,7 @@ class Estimate:
     trainable_params: int
     total_params: int
     suggestions: list[str] = field(default_factory=list)  # one-liners, filled when it does not fit
+    calibration: str = ""  # the machine calibration it used (`Calibration.key`); "nominal": none measured yet
 
     def fits(self, free_mb: float) -> bool:
         return self.peak_mb <= free_mb
@@ -148,26 +150,36 @@ def machine_key(device: str) -> str:
     return f"{name} | torch {torch.__version__} | v{CALIBRATION_VERSION}"
 
 
+def read_calibration(path: str | Path, device: str = "cpu") -> Calibration | None:
+    """The cached calibration for `device` in `path`, or None (no file, or measured on another machine,
+    torch or version of this module). Reads a small JSON file: no measuring."""
+    path = Path(path)
+    try:
+        cached = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        return None  # unreadable: measured again by `calibration`
+    entry = cached.get(machine_key(device)) if isinstance(cached, dict) else None
+    try:
+        return Calibration(**entry) if isinstance(entry, dict) else None
+    except TypeError:  # written by another version
+        return None
+
+
 def calibration(path: str | Path, device: str = "cpu") -> Calibration:
     """The machine's calibration for `device`, read from `path` (a JSON file next to the store), or
     measured now (a few seconds, plus a fresh process's import of torch, transformers and peft) and
     written there for next time. One file holds one entry per device."""
+    cal = read_calibration(path, device)
+    if cal is not None:
+        return cal
     path = Path(path)
-    key = machine_key(device)
-    cached: dict[str, Any] = {}
-    if path.exists():
-        try:
-            cached = json.loads(path.read_text())
-        except (OSError, ValueError):
-            cached = {}  # unreadable: measure again and rewrite it
-        if isinstance(cached, dict) and isinstance(cached.get(key), dict):
-            try:
-                return Calibration(**cached[key])
-            except TypeError:
-                pass  # written by another version: measure again
-    cal = measure(device, key)
+    cal = measure(device, machine_key(device))
+    try:
+        cached = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        cached = {}
     cached = cached if isinstance(cached, dict) else {}
-    cached[key] = cal.to_dict()
+    cached[cal.key] = cal.to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(cached, indent=2, sort_keys=True))
@@ -350,12 +362,13 @@ def model_config(name: str, num_labels: int, trust_remote_code: bool = False):
         raise ConfigError(f"model {name!r}: its config could not be read ({first_line(e)[:160]})") from None
 
 
-def inputs_for(config: RunConfig):
-    """(model config, token lengths of the training rows, untruncated) for `estimate`."""
+def inputs_for(config: RunConfig, data=None):
+    """(model config, token lengths of the training rows, untruncated) for `estimate`. `data`: the
+    config's DataSplits when already loaded (`trainer.preflight` returns them), else loaded here."""
     from peft_tui.engine.data import load_splits, token_lengths
     from peft_tui.engine.models import load_tokenizer
 
-    data = load_splits(config.data, config.seed)
+    data = data if data is not None else load_splits(config.data, config.seed)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     lengths = token_lengths(tokenizer, data.train.texts, data.train.pairs)
     return model_config(config.model, data.num_labels, config.trust_remote_code), lengths
@@ -405,19 +418,25 @@ def _dropouts(mc) -> tuple[float, float]:
 
 
 def model_shape(config: RunConfig, mc) -> Shape:
-    """Build the classifier on the meta device, wrap it with the method's own `apply`, and read the
-    exact parameter counts and where gradients start."""
+    """Build the classifier on the meta device, pool it as `models.load_model` does (a BERT pooler
+    replaced by mean pooling trains nothing), wrap it with the method's own `apply`, and read the exact
+    parameter counts and where gradients start."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from peft_tui.engine import pooling
     from peft_tui.engine.methods import get_method
     from peft_tui.engine.methods.peft_common import pools_last_token
+    from peft_tui.engine.models import _model_folder
     from peft_tui.engine.weights import count_parameters, head_module_names
 
     method = get_method(config.method)
     params = method.resolve(config.params)
-    with torch.device("meta"):
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # peft's deprecated-API notices: not the user's business
         model = AutoModelForSequenceClassification.from_config(mc, trust_remote_code=config.trust_remote_code)
+        folder = None if config.model == "tiny" else _model_folder(config.model)
+        model = pooling.install(model, pooling.resolve(config.pooling, folder, model))  # as load_model does
         heads = tuple(head_module_names(model))
         base = model
         model = method.apply(model, params)
@@ -660,7 +679,7 @@ def estimate(config: RunConfig, model_config, lengths: Sequence[int], device: st
         step_s=epoch / len(batches), epoch_s=epoch, epoch_low_s=epoch * TIME_RANGE[0],
         epoch_high_s=epoch * TIME_RANGE[1], total_s=epoch * config.epochs,
         total_low_s=epoch * config.epochs * TIME_RANGE[0], total_high_s=epoch * config.epochs * TIME_RANGE[1],
-        steps=steps, trainable_params=s.trainable, total_params=s.total,
+        steps=steps, trainable_params=s.trainable, total_params=s.total, calibration=cal.key,
     )
     if free_mb is not None and not est.fits(free_mb):
         est.suggestions = suggest(config, model_config, lengths, device, cal, free_mb, est)
@@ -716,6 +735,62 @@ NOMINAL_CPU = Calibration(
                    "add": 1e-9, "add_fwd": 4e-10},
     module_s=1.5e-4, adamw_s_per_param=1.3e-9, overhead_mb=400.0, reader_mb=60.0,
 )
+
+
+# ------------------------------------------------------------------------------------------------
+# before queueing: will each run fit (`peft-tui plan`, the fit check of `run`/`compare`/`sweep`, the dashboard)
+# ------------------------------------------------------------------------------------------------
+def free_memory_mb(device: str) -> float:
+    """Memory a run may use now: available RAM on CPU, free memory of the GPU on CUDA."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(torch.device(device).index or 0)
+        return free / MB
+    import psutil
+
+    return psutil.virtual_memory().available / MB
+
+
+def plan(configs: Sequence[RunConfig], calibration_path: str | Path, calibrate: bool = True,
+         data=None, inputs: dict | None = None) -> list[dict[str, Any] | None]:
+    """Per config: {"method", "device", "free_mb", "fits", "estimate": Estimate.to_dict()}, or None for a
+    baseline (nothing to estimate). Model config and token lengths are read once per model, data and seed.
+    `calibrate`: measure the machine (seconds) when `calibration_path` has no calibration for the device
+    yet; else use the nominal figures (the estimate's `calibration` then says "nominal"). `data`: the
+    DataSplits of `configs[0]`, already loaded. `inputs`: a dict the caller keeps to reuse the model
+    configs and token lengths across calls (the dashboard estimates as the form changes)."""
+    from peft_tui.engine.device import resolve_device
+    from peft_tui.engine.methods import get_method
+
+    rows: list[dict[str, Any] | None] = []
+    inputs = {} if inputs is None else inputs
+    for cfg in configs:
+        if get_method(cfg.method).is_baseline:
+            rows.append(None)
+            continue
+        device = resolve_device(cfg.device)
+        split_seed = None if cfg.data.source == "synthetic" else cfg.seed  # the synthetic split is fixed
+        key = (cfg.model, cfg.data, split_seed, cfg.trust_remote_code)
+        if key not in inputs:  # the same model and data for every method and seed: read them once
+            same = data is not None and (cfg.data, cfg.seed) == (configs[0].data, configs[0].seed)
+            inputs[key] = inputs_for(cfg, data if same else None)
+        model_cfg, lengths = inputs[key]
+        cal = calibration(calibration_path, device) if calibrate else read_calibration(calibration_path, device)
+        available = free_memory_mb(device)
+        est = estimate(cfg, model_cfg, lengths, device, cal, free_mb=available)
+        rows.append({"method": cfg.method, "device": device, "free_mb": available, "fits": est.fits(available),
+                     "estimate": est.to_dict()})
+    return rows
+
+
+def refusal(config: RunConfig, row: dict[str, Any]) -> str:
+    """The one line that refuses a run that will not fit (`row`: one of `plan`'s), with the first way
+    to make it fit."""
+    e = row["estimate"]
+    tips = e.get("suggestions") or []
+    return (f"{config.display_name} will not fit: it needs about {e['peak_mb']:,.0f} MB and {row['device']} has "
+            f"{row['free_mb']:,.0f} MB free" + (f"; {tips[0]}" if tips else "") + " (or --force to run it anyway)")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -85,7 +85,8 @@ CREATE TABLE IF NOT EXISTS metrics (
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id, name, step);
 """
 
-# The queue's columns, added to databases made before the store was the queue (ALTER TABLE ADD COLUMN).
+# Columns added since the first schema (the queue's, the estimate's), added to older databases when they
+# open (ALTER TABLE ADD COLUMN), so a store made by any earlier version still opens.
 QUEUE_COLUMNS = {
     "queued_at": "REAL",  # NULL: left queued by an older version; never claimed (see `stuck`)
     "resume": "INTEGER DEFAULT 0",  # 1: the claim continues from the run's checkpoint
@@ -95,6 +96,8 @@ QUEUE_COLUMNS = {
     "claimed_at": "REAL",
     "startup_s": "REAL",  # worker start-up paid by this run (see launch/worker.py)
     "events_offset": "INTEGER DEFAULT 0",  # where this attempt's events begin in events.jsonl
+    "estimate": "TEXT",  # JSON engine.estimate.Estimate, written by whoever queued the run (see `set_estimate`)
+    "grade": "TEXT",  # JSON engine.estimate.grade: that estimate against what the finished run measured
 }
 
 ACTIVE = ("queued", "running")
@@ -151,6 +154,16 @@ def death_reason(returncode: int) -> str:
     except ValueError:
         name = f"signal {-returncode}"
     return f"killed by {name} (out of memory?)" if -returncode == signal.SIGKILL else f"killed by {name}"
+
+
+def _graded(estimate_json: str | None, result: dict[str, Any]) -> str | None:
+    """The grade (JSON) of a run's stored estimate against its result; None without a readable estimate."""
+    from peft_tui.engine.estimate import Estimate, grade
+
+    try:
+        return json.dumps(grade(Estimate.from_dict(json.loads(estimate_json)), result)) if estimate_json else None
+    except (ValueError, TypeError, KeyError):  # an estimate written by another version
+        return None
 
 
 def serves(wanted: str, device: str) -> bool:
@@ -284,16 +297,17 @@ class Store:
             ) from None
 
     # ------------------------------------------------------------------ runs: create and read
-    def create_run(self, config: RunConfig, validate: bool = True) -> int:
-        """A queued run row plus its folder with config.json. Returns the run id."""
+    def create_run(self, config: RunConfig, validate: bool = True, estimate: dict[str, Any] | None = None) -> int:
+        """A queued run row plus its folder with config.json. Returns the run id. `estimate`: the run's
+        Estimate as a dict (engine/estimate.py), kept to be graded when the run finishes."""
         if validate:
             config.validate()
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO runs (name, method, model, data, status, config, created_at, queued_at, host) "
-                "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                "INSERT INTO runs (name, method, model, data, status, config, created_at, queued_at, host, estimate) "
+                "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
                 (config.display_name, config.method, config.model, config.data.source, config.to_json(), _now(),
-                 _now(), socket.gethostname()),
+                 _now(), socket.gethostname(), json.dumps(estimate) if estimate else None),
             )
             run_id = int(cur.lastrowid or 0)
             folder = self.run_folder_name(run_id, config.display_name)
@@ -302,6 +316,12 @@ class Store:
         path.mkdir(parents=True, exist_ok=True)
         _write_json(path / "config.json", config.to_dict())
         return run_id
+
+    def set_estimate(self, run_id: int, estimate: dict[str, Any]) -> None:
+        """Record the estimate of a run queued without one (the dashboard queues first, through its
+        scheduler). The run is graded against it when it finishes."""
+        with self._tx() as db:
+            db.execute("UPDATE runs SET estimate=? WHERE id=?", (json.dumps(estimate), run_id))
 
     @staticmethod
     def run_folder_name(run_id: int, name: str) -> str:
@@ -360,9 +380,9 @@ class Store:
         hide the row: it is returned with `damaged` saying what is wrong (None for a sound row)."""
         d = dict(row)
         d["damaged"] = None
-        for key, empty in (("config", {}), ("result", None)):
+        for key, empty in (("config", {}), ("result", None), ("estimate", None), ("grade", None)):
             try:
-                d[key] = json.loads(d[key]) if d[key] else empty
+                d[key] = json.loads(d[key]) if d.get(key) else empty
             except ValueError as e:
                 d[key] = empty
                 d["damaged"] = f"its {key} is not valid JSON ({e})"
@@ -502,7 +522,7 @@ class Store:
             raise ConfigError(f"run {run_id} is {row['status']}: only a finished run can be retried")
         if row["damaged"]:
             raise ConfigError(f"run {run_id} cannot be retried: {row['damaged']}")
-        return self.create_run(RunConfig.from_dict(row["config"]))
+        return self.create_run(RunConfig.from_dict(row["config"]), estimate=row["estimate"])
 
     def remove(self, run_id: int) -> bool:
         """Delete a run that is still queued (never claimed) with its folder. False when it is not queued."""
@@ -637,9 +657,11 @@ class Store:
         elif isinstance(event, RunFinished):
             result = event.result_dict()
             with self._tx() as db:
+                row = db.execute("SELECT estimate FROM runs WHERE id=?", (event.run_id,)).fetchone()
                 db.execute(
-                    "UPDATE runs SET status='done', result=?, finished_at=?, heartbeat=?, step=total_steps WHERE id=?",
-                    (json.dumps(result, default=str), t, t, event.run_id),
+                    "UPDATE runs SET status='done', result=?, grade=?, finished_at=?, heartbeat=?, step=total_steps "
+                    "WHERE id=?",
+                    (json.dumps(result, default=str), _graded(row[0] if row else None, result), t, t, event.run_id),
                 )
             _write_json(self.run_dir(event.run_id) / "result.json", result)
         elif isinstance(event, RunFailed):

@@ -4,6 +4,9 @@ Efficiency = test accuracy points per million trainable parameters
            = 100 * accuracy / (trainable_params / 1e6).
 It rewards methods that reach an accuracy while training few parameters; read it beside accuracy,
 never alone (a method at chance level with 10 parameters is "efficient").
+
+The last two columns grade the run's estimate (made before it ran) against what it measured: the error
+of the estimated peak memory and training time, in % of the measured figure (+: over-estimated).
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ COLUMNS = [
     ("samples_per_s", "samples/s", lambda v: f"{v:.0f}"),
     ("peak_memory_mb", "peak MB", lambda v: f"{v:.0f}"),
     ("efficiency", "eff", lambda v: f"{v:.1f}"),
+    # the estimate made before the run against what it measured (engine/estimate.py `grade`), in % of the measured
+    ("mem_err_pct", "est mem err %", lambda v: f"{v:+.0f}"),
+    ("time_err_pct", "est time err %", lambda v: f"{v:+.0f}"),
 ]
+GRADE_KEYS = {"mem_err_pct": "peak_error_pct", "time_err_pct": "time_error_pct"}  # column -> key of a stored grade
 
 # one row per method over several seeds (`report.seeds.aggregate`): means, ± the sample standard deviation
 SEED_COLUMNS = [
@@ -41,7 +48,8 @@ SEED_COLUMNS = [
     ("peak_memory_mb", "mean peak MB", lambda v: f"{v:.0f}"),
 ]
 
-EFFICIENCY_NOTE = "eff = accuracy points per million trainable parameters"
+EFFICIENCY_NOTE = ("eff = accuracy points per million trainable parameters; est err = the estimate before the "
+                   "run vs what it measured (+: over)")
 
 
 def human_count(n: float) -> str:
@@ -60,8 +68,9 @@ def rows_from_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not res:
             continue
         row = {"id": run["id"], "name": run["name"], "method": run["method"]}
+        grade = run.get("grade") or {}
         for key, _, _ in COLUMNS[3:]:
-            row[key] = res.get(key)
+            row[key] = grade.get(GRADE_KEYS[key]) if key in GRADE_KEYS else res.get(key)
         row["seed"] = res.get("seed") if res.get("seed") is not None else (run.get("config") or {}).get("seed")
         row["device"] = res.get("device", "")
         row["memory_kind"] = res.get("memory_kind", "")

@@ -28,7 +28,7 @@ from peft_tui.errors import ConfigError
 from peft_tui.ui.messages import LogLine, StoreUpdate
 from peft_tui.ui.polling import StorePoller
 from peft_tui.ui.screens.main import MainScreen, shown_path
-from peft_tui.ui.state import LabState
+from peft_tui.ui.state import LabState, estimable
 
 
 class PeftLab(App):
@@ -55,6 +55,7 @@ class PeftLab(App):
         self._streamed: set[int] = set()  # runs whose events reach `_sink`: the poll skips their points
         self._stop = threading.Event()
         self.keep_training = False  # the answer at quit: leave the workers training in the background
+        self.estimate_inputs: dict = {}  # model configs and token lengths the estimates reuse (engine.estimate.plan)
 
     # ------------------------------------------------------------------ lifecycle
     def on_mount(self) -> None:
@@ -100,18 +101,39 @@ class PeftLab(App):
 
     @work(thread=True, group="submit", exit_on_error=False)
     def submit(self, configs: list[RunConfig]) -> None:
-        """Queue `configs` in order; a config the scheduler refuses is logged and skipped."""
+        """Queue `configs` in order, each with its estimate (graded when it finishes; a run that will not
+        fit is queued with a warning); a config the scheduler refuses is logged and skipped."""
         rows = []
         for cfg in configs:
+            plan = self._plan(cfg)
             try:
                 rid = self.scheduler.submit(cfg)
             except ConfigError as e:
                 self.post_message(LogLine(f"not queued: {e}", "error"))
                 continue
+            if plan is not None:
+                self.store.set_estimate(rid, plan["estimate"])
+                if not plan["fits"]:
+                    from peft_tui.engine.estimate import refusal
+
+                    self.post_message(LogLine(f"run {rid}: {refusal(cfg, plan)}", "warning"))
             rows.append(self.store.get(rid))
             self.post_message(LogLine(f"queued run {rid} {cfg.display_name} ({cfg.method} on {cfg.model})"))
         if rows:
             self.post_message(StoreUpdate(rows, {}))
+
+    def _plan(self, config: RunConfig) -> dict | None:
+        """engine.estimate.plan's row for `config` (from a thread), None for a baseline, a hub model, or
+        when it cannot be estimated (the run is queued all the same; the worker reports a real problem)."""
+        from peft_tui.engine.estimate import plan
+
+        if not estimable(config.model):
+            return None
+        try:
+            return plan([config], self.store.root / "calibration.json", calibrate=False,
+                        inputs=self.estimate_inputs)[0]
+        except Exception:  # noqa: BLE001 - an estimate must never keep a run from the queue
+            return None
 
     # ------------------------------------------------------------------ background reads
     @work(thread=True, group="device", exit_on_error=False)

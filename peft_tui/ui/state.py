@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peft_tui.engine.events import (
     EvalLogged,
@@ -23,6 +23,9 @@ from peft_tui.engine.events import (
 )
 from peft_tui.engine.methods import get_method
 from peft_tui.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from peft_tui.engine.estimate import Eta
 
 MAX_POINTS = 4000
 MAX_PLOTTED = 8  # runs with lines on the charts: the newest ones
@@ -263,14 +266,26 @@ class LabState:
         return max(0.0, (end or now or time.time()) - start)
 
     @classmethod
-    def eta(cls, row: dict[str, Any], now: float | None = None) -> float | None:
+    def eta(cls, row: dict[str, Any], now: float | None = None) -> Eta | None:
+        """Time left of a running run: from its estimate (engine/estimate.py) for the first
+        ETA_SWITCH_STEPS steps, then from its own rate so far; without an estimate, from its rate."""
+        from peft_tui.engine.estimate import Estimate, Eta, eta
+
         if row["status"] != "running":
             return None
         step, total = row.get("step") or 0, row.get("total_steps") or 0
         el = cls.elapsed(row, now)
-        if not step or not total or el is None:
+        if not total or el is None:
             return None
-        return el / step * max(0, total - step)
+        if row.get("estimate"):
+            try:
+                return eta(Estimate.from_dict(row["estimate"]), step, el, total)
+            except (TypeError, KeyError):  # an estimate written by another version: the rate alone
+                pass
+        if not step:
+            return None
+        left = el / step * max(0, total - step)
+        return Eta(left, left, left, "measured")
 
 
 def fmt_duration(s: float | None) -> str:
@@ -282,3 +297,29 @@ def fmt_duration(s: float | None) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def eta_text(e: Eta | None) -> str:
+    """An ETA as the runs table shows it: "~" marks one still taken from the estimate (before the run's
+    first ETA_SWITCH_STEPS steps), a plain duration one from the run's own rate."""
+    if e is None:
+        return "-"
+    return ("~" if e.source == "estimate" else "") + fmt_duration(e.remaining_s)
+
+
+def estimate_text(est: dict[str, Any] | None) -> str:
+    """A run's estimate in a table cell: peak memory and training time ("-" without one)."""
+    if not est:
+        return "-"
+    try:
+        return f"{est['peak_mb']:,.0f}MB {fmt_duration(est['total_s'])}"
+    except (KeyError, TypeError, ValueError):
+        return "-"
+
+
+def estimable(model: str) -> bool:
+    """Whether the dashboard estimates runs of this model: the built-in ones and local folders. A hub id
+    would be looked up online (as it is typed, in the form); `peft-tui plan` estimates it."""
+    from pathlib import Path
+
+    return model in ("tiny", "minilm") or Path(model).expanduser().is_dir()

@@ -12,9 +12,10 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from peft_tui.console import grade_lines
 from peft_tui.report.table import human_count
 from peft_tui.safe import safe_lines, safe_text
-from peft_tui.ui.state import LabState, fmt_duration, is_baseline, shown_result
+from peft_tui.ui.state import LabState, estimate_text, eta_text, fmt_duration, is_baseline, shown_result
 from peft_tui.ui.widgets.tables import status_text
 
 
@@ -32,9 +33,12 @@ def describe(row: dict[str, Any], folder: str | None) -> Text:
     else:
         step, total = row.get("step") or 0, row.get("total_steps") or 0
         lines.append(Text(f"step {step}/{total or '?'}   epoch {row.get('epoch') or 0:.2f}   {elapsed}   "
-                          f"ETA {fmt_duration(LabState.eta(row))}"))
+                          f"ETA {eta_text(LabState.eta(row))}"))
     if folder:
         lines.append(Text(f"folder: {safe_text(folder)}"))
+    if row.get("estimate"):  # before the run, and (once it finished) against what it measured
+        lines.append(Text(f"estimate before the run: {estimate_text(row['estimate'])}"))
+        lines += [Text(f"  {line}") for line in grade_lines(row.get("grade") or {})]
     res = shown_result(row)
     if res:
         lines += [Text(""), Text("result", style="bold")]

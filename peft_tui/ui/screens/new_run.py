@@ -1,5 +1,7 @@
 """The new-run form: every field checked here, with the message next to the field; nothing is queued
-until the whole config validates."""
+until the whole config validates. Under the fields, the run's estimated peak memory (against the free
+memory) and training time for the current choices (engine/estimate.py), recomputed on a thread worker
+a moment after each change, so typing never waits for it."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
-from textual import on
+from rich.text import Text
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
@@ -18,8 +21,8 @@ from textual.widgets import Button, Input, Label, Select, Static
 from peft_tui.config import DataConfig, RunConfig
 from peft_tui.console import literal
 from peft_tui.engine.methods import REGISTRY, get_method
-from peft_tui.errors import ConfigError
-from peft_tui.ui.state import is_baseline
+from peft_tui.errors import ConfigError, first_line
+from peft_tui.ui.state import estimable, fmt_duration, is_baseline
 
 RUN_FIELDS = [
     # field, label, parse
@@ -32,6 +35,22 @@ RUN_FIELDS = [
 
 
 FULL_WIDTH = 118  # the form's width; narrower terminals get fewer fields a row
+ESTIMATE_DELAY_S = 0.4  # the estimate is recomputed this long after the last change
+
+
+def estimate_line(row: dict[str, Any]) -> Text:
+    """One of engine.estimate.plan's rows as the form shows it: peak memory against free memory, time,
+    trainable parameters; in red with the first way to make it fit when it will not."""
+    e = row["estimate"]
+    text = Text(f"estimate: peak {e['peak_mb']:,.0f} MB of {row['free_mb']:,.0f} MB free · training "
+                f"{fmt_duration(e['total_s'])} ({fmt_duration(e['total_low_s'])}-{fmt_duration(e['total_high_s'])}) "
+                f"· {e['trainable_params']:,} trainable parameters")
+    if not row["fits"]:
+        tips = e.get("suggestions") or []
+        text.append(" · will not fit" + (f": {tips[0]}" if tips else ""), style="bold red")
+    if e.get("calibration") == "nominal":
+        text.append("  (nominal speed: `peft-tui plan` calibrates this machine)", style="dim")
+    return text
 
 
 def _fmt(v: Any) -> str:
@@ -80,6 +99,7 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
     def __init__(self, template: RunConfig) -> None:
         super().__init__()
         self.template = template
+        self._estimate_timer = None
 
     def compose(self) -> ComposeResult:
         t = self.template
@@ -101,6 +121,7 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
                         yield Field(key, label, Input(_fmt(value), id=f"in-{key}"))
                 yield Static("method parameters", classes="section", id="params-title")
                 yield Grid(id="params")
+                yield Static(Text("estimating…", style="dim"), id="form-estimate")
                 yield Static("", id="form-error")
             with Horizontal(id="form-buttons"):
                 yield Button("Queue run", variant="primary", id="submit")
@@ -113,6 +134,7 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
         self._fit(self.app.size)
         await self._show_params(self.query_one("#in-method", Select).value)
         self.query_one("#in-method", Select).focus()
+        self._schedule_estimate()
 
     def _fit(self, size) -> None:
         # the form scrolls inside the terminal; title, borders and buttons keep their ~9 rows
@@ -146,6 +168,44 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
     async def _method_changed(self, event: Select.Changed) -> None:
         await self._show_params(event.value)
 
+    # ------------------------------------------------------------------ the estimate
+    @on(Input.Changed)
+    @on(Select.Changed)
+    def _schedule_estimate(self) -> None:
+        if self._estimate_timer is not None:
+            self._estimate_timer.stop()
+        self._estimate_timer = self.set_timer(ESTIMATE_DELAY_S, self._start_estimate)
+
+    def _start_estimate(self) -> None:
+        box = self.query_one("#form-estimate", Static)
+        try:
+            config = self.build(quiet=True)
+        except NoMatches:  # the method's fields are being replaced: try again when they are in
+            self._schedule_estimate()
+            return
+        if config is None:
+            box.update(Text("estimate: once the fields above are valid", style="dim"))
+        elif not estimable(config.model):
+            box.update(Text("estimate: `peft-tui plan --model ...` estimates a hub model", style="dim"))
+        else:
+            box.update(Text("estimating…", style="dim"))
+            self._estimate(config)
+
+    @work(thread=True, exclusive=True, group="estimate", exit_on_error=False)
+    def _estimate(self, config: RunConfig) -> None:
+        from textual.worker import get_current_worker
+
+        from peft_tui.engine.estimate import plan
+
+        try:
+            [row] = plan([config], self.app.store.root / "calibration.json", calibrate=False,
+                         inputs=self.app.estimate_inputs)
+            text = estimate_line(row) if row else Text("")
+        except Exception as e:  # noqa: BLE001 - any problem (data, model files) is the form's to show
+            text = Text(f"no estimate: {first_line(e, 200)}", style="dim")
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self.query_one("#form-estimate", Static).update, text)
+
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -171,8 +231,10 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
         except NoMatches:  # a problem with no field of its own
             self.query_one("#form-error", Static).update(literal(f"✗ {text}"))
 
-    def build(self) -> RunConfig | None:
-        """The config from the form, or None after showing each problem next to its field."""
+    def build(self, quiet: bool = False) -> RunConfig | None:
+        """The config from the form, or None after showing each problem next to its field (`quiet`:
+        showing nothing, for the estimate)."""
+        error = (lambda key, text: None) if quiet else self._error
         ok = True
         method = get_method(self._value("in-method"))
         top: dict[str, Any] = {}
@@ -184,7 +246,7 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
             try:
                 top[key] = parse(raw)
             except ValueError:
-                self._error(key, f"{raw!r} is not a valid {parse.__name__}")
+                error(key, f"{raw!r} is not a valid {parse.__name__}")
                 ok = False
         params: dict[str, Any] = {}
         for p in method.params.values():
@@ -195,15 +257,15 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
                 params[p.name] = p.parse(raw)
                 p.validate(params[p.name])
             except ConfigError as e:
-                self._error(f"p-{p.name}", str(e))
+                error(f"p-{p.name}", str(e))
                 ok = False
         model = self._value("in-model")
         data = self._value("in-data")
         if not model:
-            self._error("model", "model is empty: use minilm, tiny, a local folder or a hub id")
+            error("model", "model is empty: use minilm, tiny, a local folder or a hub id")
             ok = False
         if data != "synthetic" and not Path(data).expanduser().exists():
-            self._error("data", f"no file {data!r}: use synthetic or a path to a CSV/JSONL/Parquet file")
+            error("data", f"no file {data!r}: use synthetic or a path to a CSV/JSONL/Parquet file")
             ok = False
         name = self._value("in-name") or None
         if not ok:
@@ -215,14 +277,16 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
         try:
             cfg.validate()
         except ConfigError as e:
+            if quiet:
+                return None
             msg = str(e)
             key = msg.split("=", 1)[0].split(" ")[0] if "=" in msg.split(" ")[0] else None
             if key in {k for k, _, _ in RUN_FIELDS}:
-                self._error(key, msg)
+                error(key, msg)
             elif key in method.params:
-                self._error(f"p-{key}", msg)
+                error(f"p-{key}", msg)
             elif msg.startswith("run name"):
-                self._error("name", msg)
+                error("name", msg)
             else:
                 self.query_one("#form-error", Static).update(literal(f"✗ {msg}"))
             return None

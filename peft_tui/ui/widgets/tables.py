@@ -13,11 +13,20 @@ from textual.widgets.data_table import CellDoesNotExist
 from peft_tui.console import literal
 from peft_tui.report.table import COLUMNS, formatted, rows_from_runs, sort_rows
 from peft_tui.safe import safe_text
-from peft_tui.ui.state import STATUS_WORDS, LabState, fmt_duration, is_baseline, shown_result
+from peft_tui.ui.state import (
+    STATUS_WORDS,
+    LabState,
+    estimate_text,
+    eta_text,
+    fmt_duration,
+    is_baseline,
+    shown_result,
+)
 
 QUEUE_COLUMNS = [
     # key, header, width (None: grows with its content). The live figures come first so that an
     # 80-column terminal shows id, method, status, progress, loss, val acc and ETA without scrolling.
+    # ETA: "~" while it still comes from the estimate (the run's first 20 steps), then the measured rate.
     ("id", "id", 3),
     ("method", "method", 8),
     ("status", "status", 13),
@@ -27,6 +36,7 @@ QUEUE_COLUMNS = [
     ("eta", "ETA", 7),
     ("epoch", "epoch · step", 16),
     ("elapsed", "elapsed", 7),
+    ("estimate", "estimate", 13),  # peak memory and training time, estimated before the run
     ("name", "name", 12),
     ("note", "note", None),
 ]
@@ -71,7 +81,8 @@ def queue_cells(row: dict[str, Any], now: float) -> list[Any]:
         "loss": "-" if loss is None else f"{loss:.4f}",
         "acc": "-" if acc is None else f"{100 * acc:.1f}%",
         "elapsed": fmt_duration(LabState.elapsed(row, now)),
-        "eta": fmt_duration(LabState.eta(row, now)),
+        "eta": eta_text(LabState.eta(row, now)),
+        "estimate": estimate_text(row.get("estimate")),
         "note": literal(note, style="red" if row.get("error") else "dim", limit=120),
     }
     return [cells[key] for key, _, _ in QUEUE_COLUMNS]

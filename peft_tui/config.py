@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,8 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         d = dict(d)
-        raw_data = d.pop("data", {}) or {}
+        raw_data = d.pop("data", None)
+        raw_data = {} if raw_data is None else raw_data
         if not isinstance(raw_data, dict):
             raise ConfigError(f"config key 'data' must be a table of data settings, not {type(raw_data).__name__}")
         unknown_data = set(raw_data) - {f.name for f in fields(DataConfig)}
@@ -244,11 +246,11 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def config_from_file(path_str: str) -> RunConfig:
+def config_from_file(path_str: str, warn: Callable[[str], None] | None = None) -> RunConfig:
     """A RunConfig from a JSON or TOML file (missing keys take their defaults). Parsed as data only:
     json / tomllib, never code. `peft-tui show ID --json` prints a run's config in this shape.
     `trust_remote_code` in a file is ignored: only the --trust-remote-code flag switches code execution on,
-    so a shared document cannot."""
+    so a shared document cannot; `warn` is told when a file asked for it."""
     import stat
     import tomllib
 
@@ -279,7 +281,9 @@ def config_from_file(path_str: str) -> RunConfig:
         raw = raw["config"]
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {name} must hold one object/table of settings")
-    raw = {k: v for k, v in raw.items() if k != "trust_remote_code"}
+    if raw.pop("trust_remote_code", False) and warn:
+        warn(f"config file {name} asks for trust_remote_code: ignored; pass --trust-remote-code to allow a "
+             "model's own code")
     try:
         return RunConfig.from_dict(raw)
     except TypeError as e:

@@ -8,9 +8,6 @@ Class 6  only the --trust-remote-code flag trusts remote code; with --json, stdo
 Class 10 one line and exit 2, no traceback: long paths, bad `predict --file` inputs, ids beyond SQLite,
          damaged store rows and metric pages, read-only stores.
 Class 11 unknown `runs --status` / `predict --device`; the text column equal to the label column.
-
-Tests marked PENDING need a change requested from another file's owner (see the hostile-front report):
-they are strict xfails, so each one fails loudly once its change lands and the marker can go.
 """
 
 from __future__ import annotations
@@ -31,9 +28,6 @@ from peft_tui.cli import app
 from peft_tui.safe import safe_lines, safe_text
 
 runner = CliRunner()
-PENDING = pytest.mark.skipif(False,
-    strict=True, reason="needs a change requested from another owner (hostile-front report): drop this marker "
-    "when it lands")
 # a fixture shared by the examples of one test is fine: each example only reads it (or rewrites one row)
 SHARED = [HealthCheck.function_scoped_fixture]
 
@@ -201,7 +195,6 @@ def test_data_summary_shows_labels_literally(tmp_path, labels, texts):
         assert_shown(label, res.stdout)
 
 
-@PENDING
 def test_the_summary_before_a_run_shows_labels_literally(tmp_path, capsys):
     """commands/common.py print_data_summary: the same summary as `data`, before each run."""
     from peft_tui.commands.common import print_data_summary
@@ -400,7 +393,6 @@ def remote_code_model(tmp_path_factory):
     return folder
 
 
-@PENDING
 def test_with_the_flag_json_stdout_stays_one_document(remote_code_model):
     """commands/common.py handles_errors: with --json, what the model's code prints goes to stderr."""
     res = runner.invoke(app, ["data", "--model", str(remote_code_model), "--trust-remote-code", "--json"])
@@ -408,17 +400,14 @@ def test_with_the_flag_json_stdout_stays_one_document(remote_code_model):
     assert json.loads(res.stdout)["labels"] == ["negative", "positive"]  # the code's print went elsewhere
 
 
-@PENDING
-@settings(max_examples=20, deadline=None)
-@given(value=st.sampled_from(["true", "True", "1", "yes", "on"]))
-def test_trust_remote_code_from_set_is_ignored_with_a_warning(value, tokenizer_loads):
-    """commands/options.py run_config: only the flag trusts remote code."""
-    seen = tokenizer_loads
-    res = runner.invoke(app, ["data", "--model", "tiny", "--set", f"trust_remote_code={value}", "--json"])
-    assert res.exit_code == 0, res.output
-    assert seen[-1] is False
-    warning = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
-    assert len(warning) == 1 and "--trust-remote-code" in warning[0]
+@settings(max_examples=10, deadline=None)
+@given(value=st.sampled_from(["true", "True", "1", "yes", "on", "false"]))
+def test_trust_remote_code_from_set_is_refused_in_one_line(value, tokenizer_loads):
+    """config.py with_overrides: only the flag trusts remote code; --set asking for it is bad input."""
+    before = len(tokenizer_loads)
+    err = one_line_error(runner.invoke(app, ["data", "--model", "tiny", "--set", f"trust_remote_code={value}"]))
+    assert "--trust-remote-code" in err
+    assert len(tokenizer_loads) == before  # refused before any model file was read
 
 
 @pytest.fixture(scope="module")
@@ -442,7 +431,6 @@ def test_the_flag_reaches_the_loader(tokenizer_loads):
     assert seen[-1] is False
 
 
-@PENDING
 def test_trust_remote_code_from_a_config_file_is_ignored(tmp_path):
     """commands/options.py run_config: a --config file (or a `show --json` document) never trusts code."""
     (tmp_path / "c.json").write_text(json.dumps({"config": {"model": "tiny", "trust_remote_code": True}}))
@@ -479,7 +467,6 @@ def test_a_very_long_path_is_one_line(trained, tmp_path, args, name, nested):
     assert args[0] == "report" or len(err) < 400  # the path is cut (report's: commands/common.py write_output)
 
 
-@PENDING
 @settings(max_examples=20, deadline=None)
 @given(args=st.sampled_from(PATH_OPTIONS_SHARED), name=LONG_NAME)
 def test_a_very_long_store_or_data_path_is_one_line(args, name):
@@ -663,8 +650,7 @@ def test_read_only_commands_work_on_a_store_that_cannot_be_written(read_only_cop
     assert sorted(root.rglob("*")) == files
 
 
-@pytest.mark.xfail(strict=False, reason="known failure after the process-model merge, listed in the closing note")
-@pytest.mark.parametrize("command", [["run"], pytest.param(["compare", "--methods", "head"], marks=PENDING)])
+@pytest.mark.parametrize("command", [["run"], ["compare", "--methods", "head"]])
 def test_an_unusable_store_is_reported_before_the_data_summary(tmp_path, command):
     res = runner.invoke(app, [*command, "--model", "tiny", "--set", "data.size=60", "--store", "/dev/null"])
     assert "is a file" in one_line_error(res)
@@ -714,7 +700,6 @@ def test_failures_are_not_printed_by_the_progress_bar():
     assert "a reason" not in buf.getvalue()
 
 
-@PENDING
 @settings(max_examples=20, deadline=None)
 @given(col=st.text(alphabet=string.ascii_letters + "_", min_size=1, max_size=12))
 def test_text_column_equal_to_the_label_column_is_one_line(col):
@@ -723,7 +708,6 @@ def test_text_column_equal_to_the_label_column_is_one_line(col):
     assert "--text-col" in err and "--label-col" in err
 
 
-@PENDING
 @settings(max_examples=20, deadline=None, suppress_health_check=SHARED)
 @given(seed=st.one_of(st.integers(min_value=2**63), st.integers(max_value=-(2**63) - 1)),
        key=st.sampled_from(["seed", "epochs", "batch_size", "eval_every", "patience"]))
@@ -734,7 +718,6 @@ def test_ints_beyond_64_bits_are_refused_before_training(tmp_path, seed, key):
     assert not (tmp_path / "s").exists()
 
 
-@PENDING
 @settings(max_examples=20, deadline=None)
 @given(depth=st.integers(2_000, 200_000), opener=st.sampled_from(['{"a": ', "[", '{"params": {"a": ']))
 def test_a_config_nested_very_deeply_is_one_line(tmp_path_factory, depth, opener):
@@ -746,7 +729,6 @@ def test_a_config_nested_very_deeply_is_one_line(tmp_path_factory, depth, opener
     one_line_error(runner.invoke(app, ["run", "--config", str(path), "--store", str(path.parent / "s")]))
 
 
-@PENDING
 @settings(max_examples=30, deadline=None)
 @given(key=st.sampled_from(["params", "method", "data", "name", "epochs"]),
        value=st.one_of(st.lists(st.integers(), max_size=3), st.integers(), st.floats(allow_nan=False), st.booleans(),
@@ -762,7 +744,6 @@ def test_a_config_value_of_the_wrong_type_is_one_line(tmp_path_factory, key, val
     one_line_error(runner.invoke(app, ["run", "--config", str(path), "--store", str(path.parent / "s")]))
 
 
-@PENDING
 def test_compare_csv_into_a_folder_or_a_missing_folder_is_refused_before_training(tmp_path):
     """commands/train.py compare: --csv checked before any run is queued."""
     for csv in (tmp_path, tmp_path / "missing" / "t.csv"):

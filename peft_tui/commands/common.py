@@ -6,16 +6,20 @@ Exit codes: 0 success, 1 a run failed, 2 bad usage or input (one line on stderr,
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import typer
 
 from peft_tui.config import RunConfig, store_path
-from peft_tui.errors import ConfigError
+from peft_tui.errors import ConfigError, first_line
+from peft_tui.safe import safe_lines, safe_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft_tui.engine.data import DataSplits
@@ -32,18 +36,45 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     raise typer.Exit(code)
 
 
+_json_stdout: list[TextIO] = []  # where print_json writes while a --json command runs (see handles_errors)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def handles_errors(fn: Callable) -> Callable:
-    """Turn ConfigError (bad input) into one line on stderr and exit code 2; Ctrl-C into exit 130."""
+    """Every way a command can end badly becomes one line on stderr and an exit code, never a traceback:
+    ConfigError (bad input) exits 2; an OSError says which path and exits 2 (1 for a full disk); Ctrl-C
+    exits 130; anything else is one line and exit 1 (PEFT_TUI_DEBUG=1 shows the traceback).
+    With --json, stdout carries only the JSON document: whatever else prints (a model's own code) goes
+    to stderr."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
+        if as_json:
+            _json_stdout.append(sys.stdout)
         try:
-            return fn(*args, **kwargs)
+            with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+                return fn(*args, **kwargs)
         except ConfigError as e:
             fail(str(e))
         except KeyboardInterrupt:
             sys.stderr.write("interrupted\n")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as e:
+            if os.environ.get("PEFT_TUI_DEBUG"):
+                raise
+            where = f" ({safe_text(e.filename, 120)})" if e.filename else ""
+            if e.errno in DISK_FULL:
+                fail(f"the disk is full{where}: free some space and run it again", EXIT_FAILED)
+            fail(f"{e.strerror or first_line(e)}{where}: check the path and its permissions")
+        except Exception as e:
+            if os.environ.get("PEFT_TUI_DEBUG"):
+                raise
+            fail(f"unexpected {first_line(e)} (rerun with PEFT_TUI_DEBUG=1 for the traceback, and report it)",
+                 EXIT_FAILED)
+        finally:
+            if as_json:
+                _json_stdout.pop()
 
     return wrapper
 
@@ -55,7 +86,9 @@ def open_store(path: str | None) -> Store:
 
 
 def print_json(doc: Any) -> None:
-    print(json.dumps(doc, indent=2, default=str))
+    out = _json_stdout[-1] if _json_stdout else sys.stdout
+    out.write(json.dumps(doc, indent=2, default=str) + "\n")
+    out.flush()
 
 
 def run_json(st: Store, row: dict) -> dict:
@@ -70,6 +103,8 @@ def run_json(st: Store, row: dict) -> dict:
         "config": row["config"],
         "result": row["result"],
         "startup_s": row.get("startup_s"),  # the worker start-up this run paid (launch/worker.py)
+        "estimate": row.get("estimate"),  # before the run (engine/estimate.py) ...
+        "grade": row.get("grade"),  # ... and its error against what the run measured
     }
 
 
@@ -82,6 +117,22 @@ def write_output(path: str, text: str, option: str) -> None:
             fh.write(text)
     except OSError as e:
         raise ConfigError(f"cannot write {path} ({e.strerror}): pass another {option} path") from None
+
+
+def check_output_path(path: str, option: str) -> None:
+    """Refuse, before any work, an output path that cannot be written: a folder, or a file in a folder
+    that does not exist or is not writable."""
+    from pathlib import Path
+
+    target = Path(path).expanduser()
+    shown = safe_text(path, 120)
+    if target.is_dir():
+        raise ConfigError(f"{option} {shown} is a folder: pass a file path, e.g. {option} results.csv")
+    parent = target.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {shown}: the folder {safe_text(parent, 120)} does not exist: create it first")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{option} {shown}: the folder is not writable: pass another {option} path")
 
 
 def exit_if_failed(rows: list[dict], quiet: bool) -> None:
@@ -107,4 +158,4 @@ def print_data_summary(cfg: RunConfig, data: DataSplits, to_stderr: bool = False
     """The summary before training (on stderr when stdout carries JSON)."""
     from peft_tui.engine.data import format_summary
 
-    typer.echo(format_summary(data_summary(cfg, data)), err=to_stderr)
+    typer.echo(safe_lines(format_summary(data_summary(cfg, data))), err=to_stderr)  # labels shown literally

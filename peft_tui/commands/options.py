@@ -82,7 +82,11 @@ def run_config(ctx: typer.Context, sets: list[str] | None = None, **fields: Any)
     from peft_tui.config import config_from_file
 
     config_file = ctx.params.get("config_file")
-    cfg = config_from_file(config_file) if config_file else RunConfig()
+    def warn(message: str) -> None:
+        typer.echo(f"warning: {message}", err=True)
+
+    flag = bool(ctx.params.get("trust_remote_code"))  # given: nothing to warn about
+    cfg = config_from_file(config_file, None if flag else warn) if config_file else RunConfig()
     run_over: dict[str, Any] = {}
     data_over: dict[str, Any] = {}
     for param, (section, field) in RUN_FLAGS.items():

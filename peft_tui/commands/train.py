@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from peft_tui.commands.common import (
+    check_output_path,
     exit_if_failed,
     handles_errors,
     open_store,
@@ -178,10 +179,12 @@ def compare(
     if seeds > 1:
         configs = [dataclasses.replace(cfg, seed=cfg.seed + i) for cfg in configs for i in range(seeds)]
         configs[-1].validate()  # the largest seed still fits
-    st = open_store(store)
     if detach and ray:
         raise ConfigError("--detach with --ray: start the Ray driver in the background instead: "
                           "nohup python -m peft_tui.engine.launch.ray --store STORE &")
+    if csv_path:
+        check_output_path(csv_path, "--csv")
+    st = open_store(store)
     estimates = fit_check(st, configs, splits, force)
     if detach:
         start_detached(st, configs, workers, as_json, estimates=estimates)
@@ -256,10 +259,10 @@ def sweep(
     base = run_config(ctx, sets)
     splits = preflight(base)
     configs = grid_configs(base, grid)
-    st = open_store(store)
     if detach and ray:
         raise ConfigError("--detach with --ray: start the Ray driver in the background instead: "
                           "nohup python -m peft_tui.engine.launch.ray --store STORE &")
+    st = open_store(store)
     estimates = fit_check(st, configs, splits, force)
     if detach:
         start_detached(st, configs, workers, as_json, estimates=estimates)

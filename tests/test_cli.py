@@ -240,12 +240,12 @@ def test_runs_and_show_print_errors_and_names_literally(tmp_path):
     st(RunFinished(done, {"accuracy": 0.5, "trainable_pct": None, "train_time_s": 1.0}))
     res = invoke("runs", "--store", str(tmp_path / "s"))
     assert res.exit_code == 0, res.output
-    assert "[bold]x[/] and [/oops] \\x1b[31mred" in res.stdout and "\x1b" not in res.stdout
+    assert "[bold]x[/] and [/oops] red" in res.stdout and "\x1b" not in res.stdout  # markup kept, escape gone
     line = next(ln for ln in res.stdout.splitlines() if "head" in ln)
     assert "50.0" in line and "-" in line  # a result without trainable % shows a dash
     res = invoke("show", str(failed), "--store", str(tmp_path / "s"))
     assert res.exit_code == 0, res.output
-    assert "error: bad value [bold]x[/] and [/oops] \\x1b[31mred" in res.stdout and "\x1b" not in res.stdout
+    assert "error: bad value [bold]x[/] and [/oops] red" in res.stdout and "\x1b" not in res.stdout
 
 
 # ---------------------------------------------------------------- one data load; the baseline is a run

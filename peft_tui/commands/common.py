@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
+import click
 import typer
 
 from peft_tui.config import RunConfig, store_path
@@ -55,6 +56,8 @@ def handles_errors(fn: Callable) -> Callable:
         try:
             with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
                 return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.ClickException):
+            raise  # an exit code chosen on purpose, or click's own usage error
         except ConfigError as e:
             fail(str(e))
         except KeyboardInterrupt:

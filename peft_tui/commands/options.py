@@ -35,6 +35,10 @@ RayOpt = Annotated[Optional[str], typer.Option(
     "--ray", metavar="auto|ADDRESS", help="train the runs as tasks on an existing Ray cluster (auto: the one "
     "this machine belongs to, or a local one) instead of local workers; needs pip install 'peft-tui[ray]'")]
 
+GpusOpt = Annotated[Optional[int], typer.Option(
+    "--gpus", min=1, help="train each run data-parallel over N processes (GPUs; CPU: gloo), launched with "
+    "torchrun; the same as --set nproc=N")]
+
 # ---------------------------------------------------------------- the run-config options
 MethodOpt = Annotated[str, typer.Option("--method", "-m", help="method name (`peft-tui methods` lists them)")]
 ModelOpt = Annotated[str, typer.Option(
@@ -69,7 +73,7 @@ RUN_FLAGS = {
     "method": ("run", "method"), "model": ("run", "model"), "name": ("run", "name"), "epochs": ("run", "epochs"),
     "lr": ("run", "lr"), "batch_size": ("run", "batch_size"), "max_length": ("run", "max_length"),
     "seed": ("run", "seed"), "device": ("run", "device"), "precision": ("run", "precision"),
-    "trust_remote_code": ("run", "trust_remote_code"),
+    "trust_remote_code": ("run", "trust_remote_code"), "gpus": ("run", "nproc"),
     "data": ("data", "source"), "text_col": ("data", "text_col"), "label_col": ("data", "label_col"),
     "text_pair_col": ("data", "text_pair_col"), "val_data": ("data", "val_source"),
 }

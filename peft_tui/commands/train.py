@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import signal
 import sys
-import threading
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -40,6 +39,7 @@ from peft_tui.commands.options import (
     DeviceOpt,
     EpochsOpt,
     ForceOpt,
+    GpusOpt,
     JsonOpt,
     LabelColOpt,
     LrOpt,
@@ -94,6 +94,7 @@ def run(
     workers: WorkersOpt = None,
     detach: DetachOpt = False,
     ray: RayOpt = None,
+    gpus: GpusOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Train one run and store it."""
@@ -153,6 +154,7 @@ def compare(
     workers: WorkersOpt = None,
     detach: DetachOpt = False,
     ray: RayOpt = None,
+    gpus: GpusOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """The same model and data through several methods, then one comparison table.
@@ -245,6 +247,7 @@ def sweep(
     workers: WorkersOpt = None,
     detach: DetachOpt = False,
     ray: RayOpt = None,
+    gpus: GpusOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Every combination of a grid, run one after another, then a table and the Pareto front of
@@ -394,7 +397,12 @@ def train_runs(st: Store, configs: list[RunConfig], workers: int | None, show_pr
     from peft_tui.engine.launch.client import interrupts, watch
 
     ids: list[int] = []
-    pool = RayRunner(st, ray, ids) if ray else worker_pool(st, configs, workers)
+    if ray:
+        from peft_tui.engine.launch.ray import RayPool
+
+        pool = RayPool(st, ray, ids)
+    else:
+        pool = worker_pool(st, configs, workers)
     with interrupts() as stopped:
         try:
             queue(st, configs, resume_id, ids, estimates)
@@ -412,38 +420,6 @@ def train_runs(st: Store, configs: list[RunConfig], workers: int | None, show_pr
         sys.stderr.write(f"stopped by {signal.Signals(signum).name}: runs cancelled: {cancelled}\n")
         raise typer.Exit(128 + signum)
     return ids
-
-
-class RayRunner:
-    """A Ray cluster in place of the local workers: a driver thread hands the runs this command queued
-    (`ids`, filled before `start`) to the cluster as tasks; events come back into this store."""
-
-    def __init__(self, st: Store, address: str, ids: list[int]):
-        from peft_tui.engine.launch import ray as ray_launch
-
-        ray_launch.require_ray()  # one line saying how to install it
-        self.st, self.address, self.ids, self.stop = st, address, ids, threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        from peft_tui.engine.launch.ray import run_queue
-
-        self.thread = threading.Thread(target=self._drive, args=(run_queue,), name="peft-tui-ray", daemon=True)
-        self.thread.start()
-
-    def _drive(self, run_queue) -> None:
-        try:
-            run_queue(self.st, None if self.address == "auto" else self.address, run_ids=list(self.ids),
-                      stop=self.stop)
-        except Exception as e:  # noqa: BLE001 - the runs must not wait forever: fail those still queued
-            for run_id in self.ids:
-                if self.st.get(run_id)["status"] == "queued":
-                    self.st.set_status(run_id, "failed", f"Ray: {first_line(e)}")
-
-    def release(self) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join(timeout=150)
 
 
 def start_detached(st: Store, configs: list[RunConfig], workers: int | None, as_json: bool,

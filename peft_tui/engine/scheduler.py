@@ -23,10 +23,15 @@ POLL_S = 0.2  # how often events are read back from the runs this scheduler foll
 
 class Scheduler:
     def __init__(self, store: Store, sink: Callable[[Event], None] | None = None, devices: list[str] | None = None,
-                 *, workers: int | None = None, detach: bool = False):
+                 *, workers: int | None = None, detach: bool = False, ray: str | None = None):
         self.store = store
         self.devices = devices or default_devices()
-        self.pool = LocalPool(store.root, self.devices, workers=workers, detach=detach).start()
+        if ray:  # a Ray cluster trains the queue (launch/ray.py); else worker processes on this machine
+            from peft_tui.engine.launch.ray import RayPool
+
+            self.pool: LocalPool | RayPool = RayPool(store, ray).start()
+        else:
+            self.pool = LocalPool(store.root, self.devices, workers=workers, detach=detach).start()
         self._watcher = Watcher(store, sink)
         self._cond = threading.Condition()
         self._stop = threading.Event()

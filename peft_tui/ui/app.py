@@ -37,11 +37,13 @@ class PeftLab(App):
     ENABLE_COMMAND_PALETTE = False  # its footer slot is worth more to the keys at 80 columns
 
     def __init__(self, store, template: RunConfig, devices: list[str] | None = None, poll_s: float = 1.0,
-                 chart_interval_s: float = 2.0):
+                 chart_interval_s: float = 2.0, workers: int | None = None, ray: str | None = None):
         super().__init__()
         self.store = store
         self.template = template
         self.devices = devices
+        self.workers = workers  # worker processes for this dashboard's runs (None: one per device)
+        self.ray = ray  # a Ray cluster address ("auto"): the cluster trains the runs instead
         self.poll_s = poll_s
         self.chart_interval_s = chart_interval_s
         self.state = LabState()
@@ -80,7 +82,8 @@ class PeftLab(App):
             if self._scheduler is None:
                 from peft_tui.engine.scheduler import Scheduler
 
-                self._scheduler = Scheduler(self.store, self._sink, self.devices)
+                self._scheduler = Scheduler(self.store, self._sink, self.devices, workers=self.workers,
+                                            ray=self.ray)
             return self._scheduler
 
     @property
@@ -187,7 +190,7 @@ class PeftLab(App):
 
 def create_app(model: str = "minilm", data: str = "synthetic", store: str | Path | None = None, *,
                template: RunConfig | None = None, devices: list[str] | None = None,
-               poll_s: float = 1.0) -> PeftLab:
+               poll_s: float = 1.0, workers: int | None = None, ray: str | None = None) -> PeftLab:
     """The dashboard over the store at `store` (default ./peft-runs or $PEFT_TUI_STORE).
 
     `template` is the starting point for new runs and the compare preset (model, data, epochs, ...);
@@ -197,4 +200,8 @@ def create_app(model: str = "minilm", data: str = "synthetic", store: str | Path
     if template is None:
         template = RunConfig(model=model, data=DataConfig(source=data))
     st = Store(store_path(str(store) if store is not None else None))
-    return PeftLab(st, template, devices=devices, poll_s=poll_s)
+    if ray:
+        from peft_tui.engine.launch.ray import require_ray
+
+        require_ray()  # before the screen opens: one line saying how to install it
+    return PeftLab(st, template, devices=devices, poll_s=poll_s, workers=workers, ray=ray)

@@ -416,6 +416,47 @@ def run_queue(store: Store, address: str | None = "auto", *, run_ids: list[int] 
     return 0
 
 
+class RayPool:
+    """A Ray cluster in place of the local worker pool (launch/local.py), with the same start / wake /
+    release / stop: a driver thread sends the store's queued runs to the cluster as tasks, and their
+    events come back into this store. `run_ids` (filled in before `start`, as a command queues them):
+    serve those runs, then end; None (the dashboard): serve the whole queue until stopped."""
+
+    def __init__(self, store: Store, address: str, run_ids: list[int] | None = None):
+        require_ray()  # one line saying how to install it
+        self.store, self.address, self.run_ids = store, address, run_ids
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> RayPool:
+        self._thread = threading.Thread(target=self._drive, name="peft-tui-ray", daemon=True)
+        self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        """Nothing to do: the driver polls the queue."""
+
+    def _drive(self) -> None:
+        address = None if self.address == "auto" else self.address  # auto: a cluster, else a local Ray
+        try:
+            run_queue(self.store, address, run_ids=None if self.run_ids is None else list(self.run_ids),
+                      stop=self._stop)
+        except Exception as e:  # noqa: BLE001 - the runs must not wait forever: fail those still queued
+            ids = self.run_ids if self.run_ids is not None else [r["id"] for r in self.store.list(status="queued")]
+            for run_id in ids:
+                if self.store.get(run_id)["status"] == "queued":
+                    self.store.set_status(run_id, "failed", f"Ray: {first_line(e)}")
+
+    def stop(self, cancel: bool = True, timeout: float = 150.0) -> None:
+        """Stop the driver: it cancels the runs in flight on the cluster and waits for their ends."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def release(self, timeout: float = 150.0) -> None:
+        self.stop(timeout=timeout)
+
+
 def submit(store: Store, run_ids: list[int], address: str | None = "auto") -> None:
     """Train the queued runs `run_ids` through Ray and return when they have all ended (their events are
     in the store and their events.jsonl as they come: follow them with `client.watch`)."""

@@ -95,3 +95,44 @@ def test_a_two_process_run_goes_through_ray_train(tmp_path, local_ray):
     events = read_events(store.events_path(run_id))
     assert sum(isinstance(e, RunStarted) for e in events) == 1 and isinstance(events[-1], RunFinished)
     assert (store.run_dir(run_id) / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_the_dashboard_with_ray_trains_its_runs_on_the_cluster(tmp_path, local_ray):
+    """`peft-tui launch --ray auto`: a run queued from the form goes to Ray, and the dashboard shows it done."""
+    import asyncio
+
+    from peft_tui.config import RunConfig
+    from peft_tui.ui.app import create_app
+
+    template = RunConfig(model="tiny", method="lora", data=DataConfig(size=60), epochs=1, batch_size=16)
+    app = create_app(store=tmp_path / "s", template=template, poll_s=0.3, ray="auto")
+
+    async def drive():
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.press("n")
+            await pilot.pause()
+            await pilot.press("ctrl+s")
+            deadline = time.monotonic() + WAIT_S
+            while time.monotonic() < deadline and not any(r["status"] == "done" for r in app.state.runs.values()):
+                await pilot.pause(0.3)
+
+    asyncio.run(drive())
+    rows = Store(tmp_path / "s").list()
+    assert [r["status"] for r in rows] == ["done"], [r["error"] for r in rows]
+    assert rows[0]["worker"].endswith(":ray")
+
+
+def test_a_ray_driver_that_fails_fails_the_runs_it_held_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(on_ray, "require_ray", lambda: None)
+
+    def broken(*a, **k):
+        raise RuntimeError("the cluster went away\nand more")
+
+    monkeypatch.setattr(on_ray, "run_queue", broken)
+    store = Store(tmp_path / "s")
+    ids = [store.create_run(tiny_config(method="lora")) for _ in range(2)]
+    pool = on_ray.RayPool(store, "auto", ids).start()
+    pool.release(timeout=30)
+    rows = store.list()
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert {r["error"] for r in rows} == {"Ray: RuntimeError: the cluster went away"}

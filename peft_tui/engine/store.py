@@ -590,6 +590,16 @@ class Store:
                              (reason, run_id, REAPED.format(pid="%")))
             return bool(cur.rowcount)
 
+    def fail_queued(self, run_ids: Iterable[int], reason: str) -> builtins.list[int]:
+        """Runs still queued that nothing will train (their launcher failed) become failed with `reason`."""
+        t, failed = _now(), []
+        with self._tx() as db:
+            for run_id in run_ids:
+                cur = db.execute("UPDATE runs SET status='failed', error=?, finished_at=? WHERE id=? AND "
+                                 "status='queued'", (reason, t, run_id))
+                failed += [run_id] if cur.rowcount else []
+        return failed
+
     @staticmethod
     def _fail(db: sqlite3.Connection, run_id: int, reason: str) -> bool:
         t = _now()

@@ -42,8 +42,8 @@ class PeftLab(App):
         self.store = store
         self.template = template
         self.devices = devices
-        self.workers = workers  # worker processes for this dashboard's runs (None: one per device)
-        self.ray = ray  # a Ray cluster address ("auto"): the cluster trains the runs instead
+        self.worker_count = workers  # worker processes for this dashboard's runs (None: one per device)
+        self.ray_address = ray  # a Ray cluster address ("auto"): the cluster trains the runs instead
         self.poll_s = poll_s
         self.chart_interval_s = chart_interval_s
         self.state = LabState()
@@ -82,8 +82,8 @@ class PeftLab(App):
             if self._scheduler is None:
                 from peft_tui.engine.scheduler import Scheduler
 
-                self._scheduler = Scheduler(self.store, self._sink, self.devices, workers=self.workers,
-                                            ray=self.ray)
+                self._scheduler = Scheduler(self.store, self._sink, self.devices, workers=self.worker_count,
+                                            ray=self.ray_address)
             return self._scheduler
 
     @property

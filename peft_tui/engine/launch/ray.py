@@ -443,9 +443,7 @@ class RayPool:
                       stop=self._stop)
         except Exception as e:  # noqa: BLE001 - the runs must not wait forever: fail those still queued
             ids = self.run_ids if self.run_ids is not None else [r["id"] for r in self.store.list(status="queued")]
-            for run_id in ids:
-                if self.store.get(run_id)["status"] == "queued":
-                    self.store.set_status(run_id, "failed", f"Ray: {first_line(e)}")
+            self.store.fail_queued(ids, f"Ray: {first_line(e)}")
 
     def stop(self, cancel: bool = True, timeout: float = 150.0) -> None:
         """Stop the driver: it cancels the runs in flight on the cluster and waits for their ends."""

@@ -209,7 +209,6 @@ def test_tfidf_baseline_without_vocabulary_fails_in_one_line(store, tmp_path):
 
 
 def test_tfidf_baseline_cannot_be_resumed(store):
-    import pytest
 
     from peft_tui.config import ConfigError
     from peft_tui.engine.checkpoint import prepare_resume
@@ -226,7 +225,6 @@ def test_tfidf_baseline_cannot_be_resumed(store):
 
 
 def test_tfidf_baseline_has_no_model_to_predict_with(store):
-    import pytest
 
     from peft_tui.config import ConfigError
     from peft_tui.engine.artifacts import export_run, load_run

@@ -437,6 +437,30 @@ def test_poller_returns_only_what_is_new(tmp_path):
     assert {k: [p[:2] for p in v] for k, v in points.items()} == {(running, "train_loss"): [(2, 0.6)]}
 
 
+def test_the_log_of_a_run_trained_elsewhere_reaches_the_log_tab(tmp_path):
+    """A run another process trains: the poller reads what it logs from its events.jsonl, from the
+    moment the dashboard opened (its earlier history is skipped), and each line once."""
+    from peft_tui.engine.events import JsonlSink, LogMessage, RunFailed, fan_out
+    from peft_tui.ui.polling import StorePoller
+
+    store = Store(tmp_path / "store")
+    cfg = RunConfig(method="lora", model="tiny", data=DataConfig(size=120))
+    rid = store.create_run(cfg)
+    sink = fan_out(store, JsonlSink(store.events_path(rid)))
+    sink(RunStarted(rid, "elsewhere", "lora", 10, 1, 100, 1000, "cpu", "fp32", 84, 2))
+    sink(LogMessage(rid, "info", "before the dashboard opened"))
+    poller = StorePoller(store, streamed=set())
+    poller.poll(time.time())
+    assert poller.log_lines == []
+    sink(LogMessage(rid, "warning", "loss spiked [bold]x"))
+    sink(RunFailed(rid, "out of patience"))
+    poller.poll(time.time())
+    assert poller.log_lines == [(f"run {rid} warning: loss spiked [bold]x", "warning"),
+                                (f"run {rid} lora failed: out of patience", "error")]
+    poller.poll(time.time())
+    assert poller.log_lines == []
+
+
 @settings(max_examples=200, deadline=None)
 @given(name=st.text(min_size=1, max_size=40), model=st.text(max_size=40), store=st.text(max_size=40))
 def test_names_from_users_and_stores_show_literally(name, model, store):

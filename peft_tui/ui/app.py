@@ -159,6 +159,8 @@ class PeftLab(App):
                 rows, points = poller.poll(time.time())
                 if rows or points:
                     self.post_message(StoreUpdate(rows, points))
+                for text, level in poller.log_lines:  # what runs trained elsewhere logged
+                    self.post_message(LogLine(text, level))
             except Exception as e:  # noqa: BLE001 - a bad poll must not stop polling
                 self.post_message(LogLine(f"store poll failed: {e}", "error"))
             self._stop.wait(self.poll_s)

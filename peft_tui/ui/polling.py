@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Container
 from typing import Any
 
-from peft_tui.ui.state import MAX_PLOTTED
+from peft_tui.engine.events import EventTail, RunFailed
+from peft_tui.ui.state import MAX_PLOTTED, log_text
 
 # the metrics the charts draw, as the store names them
 SERIES_NAMES = ("train_loss", "val_accuracy", "mem_used_mb", "mem_peak_mb", "gpu_device_used_mb")
@@ -33,6 +34,8 @@ class StorePoller:
         self._since = 0.0
         self._followed: dict[int, dict[str, int]] = {}  # run id -> metric -> last step read
         self._rounds = 0
+        self._tails: dict[int, EventTail] = {}  # runs trained elsewhere: their events.jsonl, read as it grows
+        self.log_lines: list[tuple[str, str]] = []  # (text, level) for the Log tab, from the last poll
 
     def poll(self, now: float) -> tuple[list[dict[str, Any]], Points]:
         """Runs changed since the last call, and the new chart points of those trained elsewhere."""
@@ -46,11 +49,14 @@ class StorePoller:
             ended = [r["id"] for r in rows if r["status"] not in ("queued", "running")]
             self._followed.update({rid: {} for rid in ended[-MAX_PLOTTED:]})
         points: Points = {}
+        self.log_lines = []
         for row in rows:
             rid = row["id"]
             if rid in self.streamed:
                 self._followed.pop(rid, None)
+                self._tails.pop(rid, None)
                 continue
+            self._read_log(row, first)
             if row["status"] != "running" and rid not in self._followed:
                 continue
             last = self._followed.setdefault(rid, {})
@@ -62,4 +68,23 @@ class StorePoller:
             if row["status"] != "running":  # its last points are read: stop following it
                 del self._followed[rid]
         return rows, points
+
+    def _read_log(self, row: dict[str, Any], first: bool) -> None:
+        """New log lines of a run trained by another process, from its events.jsonl (the runs already
+        running or ended when the dashboard opened start from their end: only what happens now)."""
+        rid = row["id"]
+        tail = self._tails.get(rid)
+        if tail is None:
+            if row["status"] == "queued" or (first and row["status"] != "running"):
+                return  # nothing yet, or over before this dashboard opened
+            path = self.store.events_path(rid)
+            tail = self._tails[rid] = EventTail(path)
+            if first:  # running when the dashboard opened: its history is skipped
+                tail.offset = path.stat().st_size if path.exists() else 0
+        for event in tail.read():
+            text = log_text(event, row.get("name") or "")
+            if text:
+                self.log_lines.append((text, "error" if isinstance(event, RunFailed) else getattr(event, "level", "info")))
+        if row["status"] not in ("queued", "running"):
+            del self._tails[rid]
 

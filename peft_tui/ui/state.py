@@ -210,44 +210,31 @@ class LabState:
             row["device"] = event.device
             self._plot(rid)
             self.dirty_charts |= {"loss", "acc", "mem"}
-            return (f"run {rid} {event.name} started on {event.device} ({event.precision}): "
-                    f"{event.total_steps} steps, {event.trainable_params:,} of {event.total_params:,} params trainable")
-        if isinstance(event, StepLogged):
+        elif isinstance(event, StepLogged):
             row.update(step=event.step, epoch=event.epoch, loss=event.loss, status="running")
             if row.get("started_at") is None:
                 row["started_at"] = t - event.elapsed_s
             self.loss.setdefault(rid, Series()).add(event.step, event.loss)
             self._plot(rid)
             self.dirty_charts.add("loss")
-            return None
-        if isinstance(event, EvalLogged):
+        elif isinstance(event, EvalLogged):
             if event.split == "val":
                 row["val_accuracy"] = event.accuracy
                 self.acc.setdefault(rid, Series()).add(event.epoch, 100 * event.accuracy)
                 self.dirty_charts.add("acc")
-            return (f"run {rid} eval {event.split} at epoch {event.epoch:.2f}: "
-                    f"acc {100 * event.accuracy:.1f}%  F1 {100 * event.f1:.1f}%  loss {event.loss:.4f}")
-        if isinstance(event, MemorySampled):
+        elif isinstance(event, MemorySampled):
             self.add_memory(rid, t, event.used_mb, event.peak_mb, event.device_used_mb)
             self.memory_kind = "GPU allocated" if event.device.startswith("cuda") else "process RSS"
-            return None
-        if isinstance(event, RunFinished):
+        elif isinstance(event, RunFinished):
             # a RunResult, or a plain dict from engines that predate it: kept as the dict the store returns
             result = event.result if isinstance(event.result, dict) else event.result.to_dict()
             row.update(status="done", result=result, finished_at=t, step=row.get("total_steps") or row["step"])
             self.results_dirty = True
-            acc = result.get("accuracy")
-            return f"run {rid} {row['name']} done: test accuracy {100 * acc:.1f}%" if acc is not None else \
-                f"run {rid} done"
-        if isinstance(event, RunFailed):
+        elif isinstance(event, RunFailed):
             row.update(status=event.status, error=event.error, finished_at=t)
-            return f"run {rid} {row['name']} {event.status}: {event.error}"
-        if isinstance(event, RunCancelled):
+        elif isinstance(event, RunCancelled):
             row.update(status="cancelled", finished_at=t)
-            return f"run {rid} {row['name']} cancelled at step {event.step}"
-        if isinstance(event, LogMessage):
-            return f"run {rid} {event.level}: {event.text}"
-        return None
+        return log_text(event, row.get("name") or "")
 
     def add_memory(self, rid: int, t: float, used: float, peak: float, device_used: float = 0.0) -> None:
         self.mem.setdefault(rid, Series()).add(t, used)
@@ -323,3 +310,27 @@ def estimable(model: str) -> bool:
     from pathlib import Path
 
     return model in ("tiny", "minilm") or Path(model).expanduser().is_dir()
+
+
+def log_text(event: Any, name: str) -> str | None:
+    """The Log tab's line for an engine event of run `name`, None for those not worth a line (steps,
+    memory samples). Changes nothing: used for this dashboard's runs and for those read back from the
+    events.jsonl of runs trained by another process."""
+    rid = event.run_id
+    if isinstance(event, RunStarted):
+        return (f"run {rid} {event.name} started on {event.device} ({event.precision}): "
+                f"{event.total_steps} steps, {event.trainable_params:,} of {event.total_params:,} params trainable")
+    if isinstance(event, EvalLogged):
+        return (f"run {rid} eval {event.split} at epoch {event.epoch:.2f}: "
+                f"acc {100 * event.accuracy:.1f}%  F1 {100 * event.f1:.1f}%  loss {event.loss:.4f}")
+    if isinstance(event, RunFinished):
+        result = event.result if isinstance(event.result, dict) else event.result.to_dict()
+        acc = result.get("accuracy")
+        return f"run {rid} {name} done: test accuracy {100 * acc:.1f}%" if acc is not None else f"run {rid} done"
+    if isinstance(event, RunFailed):
+        return f"run {rid} {name} {event.status}: {event.error}"
+    if isinstance(event, RunCancelled):
+        return f"run {rid} {name} cancelled at step {event.step}"
+    if isinstance(event, LogMessage):
+        return f"run {rid} {event.level}: {event.text}"
+    return None

@@ -440,12 +440,16 @@ def test_poller_returns_only_what_is_new(tmp_path):
 def test_the_log_of_a_run_trained_elsewhere_reaches_the_log_tab(tmp_path):
     """A run another process trains: the poller reads what it logs from its events.jsonl, from the
     moment the dashboard opened (its earlier history is skipped), and each line once."""
+    import os
+    import socket
+
     from peft_tui.engine.events import JsonlSink, LogMessage, RunFailed, fan_out
     from peft_tui.ui.polling import StorePoller
 
     store = Store(tmp_path / "store")
     cfg = RunConfig(method="lora", model="tiny", data=DataConfig(size=120))
     rid = store.create_run(cfg)
+    assert store.claim("w1", os.getpid(), socket.gethostname(), ["cpu"]).run_id == rid  # another worker's
     sink = fan_out(store, JsonlSink(store.events_path(rid)))
     sink(RunStarted(rid, "elsewhere", "lora", 10, 1, 100, 1000, "cpu", "fp32", 84, 2))
     sink(LogMessage(rid, "info", "before the dashboard opened"))

@@ -85,6 +85,5 @@ class StorePoller:
             text = log_text(event, row.get("name") or "")
             if text:
                 self.log_lines.append((text, "error" if isinstance(event, RunFailed) else getattr(event, "level", "info")))
-        if row["status"] not in ("queued", "running"):
-            del self._tails[rid]
+        # an ended run keeps its tail (at the file's end): the poll's overlap returns its row again
 

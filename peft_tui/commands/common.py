@@ -1,7 +1,8 @@
 """What every command module shares: exit codes, the error decorator, opening the store, the JSON
 shape of a run, and the data summary printed before training.
 
-Exit codes: 0 success, 1 a run failed, 2 bad usage or input (one line on stderr, no traceback).
+Exit codes: 0 success, 1 a run failed (or the machine failed it: a full disk, an I/O error), 2 bad usage or
+input; the reason is one line on stderr, with no traceback and no control characters.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 
 from peft_tui.config import RunConfig, store_path
-from peft_tui.errors import ConfigError
+from peft_tui.errors import ConfigError, disk_full_at
+from peft_tui.safe import safe_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft_tui.engine.data import DataSplits
@@ -27,31 +29,54 @@ EXIT_INTERRUPTED = 130
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    """One line on stderr, then exit with `code`."""
-    sys.stderr.write(f"error: {message}\n")
+    """One line on stderr (values from users and files in it shown literally), then exit with `code`."""
+    sys.stderr.write(f"error: {safe_text(message)}\n")
     raise typer.Exit(code)
 
 
 def handles_errors(fn: Callable) -> Callable:
-    """Turn ConfigError (bad input) into one line on stderr and exit code 2; Ctrl-C into exit 130."""
+    """Turn ConfigError (bad input) into one line on stderr and exit code 2; a full disk, another failed
+    read or write of the machine (OSError) or a broken store database into one line and exit 1; Ctrl-C
+    into exit 130."""
+    import sqlite3
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except ConfigError as e:
-            fail(str(e))
+            fail(str(e), EXIT_FAILED if disk_full_at(e) is not None else EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             sys.stderr.write("interrupted\n")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as e:
+            fail(os_error_line(e), EXIT_FAILED)
+        except sqlite3.Error as e:
+            fail(f"the run store's database failed ({e}): run `peft-tui doctor`, or pass another --store",
+                 EXIT_FAILED)
 
     return wrapper
 
 
+def os_error_line(e: OSError) -> str:
+    """An OSError the machine raised (not bad input) as one line: what failed, where, and what to do."""
+    where = f" at {safe_text(e.filename, 160)}" if e.filename else ""
+    if disk_full_at(e) is not None:
+        return f"disk full{where}: free some space and try again"
+    return f"{e.strerror or type(e).__name__}{where}: check the path and its permissions, then try again"
+
+
 def open_store(path: str | None) -> Store:
+    """The run store at --store (or $PEFT_TUI_STORE, or ./peft-runs); a path the system cannot use at all
+    (too long, a file in the way, a loop of links) is bad input, one line."""
     from peft_tui.engine.store import Store
 
-    return Store(store_path(path))
+    root = store_path(path)
+    try:
+        return Store(root)
+    except OSError as e:
+        raise ConfigError(f"store path {safe_text(repr(str(root)), 120)} cannot be used "
+                          f"({e.strerror or type(e).__name__}): pass another folder with --store") from None
 
 
 def print_json(doc: Any) -> None:
@@ -81,7 +106,7 @@ def write_output(path: str, text: str, option: str) -> None:
         with open(Path(path).expanduser(), "w", newline="") as fh:
             fh.write(text)
     except OSError as e:
-        raise ConfigError(f"cannot write {path} ({e.strerror}): pass another {option} path") from None
+        raise ConfigError(f"cannot write {safe_text(path, 160)} ({e.strerror or type(e).__name__}): pass another {option} path") from None
 
 
 def exit_if_failed(rows: list[dict], quiet: bool) -> None:
@@ -89,7 +114,7 @@ def exit_if_failed(rows: list[dict], quiet: bool) -> None:
     failed = [r for r in rows if r["status"] != "done"]
     if not quiet:
         for r in failed:
-            typer.echo(f"run {r['id']} ({r['name']}) {r['status']}: {r['error']}", err=True)
+            typer.echo(safe_text(f"run {r['id']} ({r['name']}) {r['status']}: {r['error']}"), err=True)
     if failed:
         raise typer.Exit(EXIT_FAILED)
 

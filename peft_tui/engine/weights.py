@@ -21,7 +21,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from peft_tui.errors import ConfigError, first_line
+from peft_tui.errors import ConfigError, disk_full_at, first_line
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 NOT_WEIGHTS = ("state.pt",)  # a checkpoint's optimizer and RNG states: read with torch.load(weights_only=True)
@@ -37,19 +37,6 @@ class DiskFull(OSError):
 
     def __str__(self) -> str:
         return f"disk full at {self.path}"
-
-
-def disk_full_at(exc: BaseException | None) -> str | None:
-    """The path of a disk-full failure (`DiskFull`, or an OSError with ENOSPC / EDQUOT; "" when it names no
-    file), looking through the exceptions it was raised from (a store error wrapping one), else None."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, DiskFull):
-            return exc.path
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return str(exc.filename or "")
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return None
 
 
 def _out_of_space(exc: BaseException, path: Path) -> bool:

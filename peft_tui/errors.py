@@ -30,11 +30,12 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def disk_full_at(exc: BaseException | None) -> str | None:
-    """The path of a disk-full failure (an OSError with ENOSPC / EDQUOT, such as `weights.DiskFull`; "" when
-    it names no file), looking through the exceptions it was raised from or during, else None."""
+    """The path of a disk-full failure (an OSError with ENOSPC, EDQUOT or EFBIG, a file size limit, such as
+    `weights.DiskFull`; "" when it names no file), looking through the exceptions it was raised from or
+    during, else None."""
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             return str(exc.filename or "")
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -119,6 +121,14 @@ def export_folder(out_dir: str, store_root: Path) -> Path:
     if target == root or root in target.parents:
         raise ConfigError(f"--out {shown} is inside the run store {safe_text(store_root, 120)}: "
                           "pass a folder outside it")
+    nearest = next(p for p in (target, *target.parents) if p.exists())  # the folder the export is made in
+    if not nearest.is_dir():
+        raise ConfigError(f"--out {shown} is inside a file ({safe_text(nearest, 120)}): pass a new folder")
+    try:  # a folder made and removed again: permissions, a read-only file system, /proc, ...
+        os.rmdir(tempfile.mkdtemp(prefix=".peft-tui-probe-", dir=nearest))
+    except OSError as e:
+        raise ConfigError(f"--out {shown} cannot be written ({e.strerror or type(e).__name__} in "
+                          f"{safe_text(nearest, 120)}): pass another folder") from None
     return out
 
 

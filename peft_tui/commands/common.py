@@ -25,7 +25,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
@@ -36,24 +35,30 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 
 def handles_errors(fn: Callable) -> Callable:
     """Turn ConfigError (bad input) into one line on stderr and exit code 2; a full disk, another failed
-    read or write of the machine (OSError) or a broken store database into one line and exit 1; Ctrl-C
-    into exit 130."""
-    import sqlite3
+    read or write of the machine (OSError) or a broken store database into one line and exit 1; Ctrl-C or
+    SIGTERM into KeyboardInterrupt (so what a command writes is cleaned up) and exit 130 or 143."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as e:
-            fail(str(e), EXIT_FAILED if disk_full_at(e) is not None else EXIT_BAD_INPUT)
-        except KeyboardInterrupt:
-            sys.stderr.write("interrupted\n")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        except OSError as e:
-            fail(os_error_line(e), EXIT_FAILED)
-        except sqlite3.Error as e:
-            fail(f"the run store's database failed ({e}): run `peft-tui doctor`, or pass another --store",
-                 EXIT_FAILED)
+        import signal
+        import sqlite3
+
+        from peft_tui.engine.launch.client import interrupts
+
+        with interrupts() as stopped:
+            try:
+                return fn(*args, **kwargs)
+            except ConfigError as e:
+                fail(str(e), EXIT_FAILED if disk_full_at(e) is not None else EXIT_BAD_INPUT)
+            except KeyboardInterrupt:
+                signum = stopped.signum or signal.SIGINT
+                sys.stderr.write(f"interrupted ({signal.Signals(signum).name})\n")
+                raise typer.Exit(128 + signum) from None
+            except OSError as e:
+                fail(os_error_line(e), EXIT_FAILED)
+            except sqlite3.Error as e:
+                fail(f"the run store's database failed ({e}): run `peft-tui doctor`, or pass another --store",
+                     EXIT_FAILED)
 
     return wrapper
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,6 @@ def read_table(path_str: str, what: str, columns: list[str] | None = None):
     """A DataFrame from a CSV / TSV / JSONL / JSON / Parquet file; `what` names it in errors ("data",
     "val data", "input"). With `columns`, only those columns are kept while reading (missing ones are
     reported by the caller, from the columns the file has)."""
-    import pandas as pd
 
     suffix = Path(path_str).suffix.lower()
     path = check_file(path_str, what, MAX_JSON_BYTES if suffix == ".json" else MAX_TABLE_BYTES)
@@ -165,11 +165,7 @@ def read_table(path_str: str, what: str, columns: list[str] | None = None):
             if suffix in (".jsonl", ".ndjson", ".json"):
                 df = _read_json(path, suffix == ".json", wanted)
             else:
-                # keep_default_na=False: a text such as "None" or "NA" stays a text; only empty cells are missing
-                df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False, na_values=[""],
-                                 usecols=(lambda c: c in wanted) if wanted else None)
-                if wanted and not wanted <= set(df.columns):  # the caller names the columns the file has
-                    df.attrs["all_columns"] = _header(path, suffix)
+                df = _read_csv(path, subj, suffix, wanted)
     except ConfigError:
         raise
     except PermissionError:
@@ -178,8 +174,38 @@ def read_table(path_str: str, what: str, columns: list[str] | None = None):
         raise ConfigError(f"{subj} is not UTF-8 text: re-save it as UTF-8") from None
     except Exception as e:  # noqa: BLE001 - pandas parser errors, pyarrow errors, bad JSON
         raise ConfigError(f"{subj} could not be parsed ({safe_text(first_line(e, 160))}): check its format") from None
-    if len(df) == 0:
+    if len(df) == 0 and (not wanted or wanted <= set(df.columns)):  # else the caller names the missing column
         raise ConfigError(f"{subj} has a header but no rows: add examples")
+    return df
+
+
+def _read_csv(path: Path, subj: str, suffix: str, wanted: set[str] | None):
+    """A CSV / TSV file, keeping the wanted columns. A row with more fields than the header (an unquoted
+    comma in a text) is refused: never read with the first column taken for an index or a field dropped
+    (which reading only the wanted columns would do silently)."""
+    import warnings
+
+    import pandas as pd
+
+    sep = "\t" if suffix == ".tsv" else ","
+    fix = f"quote texts that hold a {'tab' if sep == chr(9) else 'comma'}, or check the delimiter"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            # keep_default_na=False: a text such as "None" or "NA" stays a text; only empty cells are missing
+            df = pd.read_csv(path, sep=sep, keep_default_na=False, na_values=[""], index_col=False)
+        except pd.errors.ParserWarning:  # the first row is longer than the header
+            raise ConfigError(f"{subj} has more fields in its first row than in its header: {fix}") from None
+        except pd.errors.ParserError as e:
+            extra = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
+            if not extra:
+                raise
+            want, line, saw = extra.groups()
+            raise ConfigError(f"{subj} has {saw} fields at line {line}, its header {want}: {fix}") from None
+    seen = [str(c) for c in df.columns]
+    if wanted:
+        df = df[[c for c in df.columns if c in wanted]]
+    df.attrs["all_columns"] = seen
     return df
 
 
@@ -223,13 +249,6 @@ def _read_parquet(path: Path, subj: str, columns: list[str] | None):
     df = pa.Table.from_batches(batches, schema=schema).to_pandas()
     df.attrs["all_columns"] = names
     return df
-
-
-def _header(path: Path, suffix: str) -> list[str]:
-    """The column names of a CSV / TSV file (its first line only)."""
-    import pandas as pd
-
-    return [str(c) for c in pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", nrows=0).columns]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,7 +310,7 @@ def label_values(values: list, rows: list[int], col: str, source: str) -> list:
     if len(kinds) > 1:
         raise ConfigError(f"labels in {name} mix numbers and strings: use one type for {col!r}")
     if kinds == {"num"}:
-        if any(float(v) != int(v) for v in values):
+        if any(not isinstance(v, int) and float(v) != int(v) for v in values):
             raise ConfigError(f"labels in {name} are fractional numbers: class labels must be integers or strings")
         return [int(v) for v in values]
     return [str(v) for v in values]

@@ -71,17 +71,23 @@ def os_error_line(e: OSError) -> str:
     return f"{e.strerror or type(e).__name__}{where}: check the path and its permissions, then try again"
 
 
-def open_store(path: str | None) -> Store:
+def open_store(path: str | None, writable: bool = False) -> Store:
     """The run store at --store (or $PEFT_TUI_STORE, or ./peft-runs); a path the system cannot use at all
-    (too long, a file in the way, a loop of links) is bad input, one line."""
+    (too long, a file in the way, a loop of links) is bad input, one line. A store the user cannot write
+    opens read-only; with `writable` (a command that will queue runs) that is one line at once, before
+    any data is loaded or summarised."""
     from peft_tui.engine.store import Store
 
     root = store_path(path)
     try:
-        return Store(root)
+        st = Store(root)
     except OSError as e:
         raise ConfigError(f"store path {safe_text(repr(str(root)), 120)} cannot be used "
                           f"({e.strerror or type(e).__name__}): pass another folder with --store") from None
+    if writable and st.readonly:
+        raise ConfigError(f"store folder {safe_text(root, 160)} is not writable ({st.readonly_reason}): "
+                          "pass another folder with --store")
+    return st
 
 
 def print_json(doc: Any) -> None:

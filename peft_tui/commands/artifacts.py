@@ -18,6 +18,7 @@ from peft_tui.safe import safe_text
 
 FinishedRunArg = Annotated[int, typer.Argument(help="a finished run (see `peft-tui runs`)")]
 PAIR_SEP = "|||"  # a sentence pair on one line: "first ||| second"
+PREDICT_CHUNK = 4096  # texts tokenised and classified at a time
 
 
 @handles_errors
@@ -58,7 +59,9 @@ def predict(
         pairs = (pairs or []) + more_pairs if more_pairs is not None else pairs
     if not items:
         raise ConfigError("nothing to classify: every text given is empty")
-    preds = run_predict(run, items, pairs)
+    preds = []  # in chunks, so a long --file is never tokenised all at once
+    for b in range(0, len(items), PREDICT_CHUNK):
+        preds += run_predict(run, items[b : b + PREDICT_CHUNK], pairs[b : b + PREDICT_CHUNK] if pairs else None)
     docs = [{"text": t, **({"pair": pairs[i]} if pairs else {}), "label": p.label, "probabilities": p.probabilities}
             for i, (t, p) in enumerate(zip(items, preds))]
     if as_json:

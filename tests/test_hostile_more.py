@@ -298,3 +298,13 @@ def test_doctor_reports_and_fixes_temporary_files_but_never_an_active_runs(tmp_p
     assert mine.exists()  # the active run may be writing it
     res = runner.invoke(app, ["doctor", "--store", str(st_.root), "--json"])
     assert not any("temporary" in c["detail"] for c in json.loads(res.stdout)["checks"])
+
+
+def test_doctor_says_when_the_store_opens_read_only(tmp_path, monkeypatch):
+    from peft_tui.engine.store import Store
+
+    Store(tmp_path / "s").close()
+    monkeypatch.setattr(Store, "_probe_writable", lambda self: "Read-only file system")
+    res = runner.invoke(app, ["doctor", "--store", str(tmp_path / "s"), "--json"])
+    checks = {c["check"]: c for c in json.loads(res.stdout)["checks"]}
+    assert checks["store writes"]["status"] == "warn" and "Read-only file system" in checks["store writes"]["detail"]

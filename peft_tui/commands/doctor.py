@@ -78,6 +78,9 @@ def store_check(path: str | None, fix: bool = False) -> list[Check]:
         return [check("store", "fail", f"{st.db_path} is damaged ({integrity}): copy it aside and start a new store")]
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
     out = [check("store", "ok", f"{root}: integrity ok; {summary}")]
+    if st.readonly:
+        out.append(check("store writes", "warn", f"{root} opened read-only ({st.readonly_reason}): runs can be "
+                         "listed and shown, not queued; fix the folder's permissions or pass another --store"))
     from peft_tui.engine import checkpoint
 
     stopped = [r["id"] for r in st.list()

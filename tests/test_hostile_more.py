@@ -308,3 +308,31 @@ def test_doctor_says_when_the_store_opens_read_only(tmp_path, monkeypatch):
     res = runner.invoke(app, ["doctor", "--store", str(tmp_path / "s"), "--json"])
     checks = {c["check"]: c for c in json.loads(res.stdout)["checks"]}
     assert checks["store writes"]["status"] == "warn" and "Read-only file system" in checks["store writes"]["detail"]
+
+
+# ====================================================================== --config files, any encoding
+@SOME
+@given(name=st.text(alphabet="abcdefgh-_", min_size=1, max_size=10).filter(lambda s: s[0].isalpha()),
+       epochs=st.integers(1, 5), encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32"]),
+       suffix=st.sampled_from([".json", ".toml"]), dup=st.booleans())
+def test_a_config_file_in_any_encoding_loads_or_says_resave_as_utf8(tmp_path, name, epochs, encoding, suffix, dup):
+    from peft_tui.config import config_from_file
+
+    if suffix == ".json":
+        text = f'{{"method": "head", "name": "{name}", "epochs": {epochs}' + (', "epochs": 9' if dup else "") + "}"
+    else:
+        text = f'method = "head"\nname = "{name}"\nepochs = {epochs}\n' + ("epochs = 9\n" if dup else "")
+    path = tmp_path / f"c{suffix}"
+    path.write_bytes(text.encode(encoding))
+    try:
+        cfg = config_from_file(str(path))
+    except ConfigError as e:
+        msg = str(e)
+        assert "\n" not in msg and msg.startswith(f"config file {str(path)!r}"), msg
+        if encoding.startswith(("utf-16", "utf-32")):
+            assert "re-save it as UTF-8" in msg
+        else:
+            assert dup and ("set twice" in msg or "could not be parsed" in msg), msg
+        return
+    assert encoding in ("utf-8", "utf-8-sig") and not dup
+    assert (cfg.method, cfg.name, cfg.epochs) == ("head", name, epochs)

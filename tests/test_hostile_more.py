@@ -336,3 +336,18 @@ def test_a_config_file_in_any_encoding_loads_or_says_resave_as_utf8(tmp_path, na
         return
     assert encoding in ("utf-8", "utf-8-sig") and not dup
     assert (cfg.method, cfg.name, cfg.epochs) == ("head", name, epochs)
+
+
+# ================================================================ one line composed of several values
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(hostile | st.sampled_from(["\x90", "\x9d", "\x1b]", "\x1bP", "\x9c", "\x07", "\x1b\\"]),
+                       min_size=2, max_size=5))
+def test_an_escape_opened_in_one_value_never_swallows_the_next(values):
+    """`runs` and `show` compose lines such as "run 3 <name> status=<status>": a string sequence opened in
+    one value (OSC, DCS, 8-bit forms) and closed in a later one must not hide the text between them."""
+    from peft_tui.safe import safe_text
+
+    line = " | ".join(f"key{i}=" + v for i, v in enumerate(values))
+    shown = safe_text(line)
+    for i in range(len(values)):
+        assert f"key{i}=" in shown, (line, shown)

@@ -152,7 +152,8 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         d = dict(d)
-        raw_data = d.pop("data", {}) or {}
+        raw_data = d.pop("data", None)
+        raw_data = {} if raw_data is None else raw_data  # [], 0, "" are wrong types, not "no data settings"
         if not isinstance(raw_data, dict):
             raise ConfigError(f"config key 'data' must be a table of data settings, not {type(raw_data).__name__}")
         unknown_data = set(raw_data) - {f.name for f in fields(DataConfig)}

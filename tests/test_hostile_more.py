@@ -351,3 +351,22 @@ def test_an_escape_opened_in_one_value_never_swallows_the_next(values):
     shown = safe_text(line)
     for i in range(len(values)):
         assert f"key{i}=" in shown, (line, shown)
+
+
+@settings(max_examples=60, deadline=None)
+@given(key=st.sampled_from(["params", "method", "data", "name", "epochs", "lr", "seed", "device"]),
+       value=st.one_of(st.lists(st.integers(), max_size=2), st.integers(-1, 1), st.just(0.0), st.booleans(),
+                       st.just(""), st.just({}), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)))
+def test_a_config_file_value_of_the_wrong_type_is_refused_even_when_falsy(tmp_path_factory, key, value):
+    """`"data": []` or `0` was read as "no data settings" and a default run started; every wrong type,
+    falsy or not, is one line when the file is read and validated."""
+    from peft_tui.config import config_from_file
+
+    default = RunConfig().to_dict()[key]
+    assume(value is not None and not isinstance(value, type(default)) if default is not None else False)
+    assume(not (isinstance(default, float) and type(value) is int))  # an int where a float goes is fine
+    path = tmp_path_factory.mktemp("types") / "c.json"
+    path.write_text(json.dumps({key: value}))
+    with pytest.raises(ConfigError) as err:
+        config_from_file(str(path)).validate()
+    assert "\n" not in str(err.value)

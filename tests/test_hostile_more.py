@@ -18,6 +18,7 @@ import json
 import os
 import sqlite3
 import unicodedata
+from pathlib import Path
 
 import pytest
 import typer
@@ -155,11 +156,11 @@ def test_an_unquoted_comma_in_a_csv_text_is_refused_never_shifted(tmp_path, text
 # ====================================================== any option, any value: exit 0 or one clean line
 READ_ONLY_COMMANDS = [
     ["runs", "--status", "{v}"],
-    ["runs", "--store", "{v}"],
-    ["show", "{id}", "--store", "{v}"],
+    ["runs", "--store", "{dir}/{v}"],
+    ["show", "{id}", "--store", "{dir}/{v}"],
     ["show", "{v}"],
     ["report", "--out", "{dir}/{v}"],
-    ["data", "--model", "tiny", "--data", "{v}"],
+    ["data", "--model", "tiny", "--data", "{dir}/{v}"],
     ["data", "--model", "tiny", "--data", "{dir}/{v}.csv"],
     ["data", "--model", "tiny", "--set", "{v}"],
     ["data", "--model", "tiny", "--set", "data.size={v}"],
@@ -179,7 +180,9 @@ def test_hostile_values_in_any_option_exit_0_or_give_one_clean_line(trained, tmp
     args = [a.replace("{v}", value).replace("{id}", str(rid)).replace("{dir}", str(folder)) for a in argv]
     if "--store" not in args:
         args += ["--store", str(st_.root)]
+    before = set(Path.cwd().iterdir())
     res = runner.invoke(app, args)
+    assert set(Path.cwd().iterdir()) == before  # nothing made outside the test's folders
     assert res.exit_code in (0, 2), (args, res.exit_code, res.output, repr(res.exception))
     assert "Traceback" not in res.output
     if res.exit_code == 2 and res.stderr.startswith("error: "):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import typer
 
 from peft_tui.commands import artifacts, data, doctor, launch, plan, report, runs, train
+from peft_tui.commands.common import OneLineUsageErrors
 
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     help="peft-tui: compare full fine-tuning, LoRA, adapters and more on a transformer classifier.",
     no_args_is_help=True,
     add_completion=False,

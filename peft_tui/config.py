@@ -154,7 +154,7 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         d = dict(d)
         raw_data = d.pop("data", None)
-        raw_data = {} if raw_data is None else raw_data
+        raw_data = {} if raw_data is None else raw_data  # [], 0, "" are wrong types, not "no data settings"
         if not isinstance(raw_data, dict):
             raise ConfigError(f"config key 'data' must be a table of data settings, not {type(raw_data).__name__}")
         unknown_data = set(raw_data) - {f.name for f in fields(DataConfig)}
@@ -246,6 +246,16 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (JSON would keep the last of two silently)."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ConfigError(f"key {_short(key, 40)} is set twice in one object: keep one")
+        seen[key] = value
+    return seen
+
+
 def config_from_file(path_str: str, warn: Callable[[str], None] | None = None) -> RunConfig:
     """A RunConfig from a JSON or TOML file (missing keys take their defaults). Parsed as data only:
     json / tomllib, never code. `peft-tui show ID --json` prints a run's config in this shape.
@@ -269,14 +279,22 @@ def config_from_file(path_str: str, warn: Callable[[str], None] | None = None) -
         raise ConfigError(f"config file {name} is {st.st_size} bytes: a config holds a few settings; "
                           "is it the right file?")
     try:
-        text = path.read_text(encoding="utf-8")
-        raw = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"config file {name} could not be parsed ({first_line(e)}): write JSON or TOML") from None
-    except RecursionError:
-        raise ConfigError(f"config file {name} is nested too deeply: a config is one table of settings") from None
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"config file {name} cannot be read ({e.strerror or first_line(e)})") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data:
+        raise ConfigError(f"config file {name} is UTF-16 or binary, not UTF-8 text: re-save it as UTF-8")
+    try:
+        text = data.decode("utf-8-sig")  # -sig: a byte-order mark is dropped
+        raw = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text, object_pairs_hook=_unique)
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {name} is not UTF-8 text: re-save it as UTF-8") from None
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"config file {name} could not be parsed ({first_line(e)}): write JSON or TOML") from None
+    except ConfigError as e:  # a key set twice
+        raise ConfigError(f"config file {name}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {name} is nested too deeply: a config is one table of settings") from None
     if isinstance(raw, dict) and isinstance(raw.get("config"), dict):  # a `peft-tui show --json` document
         raw = raw["config"]
     if not isinstance(raw, dict):

@@ -2,9 +2,12 @@
 
 `ConfigError` is a bad value supplied by the user: its message is one line saying what is wrong and
 how to fix it. `first_line(exc)` turns any exception into that one line for a user or a run record.
+`disk_full_at(exc)` tells a full disk (anywhere in an exception's chain) from other failures.
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class ConfigError(ValueError):
@@ -24,3 +27,15 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return text or type(exc).__name__
+
+
+def disk_full_at(exc: BaseException | None) -> str | None:
+    """The path of a disk-full failure (an OSError with ENOSPC, EDQUOT or EFBIG, a file size limit, such as
+    `weights.DiskFull`; "" when it names no file), looking through the exceptions it was raised from or
+    during, else None."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return str(exc.filename or "")
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None

@@ -14,14 +14,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
+# A string sequence's payload (a title, a link target) is removed with it only when it is one short word:
+# a value that opens a string and a later value that closes it must not swallow the text between them
+# (`runs` composes lines of several values). An unmatched opener is removed alone, the rest shown.
+_PAYLOAD = r"[^\x07\x1b\x9c\s]{0,512}"
 _ESCAPES = re.compile(
-    r"""
-      \x1b\[ [0-?]* [ -/]* [@-~]?              # CSI: ESC [ parameters, final byte
-    | \x1b\] [^\x07\x1b\x9c]* (?:\x07|\x1b\\|\x9c)    # OSC: ESC ] ... BEL or ST (titles, hyperlinks)
-    | \x1b [PX^_] [^\x1b\x9c]* (?:\x1b\\|\x9c)       # DCS, SOS, PM, APC strings
-    | \x1b [ -/]* [0-~]?                            # any other escape (and an unterminated string's start)
-    | \x9b [0-?]* [ -/]* [@-~]?                     # 8-bit CSI
-    | [\x90\x98\x9d\x9e\x9f] [^\x07\x1b\x9c]* (?:\x07|\x9c)  # 8-bit DCS, SOS, OSC, PM, APC
+    rf"""
+      \x1b\[ [0-?]* [ -/]* [@-~]?                     # CSI: ESC [ parameters, final byte
+    | \x1b\] {_PAYLOAD} (?:\x07|\x1b\\|\x9c)          # OSC: ESC ] ... BEL or ST (titles, hyperlinks)
+    | \x1b [PX^_] {_PAYLOAD} (?:\x1b\\|\x9c)           # DCS, SOS, PM, APC strings
+    | \x1b [ -/]* [0-~]?                                # any other escape (and an unterminated string's start)
+    | \x9b [0-?]* [ -/]* [@-~]?                         # 8-bit CSI
+    | [\x90\x98\x9d\x9e\x9f] {_PAYLOAD} (?:\x07|\x9c)   # 8-bit DCS, SOS, OSC, PM, APC
     """,
     re.VERBOSE,
 )

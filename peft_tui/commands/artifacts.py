@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,6 +18,7 @@ from peft_tui.safe import safe_text
 
 FinishedRunArg = Annotated[int, typer.Argument(help="a finished run (see `peft-tui runs`)")]
 PAIR_SEP = "|||"  # a sentence pair on one line: "first ||| second"
+PREDICT_CHUNK = 4096  # texts tokenised and classified at a time
 
 
 @handles_errors
@@ -56,7 +59,9 @@ def predict(
         pairs = (pairs or []) + more_pairs if more_pairs is not None else pairs
     if not items:
         raise ConfigError("nothing to classify: every text given is empty")
-    preds = run_predict(run, items, pairs)
+    preds = []  # in chunks, so a long --file is never tokenised all at once
+    for b in range(0, len(items), PREDICT_CHUNK):
+        preds += run_predict(run, items[b : b + PREDICT_CHUNK], pairs[b : b + PREDICT_CHUNK] if pairs else None)
     docs = [{"text": t, **({"pair": pairs[i]} if pairs else {}), "label": p.label, "probabilities": p.probabilities}
             for i, (t, p) in enumerate(zip(items, preds))]
     if as_json:
@@ -119,95 +124,60 @@ def export_folder(out_dir: str, store_root: Path) -> Path:
     if target == root or root in target.parents:
         raise ConfigError(f"--out {shown} is inside the run store {safe_text(store_root, 120)}: "
                           "pass a folder outside it")
+    nearest = next(p for p in (target, *target.parents) if p.exists())  # the folder the export is made in
+    if not nearest.is_dir():
+        raise ConfigError(f"--out {shown} is inside a file ({safe_text(nearest, 120)}): pass a new folder")
+    try:  # a folder made and removed again: permissions, a read-only file system, /proc, ...
+        os.rmdir(tempfile.mkdtemp(prefix=".peft-tui-probe-", dir=nearest))
+    except OSError as e:
+        raise ConfigError(f"--out {shown} cannot be written ({e.strerror or type(e).__name__} in "
+                          f"{safe_text(nearest, 120)}): pass another folder") from None
     return out
 
 
 # ---------------------------------------------------------------- predict's inputs
-MAX_TEXT_FILE_MB = 64  # a .txt file of texts to classify: more is refused before it is read
+# read by the engine's bounded readers (engine/data/files.py), the same limits and one-line errors as
+# training data; "--file" is how those errors name the file
+FILE_OPTION = "--file"
+INPUT_SUFFIXES = (".txt", "")  # one text per line; any other suffix is a table (.csv, .tsv, .jsonl, ...)
 
 
 def input_file(path: str) -> Path:
-    """`predict --file`: an existing regular file (not a folder, FIFO or device), or one line saying why not."""
-    import stat
+    """`predict --file`, checked before the model loads: an existing, non-empty regular file under the size
+    limit (not a folder, FIFO or device) of a type predict reads; else one line saying why not."""
+    from peft_tui.engine.data.files import TABLE_SUFFIXES, check_file, subject
 
-    shown = safe_text(path, 120)
-    p = Path(path).expanduser()
-    try:
-        mode = p.stat().st_mode
-    except FileNotFoundError:
-        raise ConfigError(f"--file {shown} does not exist: pass a .txt (one text per line), .csv or .jsonl file") from None
-    except OSError as e:
-        raise ConfigError(f"--file {shown} cannot be read ({e.strerror or type(e).__name__}): check the path") from None
-    if stat.S_ISDIR(mode):
-        raise ConfigError(f"--file {shown} is a folder: pass a .txt (one text per line), .csv or .jsonl file")
-    if not stat.S_ISREG(mode):
-        raise ConfigError(f"--file {shown} is not a regular file (a FIFO or a device): save the texts to a file")
-    return p
+    if Path(path).suffix.lower() not in (*INPUT_SUFFIXES, *TABLE_SUFFIXES):
+        raise ConfigError(f"{subject(FILE_OPTION, path)} has an unknown type: use a .txt (one text per line), "
+                          ".csv, .tsv, .jsonl or .parquet file")
+    return check_file(path, FILE_OPTION, needs="it has no texts; write one text per line")
 
 
 def texts_from_file(path: str, cfg: RunConfig) -> tuple[list[str], list[str] | None]:
     """Texts (and second sentences, for a pair run) from a .txt file (one per line; blank lines are
-    skipped) or a table file with the run's text column(s)."""
-    from peft_tui.engine.data import read_table
+    skipped) or a table file with the run's text column(s); rows with an empty text are left out."""
+    from peft_tui.engine.data.files import read_lines, read_table, subject, text_values
 
-    p = input_file(path)
-    if p.suffix.lower() in (".txt", ""):
-        lines = [ln for ln in read_utf8(p, path).splitlines() if ln.strip()]
-        if not lines:
-            raise ConfigError(f"--file {safe_text(path, 120)} has no texts: write one text per line")
-        return split_pairs(lines, cfg)
-    df = read_table(path, "input")
-    shown = safe_text(path, 120)
+    input_file(path)
+    if Path(path).suffix.lower() in INPUT_SUFFIXES:
+        return split_pairs(read_lines(path, FILE_OPTION), cfg)
     columns = [c for c in (cfg.data.text_col, cfg.data.text_pair_col) if c]
+    df = read_table(path, FILE_OPTION, columns)
+    shown = subject(FILE_OPTION, path)
     for c in columns:
         if c not in df.columns:
-            raise ConfigError(f"column {safe_text(c, 40)!r} (the run's text column) not found in {shown}: "
-                              "add it or rename the column")
-        if any(isinstance(v, (list, tuple, dict)) for v in df[c].tolist()):
-            raise ConfigError(f"column {safe_text(c, 40)!r} in {shown} holds lists or objects, not texts: "
-                              "write one text per row")
-    rows = [tuple("" if v is None or v != v else str(v) for v in values)  # v != v: a missing cell (NaN)
-            for values in zip(*(df[c].tolist() for c in columns))]
-    kept = [r for r in rows if all(v.strip() for v in r)]
+            have = ", ".join(safe_text(n, 40) for n in df.attrs.get("all_columns", list(df.columns))[:10])
+            raise ConfigError(f"column {safe_text(c, 40)!r} (the run's text column) not found in {shown} "
+                              f"(columns: {have}): add it or rename the column")
+    rows = list(zip(*(text_values(df[c].tolist(), c, path)[0] for c in columns)))
+    kept = [r for r in rows if all(v is not None for v in r)]
     if not kept:
-        raise ConfigError(f"--file {shown} has no texts: its column {safe_text(columns[0], 40)!r} is empty")
+        raise ConfigError(f"{shown} has no texts: its column {safe_text(columns[0], 40)!r} is empty")
     if len(kept) < len(rows):
         from peft_tui.console import warn
 
         warn(f"{len(rows) - len(kept)} row(s) of {shown} with an empty text left out")
-    firsts = [r[0] for r in kept]
-    return firsts, ([r[1] for r in kept] if len(columns) > 1 else None)
-
-
-def read_utf8(p: Path, path: str) -> str:
-    """A text file's contents, or one line saying why it cannot be read as UTF-8 text."""
-    shown = safe_text(path, 120)
-    size = p.stat().st_size
-    if size > MAX_TEXT_FILE_MB * 1024 * 1024:
-        raise ConfigError(f"--file {shown} is {size / 1024 / 1024:.0f} MB: split it into files of at most "
-                          f"{MAX_TEXT_FILE_MB} MB")
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"--file {shown} cannot be read ({e.strerror or type(e).__name__}): check the path") from None
-    if looks_utf16(data[:4096]):
-        raise ConfigError(f"--file {shown} is UTF-16 text: re-save it as UTF-8")
-    try:
-        text = data.decode("utf-8-sig")  # a UTF-8 byte-order mark is dropped
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"--file {shown} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): "
-                          "re-save it as UTF-8") from None
-    if "\x00" in text:
-        raise ConfigError(f"--file {shown} looks binary (it holds NUL bytes): pass a text file")
-    return text
-
-
-def looks_utf16(head: bytes) -> bool:
-    """A UTF-16 byte-order mark, or the NUL in every other byte that UTF-16 gives mostly-ASCII text."""
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return True
-    even, odd = head[0::2], head[1::2]
-    return len(head) >= 4 and any(a.count(0) >= 0.9 * len(a) and b.count(0) == 0 for a, b in ((odd, even), (even, odd)))
+    return [r[0] for r in kept], ([r[1] for r in kept] if len(columns) > 1 else None)
 
 
 def split_pairs(texts: list[str], cfg: RunConfig) -> tuple[list[str], list[str] | None]:

@@ -2,11 +2,13 @@
 explained in plain words. Each check is a dict: check, status (ok | warn | fail), detail.
 
 It also reports, one line each, the runs older versions or killed commands left stuck (`Store.stuck`:
-queued with no worker to train them, interrupted or running with no process), and `--fix` clears them
-(cancelled or failed, with the reason recorded)."""
+queued with no worker to train them, interrupted or running with no process), and the temporary files a
+write cut short left in the run folders of runs that are not active (`name.tmp`, `checkpoint.tmp-<pid>`);
+`--fix` clears them (runs cancelled or failed with the reason recorded, temporary files removed)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from typing import Annotated
 
@@ -76,6 +78,9 @@ def store_check(path: str | None, fix: bool = False) -> list[Check]:
         return [check("store", "fail", f"{st.db_path} is damaged ({integrity}): copy it aside and start a new store")]
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
     out = [check("store", "ok", f"{root}: integrity ok; {summary}")]
+    if st.readonly:
+        out.append(check("store writes", "warn", f"{root} opened read-only ({st.readonly_reason}): runs can be "
+                         "listed and shown, not queued; fix the folder's permissions or pass another --store"))
     from peft_tui.engine import checkpoint
 
     stopped = [r["id"] for r in st.list()
@@ -85,7 +90,39 @@ def store_check(path: str | None, fix: bool = False) -> list[Check]:
         out.append(check("resumable runs", "warn",
                          f"runs {ids} stopped mid-way: `peft-tui resume ID` continues them from their checkpoint"))
     out += stuck_checks(st, fix)
+    out += leftover_checks(st, fix)
     st.close()
+    return out
+
+
+LEFTOVER = re.compile(r"\.tmp(-\d+)?$")  # a write cut short: <file>.tmp (weights, JSON), checkpoint.tmp-<pid>
+
+
+def leftover_checks(st, fix: bool) -> list[Check]:
+    """One line per run folder holding temporary files, in runs that are not queued or running (an active
+    run may be writing them right now); with `fix` (and a writable store) they are removed."""
+    from peft_tui.engine.store import ACTIVE
+
+    out = []
+    for r in st.list():
+        if r["status"] in ACTIVE or not r.get("folder"):
+            continue
+        try:
+            folder = st.run_dir(r["id"])
+            found = sorted(p for p in folder.rglob("*") if LEFTOVER.search(p.name)) if folder.is_dir() else []
+        except (ConfigError, OSError):
+            continue
+        if not found:
+            continue
+        names = ", ".join(str(p.relative_to(folder)) for p in found[:3]) + (" ..." if len(found) > 3 else "")
+        if fix and not st.readonly:
+            for p in found:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            out.append(check(f"run {r['id']}", "ok", f"removed {len(found)} temporary file(s) a cut-short write "
+                             f"left: {names}"))
+        else:
+            out.append(check(f"run {r['id']}", "warn", f"{len(found)} temporary file(s) a cut-short write left "
+                             f"({names}): `peft-tui doctor --fix` removes them"))
     return out
 
 

@@ -102,7 +102,7 @@ def run(
 
     cfg = run_config(ctx, sets)
     splits = preflight(cfg)
-    st = open_store(store)
+    st = open_store(store, writable=True)
     if detach and ray:
         raise ConfigError("--detach with --ray: start the Ray driver in the background instead: "
                           "nohup python -m peft_tui.engine.launch.ray --store STORE &")
@@ -186,7 +186,7 @@ def compare(
                           "nohup python -m peft_tui.engine.launch.ray --store STORE &")
     if csv_path:
         check_output_path(csv_path, "--csv")
-    st = open_store(store)
+    st = open_store(store, writable=True)
     estimates = fit_check(st, configs, splits, force)
     if detach:
         start_detached(st, configs, workers, as_json, estimates=estimates)
@@ -265,7 +265,7 @@ def sweep(
     if detach and ray:
         raise ConfigError("--detach with --ray: start the Ray driver in the background instead: "
                           "nohup python -m peft_tui.engine.launch.ray --store STORE &")
-    st = open_store(store)
+    st = open_store(store, writable=True)
     estimates = fit_check(st, configs, splits, force)
     if detach:
         start_detached(st, configs, workers, as_json, estimates=estimates)
@@ -306,7 +306,7 @@ def resume(
 ) -> None:
     """Continue a stopped run from its last epoch-end checkpoint (same run id; the curve continues).
     Of two `resume` commands on one run, one trains it and the other is refused (exit 2)."""
-    st = open_store(store)
+    st = open_store(store, writable=True)
     config = [RunConfig.from_dict(st.get(run_id)["config"])]
     if detach and ray:
         raise ConfigError("--detach with --ray: start the Ray driver in the background instead: "
@@ -416,7 +416,7 @@ def train_runs(st: Store, configs: list[RunConfig], workers: int | None, show_pr
         finally:
             pool.release()
     if signum:
-        cancelled = ", ".join(map(str, ids)) or "none"
+        cancelled = ", ".join(str(i) for i in ids if st.get(i)["status"] == "cancelled") or "none"
         sys.stderr.write(f"stopped by {signal.Signals(signum).name}: runs cancelled: {cancelled}\n")
         raise typer.Exit(128 + signum)
     return ids

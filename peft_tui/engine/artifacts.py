@@ -256,10 +256,12 @@ def _base_reference(model: str) -> str:
 
 def _write_readme(out: Path, config: RunConfig, names: list[str], row: dict, kind: str, loads: str) -> None:
     from peft_tui.engine.weights import atomic_write_text
+    from peft_tui.safe import safe_text
 
     res = row["result"]
+    names = [safe_text(n) for n in names]  # labels from a data file: no escape sequences into the README
     lines = [
-        f"# peft-tui export: run {row['id']} ({row['name']})",
+        f"# peft-tui export: run {row['id']} ({safe_text(row['name'])})",
         "",
         f"- method: `{config.method}` {json.dumps(config.params, sort_keys=True) if config.params else ''}",
         f"- base model: `{config.model}`; labels: {', '.join(f'{i}={n}' for i, n in enumerate(names))}",

@@ -131,8 +131,11 @@ def _write_json(path: Path, obj: Any) -> None:
     """Written whole or not at all (a temporary file renamed into place). Clients never import torch,
     so this is not weights.write_json."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a write cut short (a full disk) leaves nothing behind
 
 
 def _pid_alive(pid: int) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from peft_tui.errors import ConfigError, first_line
+from peft_tui.errors import ConfigError, disk_full_at, first_line
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 NOT_WEIGHTS = ("state.pt",)  # a checkpoint's optimizer and RNG states: read with torch.load(weights_only=True)
@@ -29,7 +29,7 @@ MIN_FREE_BYTES = 1 << 20  # after a failed write, less free space than this mean
 
 
 class DiskFull(OSError):
-    """A write failed because its file system is full (or over quota)."""
+    """A write failed because its file system is full (or over quota, or a file grew past a size limit)."""
 
     def __init__(self, path: Path | str):
         super().__init__(errno.ENOSPC, "No space left on device", str(path))
@@ -39,26 +39,19 @@ class DiskFull(OSError):
         return f"disk full at {self.path}"
 
 
-def disk_full_at(exc: BaseException | None) -> str | None:
-    """The path of a disk-full failure (`DiskFull`, or an OSError with ENOSPC / EDQUOT; "" when it names no
-    file), looking through the exceptions it was raised from (a store error wrapping one), else None."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, DiskFull):
-            return exc.path
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return str(exc.filename or "")
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return None
+NO_SPACE_TEXTS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122",
+                  "File too large", "os error 27")  # what libraries that do not raise OSError say (safetensors)
 
 
 def _out_of_space(exc: BaseException, path: Path) -> bool:
-    """Whether a failed write of `path` failed for lack of space: its errno or message says so, or (torch.save
-    only says "unexpected pos") the file system has almost nothing left."""
-    if disk_full_at(exc) is not None:
+    """Whether a failed write of `path` failed for lack of space: its errno or message says so (a full disk,
+    a quota, a file size limit), or (torch.save only says "unexpected pos") a file size limit is set or
+    the file system has almost nothing left."""
+    import resource
+
+    if disk_full_at(exc) is not None or any(t in str(exc) for t in NO_SPACE_TEXTS):
         return True
-    text = str(exc)
-    if "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text:
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
         return True
     folder = path if path.is_dir() else path.parent
     try:

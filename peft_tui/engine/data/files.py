@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from peft_tui.engine.data.limits import (
 )
 from peft_tui.engine.data.splits import DataSplits, Split, stratified_sample, stratified_split
 from peft_tui.errors import ConfigError, first_line
+from peft_tui.safe import safe_text
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".ndjson")
 TABLE_SUFFIXES = (*TEXT_SUFFIXES, ".json", ".parquet", ".pq")
@@ -40,6 +42,11 @@ def shown(path_str: str) -> str:
     return text if len(text) <= 120 else text[:80] + "…" + text[-30:]
 
 
+def subject(what: str, path_str: str) -> str:
+    """How a message names a file: "data file 'x.csv'", or for an option such as "--file", "--file 'x.txt'"."""
+    return f"{what} {shown(path_str)}" if what.startswith("-") else f"{what} file {shown(path_str)}"
+
+
 # ------------------------------------------------------------------------------------------------
 # bounded reading
 # ------------------------------------------------------------------------------------------------
@@ -49,30 +56,33 @@ def check_file(path_str: str, what: str, limit: int = MAX_TABLE_BYTES,
     what an empty one lacks). Never opens it (a FIFO would block), so a folder, a pipe or a device is
     refused by what it is."""
     path = Path(path_str).expanduser()
-    name = shown(path_str)
+    name, subj = shown(path_str), subject(what, path_str)
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise ConfigError(f"{what} file {name} does not exist: check the path (or use --data synthetic)") from None
-    except OSError as e:  # a path too long, a loop of links, a folder we may not enter
-        raise ConfigError(f"{what} path {name} cannot be used ({e.strerror or first_line(e)}): check the path") from None
+        hint = " (or use --data synthetic)" if what == "data" else ""
+        raise ConfigError(f"{subj} does not exist: check the path{hint}") from None
+    except (OSError, ValueError) as e:  # a path too long, a loop of links, a folder we may not enter; a NUL byte
+        why = getattr(e, "strerror", None) or first_line(e)
+        raise ConfigError(f"{what} path {name} cannot be used ({why}): check the path") from None
     if stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"{what} {name} is a folder but not a datasets save_to_disk folder: "
-                          "pass a .csv, .jsonl or .parquet file")
+        kind = "" if what.startswith("-") else " but not a datasets save_to_disk folder"
+        raise ConfigError(f"{what} {name} is a folder{kind}: pass a .csv, .jsonl or .parquet file"
+                          + (" (or a .txt file, one text per line)" if what.startswith("-") else ""))
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{what} {name} is not a regular file (a pipe, socket or device): "
                           "save the data to a file and pass that")
     if not os.access(path, os.R_OK):
-        raise ConfigError(f"{what} file {name} cannot be read (permission denied): fix its permissions")
+        raise ConfigError(f"{subj} cannot be read (permission denied): fix its permissions")
     if st.st_size == 0:
-        raise ConfigError(f"{what} file {name} is empty: {needs}")
+        raise ConfigError(f"{subj} is empty: {needs}")
     if st.st_size > limit:
-        raise ConfigError(f"{what} file {name} is {size_text(st.st_size)}, above the {size_text(limit)} limit: "
+        raise ConfigError(f"{subj} is {size_text(st.st_size)}, above the {size_text(limit)} limit: "
                           "split it or keep a sample of its rows")
     return path
 
 
-def scan_text(path: Path, what: str, name: str, line_bounded: bool = True) -> None:
+def scan_text(path: Path, subj: str, line_bounded: bool = True) -> None:
     """Refuse UTF-16 / binary content and (when `line_bounded`) any line longer than MAX_LINE_BYTES,
     reading the file in chunks no larger than that limit, so memory stays flat whatever the file holds."""
     chunk_size = min(MAX_LINE_BYTES, MiB)
@@ -80,11 +90,11 @@ def scan_text(path: Path, what: str, name: str, line_bounded: bool = True) -> No
         head = fh.read(chunk_size)
         problem = encoding_problem(head)
         if problem == "utf-16":
-            raise ConfigError(f"{what} file {name} is UTF-16 text: re-save it as UTF-8 "
+            raise ConfigError(f"{subj} is UTF-16 text: re-save it as UTF-8 "
                               "(e.g. iconv -f UTF-16 -t UTF-8 in.csv > out.csv)")
         if problem == "binary":
-            raise ConfigError(f"{what} file {name} looks binary, not CSV or JSONL text: pass a UTF-8 text file "
-                              "or a .parquet file")
+            raise ConfigError(f"{subj} looks binary (it holds NUL bytes), not text: pass a text file "
+                              "(re-save it as UTF-8) or a .parquet table")
         if not line_bounded:
             return
         offset, last_newline, lines = 0, -1, 0  # absolute offset of the last newline seen
@@ -93,7 +103,7 @@ def scan_text(path: Path, what: str, name: str, line_bounded: bool = True) -> No
             first = chunk.find(b"\n")
             end = offset + (first if first >= 0 else len(chunk))
             if end - last_newline - 1 > MAX_LINE_BYTES:
-                raise ConfigError(f"{what} file {name} has a line longer than {size_text(MAX_LINE_BYTES)} "
+                raise ConfigError(f"{subj} has a line longer than {size_text(MAX_LINE_BYTES)} "
                                   f"(line {lines + 1}): one row per line, texts under "
                                   f"{size_text(MAX_LINE_BYTES)}; is it the right file?")
             if first >= 0:  # lines inside one chunk are shorter than the chunk, so within the limit
@@ -105,7 +115,7 @@ def scan_text(path: Path, what: str, name: str, line_bounded: bool = True) -> No
 
 def encoding_problem(head: bytes) -> str | None:
     """"utf-16" for UTF-16 / UTF-32 text (a byte-order mark; or, without one, mostly-ASCII UTF-16: zero
-    bytes in at least 30% of the odd or of the even positions and hardly any in the others), "binary" for
+    bytes in at least 30% (and two) of the odd or of the even positions and hardly any in the others), "binary" for
     other content with zero bytes, None for anything a UTF-8 reader may try."""
     if head.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
         return "utf-16"
@@ -113,7 +123,7 @@ def encoding_problem(head: bytes) -> str | None:
         return None
     even, odd = head[0::2].count(0), head[1::2].count(0)
     for zeros, others, positions in ((odd, even, len(head) // 2), (even, odd, (len(head) + 1) // 2)):
-        if zeros >= 0.3 * positions and others <= 0.1 * zeros:
+        if zeros >= max(2, 0.3 * positions) and others <= 0.1 * zeros:
             return "utf-16"
     return "binary"
 
@@ -122,15 +132,17 @@ def read_lines(path_str: str, what: str = "input") -> list[str]:
     """The non-empty lines of a UTF-8 text file (one text per line, e.g. for `predict --file`), bounded
     like the tables and cut to MAX_TEXT_CHARS. ConfigError when the file holds no text."""
     path = check_file(path_str, what, needs="it has no texts; write one text per line")
-    name = shown(path_str)
-    scan_text(path, what, name)
+    subj = subject(what, path_str)
+    scan_text(path, subj)
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:  # -sig: a byte-order mark is not part of the first text
             texts = [line.strip()[:MAX_TEXT_CHARS] for line in fh if line.strip()]
     except UnicodeDecodeError:
-        raise ConfigError(f"{what} file {name} is not UTF-8 text: re-save it as UTF-8") from None
+        raise ConfigError(f"{subj} is not UTF-8 text: re-save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{subj} cannot be read ({e.strerror or first_line(e)}): check the file") from None
     if not texts:
-        raise ConfigError(f"{what} file {name} has no texts (every line is empty): write one text per line")
+        raise ConfigError(f"{subj} has no texts (every line is empty): write one text per line")
     return texts
 
 
@@ -138,37 +150,62 @@ def read_table(path_str: str, what: str, columns: list[str] | None = None):
     """A DataFrame from a CSV / TSV / JSONL / JSON / Parquet file; `what` names it in errors ("data",
     "val data", "input"). With `columns`, only those columns are kept while reading (missing ones are
     reported by the caller, from the columns the file has)."""
-    import pandas as pd
 
     suffix = Path(path_str).suffix.lower()
     path = check_file(path_str, what, MAX_JSON_BYTES if suffix == ".json" else MAX_TABLE_BYTES)
-    name = shown(path_str)
+    subj = subject(what, path_str)
     if suffix not in TABLE_SUFFIXES:
-        raise ConfigError(f"{what} file {name} has an unknown type: use .csv, .tsv, .jsonl or .parquet")
+        raise ConfigError(f"{subj} has an unknown type: use .csv, .tsv, .jsonl or .parquet")
     wanted = set(columns) if columns else None
     try:
         if suffix in (".parquet", ".pq"):
-            df = _read_parquet(path, what, name, columns)
+            df = _read_parquet(path, subj, columns)
         else:
-            scan_text(path, what, name, line_bounded=suffix != ".json")
+            scan_text(path, subj, line_bounded=suffix != ".json")
             if suffix in (".jsonl", ".ndjson", ".json"):
                 df = _read_json(path, suffix == ".json", wanted)
             else:
-                # keep_default_na=False: a text such as "None" or "NA" stays a text; only empty cells are missing
-                df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False, na_values=[""],
-                                 usecols=(lambda c: c in wanted) if wanted else None)
-                if wanted and not wanted <= set(df.columns):  # the caller names the columns the file has
-                    df.attrs["all_columns"] = _header(path, suffix)
+                df = _read_csv(path, subj, suffix, wanted)
     except ConfigError:
         raise
     except PermissionError:
-        raise ConfigError(f"{what} file {name} cannot be read (permission denied): fix its permissions") from None
+        raise ConfigError(f"{subj} cannot be read (permission denied): fix its permissions") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{what} file {name} is not UTF-8 text: re-save it as UTF-8") from None
+        raise ConfigError(f"{subj} is not UTF-8 text: re-save it as UTF-8") from None
     except Exception as e:  # noqa: BLE001 - pandas parser errors, pyarrow errors, bad JSON
-        raise ConfigError(f"{what} file {name} could not be parsed ({first_line(e, 160)}): check its format") from None
-    if len(df) == 0:
-        raise ConfigError(f"{what} file {name} has a header but no rows: add examples")
+        raise ConfigError(f"{subj} could not be parsed ({safe_text(first_line(e, 160))}): check its format") from None
+    if len(df) == 0 and (not wanted or wanted <= set(df.columns)):  # else the caller names the missing column
+        raise ConfigError(f"{subj} has a header but no rows: add examples")
+    return df
+
+
+def _read_csv(path: Path, subj: str, suffix: str, wanted: set[str] | None):
+    """A CSV / TSV file, keeping the wanted columns. A row with more fields than the header (an unquoted
+    comma in a text) is refused: never read with the first column taken for an index or a field dropped
+    (which reading only the wanted columns would do silently)."""
+    import warnings
+
+    import pandas as pd
+
+    sep = "\t" if suffix == ".tsv" else ","
+    fix = f"quote texts that hold a {'tab' if sep == chr(9) else 'comma'}, or check the delimiter"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            # keep_default_na=False: a text such as "None" or "NA" stays a text; only empty cells are missing
+            df = pd.read_csv(path, sep=sep, keep_default_na=False, na_values=[""], index_col=False)
+        except pd.errors.ParserWarning:  # the first row is longer than the header
+            raise ConfigError(f"{subj} has more fields in its first row than in its header: {fix}") from None
+        except pd.errors.ParserError as e:
+            extra = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
+            if not extra:
+                raise
+            want, line, saw = extra.groups()
+            raise ConfigError(f"{subj} has {saw} fields at line {line}, its header {want}: {fix}") from None
+    seen = [str(c) for c in df.columns]
+    if wanted:
+        df = df[[c for c in df.columns if c in wanted]]
+    df.attrs["all_columns"] = seen
     return df
 
 
@@ -177,13 +214,13 @@ def _read_json(path: Path, whole: bool, wanted: set[str] | None):
     import pandas as pd
 
     if whole:
-        df = pd.read_json(path)
+        df = pd.read_json(path, encoding="utf-8-sig")
         seen = list(df.columns)
         df = df[[c for c in seen if c in wanted]] if wanted else df
         df.attrs["all_columns"] = seen
         return df
     parts, seen = [], []
-    with pd.read_json(path, lines=True, chunksize=10_000) as reader:
+    with pd.read_json(path, lines=True, chunksize=10_000, encoding="utf-8-sig") as reader:  # -sig: a BOM is no row
         for chunk in reader:
             seen.extend(c for c in chunk.columns if c not in seen)
             parts.append(chunk[[c for c in chunk.columns if c in wanted]] if wanted else chunk)
@@ -192,7 +229,7 @@ def _read_json(path: Path, whole: bool, wanted: set[str] | None):
     return df
 
 
-def _read_parquet(path: Path, what: str, name: str, columns: list[str] | None):
+def _read_parquet(path: Path, subj: str, columns: list[str] | None):
     """The wanted columns, read in batches of 1,024 rows and refused as soon as they add up to more than
     MAX_TABLE_BYTES (Parquet compresses well: a small file may hold far more)."""
     import pyarrow as pa
@@ -205,20 +242,13 @@ def _read_parquet(path: Path, what: str, name: str, columns: list[str] | None):
         for batch in pf.iter_batches(batch_size=1024, columns=keep):
             size += batch.nbytes
             if size > MAX_TABLE_BYTES:
-                raise ConfigError(f"{what} file {name} holds more than {size_text(MAX_TABLE_BYTES)} uncompressed, "
+                raise ConfigError(f"{subj} holds more than {size_text(MAX_TABLE_BYTES)} uncompressed, "
                                   "above the limit: split it or keep a sample of its rows")
             batches.append(batch)
         schema = pf.schema_arrow if keep is None else pa.schema([pf.schema_arrow.field(c) for c in keep])
     df = pa.Table.from_batches(batches, schema=schema).to_pandas()
     df.attrs["all_columns"] = names
     return df
-
-
-def _header(path: Path, suffix: str) -> list[str]:
-    """The column names of a CSV / TSV file (its first line only)."""
-    import pandas as pd
-
-    return [str(c) for c in pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", nrows=0).columns]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,8 +273,8 @@ def text_values(values: list, col: str, source: str) -> tuple[list[str | None], 
     cut = 0
     for i, v in enumerate(values):
         if _is_container(v):
-            raise ConfigError(f"{col!r} at row {i + 1} of {shown(source)} is a {type(v).__name__}, not a text: "
-                              f"each {col!r} must be one string")
+            raise ConfigError(f"column {col!r} of {shown(source)} holds lists or objects, not texts (row {i + 1} "
+                              f"is a {type(v).__name__}): each {col!r} must be one string")
         if _is_missing(v) or not str(v).strip():
             out.append(None)
             continue
@@ -280,7 +310,7 @@ def label_values(values: list, rows: list[int], col: str, source: str) -> list:
     if len(kinds) > 1:
         raise ConfigError(f"labels in {name} mix numbers and strings: use one type for {col!r}")
     if kinds == {"num"}:
-        if any(float(v) != int(v) for v in values):
+        if any(not isinstance(v, int) and float(v) != int(v) for v in values):
             raise ConfigError(f"labels in {name} are fractional numbers: class labels must be integers or strings")
         return [int(v) for v in values]
     return [str(v) for v in values]

@@ -570,7 +570,8 @@ def test_an_id_beyond_the_store_is_one_line(trained, run_id, command):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=SHARED)
 @given(config=st.one_of(st.binary(max_size=60).map(lambda b: b.decode("latin-1")), hostile(), st.just("")),
-       result=st.one_of(st.binary(max_size=60).map(lambda b: b.decode("latin-1")), st.just("[1, 2")))
+       result=st.one_of(st.binary(max_size=60).map(lambda b: b.decode("latin-1")), st.just("[1, 2"),
+                        st.sampled_from(["1", "[1, 2]", '"text"', "null", "true", "-1e999"])))
 def test_a_damaged_row_does_not_break_runs_or_show(tmp_path, config, result):
     """One row whose config / result is not JSON: `runs` still lists every row, `show` says what it
     cannot read and shows the rest."""

@@ -389,6 +389,10 @@ class Store:
             except ValueError as e:
                 d[key] = empty
                 d["damaged"] = f"its {key} is not valid JSON ({e})"
+                continue
+            if d[key] is not empty and not isinstance(d[key], dict):  # JSON, but a number or a list
+                d["damaged"] = f"its {key} is not a JSON object but {type(d[key]).__name__}"
+                d[key] = empty
         return d
 
     # ------------------------------------------------------------------ metrics and logs

@@ -95,7 +95,7 @@ class RunConfig:
     patience: int = 0  # early stopping: evaluations without improvement before stopping (0: off)
     trust_remote_code: bool = False
     pooling: str = "auto"  # auto: the checkpoint's own (sentence-transformers config, else the architecture's)
-    head_init: str = "random"  # probe: fit the classifier on the frozen features before training (LP-FT)
+    head_init: str = "probe"  # probe: fit the classifier as a linear probe before the first step (LP-FT); random: seeded
     nproc: int = 1  # data-parallel processes for this one run (torchrun / Ray Train); 1: a single process
 
     # ----------------------------------------------------------------- validation

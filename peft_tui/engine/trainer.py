@@ -4,12 +4,12 @@
         -> RunResult, or None when the run failed or was cancelled
 
 `train()` is the loop, top to bottom: resolve device and precision, load the data and the model, tokenise
-once, with `head_init=probe` fit the classifier as a linear probe first (LP-FT), then AdamW with linear
-warmup/decay, gradient clipping, length-grouped batches, evaluation at epoch
-ends (and every `eval_every` steps), optional early stopping, a checkpoint at each epoch end and a cancel
-check every step. `execute()` runs it, or a method's own `run` hook (a baseline, the head probe), so that
-any failure is confined to its run: recorded with a one-line reason, memory released, and the caller (a CLI
-command or a worker) goes on.
+once, fit the classifier as a linear probe first (`head_init=probe`, LP-FT; not when resuming), then AdamW
+with linear warmup/decay, gradient clipping, length-grouped batches, evaluation at epoch ends (and every
+`eval_every` steps), optional early stopping, a checkpoint at each epoch end and a cancel check every step.
+`execute()` runs it, or a method's own `run` hook (a baseline, the head probe), so that any failure is
+confined to its run: recorded with a one-line reason, memory released, and the caller (a CLI command or a
+worker) goes on.
 """
 
 from __future__ import annotations

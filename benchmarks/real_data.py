@@ -6,7 +6,7 @@ AG News and the IMDB subset, through the engine's own code.
         pooled vectors: mean, max, the raw [CLS] vector and BERT's pooler output tanh(dense([CLS]))
     python benchmarks/real_data.py runs --dataset ag_news "head" "head-loop" "tfidf" "lora r=16 lr=1e-3"
         one run per spec: a method name, then key=value pairs; RunConfig fields (lr, epochs, batch_size,
-        pooling, max_length, weight_decay, warmup_ratio, seed) set the run, others are method parameters.
+        pooling, max_length, weight_decay, warmup_ratio, seed, head_init) set the run, others are method parameters.
         "head" is the linear probe (its `run` hook); "head-loop" is the head trained by the standard loop;
         "tfidf" is the TF-IDF + logistic regression baseline.
 
@@ -36,7 +36,7 @@ from pathlib import Path
 from peft_tui.config import DataConfig, RunConfig
 
 RUN_FIELDS = {"lr": float, "epochs": int, "batch_size": int, "pooling": str, "max_length": int,
-              "weight_decay": float, "warmup_ratio": float, "seed": int}
+              "weight_decay": float, "warmup_ratio": float, "seed": int, "head_init": str}
 
 
 def dataset(name: str, root: Path, workdir: Path) -> tuple[DataConfig, int]:

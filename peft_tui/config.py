@@ -19,6 +19,7 @@ from peft_tui.errors import ConfigError, first_line  # ConfigError: callers may 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POOLINGS = ("auto", "cls", "mean", "max", "last")  # how a sequence becomes one vector for the classifier
+HEAD_INITS = ("probe", "random")  # the classifier before the first step: fitted as a linear probe (LP-FT), or seeded
 DEFAULT_STORE = "peft-runs"
 MAX_INT = 2**63 - 1  # the largest integer a config may hold: a signed 64-bit value (SQLite, torch seeds)
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few settings: larger ones are refused unread
@@ -94,6 +95,7 @@ class RunConfig:
     patience: int = 0  # early stopping: evaluations without improvement before stopping (0: off)
     trust_remote_code: bool = False
     pooling: str = "auto"  # auto: the checkpoint's own (sentence-transformers config, else the architecture's)
+    head_init: str = "probe"  # probe: fit the classifier as a linear probe before the first step (LP-FT); random: seeded
     nproc: int = 1  # data-parallel processes for this one run (torchrun / Ray Train); 1: a single process
 
     # ----------------------------------------------------------------- validation
@@ -125,6 +127,8 @@ class RunConfig:
             raise ConfigError("eval_every and patience must be >= 0 (0 turns them off)")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"unknown pooling {self.pooling!r}: use one of {', '.join(POOLINGS)}")
+        if self.head_init not in HEAD_INITS:
+            raise ConfigError(f"unknown head_init {self.head_init!r}: use one of {', '.join(HEAD_INITS)}")
         if not 1 <= self.nproc <= 64:
             raise ConfigError(f"nproc={self.nproc} is out of range: use 1..64 processes for one run")
         if self.precision not in PRECISIONS:

@@ -16,7 +16,10 @@ The learning rate, epochs and batch size of the run do not apply (batch size set
 On architectures whose head has a hidden layer before the final linear one (RoBERTa, DistilBERT) that
 layer keeps its seeded initialisation and only the final layer is fitted.
 
+The same fit starts every other method's training under `head_init=probe` (LP-FT, Kumar et al. 2022):
+
     run(config, run_id, sink, cancel, out_dir, data) -> RunResult
+    fit_head(model, ids, labels, num_labels, pad_id, batch_size, device, autocast, cancel) -> (Fit, iterations)
 """
 
 from __future__ import annotations
@@ -199,6 +202,42 @@ def choose_weight_decay(x: dict, labels: dict, num_labels: int, grid, with_bias:
     return best, iterations
 
 
+def fit_layer(layer, features: dict, labels: dict, num_labels: int, grid, cancel: threading.Event,
+              on_fit=None) -> tuple[Fit, int]:
+    """Fit the linear `layer` on its cached inputs `features` (split -> float32 [n, in_features]; "train",
+    and "val" to choose with) and write the result into it: standardise on the training split (centre only
+    where the layer has a bias to absorb the shift), `choose_weight_decay` over `grid`, then fold the
+    standardisation back into the weights, W x_std + b = (W / sd) x + (b - (W / sd) mu).
+    Returns (best fit on standardised features, total L-BFGS iterations)."""
+    import torch
+
+    with_bias = layer.bias is not None
+    x_train = features["train"]
+    mu = x_train.mean(0) if with_bias else torch.zeros(x_train.shape[1])
+    sd = x_train.std(0, unbiased=False).clamp(min=1e-6) if len(x_train) > 1 else torch.ones(x_train.shape[1])
+    x = {k: (v - mu) / sd for k, v in features.items()}
+    best, iterations = choose_weight_decay(x, labels, num_labels, grid, with_bias, cancel,
+                                           on_fit or (lambda step, train_loss, fit: None))
+    weight = best.w / sd
+    with torch.no_grad():
+        layer.weight.copy_(weight.to(layer.weight.dtype))
+        if with_bias and best.b is not None:
+            layer.bias.copy_((best.b - weight @ mu).to(layer.bias.dtype))
+    return best, iterations
+
+
+def fit_head(model, ids: dict, labels: dict, num_labels: int, pad_id: int, batch_size: int, device: str, autocast,
+             cancel: threading.Event) -> tuple[Fit, int]:
+    """LP-FT's first step (a training run's `head_init=probe`): encode the "train" and "val" token sequences
+    once through `model` as it is, already wrapped by its method, and fit its final classifier layer on them
+    as the probe does (weight decay chosen on "val"; DEFAULT_WEIGHT_DECAY when "val" is empty).
+    `ids` / `labels`: split -> token sequences / labels. Returns (fit, L-BFGS iterations)."""
+    layer = final_linear(model)
+    features = {s: encode(model, layer, ids[s], pad_id, batch_size, device, autocast, cancel) for s in ("train", "val")}
+    grid = WEIGHT_DECAYS if ids["val"] else (DEFAULT_WEIGHT_DECAY,)
+    return fit_layer(layer, features, labels, num_labels, grid, cancel)
+
+
 def run(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out_dir: Path,
         data: DataSplits | None = None) -> RunResult:
     """Train a `head` run as a linear probe on cached features (see the module docstring). `data`: splits
@@ -258,14 +297,7 @@ def run(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out
         encode_s[name] = time.perf_counter() - t
     tokens = sum(len(s) for s in ids["train"])
 
-    # 2. standardise on the training split (centre only where the layer has a bias to absorb the shift)
-    with_bias = layer.bias is not None
-    x_train = features["train"]
-    mu = x_train.mean(0) if with_bias else torch.zeros(x_train.shape[1])
-    sd = x_train.std(0, unbiased=False).clamp(min=1e-6) if len(x_train) > 1 else torch.ones(x_train.shape[1])
-    x = {k: (v - mu) / sd for k, v in features.items()}
-
-    # 3. fit per weight decay, keep the best on validation
+    # 2. fit per weight decay on standardised features, keep the best on validation, write it into the layer
     t_fit = time.perf_counter()
 
     def on_fit(step: int, train_loss: float, fit: Fit) -> None:
@@ -274,21 +306,17 @@ def run(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out
         sink(EvalLogged(run_id, step, step / len(grid), "val", fit.val_loss, fit.val_accuracy, fit.val_f1))
 
     labels = {name: split.labels for name, split in splits.items()}
-    best, iterations = choose_weight_decay(x, labels, data.num_labels, grid, with_bias, cancel, on_fit)
+    best, iterations = fit_layer(layer, features, labels, data.num_labels, grid, cancel, on_fit)
     fit_s = time.perf_counter() - t_fit
-    test_logits = x["test"] @ best.w.T + (best.b if best.b is not None else 0.0)
+    with torch.no_grad():
+        test_logits = layer(features["test"].to(layer.weight.dtype)).float()
     test_loss, test_acc, test_f1 = scores(test_logits, data.test.labels, data.num_labels)
     sink(EvalLogged(run_id, len(grid), 1.0, "test", test_loss, test_acc, test_f1))
     chosen = "chosen on the validation split" if len(grid) > 1 else "the default: no validation split"
     sink(LogMessage(run_id, "info", f"linear probe: weight decay {best.weight_decay:g}, {chosen} ({iterations} "
                                     f"L-BFGS iterations, encoding {sum(encode_s.values()):.1f}s, fit {fit_s:.2f}s)"))
 
-    # 4. fold the standardisation into the model's layer, W x_std + b = (W / sd) x + (b - (W / sd) mu), and save
-    weight = best.w / sd
-    with torch.no_grad():
-        layer.weight.copy_(weight.to(layer.weight.dtype))
-        if with_bias and best.b is not None:
-            layer.bias.copy_((best.b - weight @ mu).to(layer.bias.dtype))
+    # 3. save
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     method.save(model, Path(out_dir), params)
 

@@ -4,11 +4,12 @@
         -> RunResult, or None when the run failed or was cancelled
 
 `train()` is the loop, top to bottom: resolve device and precision, load the data and the model, tokenise
-once, then AdamW with linear warmup/decay, gradient clipping, length-grouped batches, evaluation at epoch
-ends (and every `eval_every` steps), optional early stopping, a checkpoint at each epoch end and a cancel
-check every step. `execute()` runs it, or a method's own `run` hook (a baseline, the head probe), so that
-any failure is confined to its run: recorded with a one-line reason, memory released, and the caller (a CLI
-command or a worker) goes on.
+once, fit the classifier as a linear probe first (`head_init=probe`, LP-FT; not when resuming), then AdamW
+with linear warmup/decay, gradient clipping, length-grouped batches, evaluation at epoch ends (and every
+`eval_every` steps), optional early stopping, a checkpoint at each epoch end and a cancel check every step.
+`execute()` runs it, or a method's own `run` hook (a baseline, the head probe), so that any failure is
+confined to its run: recorded with a one-line reason, memory released, and the caller (a CLI command or a
+worker) goes on.
 """
 
 from __future__ import annotations
@@ -155,6 +156,10 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
         sink(LogMessage(run_id, "info", f"resumed from the checkpoint at step {state.step} (epoch {state.epoch})"))
 
     eval_bs = max(64, config.batch_size * 2)
+    t0 = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if config.head_init == "probe" and resume_from is None:  # a resumed run's checkpoint holds the fitted head
+        extra = init_head(model, run_id, sink, cancel, train_ids, val_ids, data, pad_id, eval_bs, device, autocast)
     last_val: dict[int, EvalResult] = {}  # the latest validation result, keyed by its step
 
     def evaluate_shared(ids: list[list[int]], labels: list[int]) -> EvalResult:
@@ -176,10 +181,9 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
         return record_eval(state, r.accuracy, model, config.patience)
 
     log = StepLog(run_id, sink, memory, total_steps)
-    clock = Stopwatch(state.train_time)  # training time, evaluation excluded
+    clock = Stopwatch(state.train_time + extra.get("head_init_s", 0.0))  # training time, evaluation excluded
     stopped_early = False
-    net = dist.wrap(model, device)
-    t0 = time.perf_counter()
+    net = dist.wrap(model, device)  # several processes: DDP starts every rank from rank 0's weights
     model.train()
     for epoch in range(state.epoch, config.epochs):
         clock.start()
@@ -251,7 +255,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
         label_names=data.label_names,
         sizes={"train": len(train_ids), "val": len(val_ids), "test": len(test_ids)},
         efficiency=efficiency(test.accuracy, trainable),
-        versions=library_versions(),
+        versions=library_versions(), extra=extra,
     )
 
 
@@ -283,6 +287,28 @@ def build_model(config: RunConfig, method: Method, params: dict[str, Any], num_l
     if count_parameters(model)[0] == 0:
         raise ConfigError(f"method {config.method!r} left no parameter to train on this model")
     return model
+
+
+def init_head(model, run_id: int, sink: Sink, cancel: threading.Event, train_ids: list[list[int]],
+              val_ids: list[list[int]], data: DataSplits, pad_id: int, batch_size: int, device: str,
+              autocast) -> dict[str, Any]:
+    """`head_init=probe` (LP-FT): fit the model's final classifier layer as a linear probe on the features
+    the wrapped model gives the training texts before any step (weight decay chosen on the validation
+    split, see probe.fit_head), and say so. Returns the figures for the result's `extra`."""
+    from peft_tui.engine import probe
+
+    t = time.perf_counter()
+    fit, iterations = probe.fit_head(model, {"train": train_ids, "val": val_ids},
+                                     {"train": data.train.labels, "val": data.val.labels}, data.num_labels,
+                                     pad_id, batch_size, device, autocast, cancel)
+    seconds = time.perf_counter() - t
+    chosen = (f"chosen on the validation split, where it scores {fit.val_accuracy:.1%}" if val_ids
+              else "the default: no validation split")
+    sink(LogMessage(run_id, "info", f"head_init=probe: classifier fitted as a linear probe on the {len(train_ids)} "
+                                    f"training texts' features before the first step in {seconds:.1f}s (weight "
+                                    f"decay {fit.weight_decay:g}, {chosen}; {iterations} L-BFGS iterations)"))
+    return {"head_init_s": seconds, "head_init_weight_decay": fit.weight_decay,
+            "head_init_val_accuracy": fit.val_accuracy}
 
 
 def build_optimizer(model, config: RunConfig, total_steps: int):

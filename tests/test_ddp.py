@@ -65,8 +65,9 @@ def test_two_gloo_processes_train_like_one_and_record_once(tmp_path):
     from peft_tui.engine.trainer import execute
 
     store = Store(tmp_path / "s")
+    # head_init=random: the loss of a probe-fitted head on the random tiny model is too sensitive to compare
     config = tiny_config(method="full", data=DataConfig(size=150), batch_size=16, epochs=2, seed=3, eval_every=5,
-                         lr=3e-3)
+                         lr=3e-3, head_init="random")
     one = store.create_run(dataclasses.replace(config, name="one"))
     execute(store, one, config, fan_out(store, JsonlSink(store.events_path(one))))
     two = claim(store, dataclasses.replace(config, name="two", nproc=2))

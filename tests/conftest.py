@@ -47,3 +47,17 @@ def tiny_config(**kw):
     base = dict(model="tiny", epochs=1, batch_size=16, device="cpu", data=data)
     base.update(kw)
     return RunConfig(**base)
+
+
+def trained_store(root, method: str):
+    """A store at `root` holding one finished tiny run of `method` on 60 synthetic rows: (store, run id)."""
+    from peft_tui.config import DataConfig
+    from peft_tui.engine import trainer
+    from peft_tui.engine.store import Store
+
+    st = Store(root)
+    cfg = tiny_config(method=method, data=DataConfig(size=60))
+    rid = st.create_run(cfg)
+    trainer.execute(st, rid, cfg, st)
+    assert st.get(rid)["status"] == "done", st.get(rid)["error"]
+    return st, rid

@@ -18,13 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from peft_tui.cli import app
-from peft_tui.config import DataConfig
 
 runner = CliRunner()
 FAULTS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -34,15 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A store with a finished tiny LoRA run (exports an adapter, or a merged model with --merge)."""
-    from peft_tui.engine import trainer
-    from peft_tui.engine.store import Store
+    from conftest import trained_store
 
-    st_ = Store(tmp_path_factory.mktemp("faults") / "store")
-    cfg = tiny_config(method="lora", data=DataConfig(size=60))
-    rid = st_.create_run(cfg)
-    trainer.execute(st_, rid, cfg, st_)
-    assert st_.get(rid)["status"] == "done"
-    return st_, rid
+    return trained_store(tmp_path_factory.mktemp("faults") / "store", "lora")
 
 
 def one_line_error(res, code: int) -> str:

@@ -52,17 +52,9 @@ def one_line_error(res, code: int = 2) -> str:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from conftest import tiny_config
+    from conftest import trained_store
 
-    from peft_tui.engine import trainer
-    from peft_tui.engine.store import Store
-
-    st_ = Store(tmp_path_factory.mktemp("more") / "store")
-    cfg = tiny_config(method="head", data=DataConfig(size=60))
-    rid = st_.create_run(cfg)
-    trainer.execute(st_, rid, cfg, st_)
-    assert st_.get(rid)["status"] == "done"
-    return st_, rid
+    return trained_store(tmp_path_factory.mktemp("more") / "store", "head")
 
 
 # ============================================================ predict --file through the engine's readers

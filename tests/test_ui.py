@@ -97,9 +97,9 @@ async def test_compare_preset_fills_results_and_exports(tmp_path):
         assert float(by_method["adapters"]["trainable_pct"]) < 10.0
         # the baseline trains no share of the model and has no memory of its own to report
         assert by_method["tfidf"]["trainable_pct"] == "-" and by_method["tfidf"]["peak_memory_mb"] == "-"
-        # the queue shows status in words
-        for rid in app.state.runs:
-            assert "✓ done" == queue_status(app, rid)
+        # the queue shows status in words (the table redraws at most twice a second: wait for it)
+        await wait_for(pilot, lambda: all(queue_status(app, rid) == "✓ done" for rid in app.state.runs), 5,
+                       "the table to show every run done")
         # live charts got one loss line per trained run
         assert len([r for r in app.state.plotted if r in app.state.loss]) == 3
         assert all(len(s) >= 1 for s in app.state.loss.values())
@@ -265,9 +265,9 @@ async def test_failed_run_shows_its_error_and_the_queue_goes_on(tmp_path):
         good = RunConfig(method="lora", model="tiny", data=DataConfig(size=200), epochs=1, batch_size=16)
         app.submit([bad, good])
         await wait_for(pilot, lambda: len(app.state.runs) == 2 and not app.state.active(), 60, "both runs")
-        await pilot.pause(0.5)
         first, second = sorted(app.state.runs)
-        assert queue_status(app, first) == "✗ failed"
+        await wait_for(pilot, lambda: queue_status(app, first) == "✗ failed" and queue_status(app, second) == "✓ done",
+                       5, "the table to show both")
         note = str(app.main.query_one("#queue", QueueTable).get_cell(str(first), "note"))
         error = app.state.runs[first]["error"]
         assert "could not be" in error and error.startswith(note.rstrip("…"))

@@ -246,3 +246,23 @@ def test_importing_the_estimator_imports_no_torch():
     code = "import sys, peft_tui.engine.estimate; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("method,params", METHODS)
+def test_the_probe_fit_pass_is_counted_in_the_time(tiny_mc, method, params):
+    """head_init=probe encodes the train and validation rows once before step 1: a forward pass without
+    gradients, cheaper than a training step, counted in total_s; none for `head` (it is the probe) or random."""
+    probe, random_ = est(tiny_mc, method=method, params=params), est(tiny_mc, method=method, params=params,
+                                                                      head_init="random")
+    assert probe.epoch_s == pytest.approx(random_.epoch_s) and random_.probe_s == 0.0
+    assert random_.total_s == pytest.approx(2 * random_.epoch_s)
+    if method == "head":
+        assert probe.probe_s == 0.0
+        return
+    # train rows plus the validation split's share (0.15 / 0.70 of them), each row once, without gradients
+    assert 0.0 < probe.probe_s < 1.25 * probe.epoch_s
+    assert probe.total_s == pytest.approx(2 * probe.epoch_s + probe.probe_s)
+    assert probe.total_high_s > random_.total_high_s
+    s = E.model_shape(cfg(method=method, params=params), tiny_mc)
+    for w in (16, 64):
+        assert 0.0 < E.forward_seconds(s, 8, w, CAL, "cpu", "fp32") < E.step_seconds(s, 8, w, CAL, "cpu", "fp32")

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from peft_tui.config import RunConfig
+from peft_tui.config import HEAD_INITS, POOLINGS, RunConfig
 
 # ---------------------------------------------------------------- every command that reads a store
 StoreOpt = Annotated[Optional[str], typer.Option(
@@ -60,6 +60,13 @@ MaxLengthOpt = Annotated[Optional[int], typer.Option(
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="random seed (default 42)")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N")]
 PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="auto, fp32, bf16 or fp16")]
+PoolingOpt = Annotated[Optional[str], typer.Option(
+    "--pooling", help=f"how the classifier sees the sequence: {'|'.join(POOLINGS)} (default auto: the "
+    "checkpoint's own, e.g. mean for a sentence-transformers folder, the pooler for BERT, the last token for a "
+    "decoder)")]
+HeadInitOpt = Annotated[Optional[str], typer.Option(
+    "--head-init", help=f"the classifier before the first step: {'|'.join(HEAD_INITS)} (default probe: fitted "
+    "as a linear probe on the training features first, LP-FT; random: seeded)")]
 TrustOpt = Annotated[bool, typer.Option(
     "--trust-remote-code", help="allow a hub model's own Python code (off by default)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
@@ -73,6 +80,7 @@ RUN_FLAGS = {
     "method": ("run", "method"), "model": ("run", "model"), "name": ("run", "name"), "epochs": ("run", "epochs"),
     "lr": ("run", "lr"), "batch_size": ("run", "batch_size"), "max_length": ("run", "max_length"),
     "seed": ("run", "seed"), "device": ("run", "device"), "precision": ("run", "precision"),
+    "pooling": ("run", "pooling"), "head_init": ("run", "head_init"),
     "trust_remote_code": ("run", "trust_remote_code"), "gpus": ("run", "nproc"),
     "data": ("data", "source"), "text_col": ("data", "text_col"), "label_col": ("data", "label_col"),
     "text_pair_col": ("data", "text_pair_col"), "val_data": ("data", "val_source"),

@@ -113,8 +113,15 @@ def show(
 
 @handles_errors
 def methods(as_json: JsonOpt = False) -> None:
-    """Each method with its parameters, defaults and default learning rate."""
+    """Each method with its parameters, defaults and default learning rate, and the pooling and head start
+    it trains with (--pooling, --head-init; the same for every method that has them)."""
+    from peft_tui.config import HEAD_INITS, POOLINGS, RunConfig
     from peft_tui.engine.methods import REGISTRY
+
+    defaults = RunConfig()
+
+    def head_start(m) -> str | None:  # the baseline has no head; `head` is itself the probe fit
+        return None if m.is_baseline else "it is the probe" if m.run is not None else defaults.head_init
 
     docs = [
         {
@@ -124,6 +131,8 @@ def methods(as_json: JsonOpt = False) -> None:
             "params": {p.name: {"type": p.type.__name__, "default": p.default, "help": p.help,
                                 **({"choices": list(p.choices)} if p.choices else {})}
                        for p in m.params.values()},
+            "pooling": None if m.is_baseline else defaults.pooling,
+            "head_init": head_start(m),
         }
         for m in REGISTRY.values()
     ]
@@ -134,15 +143,20 @@ def methods(as_json: JsonOpt = False) -> None:
 
     from peft_tui.console import out
 
-    table = Table(title="methods")
+    table = Table(title="methods", caption=(
+        f"pooling: {'|'.join(POOLINGS)} (--pooling; auto: the checkpoint's own). head start: {'|'.join(HEAD_INITS)} "
+        "(--head-init; probe: the classifier is fitted as a linear probe before the first step, LP-FT)"))
     table.add_column("method")
     table.add_column("default lr")
     table.add_column("parameters (default)")
+    table.add_column("pooling")
+    table.add_column("head start")
     table.add_column("what it does")
     for d in docs:
         params = "\n".join(
             f"{k}={v['default']!r}" + (f" ({'|'.join(v['choices'])})" if "choices" in v else "")
             for k, v in d["params"].items()
         ) or "-"
-        table.add_row(d["name"], f"{d['default_lr']:g}", params, d["summary"])
+        table.add_row(d["name"], f"{d['default_lr']:g}", params, d["pooling"] or "-", d["head_init"] or "-",
+                      d["summary"])
     out.print(table)

@@ -50,7 +50,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,7 @@ class Estimate:
     epoch_s: float
     epoch_low_s: float
     epoch_high_s: float
-    total_s: float  # training steps of all epochs (evaluation and loading not included)
+    total_s: float  # training steps of all epochs and the LP-FT probe fit (evaluation and loading not included)
     total_low_s: float
     total_high_s: float
     steps: int  # optimizer steps of the whole run
@@ -101,6 +101,7 @@ class Estimate:
     total_params: int
     suggestions: list[str] = field(default_factory=list)  # one-liners, filled when it does not fit
     calibration: str = ""  # the machine calibration it used (`Calibration.key`); "nominal": none measured yet
+    probe_s: float = 0.0  # head_init=probe: the forward pass over train and validation rows before step 1
 
     def fits(self, free_mb: float) -> bool:
         return self.peak_mb <= free_mb
@@ -622,6 +623,33 @@ def step_seconds(s: Shape, b: int, w: int, cal: Calibration, device: str, precis
     return t + s.modules * cal.module_s + s.trainable * cal.adamw_s_per_param
 
 
+def forward_seconds(s: Shape, b: int, w: int, cal: Calibration, device: str, precision: str) -> float:
+    """Seconds of one forward pass without gradients (the features of the LP-FT probe fit): in evaluation
+    mode, so no dropout, and attention takes the fused path."""
+    frozen = replace(s, keep=["none"] * len(s.keep), trainable_matrix_params=0, trainable=0,
+                     attention_dropout=0.0, hidden_dropout=0.0)
+    return step_seconds(frozen, b, w, cal, device, precision)
+
+
+def probe_fit_seconds(config: RunConfig, s: Shape, lengths: Sequence[int], cal: Calibration, device: str,
+                      precision: str) -> float:
+    """`head_init=probe`: the trainer encodes the training rows and the validation rows once before the first
+    step (probe.fit_head; shortest first, in batches of `batch_size`); the validation rows are counted as
+    the split's share of the training rows. The L-BFGS fit on the features is small beside it."""
+    from peft_tui.engine.methods import get_method
+
+    method = get_method(config.method)
+    if config.head_init != "probe" or method.is_baseline or method.run is not None:
+        return 0.0
+    cut = sorted(min(n, config.max_length) for n in lengths)
+    b = config.batch_size
+    train = sum(forward_seconds(s, len(cut[i:i + b]), cut[min(i + b, len(cut)) - 1], cal, device, precision)
+                for i in range(0, len(cut), b))
+    d = config.data
+    val_share = d.val_fraction / max(1e-9, 1.0 - d.val_fraction - d.test_fraction)
+    return train * (1.0 + val_share)
+
+
 # ------------------------------------------------------------------------------------------------
 # the estimate
 # ------------------------------------------------------------------------------------------------
@@ -672,14 +700,16 @@ def estimate(config: RunConfig, model_config, lengths: Sequence[int], device: st
     low_parts = memory_parts(s, config.batch_size, p90, device, precision, fixed)
     epoch = sum(step_seconds(s, b, w, cal, device, precision) for b, w in batches)
     steps = len(batches) * config.epochs
+    probe = probe_fit_seconds(config, s, lengths, cal, device, precision)
+    total = epoch * config.epochs + probe
     est = Estimate(
         method=config.method, device=device, precision=precision, batch_size=config.batch_size, width=widest,
         peak_mb=peak, peak_low_mb=min(peak, sum(low_parts.values())) * MEMORY_RANGE[0],
         peak_high_mb=peak * MEMORY_RANGE[1], parts=parts,
         step_s=epoch / len(batches), epoch_s=epoch, epoch_low_s=epoch * TIME_RANGE[0],
-        epoch_high_s=epoch * TIME_RANGE[1], total_s=epoch * config.epochs,
-        total_low_s=epoch * config.epochs * TIME_RANGE[0], total_high_s=epoch * config.epochs * TIME_RANGE[1],
-        steps=steps, trainable_params=s.trainable, total_params=s.total, calibration=cal.key,
+        epoch_high_s=epoch * TIME_RANGE[1], total_s=total,
+        total_low_s=total * TIME_RANGE[0], total_high_s=total * TIME_RANGE[1],
+        steps=steps, trainable_params=s.trainable, total_params=s.total, calibration=cal.key, probe_s=probe,
     )
     if free_mb is not None and not est.fits(free_mb):
         est.suggestions = suggest(config, model_config, lengths, device, cal, free_mb, est)

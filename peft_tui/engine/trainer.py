@@ -117,6 +117,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     from peft_tui.engine.data import load_splits
     from peft_tui.engine.memory import MemoryMonitor
     from peft_tui.engine.methods import get_method
+    from peft_tui.engine.pooling import pooling_of
     from peft_tui.engine.weights import count_parameters, removed_on_failure
 
     device = resolve_device(config.device)
@@ -251,7 +252,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
         samples_per_s=state.samples / train_time, tokens_per_s=state.tokens / train_time,
         peak_memory_mb=mem["peak_mb"], memory_kind=memory.label, peak_reserved_mb=mem["reserved_mb"],
         steps=state.step, epochs_done=state.step / steps_per_epoch, stopped_early=stopped_early,
-        device=device, precision=precision, lr=config.learning_rate, seed=config.seed,
+        device=device, precision=precision, lr=config.learning_rate, seed=config.seed, pooling=pooling_of(model),
         label_names=data.label_names,
         sizes={"train": len(train_ids), "val": len(val_ids), "test": len(test_ids)},
         efficiency=efficiency(test.accuracy, trainable),

@@ -20,6 +20,7 @@ COLUMNS = [
     ("id", "run", lambda v: str(v)),
     ("name", "name", str),
     ("method", "method", str),
+    ("pooling", "pool", str),  # how the classifier saw the sequence (cls, mean, max, last; - for TF-IDF)
     ("accuracy", "acc %", lambda v: f"{100 * v:.1f}"),
     ("f1", "F1 %", lambda v: f"{100 * v:.1f}"),
     ("trainable_params", "trainable", lambda v: human_count(v)),

@@ -18,7 +18,7 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
-from peft_tui.config import DataConfig, RunConfig
+from peft_tui.config import HEAD_INITS, POOLINGS, DataConfig, RunConfig
 from peft_tui.console import literal
 from peft_tui.engine.methods import REGISTRY, get_method
 from peft_tui.errors import ConfigError, first_line
@@ -31,6 +31,11 @@ RUN_FIELDS = [
     ("batch_size", "batch size", int),
     ("max_length", "max length (tokens)", int),
     ("seed", "seed", int),
+]
+CHOICE_FIELDS = [
+    # field, label, choices: how every method (not the baselines) feeds and starts its classifier
+    ("pooling", "pooling", POOLINGS),
+    ("head_init", "head start (LP-FT)", HEAD_INITS),
 ]
 
 
@@ -119,6 +124,9 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
                     for key, label, _ in RUN_FIELDS:
                         value = getattr(t, key)
                         yield Field(key, label, Input(_fmt(value), id=f"in-{key}"))
+                    for key, label, choices in CHOICE_FIELDS:
+                        yield Field(key, label, Select([(c, c) for c in choices], value=getattr(t, key),
+                                                       allow_blank=False, id=f"in-{key}"))
                 yield Static("method parameters", classes="section", id="params-title")
                 yield Grid(id="params")
                 yield Static(Text("estimating…", style="dim"), id="form-estimate")
@@ -248,6 +256,8 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
             except ValueError:
                 error(key, f"{raw!r} is not a valid {parse.__name__}")
                 ok = False
+        for key, _, _ in CHOICE_FIELDS:
+            top[key] = self._value(f"in-{key}")
         params: dict[str, Any] = {}
         for p in method.params.values():
             raw = self._value(f"pin-{p.name}")
@@ -281,7 +291,7 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
                 return None
             msg = str(e)
             key = msg.split("=", 1)[0].split(" ")[0] if "=" in msg.split(" ")[0] else None
-            if key in {k for k, _, _ in RUN_FIELDS}:
+            if key in {k for k, _, _ in RUN_FIELDS} | {k for k, _, _ in CHOICE_FIELDS}:
                 error(key, msg)
             elif key in method.params:
                 error(f"p-{key}", msg)

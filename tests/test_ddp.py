@@ -143,3 +143,43 @@ def test_more_gpus_than_the_machine_has_fails_the_run_in_one_line(tmp_path):
     row = store.get(run_id)
     assert row["status"] == "failed"
     assert "asks for 2 GPUs" in row["error"] and "\n" not in row["error"]
+
+
+@given(pool=st.lists(st.sampled_from("01234567"), min_size=1, max_size=8, unique=True),
+       own_index=st.integers(0, 7), nproc=st.integers(1, 10))
+def test_a_multi_gpu_run_widens_its_workers_view_to_the_pools_gpus(pool, own_index, nproc):
+    """A LocalPool worker sees one GPU; a run over N GPUs it claims gets its own GPU first (rank 0 is
+    where the worker was), then the pool's next ones, never one twice, never one outside the pool."""
+    own = pool[own_index % len(pool)]
+    env = {"CUDA_VISIBLE_DEVICES": own, ddp.POOL_GPUS_ENV: ",".join(pool)}
+    got = ddp.gpus_for_run(nproc, env)
+    if nproc == 1:
+        assert got is None  # one GPU is what the worker already sees
+        return
+    ranks = got.split(",")
+    assert ranks[0] == own and len(set(ranks)) == len(ranks) and set(ranks) <= set(pool)
+    assert len(ranks) == min(nproc, len(pool))  # more than the pool has: all of them, and the ranks refuse
+    assert ranks[1:] == [g for g in pool if g != own][: nproc - 1]
+    assert ddp.gpus_for_run(nproc, {"CUDA_VISIBLE_DEVICES": own}) is None  # no pool list: left as it is
+
+
+def test_the_pool_tells_its_gpu_workers_every_gpu_it_has(tmp_path, monkeypatch):
+    from peft_tui.engine.launch import local
+
+    started = []
+
+    class FakePopen:
+        def __init__(self, cmd, env, **kw):
+            started.append((cmd, env))
+
+    monkeypatch.setattr(local.subprocess, "Popen", FakePopen)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")  # the machine's GPUs 4-6 are this process's cuda:0-2
+    monkeypatch.delenv(ddp.POOL_GPUS_ENV, raising=False)
+    pool = local.LocalPool(tmp_path / "s", devices=["cuda:0", "cuda:1", "cuda:2"])
+    for device in ("cuda:1", "cpu"):
+        pool._spawn(device)
+    (cmd, env), (_, cpu_env) = started
+    assert cmd[cmd.index("--device") + 1] == "cuda:1"
+    assert env["CUDA_VISIBLE_DEVICES"] == "5" and env[ddp.POOL_GPUS_ENV] == "4,5,6"
+    assert ddp.gpus_for_run(2, env) == "5,4" and ddp.gpus_for_run(3, env) == "5,4,6"
+    assert ddp.POOL_GPUS_ENV not in cpu_env  # a CPU worker's runs use gloo processes, no GPU list

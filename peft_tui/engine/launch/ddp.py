@@ -43,6 +43,7 @@ from peft_tui.engine.store import Store, death_reason
 from peft_tui.errors import ConfigError, first_line
 
 LOG_NAME = "torchrun.log"
+POOL_GPUS_ENV = "PEFT_TUI_POOL_GPUS"  # set by LocalPool for its workers: every GPU the pool trains on
 POLL_S = 0.5  # rank 0: heartbeat and cancel polling
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])  # the folder holding peft_tui/
@@ -64,6 +65,9 @@ def launch(store_root: str | Path, run_id: int, nproc: int, device: str) -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    gpus = gpus_for_run(nproc, env) if device.startswith("cuda") else None
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpus
     die = _parent_death_signal()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -73,6 +77,20 @@ def launch(store_root: str | Path, run_id: int, nproc: int, device: str) -> int:
     if rc != 0 and store.get(run_id)["status"] == "running":
         store.fail_run(run_id, _failure_reason(log_path, rc, nproc))
     return rc
+
+
+def gpus_for_run(nproc: int, env: dict[str, str]) -> str | None:
+    """CUDA_VISIBLE_DEVICES for the ranks of a run over `nproc` GPUs whose worker is pinned to fewer (a
+    LocalPool worker sees its own GPU only): the worker's GPU first, then the pool's others in order, so
+    rank r trains on the r-th. The others may be training another worker's run at the same time (they
+    share the GPU's memory). None: nothing to widen (enough GPUs visible, or no pool list); a run asking
+    for more GPUs than the pool has gets all of them, and its ranks say it needs --gpus N or fewer."""
+    own = [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    pool = [v.strip() for v in env.get(POOL_GPUS_ENV, "").split(",") if v.strip()]
+    if not pool or (own and len(own) >= nproc):
+        return None
+    order = own + [g for g in pool if g not in own]
+    return ",".join(order[:nproc])
 
 
 @contextlib.contextmanager

@@ -14,7 +14,8 @@ the caller alone (which cancels its own runs through the store), and `stop()` or
         watch(store, ids, sink)
         pool.release()                      # workers leave once their current run (maybe another's) ends
 
-A run with config.nproc > 1 is still claimed by one worker, which hands it to torchrun (worker.py).
+A run with config.nproc > 1 is still claimed by one worker, which hands it to torchrun (worker.py); its
+ranks see the worker's GPU and the pool's next ones (ddp.gpus_for_run).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+from peft_tui.engine.launch.ddp import POOL_GPUS_ENV
 from peft_tui.engine.launch.worker import LEAVE_SIGNAL, worker_id
 from peft_tui.engine.store import Store, death_reason
 
@@ -171,6 +173,8 @@ class LocalPool:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
         if device.startswith("cuda"):
             env["CUDA_VISIBLE_DEVICES"] = _physical_gpu(device)
+            # a run over several GPUs (--gpus N) widens its ranks' view to the pool's other GPUs (ddp.py)
+            env[POOL_GPUS_ENV] = ",".join(dict.fromkeys(_physical_gpu(d) for d in self.devices if d.startswith("cuda")))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             return subprocess.Popen(

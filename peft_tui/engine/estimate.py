@@ -354,9 +354,12 @@ def model_config(name: str, num_labels: int, trust_remote_code: bool = False):
     if name == "tiny":
         vocab = models.load_tokenizer("tiny").vocab_size
         return BertConfig(vocab_size=vocab, num_labels=num_labels, **models.TINY)  # type: ignore[call-arg]
+    from peft_tui.engine.hub import hub_kwargs
+
     src = str(models.minilm_path()) if name == "minilm" else str(Path(name).expanduser())
+    hub = {} if name == "minilm" or Path(src).exists() else hub_kwargs()
     try:
-        return AutoConfig.from_pretrained(src, num_labels=num_labels, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(src, num_labels=num_labels, trust_remote_code=trust_remote_code, **hub)
     except Exception as e:  # noqa: BLE001 - missing folder, hub offline, bad JSON
         from peft_tui.errors import first_line
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from peft_tui.engine.hub import hub_kwargs, unreachable_note
 from peft_tui.errors import ConfigError, first_line
 
 TINY: dict[str, Any] = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
@@ -68,8 +69,9 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
     _quiet_transformers()
     src = str(minilm_path()) if name in ("minilm", "tiny") else name
+    hub = {} if name in ("minilm", "tiny") or _is_path(name) else hub_kwargs()
     try:
-        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, **hub)
     except OSError as e:
         raise _hub_error(name, e) from None
     except ValueError as e:
@@ -96,6 +98,13 @@ def load_model(name: str, num_labels: int, seed: int, trust_remote_code: bool = 
     folder = _model_folder(name)
     model = _load_pretrained(name, folder, num_labels, trust_remote_code)
     return pooling_mod.install(model, pooling_mod.resolve(pooling, folder, model))
+
+
+def _is_path(name: str) -> bool:
+    try:
+        return Path(name).expanduser().exists()
+    except OSError:
+        return False
 
 
 def _model_folder(name: str) -> Path | None:
@@ -128,7 +137,7 @@ def _load_pretrained(name: str, folder: Path | None, num_labels: int, trust_remo
             ignore_mismatched_sizes=True,
             # fp32 master weights: transformers 5 defaults to dtype="auto", which would train a model saved
             # in bf16/fp16 (most hub LLMs) in that dtype; mixed precision comes from autocast instead
-            dtype=torch.float32,
+            dtype=torch.float32, **(hub_kwargs() if folder is None else {}),
         )
     except OSError as e:
         raise _hub_error(name, e) from None
@@ -168,8 +177,19 @@ def check_model_files(name: str, max_length: int | None = None, trust_remote_cod
             check(_skeleton(_tiny_config(2)))
     else:
         src = minilm_path() if name == "minilm" else _model_folder(name)
-        if src is None:
-            return None  # a hub id: checked when it is fetched
+        if src is None:  # a hub id: checked when it is fetched; unreachable hub and not cached: say so now
+            from peft_tui.engine.hub import reachable
+
+            if not reachable():
+                from transformers import AutoConfig
+
+                try:
+                    AutoConfig.from_pretrained(name, local_files_only=True, trust_remote_code=trust_remote_code)
+                except OSError as e:
+                    raise _hub_error(name, e) from None
+                except ValueError as e:
+                    raise _remote_code_error(name, e) or _hub_error(name, e) from None
+            return None
         from transformers import AutoConfig
 
         _quiet_transformers()
@@ -248,7 +268,7 @@ def _hub_error(name: str, e: Exception) -> ConfigError:
         return ConfigError(f"model folder {name!r} could not be read ({text.splitlines()[0][:160]})")
     return ConfigError(
         f"model {name!r} is not a local folder and could not be fetched from the hub "
-        "(offline or unknown id): download it where the hub is reachable and pass its folder"
+        f"({unreachable_note()}): download it where the hub is reachable and pass its folder"
     )
 
 

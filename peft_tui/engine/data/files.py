@@ -302,6 +302,10 @@ def label_values(values: list, rows: list[int], col: str, source: str) -> list:
         if isinstance(v, str) and len(v) > MAX_LABEL_CHARS:
             raise ConfigError(f"label at row {r + 1} of {name} is {len(v)} characters long: class labels are names "
                               f"of at most {MAX_LABEL_CHARS}; is {col!r} the label column?")
+    for v, r in zip(values, rows):  # CSV gives strings: "nan" is a missing number, "inf" no class
+        if isinstance(v, str) and _is_number(v) and not math.isfinite(float(v)):
+            raise ConfigError(f"label {v.strip()!r} at row {r + 1} of {name} is not a class (a missing or "
+                              "infinite number): fill or drop it; labels must be integers or strings")
     kinds = {"num" if isinstance(v, (int, float)) and not isinstance(v, bool) else "str" for v in values}
     if kinds == {"str"}:  # CSV readers give strings when a column mixes "1" and "x"
         numeric = [_is_number(v) for v in values]

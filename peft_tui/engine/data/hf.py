@@ -56,11 +56,16 @@ def load_hf(source: str):
         hub_logging.set_verbosity_error()
     if source.startswith("hf:"):
         name, config, split = parse_hf_spec(source)
+        from peft_tui.engine.hub import reachable, unreachable_note
+
+        if not reachable():  # the hub client would retry for minutes; the datasets cache needs no network
+            datasets.config.HF_HUB_OFFLINE = True
         try:
             return datasets.load_dataset(name, config, split=split)
         except Exception as e:  # noqa: BLE001 - offline, unknown id, bad config/split: one line
+            why = first_line(e, 200) if reachable() else unreachable_note()
             raise ConfigError(
-                f"dataset {source!r} could not be loaded from the hub ({first_line(e, 200)}); offline? "
+                f"dataset {source!r} could not be loaded from the hub ({why}); "
                 "save it with save_to_disk where the hub is reachable and pass the folder"
             ) from None
     try:

@@ -91,6 +91,11 @@ def test_two_gloo_processes_train_like_one_and_record_once(tmp_path):
     # weights written once, by rank 0: the same files as the 1-process run, no checkpoint left behind
     assert files_of(store.run_dir(two)) - {ddp.LOG_NAME} == files_of(store.run_dir(one))
     assert rows[two]["startup_s"] is not None and rows[two]["startup_s"] > 0
+    # every rank's own peak (its process's RSS), the run's figure the largest of them
+    peaks = r2["extra"]["rank_peak_mb"]
+    assert len(peaks) == 2 and all(50 < p < 8000 for p in peaks)
+    assert r2["peak_memory_mb"] == pytest.approx(max(peaks), abs=0.1)
+    assert r2["memory_kind"] == "peak RSS, the largest of 2 ranks" and "rank_peak_mb" not in r1["extra"]
 
 
 def worker(root) -> subprocess.Popen:

@@ -4,6 +4,16 @@ and releasing what a run held once it ends."""
 from __future__ import annotations
 
 import os
+import sys
+
+
+def process_peak_mb() -> float:
+    """This process's peak RSS since it started (exact, unlike sampling): a run's own figure when the
+    process is the run's alone (a worker's run, a data-parallel rank)."""
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform.startswith("linux") else kb / 2**20  # macOS reports bytes
 
 
 class MemoryMonitor:

@@ -89,6 +89,14 @@ class Dist:
         td.all_reduce(t)
         return t.tolist()
 
+    def gather(self, value: float) -> list[float]:
+        """`value` of every rank, in rank order (one process: [value])."""
+        if self.world_size == 1:
+            return [value]
+        slots = [0.0] * self.world_size
+        slots[self.rank] = value
+        return self.all_reduce(slots)
+
     def any(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on one."""
         return flag if self.world_size == 1 else self.all_reduce([float(flag)])[0] > 0
@@ -115,7 +123,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
 
     from peft_tui.engine import checkpoint, models
     from peft_tui.engine.data import load_splits
-    from peft_tui.engine.memory import MemoryMonitor
+    from peft_tui.engine.memory import MemoryMonitor, process_peak_mb
     from peft_tui.engine.methods import get_method
     from peft_tui.engine.pooling import pooling_of
     from peft_tui.engine.weights import count_parameters, removed_on_failure
@@ -236,6 +244,12 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
         val = evaluate_shared(val_ids, data.val.labels)
     test = run_eval("test", test_ids, data.test.labels)
     mem = memory.sample()
+    peak_mb, memory_kind = mem["peak_mb"], memory.label
+    if dist.world_size > 1:  # each rank's own peak (CPU: its process's exact RSS); the run reports the largest
+        ranks = dist.gather(mem["peak_mb"] if device.startswith("cuda") else process_peak_mb())
+        peak_mb = max(ranks)
+        memory_kind = f"{'CUDA max allocated' if device.startswith('cuda') else 'peak RSS'}, the largest of {len(ranks)} ranks"
+        extra["rank_peak_mb"] = [round(x, 1) for x in ranks]
     if dist.is_main:
         with removed_on_failure(out_dir):  # a full disk leaves no half-saved weights (the checkpoint stays)
             method.save(model, out_dir, params)
@@ -250,7 +264,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
         trainable_params=trainable, total_params=total, trainable_pct=100.0 * trainable / total,
         train_time_s=clock.total, wall_time_s=time.perf_counter() - t0,
         samples_per_s=state.samples / train_time, tokens_per_s=state.tokens / train_time,
-        peak_memory_mb=mem["peak_mb"], memory_kind=memory.label, peak_reserved_mb=mem["reserved_mb"],
+        peak_memory_mb=peak_mb, memory_kind=memory_kind, peak_reserved_mb=mem["reserved_mb"],
         steps=state.step, epochs_done=state.step / steps_per_epoch, stopped_early=stopped_early,
         device=device, precision=precision, lr=config.learning_rate, seed=config.seed, pooling=pooling_of(model),
         label_names=data.label_names,

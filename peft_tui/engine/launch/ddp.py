@@ -227,8 +227,8 @@ def rank_main(argv: list[str] | None = None) -> int:
         if store.heartbeat(args.run_id, os.getpid(), startup_s=startup_s):
             cancel.set()
         threading.Thread(target=_keep_alive, args=(store, args.run_id, cancel, done), daemon=True).start()
-        # the result gets the start-up and, on CPU, rank 0's peak RSS (exact: the process is the run's alone)
-        sink = ProcessFigures(fan_out(store, JsonlSink(store.events_path(args.run_id))), startup_s, device == "cpu")
+        # the result gets the start-up; its peak memory is the largest rank's, gathered by the trainer
+        sink = ProcessFigures(fan_out(store, JsonlSink(store.events_path(args.run_id))), startup_s, cpu=False)
     try:
         failure = train_rank(store, args.run_id, dataclasses.replace(config, device=device), bool(row["resume"]),
                              Dist(rank, world), sink, cancel, store.cache_dir)

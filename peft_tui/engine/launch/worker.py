@@ -214,10 +214,9 @@ def with_extra(result: RunResult | dict[str, Any], **figures: Any) -> RunResult 
 
 def with_process_peak(result: RunResult | dict[str, Any]) -> RunResult | dict[str, Any]:
     """`result` with peak_memory_mb = this process's peak RSS (left None where a method measures none)."""
-    import resource
+    from peft_tui.engine.memory import process_peak_mb
 
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    peak_mb = kb / 1024 if sys.platform.startswith("linux") else kb / 2**20  # macOS reports bytes
+    peak_mb = process_peak_mb()
     kind = "peak RSS of the run's own process"
     if isinstance(result, RunResult):
         if result.peak_memory_mb is None:

@@ -71,7 +71,7 @@ def test_memory_parts_add_up(tiny_mc):
 
 def test_frozen_layers_keep_no_activations(tiny_mc):
     head = est(tiny_mc, method="head")
-    assert head.parts["activations"] * E.MB <= E.RETENTION_CPU * E.eval_bytes(
+    assert head.parts["activations"] * E.MB <= E.RETENTION_CPU_FROZEN * E.eval_bytes(
         E.model_shape(cfg(method="head"), tiny_mc), 64, head.width, "fp32")  # evaluation is its only peak
     shape = E.model_shape(cfg(method="adapters"), tiny_mc)
     assert shape.keep == ["upper", "all"]  # the first adapter sits after layer 0's attention
@@ -177,7 +177,7 @@ def test_other_architectures_counts_and_activations(arch, method):
 
 
 def test_eta_switches_to_the_measured_rate_after_20_steps(tiny_mc):
-    e = est(tiny_mc)
+    e = est(tiny_mc, head_init="random")
     early = E.eta(e, 19, 100.0, 119)
     assert early.source == "estimate" and math.isclose(early.remaining_s, 100 * e.step_s)
     assert early.low_s < early.remaining_s < early.high_s
@@ -266,3 +266,16 @@ def test_the_probe_fit_pass_is_counted_in_the_time(tiny_mc, method, params):
     s = E.model_shape(cfg(method=method, params=params), tiny_mc)
     for w in (16, 64):
         assert 0.0 < E.forward_seconds(s, 8, w, CAL, "cpu", "fp32") < E.step_seconds(s, 8, w, CAL, "cpu", "fp32")
+
+
+def test_the_eta_counts_the_probe_fit_once(tiny_mc):
+    """Before step 1 the ETA holds the LP-FT probe fit still to come; once the run's own rate takes over,
+    the fit is not counted as the cost of its first steps."""
+    e = est(tiny_mc)
+    assert e.probe_s > 0
+    assert E.eta(e, 0, 0.0, 120).remaining_s == pytest.approx(120 * e.step_s + e.probe_s)
+    assert E.eta(e, 5, 10.0, 120).remaining_s == pytest.approx(115 * e.step_s)
+    late = E.eta(e, 20, e.probe_s + 100.0, 120)  # 5 s a step, after the fit
+    assert late.source == "measured" and late.remaining_s == pytest.approx(500.0)
+    # a fit that took longer than estimated can at most take half the elapsed time out
+    assert E.eta(e, 20, 1.5 * e.probe_s, 120).remaining_s == pytest.approx(100 * 0.75 * e.probe_s / 20)

@@ -63,6 +63,10 @@ TIME_RANGE = (0.7, 1.4)  # slower is likelier than faster: other work on the mac
 MEASURED_RANGE = (0.9, 1.1)  # ETA range once the run's own rate is known
 CALIBRATION_VERSION = 3
 RETENTION_CPU = 1.35  # peak RSS / live bytes of the training step (glibc keeps freed blocks), measured
+# the same with the base model frozen (LoRA, adapters, BitFit, ...): measured on MiniLM, batch 32, width 128,
+# 1 thread (benchmarks/estimate_accuracy.py): LoRA 1.84, adapters 1.71, BitFit 1.65, full fine-tuning 1.27;
+# smaller frozen-model steps free and re-allocate many mid-size blocks that the allocator keeps
+RETENTION_CPU_FROZEN = 1.65
 BYTES_PER_TOKEN_ID = 80  # a token id in a Python list (pointer + int object), and the tokenizer's transient copy
 BYTES_PER_TEXT_TOKEN = 6  # the text itself
 BYTES_PER_VOCAB_ENTRY = 500  # a loaded fast tokenizer
@@ -565,7 +569,8 @@ def memory_parts(s: Shape, b: int, w: int, device: str, precision: str, fixed_mb
     # the training step's peak: kept activations + the largest temporary + grads (grads are set to None
     # after each step, so evaluation has none); on CPU the allocator keeps freed blocks of steps of other
     # widths around, which RETENTION_CPU accounts for
-    retention = 1.0 if device.startswith("cuda") else RETENTION_CPU
+    frozen = s.trainable < 0.5 * s.total
+    retention = 1.0 if device.startswith("cuda") else RETENTION_CPU_FROZEN if frozen else RETENTION_CPU
     act_peak = max(0.0, retention * max(act + temp + grads, evaluation) - grads)
     return {"weights": weights / MB, "grads": grads / MB, "optimizer": optimizer / MB,
             "activations": act_peak / MB, "overhead": fixed_mb}
@@ -830,13 +835,14 @@ def refusal(config: RunConfig, row: dict[str, Any]) -> str:
 # during and after the run
 # ------------------------------------------------------------------------------------------------
 def eta(est: Estimate, steps_done: int, elapsed_s: float, total_steps: int) -> Eta:
-    """Time left. Before ETA_SWITCH_STEPS steps: the estimate's time per step (and its range); from
-    then on: the run's own mean rate so far."""
+    """Time left. Before ETA_SWITCH_STEPS steps: the estimate's time per step (and its range), plus the
+    LP-FT probe fit while no step is done; from then on: the run's own mean rate so far, with the
+    estimated probe fit taken out of `elapsed_s` (it ran once, before step 1: not a step's cost)."""
     left = max(0, total_steps - steps_done)
     if steps_done >= ETA_SWITCH_STEPS and elapsed_s > 0:
-        rate = elapsed_s / steps_done
+        rate = (elapsed_s - min(est.probe_s, 0.5 * elapsed_s)) / steps_done
         return Eta(left * rate, left * rate * MEASURED_RANGE[0], left * rate * MEASURED_RANGE[1], "measured")
-    t = left * est.step_s
+    t = left * est.step_s + (est.probe_s if steps_done == 0 else 0.0)
     return Eta(t, t * TIME_RANGE[0], t * TIME_RANGE[1], "estimate")
 
 

@@ -62,6 +62,9 @@ MEMORY_RANGE = (0.85, 1.15)  # low/high around the peak, from benchmarks/estimat
 TIME_RANGE = (0.7, 1.4)  # slower is likelier than faster: other work on the machine only slows a run
 MEASURED_RANGE = (0.9, 1.1)  # ETA range once the run's own rate is known
 CALIBRATION_VERSION = 3
+# the L-BFGS fits of the LP-FT probe over its 13 weight decays: 0.2-0.5 s on MiniLM features (1,680-2,000
+# rows, 1 thread), and about 2 s more the first time a process runs them
+PROBE_FIT_S = 1.5
 RETENTION_CPU = 1.35  # peak RSS / live bytes of the training step (glibc keeps freed blocks), measured
 # the same with the base model frozen (LoRA, adapters, BitFit, ...): measured on MiniLM, batch 32, width 128,
 # 1 thread (benchmarks/estimate_accuracy.py): LoRA 1.84, adapters 1.71, BitFit 1.65, full fine-tuning 1.27;
@@ -643,7 +646,7 @@ def probe_fit_seconds(config: RunConfig, s: Shape, lengths: Sequence[int], cal: 
                       precision: str) -> float:
     """`head_init=probe`: the trainer encodes the training rows and the validation rows once before the first
     step (probe.fit_head; shortest first, in batches of `batch_size`); the validation rows are counted as
-    the split's share of the training rows. The L-BFGS fit on the features is small beside it."""
+    the split's share of the training rows. Then the L-BFGS fits over the weight-decay grid (PROBE_FIT_S)."""
     from peft_tui.engine.methods import get_method
 
     method = get_method(config.method)
@@ -655,7 +658,7 @@ def probe_fit_seconds(config: RunConfig, s: Shape, lengths: Sequence[int], cal: 
                 for i in range(0, len(cut), b))
     d = config.data
     val_share = d.val_fraction / max(1e-9, 1.0 - d.val_fraction - d.test_fraction)
-    return train * (1.0 + val_share)
+    return train * (1.0 + val_share) + PROBE_FIT_S
 
 
 # ------------------------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ class Prefix(_PromptLearning):
 class Prompt(_PromptLearning):
     name = "prompt"
     summary = "prompt tuning: learned input embeddings prepended to the text, via peft"
-    default_lr = 3e-2
+    default_lr = 1e-2  # IMDB with the LP-FT head: 3e-2 65.1%, 1e-2 70.0%, 3e-3 68.9% (README evidence)
     params = {
         "num_virtual_tokens": Param("num_virtual_tokens", int, 20, "number of prompt embeddings", positive),
     }

@@ -48,7 +48,7 @@ CASES = {
     # r=2 on query and value in 2 layers: 4 * (2*64 + 64*2)
     "peft-json": ("peft-json", {"config": LORA_JSON}, 4 * 2 * 2 * 64 + 130, lambda n: "lora_" in n),
 }
-DEFAULT_LR = {"bitfit": 1e-3, "ia3": 3e-3, "prefix": 1e-2, "prompt": 1e-2, "peft-json": 1e-3, "adapters": 1e-3}
+DEFAULT_LR = {"bitfit": 1e-3, "ia3": 3e-3, "prefix": 1e-2, "prompt": 1e-2, "peft-json": 1e-3, "adapters": 2e-3}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -96,7 +96,9 @@ def target_names(model, variant: str) -> list[str]:
 class Adapters(Method):
     name = "adapters"
     summary = "bottleneck adapters after attention/FFN outputs (houlsby) or FFN only (pfeiffer)"
-    default_lr = 1e-3  # 2e-3 pulled the LP-FT head off on IMDB (66.6%); 1e-3 and 5e-4: 71.1% (README evidence)
+    # 1e-3 scores 71.1% on IMDB's 100 reviews (2e-3: 66.6%, the LP-FT head drifts in 12 steps) but 98.6 / 98.9%
+    # on the synthetic set (2e-3: 100%), below the default comparison's 99% target: 2e-3 stays (README evidence)
+    default_lr = 2e-3
     params = {
         "variant": Param("variant", str, "houlsby", "placement", choices=("houlsby", "pfeiffer")),
         "size": Param("size", int, 0, "bottleneck size b (0: hidden // reduction_factor)", _positive_or_zero),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -70,7 +72,10 @@ def test_compare_table_csv_and_json(tmp_path):
     for row in doc["table"]:
         assert row["efficiency"] == pytest.approx(100 * row["accuracy"] / (row["trainable_params"] / 1e6))
     lines = csv_path.read_text().splitlines()
-    assert lines[0].startswith("id,name,method,accuracy,f1") and len(lines) == 5
+    assert lines[0].startswith("id,name,method,pooling,accuracy,f1") and len(lines) == 5
+    # the pooling each run really used: the tiny BERT's own ([CLS] through its pooler); none for TF-IDF
+    pooling = {r["method"]: r["pooling"] for r in csv.DictReader(io.StringIO(csv_path.read_text()))}
+    assert pooling == {"full": "cls", "lora": "cls", "adapters": "cls", "tfidf": ""}
     assert len(Store(store).list(status="done")) == 4
     # the human table too
     res = invoke("compare", "--methods", "lora", *TINY, "--store", str(store), "--no-baseline")

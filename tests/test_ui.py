@@ -112,7 +112,7 @@ async def test_compare_preset_fills_results_and_exports(tmp_path):
         await pilot.pause()
         csv = (tmp_path / "store" / "results.csv").read_text().splitlines()
         md = (tmp_path / "store" / "results.md").read_text()
-        assert len(csv) == 5 and csv[0].startswith("id,name,method,accuracy")
+        assert len(csv) == 5 and csv[0].startswith("id,name,method,pooling,accuracy")
         assert "| lora |" in md.replace("  ", " ")
         assert "results.csv" in str(app.main.query_one("#lastlog").render())
 

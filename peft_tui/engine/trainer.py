@@ -246,9 +246,9 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     mem = memory.sample()
     peak_mb, memory_kind = mem["peak_mb"], memory.label
     if dist.world_size > 1:  # each rank's own peak (CPU: its process's exact RSS); the run reports the largest
-        ranks = dist.gather(mem["peak_mb"] if device.startswith("cuda") else process_peak_mb())
+        ranks = dist.gather(mem["peak_mb"] if memory.is_cuda else process_peak_mb())
         peak_mb = max(ranks)
-        memory_kind = f"{'CUDA max allocated' if device.startswith('cuda') else 'peak RSS'}, the largest of {len(ranks)} ranks"
+        memory_kind = f"{memory.label if memory.is_cuda else 'peak RSS'}, the largest of {len(ranks)} ranks"
         extra["rank_peak_mb"] = [round(x, 1) for x in ranks]
     if dist.is_main:
         with removed_on_failure(out_dir):  # a full disk leaves no half-saved weights (the checkpoint stays)

@@ -429,15 +429,14 @@ def library_versions() -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------
 # before and around a run
 # ------------------------------------------------------------------------------------------------
-def preflight(config: RunConfig) -> DataSplits:
-    """Check a config before it is queued: values, device, precision, data and model location.
-    Raises ConfigError (one line). Returns the loaded DataSplits: hand them on to `execute(data=...)`
-    and the summary, so that the data is loaded once."""
+def preflight(config: RunConfig, load_data: bool = True) -> DataSplits | None:
+    """Check a validated config before it is queued (engine/submit.py): device, precision, data and
+    model location. Raises ConfigError (one line). Returns the loaded DataSplits (for the summary and the
+    estimate), None without `load_data`."""
     from peft_tui.engine import models
     from peft_tui.engine.data import load_splits
     from peft_tui.engine.methods import get_method
 
-    config.validate()
     method = get_method(config.method)
     if not method.is_baseline:  # a baseline uses neither the base model nor the device
         device = resolve_device(config.device)
@@ -446,7 +445,7 @@ def preflight(config: RunConfig) -> DataSplits:
         params = method.resolve(config.params)
         models.check_model_files(config.model, config.max_length, config.trust_remote_code,
                                  check=lambda skeleton: method.check_model(skeleton, params))
-    return load_splits(config.data, config.seed)
+    return load_splits(config.data, config.seed) if load_data else None
 
 
 def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading.Event | None = None,

@@ -58,7 +58,7 @@ from peft_tui.engine.events import (
     event_to_dict,
     fan_out,
 )
-from peft_tui.engine.launch.worker import with_extra, with_process_peak
+from peft_tui.engine.launch.process import with_extra, with_process_peak
 from peft_tui.engine.store import Claim, Store
 from peft_tui.errors import ConfigError, OneLineError, StoreError, first_line
 

@@ -254,13 +254,14 @@ def sweep(
     accuracy against trainable parameters.
 
     Example: peft-tui sweep --method lora --grid r=1,2,4,8,16 --grid lr=1e-3,2e-3"""
+    from peft_tui.engine.methods import validate
     from peft_tui.engine.submit import prepare
     from peft_tui.engine.sweep import grid_configs
     from peft_tui.report.pareto import pareto_front
     from peft_tui.report.table import rows_from_runs
 
     base = run_config(ctx, sets)
-    base.validate()
+    validate(base)
     configs = grid_configs(base, grid)
     splits = prepare(configs)
     no_detached_ray(detach, ray)

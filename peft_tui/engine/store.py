@@ -48,6 +48,7 @@ from peft_tui.engine.events import (
     StepLogged,
     read_events,
 )
+from peft_tui.engine.methods import validate
 from peft_tui.errors import ConfigError, StoreError, first_line
 
 __all__ = ["Claim", "Store", "StoreError", "serves", "death_reason", "FINAL", "ACTIVE"]
@@ -530,7 +531,7 @@ class Store:
                 f"run {run_id} has no checkpoint (it stopped before its first epoch ended): "
                 "start it again instead (retry in the dashboard, or `peft-tui run`)"
             )
-        RunConfig.from_dict(row["config"]).validate()
+        validate(RunConfig.from_dict(row["config"]))
         self.reopen(run_id, int(checkpoint.read_meta(path)["step"]))
 
     def reopen(self, run_id: int, after_step: int) -> None:
@@ -560,7 +561,7 @@ class Store:
         if row["damaged"]:
             raise ConfigError(f"run {run_id} cannot be retried: {row['damaged']}")
         config = RunConfig.from_dict(row["config"])
-        config.validate()  # a stored config is untrusted: it is checked again before it is queued
+        validate(config)  # a stored config is untrusted: it is checked again before it is queued
         return self.create_run(config, estimate=row["estimate"], study=row.get("study"), trial=row.get("trial"))
 
     def remove(self, run_id: int) -> bool:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from peft_tui.config import RunConfig
+from peft_tui.engine.methods import validate
 from peft_tui.engine.store import Store, serves
 from peft_tui.errors import ConfigError, OneLineError, first_line
 
@@ -50,7 +51,7 @@ def prepare(configs: Sequence[RunConfig], load_data: bool = True) -> DataSplits:
     from peft_tui.engine.trainer import preflight
 
     for cfg in configs:
-        cfg.validate()
+        validate(cfg)
     seen: set[tuple] = set()
     for cfg in configs[1:]:
         key = (cfg.model, cfg.device, cfg.precision, cfg.trust_remote_code, cfg.method, cfg.max_length)
@@ -76,7 +77,7 @@ def check(store: Store, configs: Sequence[RunConfig], *, force: bool = False, da
         data = prepare(configs, load_data=inputs is None) or None
     elif data is None:
         for cfg in configs:
-            cfg.validate()
+            validate(cfg)
     devices = default_devices() if devices is None else devices
     for cfg in configs:
         if devices and not any(serves(cfg.device, d) for d in devices):

@@ -124,7 +124,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     from peft_tui.engine import checkpoint, models
     from peft_tui.engine.data import load_splits
     from peft_tui.engine.memory import MemoryMonitor, process_peak_mb
-    from peft_tui.engine.methods import get_method
+    from peft_tui.engine.methods import get_method, learning_rate
     from peft_tui.engine.pooling import pooling_of
     from peft_tui.engine.weights import count_parameters, removed_on_failure
 
@@ -266,7 +266,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
         samples_per_s=state.samples / train_time, tokens_per_s=state.tokens / train_time,
         peak_memory_mb=peak_mb, memory_kind=memory_kind, peak_reserved_mb=mem["reserved_mb"],
         steps=state.step, epochs_done=state.step / steps_per_epoch, stopped_early=stopped_early,
-        device=device, precision=precision, lr=config.learning_rate, seed=config.seed, pooling=pooling_of(model),
+        device=device, precision=precision, lr=learning_rate(config), seed=config.seed, pooling=pooling_of(model),
         label_names=data.label_names,
         sizes={"train": len(train_ids), "val": len(val_ids), "test": len(test_ids)},
         efficiency=efficiency(test.accuracy, trainable),
@@ -330,6 +330,8 @@ def build_optimizer(model, config: RunConfig, total_steps: int):
     """AdamW (no weight decay on biases and norms) and its schedule: linear warmup, then linear decay to 0."""
     import torch
 
+    from peft_tui.engine.methods import learning_rate
+
     warmup = int(total_steps * config.warmup_ratio)
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
@@ -338,7 +340,7 @@ def build_optimizer(model, config: RunConfig, total_steps: int):
             (no_decay if p.ndim < 2 or "LayerNorm" in n or "layernorm" in n else decay).append(p)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.learning_rate,
+        lr=learning_rate(config),
         # fused AdamW (one kernel over all parameters; runs are on cpu or cuda): on this 2-core CPU a MiniLM
         # full fine-tune's optimizer step took 18 ms fused against 87 ms foreach (benchmarks, README Performance)
         fused=True,
@@ -458,13 +460,13 @@ def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading
     process's rank in a data-parallel run (a method with its own procedure runs on rank 0 alone)."""
     from peft_tui.engine import checkpoint
     from peft_tui.engine.memory import release_memory
-    from peft_tui.engine.methods import get_method
+    from peft_tui.engine.methods import get_method, validate
     from peft_tui.engine.weights import disk_full_at
 
     cancel = cancel or threading.Event()
     result = None
     try:
-        config.validate()
+        validate(config)
         out_dir = store.run_dir(run_id)
         method = get_method(config.method)
         if method.run is not None:  # the method's own procedure: a baseline, the head probe

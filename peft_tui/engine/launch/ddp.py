@@ -8,7 +8,7 @@
         -m peft_tui.engine.launch.ddp --store S --run-id R --device D
 
 Every rank runs the same `trainer.execute` with a `Dist` (its rank, the world size): gloo on CPU, NCCL on
-GPU (rank r on cuda:LOCAL_RANK). How the work is shared is `trainer.Dist`'s: each length-grouped batch
+GPU (rank r on cuda:LOCAL_RANK). How the work is shared is `dist.Dist`'s: each length-grouped batch
 of `batch_size` examples is dealt across the ranks, so the global batch, the steps and the learning-rate
 schedule are the 1-process run's. Rank 0 alone writes (events to the store and events.jsonl,
 checkpoints, weights), sends the heartbeat and polls the store's cancel flag; the other ranks get a null
@@ -189,7 +189,7 @@ def rank_main(argv: list[str] | None = None) -> int:
     import torch
     import torch.distributed as td
 
-    from peft_tui.engine.trainer import Dist
+    from peft_tui.engine.dist import Dist
 
     store = Store(args.store)
     row = store.get(args.run_id)

@@ -175,7 +175,7 @@ def run_on_node(run_id: int, config_dict: dict[str, Any], resume: bool, files: d
     sink = RelaySink(relay, run_id, folder, own_process=config.device == "cpu" and dist is None)
     try:
         if dist is None:
-            from peft_tui.engine.trainer import Dist
+            from peft_tui.engine.dist import Dist
 
             dist = Dist()
         return train_rank(RunFolder(folder), run_id, config, resume, dist, sink, cancel, NODE_CACHE)
@@ -231,7 +231,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from peft_tui.engine.trainer import Dist
+    from peft_tui.engine.dist import Dist
 
     ctx = ray.train.get_context()
     dist = Dist(ctx.get_world_rank(), ctx.get_world_size())

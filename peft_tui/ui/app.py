@@ -121,6 +121,8 @@ class PeftLab(App):
         if rows:
             self.post_message(StoreUpdate(rows, {}))
 
+    # ------------------------------------------------------------------ background reads
+    @work(thread=True, group="device", exit_on_error=False)
     def _describe_device(self) -> None:
         from peft_tui.engine.memory import device_description
 

@@ -1,6 +1,6 @@
 """One training run: config in, events out, a RunResult back.
 
-    execute(store, run_id, config, sink, cancel=None, resume=False, *, cache_dir=None, data=None)
+    execute(store, run_id, config, sink, cancel=None, resume=False, *, cache_dir=None, dist=Dist())
         -> RunResult, or None when the run failed or was cancelled
 
 `train()` is the loop, top to bottom: resolve device and precision, load the data and the model, tokenise
@@ -393,12 +393,11 @@ def preflight(config: RunConfig, load_data: bool = True) -> DataSplits | None:
 
 
 def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading.Event | None = None,
-            resume: bool = False, *, cache_dir: Path | None = None,
-            data: DataSplits | None = None, dist: Dist = Dist()) -> RunResult | None:
+            resume: bool = False, *, cache_dir: Path | None = None, dist: Dist = Dist()) -> RunResult | None:
     """Run one stored run to its end. Returns the result, or None when it failed or was cancelled.
     Never raises for a problem inside the run: it becomes a RunFailed / RunCancelled event.
     With `resume`, continue from the run's checkpoint (see `checkpoint.prepare_resume`). `cache_dir`: the
-    tokenisation cache (default: the store's). `data`: splits the caller has loaded already. `dist`: this
+    tokenisation cache (default: the store's). `dist`: this
     process's rank in a data-parallel run (a method with its own procedure runs on rank 0 alone)."""
     from peft_tui.engine import checkpoint
     from peft_tui.engine.memory import release_memory
@@ -416,13 +415,13 @@ def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading
                 raise ConfigError(f"run {run_id} ({config.method}) keeps no checkpoint to resume from: retry it")
             if not dist.is_main:
                 return None
-            result = method.run(config, run_id, sink, cancel, out_dir, data)
+            result = method.run(config, run_id, sink, cancel, out_dir, None)
         else:
             resume_from = checkpoint.find(out_dir) if resume else None
             if resume and resume_from is None:
                 raise ConfigError(f"run {run_id} has no checkpoint to resume from: start it again instead")
             result = train(config, run_id, sink, cancel, out_dir, resume_from=resume_from,
-                           cache_dir=store.cache_dir if cache_dir is None else cache_dir, data=data, dist=dist)
+                           cache_dir=store.cache_dir if cache_dir is None else cache_dir, dist=dist)
         sink(RunFinished(run_id, result))
     except Cancelled as e:
         result = None

@@ -29,7 +29,7 @@ def test_run_names_that_could_escape_are_rejected(name):
 @pytest.mark.parametrize("name", BAD_NAMES + ["ok-name", "x" * 300])
 def test_folder_names_are_sanitised_inside_the_store(store, name):
     """Even an unvalidated name (the baseline row is stored without validation) stays inside runs/."""
-    rid = store.create_run(RunConfig(name=name or None), validate=False)
+    rid = store.create_run(RunConfig(name=name or None))
     folder = store.run_dir(rid)
     assert folder.parent == (store.root / "runs").resolve()
     assert folder.name.startswith(f"{rid:04d}-") and "/" not in folder.name and ".." not in folder.name

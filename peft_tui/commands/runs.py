@@ -9,7 +9,7 @@ import typer
 
 from peft_tui.commands.common import handles_errors, open_store, print_json, run_json
 from peft_tui.commands.options import JsonOpt, StoreOpt
-from peft_tui.errors import ConfigError, first_line
+from peft_tui.errors import ConfigError, OneLineError, StoreError, first_line
 
 # every status a run can have (the store's schema lists them too)
 STATUSES = ("queued", "running", "done", "failed", "diverged", "cancelled", "interrupted")
@@ -76,13 +76,13 @@ def show(
         doc["metrics"] = {
             name: len(st.series(run_id, name)) for name in ("train_loss", "val_accuracy", "mem_used_mb")
         }
-    except ConfigError as e:  # the store's one line: its metric pages cannot be read
+    except StoreError as e:  # the store's one line: its metric pages cannot be read
         doc["metrics"] = None
         problems.append(f"its metrics: {e}")
     try:
         folder = st.run_dir(run_id)
         doc["files"] = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    except (ConfigError, OSError) as e:
+    except (OneLineError, OSError) as e:
         doc["files"] = None
         problems.append(f"its files: {first_line(e)}")
     doc["problems"] = problems

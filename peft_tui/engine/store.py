@@ -48,7 +48,9 @@ from peft_tui.engine.events import (
     StepLogged,
     read_events,
 )
-from peft_tui.errors import ConfigError, first_line
+from peft_tui.errors import ConfigError, StoreError, first_line
+
+__all__ = ["Claim", "Store", "StoreError", "serves", "death_reason", "FINAL", "ACTIVE"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -85,8 +87,8 @@ CREATE TABLE IF NOT EXISTS metrics (
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id, name, step);
 """
 
-# Columns added since the first schema (the queue's, the estimate's), added to older databases when they
-# open (ALTER TABLE ADD COLUMN), so a store made by any earlier version still opens.
+# Columns added since the first schema, added to older databases when they open (ALTER TABLE ADD COLUMN),
+# so a store made by any earlier version still opens. Each schema version adds the columns listed under it.
 QUEUE_COLUMNS = {
     "queued_at": "REAL",  # NULL: left queued by an older version; never claimed (see `stuck`)
     "resume": "INTEGER DEFAULT 0",  # 1: the claim continues from the run's checkpoint
@@ -99,17 +101,22 @@ QUEUE_COLUMNS = {
     "estimate": "TEXT",  # JSON engine.estimate.Estimate, written by whoever queued the run (see `set_estimate`)
     "grade": "TEXT",  # JSON engine.estimate.grade: that estimate against what the finished run measured
 }
+STUDY_COLUMNS = {
+    "study": "TEXT",  # the tuning study this run is a trial of (engine/tune.py), else NULL
+    "trial": "INTEGER",  # its trial number in that study
+}
+# PRAGMA user_version -> the columns that version added. A database at an older version is brought up to
+# SCHEMA_VERSION in one BEGIN IMMEDIATE transaction (`_create_or_migrate`): any number of processes may
+# open a brand-new or old store at once; exactly one of them migrates, the others find it done.
+MIGRATIONS: dict[int, dict[str, str]] = {1: QUEUE_COLUMNS, 2: STUDY_COLUMNS}
+SCHEMA_VERSION = max(MIGRATIONS)
 
 ACTIVE = ("queued", "running")
-FINAL = ("done", "failed", "diverged", "cancelled", "interrupted")
+FINAL = ("done", "failed", "diverged", "cancelled", "interrupted", "pruned")  # pruned: a study stopped it
 REAPED = "its process (pid {pid}) ended without recording a result"  # what `reap` knows of a death
 STALE_AFTER_S = 300.0  # a worker on another host that sent no heartbeat for this long is dead
 QUIET_S = 600.0  # a queued run is stuck when nothing trained or was submitted on the store for this long
 SQLITE_MAX_INT = 2**63 - 1
-
-
-class StoreError(ConfigError):
-    """The store cannot be read or written: one line saying where and why, and what to do."""
 
 
 @dataclass(frozen=True)
@@ -193,14 +200,13 @@ class Store:
             )
         try:
             if self.readonly_reason is None:
-                self._conn().executescript(SCHEMA)
-                self._migrate()
+                self._create_or_migrate()
                 self.reap()
             else:
                 self._conn().execute("SELECT count(*) FROM runs").fetchone()
         except sqlite3.DatabaseError as e:  # not a database, corrupt, or locked for 30 s
             self.close()
-            raise ConfigError(
+            raise StoreError(
                 f"store database {self.db_path} cannot be used ({e}): move it aside or pass another --store"
             ) from None
 
@@ -275,13 +281,28 @@ class Store:
     def _tx(self) -> Store._Tx:
         return Store._Tx(self)
 
-    def _migrate(self) -> None:
-        have = {r[1] for r in self._conn().execute("PRAGMA table_info(runs)")}
-        missing = [(n, t) for n, t in QUEUE_COLUMNS.items() if n not in have]
-        if missing:
-            with self._tx() as db:
-                for name, decl in missing:
-                    db.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
+    def _create_or_migrate(self) -> None:
+        """Create the schema or bring an older one up to SCHEMA_VERSION, all in one write transaction:
+        the version is read inside it, so of several processes opening one store at the same moment one
+        migrates and the others see the new version (no 'duplicate column'). A current store takes no
+        write lock."""
+        conn = self._conn()
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        with self._tx() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version >= SCHEMA_VERSION:  # another process migrated while we waited for the lock
+                return
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            # stores of versions before user_version was kept have some of the columns already
+            have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+            for v in sorted(MIGRATIONS):
+                for name, decl in MIGRATIONS[v].items():
+                    if name not in have:
+                        db.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -300,17 +321,18 @@ class Store:
             ) from None
 
     # ------------------------------------------------------------------ runs: create and read
-    def create_run(self, config: RunConfig, validate: bool = True, estimate: dict[str, Any] | None = None) -> int:
-        """A queued run row plus its folder with config.json. Returns the run id. `estimate`: the run's
-        Estimate as a dict (engine/estimate.py), kept to be graded when the run finishes."""
-        if validate:
-            config.validate()
+    def create_run(self, config: RunConfig, estimate: dict[str, Any] | None = None,
+                   study: str | None = None, trial: int | None = None) -> int:
+        """A queued run row plus its folder with config.json. Returns the run id. The config was validated
+        by whoever submits it (engine/submit.py, the one path). `estimate`: the run's Estimate as a dict
+        (engine/estimate.py), kept to be graded when the run finishes; `study`, `trial`: the tuning study
+        (engine/tune.py) this run is a trial of."""
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO runs (name, method, model, data, status, config, created_at, queued_at, host, estimate) "
-                "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (name, method, model, data, status, config, created_at, queued_at, host, estimate, "
+                "study, trial) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
                 (config.display_name, config.method, config.model, config.data.source, config.to_json(), _now(),
-                 _now(), socket.gethostname(), json.dumps(estimate) if estimate else None),
+                 _now(), socket.gethostname(), json.dumps(estimate) if estimate else None, study, trial),
             )
             run_id = int(cur.lastrowid or 0)
             folder = self.run_folder_name(run_id, config.display_name)
@@ -483,6 +505,14 @@ class Store:
             cur = db.execute("UPDATE runs SET cancel_requested=1 WHERE id=? AND status='running'", (run_id,))
             return bool(cur.rowcount)
 
+    def mark_pruned(self, run_id: int, step: int) -> bool:
+        """A trial a tuning study stopped (through `request_cancel`) is recorded `pruned` at `step`, once its
+        process has ended it `cancelled`. False when the run has not ended cancelled (yet)."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE runs SET status='pruned', error=? WHERE id=? AND status='cancelled'",
+                             (f"pruned at step {int(step)} by its study", run_id))
+            return bool(cur.rowcount)
+
     def request_resume(self, run_id: int) -> None:
         """Queue a stopped run (interrupted, failed, diverged, cancelled) again, to continue from its last
         epoch-end checkpoint under the same id. Of several concurrent requests exactly one succeeds; the
@@ -529,7 +559,9 @@ class Store:
             raise ConfigError(f"run {run_id} is {row['status']}: only a finished run can be retried")
         if row["damaged"]:
             raise ConfigError(f"run {run_id} cannot be retried: {row['damaged']}")
-        return self.create_run(RunConfig.from_dict(row["config"]), estimate=row["estimate"])
+        config = RunConfig.from_dict(row["config"])
+        config.validate()  # a stored config is untrusted: it is checked again before it is queued
+        return self.create_run(config, estimate=row["estimate"], study=row.get("study"), trial=row.get("trial"))
 
     def remove(self, run_id: int) -> bool:
         """Delete a run that is still queued (never claimed) with its folder. False when it is not queued."""

@@ -24,7 +24,7 @@ from textual.worker import get_current_worker
 
 from peft_tui.config import DataConfig, RunConfig, store_path
 from peft_tui.engine.events import RunFailed
-from peft_tui.errors import ConfigError
+from peft_tui.errors import OneLineError
 from peft_tui.ui.messages import LogLine, StoreUpdate
 from peft_tui.ui.polling import StorePoller
 from peft_tui.ui.screens.main import MainScreen, shown_path
@@ -111,7 +111,7 @@ class PeftLab(App):
             plan = self._plan(cfg)
             try:
                 rid = self.scheduler.submit(cfg)
-            except ConfigError as e:
+            except OneLineError as e:
                 self.post_message(LogLine(f"not queued: {e}", "error"))
                 continue
             if plan is not None:

@@ -40,7 +40,7 @@ from typing import Any
 from peft_tui.config import RunConfig
 from peft_tui.engine.events import Event, JsonlSink, RunFailed, Sink, fan_out
 from peft_tui.engine.store import Store, death_reason
-from peft_tui.errors import ConfigError, first_line
+from peft_tui.errors import StoreError, first_line
 
 LOG_NAME = "torchrun.log"
 POOL_GPUS_ENV = "PEFT_TUI_POOL_GPUS"  # set by LocalPool for its workers: every GPU the pool trains on
@@ -257,7 +257,7 @@ def _keep_alive(store: Store, run_id: int, cancel: threading.Event, done: thread
         try:
             if store.heartbeat(run_id, os.getpid()):
                 cancel.set()
-        except ConfigError as e:  # the store is busy or damaged: the run's own writes will say so
+        except StoreError as e:  # the store is busy or damaged: the run's own writes will say so
             sys.stderr.write(f"heartbeat of run {run_id}: {first_line(e)}\n")
 
 

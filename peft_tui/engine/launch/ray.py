@@ -60,7 +60,7 @@ from peft_tui.engine.events import (
 )
 from peft_tui.engine.launch.worker import with_extra, with_process_peak
 from peft_tui.engine.store import Claim, Store
-from peft_tui.errors import ConfigError, first_line
+from peft_tui.errors import ConfigError, OneLineError, StoreError, first_line
 
 INSTALL_HINT = "pip install 'peft-tui[ray]'"
 POLL_S = 0.3  # driver: relay draining, heartbeats, claims; task: cancel polling
@@ -379,7 +379,7 @@ class Driver:
         if not f.ended:
             try:
                 f.sink(RunFailed(f.run_id, error))
-            except ConfigError:  # the store could not record it either; the run's row is reaped later
+            except StoreError:  # the store could not record it either; the run's row is reaped later
                 pass
         f.sink.close()
         del self.flights[f.run_id]
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_queue(Store(args.store), args.address, exit_when_idle=args.exit_when_idle, idle_s=args.idle_s,
                          stop=stop)
-    except ConfigError as e:
+    except OneLineError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
 

@@ -31,7 +31,7 @@ from typing import Any
 from peft_tui.engine.events import Event, JsonlSink, RunFinished, Sink, fan_out
 from peft_tui.engine.result import RunResult
 from peft_tui.engine.store import Claim, Store, death_reason
-from peft_tui.errors import ConfigError, first_line
+from peft_tui.errors import OneLineError, StoreError, first_line
 
 POLL_S = 0.5  # queue polling when idle; heartbeat and cancel polling while training
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -166,7 +166,7 @@ def _keep_alive(store: Store, run_id: int, cancel: threading.Event, done: thread
         try:
             if store.heartbeat(run_id, os.getpid()):
                 cancel.set()
-        except ConfigError:  # the store is busy or damaged: the run's own writes will say so
+        except StoreError:  # the store is busy or damaged: the run's own writes will say so
             pass
 
 
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         store = Store(args.store)
-    except ConfigError as e:
+    except OneLineError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
     return Worker(store, args.device).serve(args.exit_when_idle, args.idle_s)

@@ -22,7 +22,7 @@ from textual.widgets import Button, DataTable, Footer, RichLog, Static, TabbedCo
 
 from peft_tui.config import RunConfig
 from peft_tui.console import literal
-from peft_tui.errors import ConfigError
+from peft_tui.errors import OneLineError
 from peft_tui.ui.messages import LogLine, StoreUpdate
 from peft_tui.ui.widgets.charts import (
     AccuracyChart,
@@ -258,7 +258,7 @@ class MainScreen(Screen):
         ranks = ",".join(map(str, SWEEP_RANKS))
         try:
             configs = grid_configs(t, [f"r={ranks}"])
-        except ConfigError as e:
+        except OneLineError as e:
             self.app.log_line(f"sweep not queued: {e}", "error")
             return
         self.app.log_line(f"sweep: queueing LoRA r={ranks} on {t.model} / {t.data.source}")
@@ -301,7 +301,7 @@ class MainScreen(Screen):
         sched = self.app.scheduler
         try:
             new = sched.resume(rid) if resume else sched.retry(rid)
-        except ConfigError as e:
+        except OneLineError as e:
             self._say(f"{'resume' if resume else 'retry'} refused: {e}", "warning")
             self.app.call_from_thread(self.notify, str(e), severity="warning", markup=False)
             return

@@ -85,7 +85,7 @@ def within_noise(rows: list[dict[str, Any]]) -> list[str] | None:
         threshold = noise_threshold(top, r)
         if threshold is None:
             return None
-        if top["accuracy"] - r["accuracy"] < threshold:
+        if top["accuracy"] - r["accuracy"] <= threshold:
             out.append(r["name"])
     return out
 

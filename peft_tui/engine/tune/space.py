@@ -55,7 +55,7 @@ class Choice:
     values: tuple[Any, ...] | None = None
 
     def describe(self) -> str:
-        return "{" + ", ".join(str(o) for o in self.options) + "}"
+        return "|".join(str(o) for o in self.options)
 
     def value_of(self, option: Any) -> Any:
         return option if self.values is None else self.values[self.options.index(option)]

@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PRUNERS = ("median", "halving", "none")
 EVALS_PER_EPOCH = 3  # trials evaluate this often (eval_every), so a pruner has something to compare
+# (epochs of fewer than 2 * EVALS_PER_EPOCH steps evaluate at their end only: evaluations would cost more than they save)
 POLL_S = 0.3
 STUDY_DIR = "studies"
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
@@ -163,9 +164,9 @@ def new_study(store: Store, bases: list[RunConfig], *, trials: int | None = None
         name = next(f"tune-{i}" for i in range(1, 10**6) if f"tune-{i}" not in taken)
     fixed = []
     for b in bases:
-        if b.eval_every == 0 and train_rows:
-            steps = math.ceil(train_rows / b.batch_size / max(1, b.nproc))
-            b = dataclasses.replace(b, eval_every=max(1, math.ceil(steps / EVALS_PER_EPOCH)))
+        steps = math.ceil(train_rows / b.batch_size / max(1, b.nproc))
+        if b.eval_every == 0 and steps >= 2 * EVALS_PER_EPOCH:  # a short epoch: its end is the only evaluation
+            b = dataclasses.replace(b, eval_every=math.ceil(steps / EVALS_PER_EPOCH))
         fixed.append(dataclasses.replace(b, name=b.method))
     spec = StudySpec(name=name, methods=methods, bases={b.method: b.to_dict() for b in fixed}, trials=trials,
                      budget_s=budget_s, seeds=seeds, pruner=pruner, space=list(space or []), parallel=max(1, parallel),

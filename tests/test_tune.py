@@ -331,3 +331,34 @@ def test_a_study_runs_on_a_local_ray(tmp_path, local_ray):
     trials = [store.get(t["run_id"]) for t in doc["methods"]["lora"]["trials"]]
     assert len(trials) == 2 and all(r["status"] == "done" and r["worker"].endswith(":ray") for r in trials)
     assert doc["state"] == "done" and doc["methods"]["lora"]["final"]["tuned"][0]["status"] == "done"
+
+
+@pytest.mark.slow
+def test_the_dashboard_tune_view_runs_a_study_and_shows_its_curve_and_final_table(tmp_path):
+    import asyncio
+
+    pytest.importorskip("textual")
+    from textual.widgets import Static
+
+    from peft_tui.config import RunConfig
+    from peft_tui.ui.app import create_app
+    from peft_tui.ui.screens.tune import BestSoFarChart, TuneScreen
+
+    template = RunConfig(model="tiny", data=DataConfig(size=60), epochs=1, batch_size=16, head_init="random")
+    app = create_app(store=tmp_path / "store", template=template, devices=["cpu"], poll_s=0.3)
+
+    async def drive():
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = TuneScreen(template, methods=("full",), trials=2, seeds=1)
+            app.push_screen(screen)
+            deadline = time.monotonic() + WAIT_S
+            while time.monotonic() < deadline and not (screen.doc and screen.doc["state"] == "done"):
+                await pilot.pause(0.3)
+            await pilot.pause(0.5)
+            assert screen.doc and screen.doc["state"] == "done", screen.doc
+            assert "tuned acc %" in str(screen.query_one("#tune-table", Static).render())
+            assert screen.query_one(BestSoFarChart).plt is not None
+            trials = screen.doc["methods"]["full"]["trials"]
+            assert [t["trial"] for t in trials] == [0, 1] and all(t["status"] == "done" for t in trials)
+
+    asyncio.run(drive())

@@ -266,8 +266,8 @@ class Tuner:
             space = self.spec.space_of(method)
             self._spaces[method] = space
             name = f"{self.spec.name}:{method}"
-            existing = {s.study_name: s for s in storage.get_all_studies()}.get(name)
-            n_before = len(existing.trials) if existing else 0
+            exists = name in {s.study_name for s in storage.get_all_studies()}
+            n_before = len(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)) if exists else 0
             n = self.spec.trials or 10
             sampler = optuna.samplers.TPESampler(
                 # a resumed study draws from a fresh stream: never the random values of a trial already asked

@@ -69,6 +69,7 @@ class MainScreen(Screen):
         Binding("n", "new_run", "New"),  # short: every key fits an 80-column footer
         Binding("c", "compare", "Compare"),
         Binding("w", "sweep", "Sweep", show=False),
+        Binding("t", "tune", "Tune", show=False),
         Binding("x", "cancel_run", "Cancel"),
         Binding("r", "requeue(False)", "Retry"),
         Binding("u", "requeue(True)", "Resume"),
@@ -263,6 +264,12 @@ class MainScreen(Screen):
             return
         self.app.log_line(f"sweep: queueing LoRA r={ranks} on {t.model} / {t.data.source}")
         self.app.submit(configs)
+
+    def action_tune(self) -> None:
+        """The tune preset: a study of full, LoRA and adapters on the template (ui/screens/tune.py)."""
+        from peft_tui.ui.screens.tune import TuneScreen
+
+        self.app.push_screen(TuneScreen(self.app.template))
 
     # ------------------------------------------------------------------ controlling runs
     def action_cancel_run(self) -> None:

@@ -195,7 +195,7 @@ def test_run_from_a_config_file_with_overrides(tmp_path):
 
 # ---------------------------------------------------------------- the shared options and their builder
 def test_a_method_parameter_in_a_comparison_goes_only_to_methods_that_have_it():
-    from peft_tui.commands.train import method_sets
+    from peft_tui.commands.queueing import method_sets
 
     sets = ["size=4", "r=2", "epochs=1", "data.size=100", "nokey=1"]
     assert method_sets("adapters", sets) == ["size=4", "epochs=1", "data.size=100", "nokey=1"]

@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 from peft_tui.cli import app
 from peft_tui.config import DataConfig
 from peft_tui.engine.methods import get_method
+from peft_tui.engine.methods import space as spaces
 from peft_tui.engine.store import Store
-from peft_tui.engine.tune import space as spaces
 from peft_tui.engine.tune import study as studies
 from peft_tui.errors import ConfigError
 

@@ -108,7 +108,7 @@ def tune(
 
     Selection reads the validation split only; the test split is read by the final runs alone.
     Example: peft-tui tune --methods full,lora,adapters --trials 8 --data reviews.csv"""
-    from peft_tui.commands.train import method_sets
+    from peft_tui.commands.queueing import method_sets
     from peft_tui.engine.submit import make_pool, prepare
     from peft_tui.engine.tune import study as studies
 
@@ -127,9 +127,11 @@ def tune(
         if trials is None and budget_s is None:
             trials = DEFAULT_TRIALS
         bases = [run_config(ctx, method_sets(m, sets), method=m, name=None) for m in names]
+        from peft_tui.engine.methods import validate
+
         for b in bases:
-            b.validate()
-        from peft_tui.engine.tune.space import parse_overrides
+            validate(b)
+        from peft_tui.engine.methods.space import parse_overrides
 
         parse_overrides(space or [], bases)  # a bad range is refused before any data loads
         splits = prepare(bases)

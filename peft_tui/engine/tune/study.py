@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peft_tui.config import RunConfig
+from peft_tui.engine.methods import space as spaces
 from peft_tui.engine.store import FINAL, Store
-from peft_tui.engine.tune import space as spaces
 from peft_tui.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -384,11 +384,11 @@ class Tuner:
         status = row["status"] if row else "removed"
         del self.active[a.run_id]
         value = None
-        if status == "done":
+        if status == "done" and row is not None:
             value = (row["result"] or {}).get("val_accuracy")
             study.tell(a.trial, value)
         elif status == "pruned" or (status == "cancelled" and a.prune_step is not None):
-            if status == "cancelled":
+            if status == "cancelled" and row is not None:
                 self.store.mark_pruned(a.run_id, int(row["step"] or a.prune_step or 0))
             study.tell(a.trial, state=TrialState.PRUNED)
             status = "pruned"
@@ -517,6 +517,8 @@ def run_seconds(row: dict[str, Any]) -> float:
 
 def searched_values(cfg: dict[str, Any], space: dict[str, spaces.Dim]) -> dict[str, Any]:
     """What a run's config sets for each key of a search space (derived keys as the parameter they set)."""
+    from peft_tui.engine.methods import learning_rate
+
     config = RunConfig.from_dict(cfg)
     resolved = _method(config.method).resolve(config.params)
     out: dict[str, Any] = {}
@@ -524,7 +526,7 @@ def searched_values(cfg: dict[str, Any], space: dict[str, spaces.Dim]) -> dict[s
         if isinstance(dim, spaces.Range) and dim.sets:
             out[dim.sets] = resolved.get(dim.sets)
         elif key == "lr":
-            out["lr"] = config.learning_rate
+            out["lr"] = learning_rate(config)
         elif key in resolved:
             value = resolved[key]
             out[key] = dim.option_of(value) if isinstance(dim, spaces.Choice) and dim.values else value

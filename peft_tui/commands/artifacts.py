@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from peft_tui.commands.common import handles_errors, open_store, print_json
-from peft_tui.commands.options import JsonOpt, StoreOpt
+from peft_tui.commands.options import JsonOpt, StoreOpt, TrustOpt
 from peft_tui.config import RunConfig
 from peft_tui.errors import ConfigError
 from peft_tui.safe import safe_text
@@ -31,6 +31,7 @@ def predict(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N")] = "cpu",
     store: StoreOpt = None,
     as_json: JsonOpt = False,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Label and class probabilities for texts, from a stored run's trained model.
 
@@ -51,7 +52,7 @@ def predict(
     if file:
         input_file(file)  # before the model loads: a missing file, a folder or a FIFO is one line at once
     st = open_store(store)
-    run = load_run(st, run_id, resolve_device(device))
+    run = load_run(st, run_id, resolve_device(device), trust_remote_code)
     items, pairs = split_pairs(given, run.config)
     if file:
         more, more_pairs = texts_from_file(file, run.config)
@@ -90,6 +91,7 @@ def export(
         "--merge", help="merge LoRA / IA3 into the base weights: a plain transformers model")] = False,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Write a run's model to a folder: merged (LoRA --merge), plain (full, head, bitfit), or its
     trained weights + README with loading instructions (adapters, prefix, prompt, unmerged LoRA).
@@ -98,7 +100,7 @@ def export(
     from peft_tui.engine.artifacts import export_run
 
     st = open_store(store)
-    res = export_run(st, run_id, export_folder(out_dir, st.root), merge)
+    res = export_run(st, run_id, export_folder(out_dir, st.root), merge, trust_remote_code)
     if as_json:
         print_json({"run": run_id, "kind": res.kind, "folder": str(res.folder), "message": res.message,
                     "files": res.files})

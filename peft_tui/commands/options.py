@@ -75,7 +75,7 @@ def _duration(value: str) -> float | None:
     try:
         return parse_duration(value)
     except ConfigError as e:
-        raise typer.BadParameter(str(e).removeprefix(f"--max-time ")) from None
+        raise typer.BadParameter(str(e).removeprefix("--max-time ")) from None
 
 
 MaxTimeOpt = Annotated[Optional[float], typer.Option(

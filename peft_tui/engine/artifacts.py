@@ -88,6 +88,11 @@ def rebuild(folder: Path, config: RunConfig, num_labels: int, device: str = "cpu
     return model.to(device).eval(), tokenizer
 
 
+def stored_config(store, run_id: int, trust_remote_code: bool = False) -> RunConfig:
+    """A finished run's config as `load_run` will use it, checked without loading anything."""
+    return RunConfig.from_stored(_finished_row(store, run_id)["config"], trust_remote_code, f"run {run_id}")
+
+
 def load_run(store, run_id: int, device: str = "cpu", trust_remote_code: bool = False) -> LoadedRun:
     row = _finished_row(store, run_id)
     config = RunConfig.from_stored(row["config"], trust_remote_code, f"run {run_id}")

@@ -17,8 +17,10 @@ MAX_LINE_BYTES = 1 * MiB  # one line of a CSV / TSV / JSONL / text file
 MAX_TEXT_CHARS = 200_000  # one text: longer ones are cut (max_length <= 32768 tokens keeps ~6 chars a token)
 MAX_LABEL_CHARS = 200  # one class label: a name, not a text
 MAX_SYNTHETIC_SIZE = 100_000  # data.size of the synthetic set
+MAX_PREDICT_ROWS = 1_000_000  # texts one `predict` classifies (its --file streams them, a chunk at a time)
 
-__all__ = ["MAX_JSON_BYTES", "MAX_LABEL_CHARS", "MAX_LINE_BYTES", "MAX_SYNTHETIC_SIZE", "MAX_TABLE_BYTES", "MAX_TEXT_CHARS", "MiB"]
+__all__ = ["MAX_JSON_BYTES", "MAX_LABEL_CHARS", "MAX_LINE_BYTES", "MAX_PREDICT_ROWS", "MAX_SYNTHETIC_SIZE",
+           "MAX_TABLE_BYTES", "MAX_TEXT_CHARS", "MiB"]
 
 
 def size_text(n: int) -> str:

@@ -77,8 +77,8 @@ def marker_model(folder: Path, marker: Path) -> Path:
     (folder / "evil_config.py").write_text(
         plant + "from transformers import BertConfig\n\n\nclass EvilConfig(BertConfig):\n    pass\n")
     (folder / "evil_model.py").write_text(
-        plant + "from transformers import BertForSequenceClassification\n\n\n"
-        "class EvilModel(BertForSequenceClassification):\n    pass\n")
+        plant + "from transformers import BertForSequenceClassification\n\nfrom .evil_config import EvilConfig\n\n\n"
+        "class EvilModel(BertForSequenceClassification):\n    config_class = EvilConfig\n")
     cfg = json.loads((folder / "config.json").read_text())
     cfg["auto_map"] = {"AutoConfig": "evil_config.EvilConfig",
                        "AutoModelForSequenceClassification": "evil_model.EvilModel"}
@@ -293,7 +293,7 @@ def test_a_val_file_that_shares_some_rows_is_noted(tmp_path):
     rows = (tmp_path / "train.csv").read_text().splitlines()
     (tmp_path / "val.csv").write_text("\n".join([rows[0], rows[1], "a new text,c0", "another new one,c1"]) + "\n")
     data = load_splits(DataConfig(source=str(tmp_path / "train.csv"), val_source=str(tmp_path / "val.csv")), 0)
-    assert any("1 of 3 validation rows also appear in the training data" in n for n in data.notes), data.notes
+    assert any("1 of 3 validation rows also appear in --data" in n for n in data.notes), data.notes
 
 
 @settings(max_examples=20, deadline=None)
@@ -547,6 +547,10 @@ def test_predict_file_streams_every_row_in_order(head_run, tmp_path_factory, tex
         assert all(ln.split("\t")[0] in ("negative", "positive") for ln in lines[1:])
 
 
+def loads(*args, **kw):
+    raise ConfigError("MODEL LOADED")
+
+
 @settings(max_examples=10, deadline=None, suppress_health_check=SHARED)
 @given(limit=st.integers(1, 50), rows=st.integers(1, 100))
 def test_predict_refuses_above_the_row_limit_before_loading(head_run, tmp_path_factory, monkeypatch, limit, rows):
@@ -558,12 +562,12 @@ def test_predict_refuses_above_the_row_limit_before_loading(head_run, tmp_path_f
     path.write_text("".join(f"text {i}\n" for i in range(rows)))
     with monkeypatch.context() as m:
         m.setattr(limits, "MAX_PREDICT_ROWS", limit)
-        m.setattr(artifacts, "load_run", lambda *a, **k: pytest.fail("the model loaded first"))
-        res = runner.invoke(app, ["predict", str(rid), "--file", str(path), "--store", str(st_.root)])
-        if rows > limit:
-            assert f"above the {limit:,}" in one_line_error(res) and "split the file" in res.stderr
-        else:
-            assert res.exit_code == 1  # reached the (patched) model load: refused nothing
+        m.setattr(artifacts, "load_run", loads)
+        msg = one_line_error(runner.invoke(app, ["predict", str(rid), "--file", str(path), "--store", str(st_.root)]))
+    if rows > limit:
+        assert f"above the {limit:,}" in msg and "split the file" in msg
+    else:
+        assert "MODEL LOADED" in msg  # reached the model: nothing refused
 
 
 def test_predict_writes_each_chunk_as_it_comes(head_run, monkeypatch, capsys):

@@ -422,7 +422,7 @@ def load_file_splits(cfg: DataConfig, seed: int) -> DataSplits:
     splits = {"val": extra.get("val") or full.pick(va), "test": extra.get("test") or full.pick(te)}
     for which, fraction in zip(("val", "test"), fractions):  # never evaluated on other rows instead
         check_split(which, splits[which], labels, fraction, which in extra)
-        note = check_reuse(which, splits[which], train) if which in extra else None
+        note = check_reuse(which, splits[which], full) if which in extra else None
         notes.extend([note] if note else [])
     if len(splits["val"]) == 0:
         notes.append("no validation split (val_fraction=0): the validation figures of this run are not measured")

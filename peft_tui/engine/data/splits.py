@@ -101,15 +101,16 @@ def check_split(which: str, split: Split, labels: list[int], fraction: float, ex
         "or more rows per class")
 
 
-def check_reuse(which: str, split: Split, train: Split) -> str | None:
-    """A separate validation / test source that repeats training rows: refused when every row is a
-    training row (a copy of the training file), else a note with how many are (None when none)."""
+def check_reuse(which: str, split: Split, data: Split) -> str | None:
+    """A separate validation / test source that repeats rows of --data (`data`, before its split):
+    refused when every row is one (a copy of the training file), else a note with how many are (None
+    when none)."""
     if not len(split):
         return None
-    seen = set(zip(train.texts, train.pairs or [None] * len(train)))
+    seen = set(zip(data.texts, data.pairs or [None] * len(data)))
     shared = sum((t, p) in seen for t, p in zip(split.texts, split.pairs or [None] * len(split)))
     name = {"val": "validation", "test": "test"}[which]
     if shared == len(split):
-        raise ConfigError(f"every {name} row is also a training row, so its metrics would be training metrics: "
-                          f"{FIXES[which]} holding rows that are not in --data")
-    return f"{shared:,} of {len(split):,} {name} rows also appear in the training data" if shared else None
+        raise ConfigError(f"every {name} row is also a row of --data, so its metrics would be measured on training "
+                          f"rows: {FIXES[which]} holding rows that are not in --data")
+    return f"{shared:,} of {len(split):,} {name} rows also appear in --data" if shared else None

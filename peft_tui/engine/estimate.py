@@ -365,12 +365,16 @@ def model_config(name: str, num_labels: int, trust_remote_code: bool = False):
 
     src = str(models.minilm_path()) if name == "minilm" else str(Path(name).expanduser())
     hub = {} if name == "minilm" or Path(src).exists() else hub_kwargs()
+    if Path(src).is_dir():  # the size it describes, by arithmetic, before transformers builds anything from it
+        models.check_config_size(models.read_config_json(Path(src), name), name)
     try:
-        return AutoConfig.from_pretrained(src, num_labels=num_labels, trust_remote_code=trust_remote_code, **hub)
+        mc = AutoConfig.from_pretrained(src, num_labels=num_labels, trust_remote_code=trust_remote_code, **hub)
     except Exception as e:  # noqa: BLE001 - missing folder, hub offline, bad JSON
         from peft_tui.errors import first_line
 
         raise ConfigError(f"model {name!r}: its config could not be read ({first_line(e)[:160]})") from None
+    models.check_config_size(mc.to_dict(), name)  # a hub config too: model_shape builds from it next
+    return mc
 
 
 def inputs_for(config: RunConfig, data=None):
@@ -801,9 +805,18 @@ def free_memory_mb(device: str) -> float:
     return psutil.virtual_memory().available / MB
 
 
+DEFAULT_MAX_TIME_S = 24 * 3600.0  # a run estimated to take longer is refused unless --max-time raises it (or --force)
+
+
+def time_limit(config: RunConfig) -> float:
+    """The longest a run may be estimated to take before the fit check refuses it: its max_time, else a day."""
+    return config.max_time or DEFAULT_MAX_TIME_S
+
+
 def plan(configs: Sequence[RunConfig], calibration_path: str | Path, calibrate: bool = True,
          data=None, inputs: dict | None = None) -> list[dict[str, Any] | None]:
-    """Per config: {"method", "device", "free_mb", "fits", "estimate": Estimate.to_dict()}, or None for a
+    """Per config: {"method", "device", "free_mb", "fits", "fits_memory", "fits_time", "time_limit_s",
+    "estimate": Estimate.to_dict()}, or None for a
     baseline (nothing to estimate). Model config and token lengths are read once per model, data and seed.
     `calibrate`: measure the machine (seconds) when `calibration_path` has no calibration for the device
     yet; else use the nominal figures (the estimate's `calibration` then says "nominal"). `data`: the
@@ -828,18 +841,38 @@ def plan(configs: Sequence[RunConfig], calibration_path: str | Path, calibrate: 
         cal = calibration(calibration_path, device) if calibrate else read_calibration(calibration_path, device)
         available = free_memory_mb(device)
         est = estimate(cfg, model_cfg, lengths, device, cal, free_mb=available)
-        rows.append({"method": cfg.method, "device": device, "free_mb": available, "fits": est.fits(available),
+        memory_ok, time_ok = est.fits(available), est.total_s <= time_limit(cfg)
+        rows.append({"method": cfg.method, "device": device, "free_mb": available, "fits": memory_ok and time_ok,
+                     "fits_memory": memory_ok, "fits_time": time_ok, "time_limit_s": time_limit(cfg),
                      "estimate": est.to_dict()})
     return rows
 
 
 def refusal(config: RunConfig, row: dict[str, Any]) -> str:
     """The one line that refuses a run that will not fit (`row`: one of `plan`'s), with the first way
-    to make it fit."""
+    to make it fit: in memory, or in its time limit (max_time, else DEFAULT_MAX_TIME_S)."""
     e = row["estimate"]
+    if row.get("fits_memory", True) and not row.get("fits_time", True):
+        limit = row.get("time_limit_s", time_limit(config))
+        how = "raise --max-time" if config.max_time else "--max-time to allow longer"
+        return (f"{config.display_name} would take about {duration_text(e['total_s'])}, above its "
+                f"{duration_text(limit)} limit: fewer epochs (--epochs), fewer rows (--set data.limit=N), "
+                f"or {how} (or --force to run it anyway)")
     tips = e.get("suggestions") or []
     return (f"{config.display_name} will not fit: it needs about {e['peak_mb']:,.0f} MB and {row['device']} has "
             f"{row['free_mb']:,.0f} MB free" + (f"; {tips[0]}" if tips else "") + " (or --force to run it anyway)")
+
+
+def duration_text(seconds: float) -> str:
+    """A duration for a message: 45 s, 12 min, 3.5 h, 67 days, 2.1e+09 s."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    days = seconds / 86400
+    return f"{days:,.0f} days" if days < 1e6 else f"{seconds:.2g} s"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -133,7 +133,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
 
     log = StepLog(run_id, sink, memory, total_steps)
     clock = Stopwatch(state.train_time + extra.get("head_init_s", 0.0))  # training time, evaluation excluded
-    stopped_early = False
+    stopped_early = out_of_time = False  # out_of_time: config.max_time of wall time has passed
     net = dist.wrap(model, device)  # several processes: DDP starts every rank from rank 0's weights
     model.train()
     for epoch in range(state.epoch, config.epochs):
@@ -161,6 +161,9 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
             state.samples += len(batch)
             state.tokens += sum(lengths[i] for i in batch)
             log.add(dist.mean_loss(loss), state, scheduler.get_last_lr()[0], clock.elapsed())
+            if config.max_time and dist.any(time.perf_counter() - t0 >= config.max_time):
+                out_of_time = True
+                break
             if config.eval_every and state.step % config.eval_every == 0 and state.step % steps_per_epoch:
                 clock.stop()
                 stopped_early = validate_and_stop()
@@ -168,6 +171,11 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
                     break
                 clock.start()
         clock.stop()
+        if out_of_time:  # evaluated and saved as it is, like a run that ended: its figures say where it stopped
+            extra["stopped"] = f"max_time ({config.max_time:g} s) reached at step {state.step} of {total_steps}"
+            sink(LogMessage(run_id, "warning", f"stopped: {extra['stopped']}; evaluating the model as it is"))
+            validate_and_stop()
+            break
         if stopped_early or validate_and_stop():
             stopped_early = True
             break

@@ -77,7 +77,8 @@ def config_dims(raw: dict[str, Any], name: str) -> dict[str, int]:
     taken as the integer it is, a fraction, a negative, an infinite or a non-numeric value is refused."""
     import math
 
-    where = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else {}
+    nested = raw.get("text_config")
+    where: dict = nested if isinstance(nested, dict) else {}
     dims: dict[str, int] = {}
     for dim, keys in SIZE_KEYS.items():
         key = next((k for k in keys if raw.get(k) is not None), None) or next(

@@ -19,7 +19,8 @@ from peft_tui.errors import ConfigError, first_line  # ConfigError: callers may 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POOLINGS = ("auto", "cls", "mean", "max", "last")  # how a sequence becomes one vector for the classifier
-HEAD_INITS = ("probe", "random")  # the classifier before the first step: fitted as a linear probe (LP-FT), or seeded
+# the classifier before the first step: fitted as a linear probe (LP-FT), seeded, or auto (probe on short runs)
+HEAD_INITS = ("probe", "random", "auto")
 DEFAULT_STORE = "peft-runs"
 MAX_INT = 2**63 - 1  # the largest integer a config may hold: a signed 64-bit value (SQLite, torch seeds)
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few settings: larger ones are refused unread

@@ -49,11 +49,9 @@ def setup(cfg):
 
 def init(cfg, events=None):
     """The model after `trainer.init_head`, with the ids, data, pad id and the returned figures."""
-    import contextlib
-
     model, ids, data, pad = setup(cfg)
     extra = trainer.init_head(model, 0, (events if events is not None else []).append, threading.Event(), ids[0],
-                              ids[1], data, pad, 64, "cpu", contextlib.nullcontext)
+                              ids[1], data, pad, "cpu", "fp32")
     return model, ids, data, pad, extra
 
 

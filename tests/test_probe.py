@@ -116,7 +116,7 @@ def test_probe_without_validation_split_uses_the_default(tmp_path):
 
 def test_probe_cancels(tmp_path):
     from peft_tui.engine.data import load_splits
-    from peft_tui.engine.trainer import Cancelled
+    from peft_tui.engine.result import Cancelled
 
     cfg = tiny_config(method="head")
     cancel = threading.Event()
@@ -130,9 +130,10 @@ def test_head_method_runs_the_probe(monkeypatch):
     from peft_tui.engine.methods import get_method
 
     seen = []
-    monkeypatch.setattr(probe, "run", lambda *args: seen.append(args) or "result")
-    assert get_method("head").run("cfg", 3, "sink", "cancel", "out", "data") == "result"
-    assert seen == [("cfg", 3, "sink", "cancel", "out", "data")]
+    monkeypatch.setattr(probe, "run", lambda *args, **kw: seen.append((args, kw)) or "result")
+    head = get_method("head")
+    assert head.run("cfg", 3, "sink", "cancel", "out", "data", "cache") == "result"
+    assert seen == [(("cfg", 3, "sink", "cancel", "out", "data"), {"method": head, "cache_dir": "cache"})]
 
 
 def test_execute_runs_head_as_the_probe(store):

@@ -7,6 +7,8 @@ import threading
 
 import pytest
 from conftest import tiny_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from peft_tui.config import DataConfig
 from peft_tui.engine import probe
@@ -147,3 +149,17 @@ def test_execute_runs_head_as_the_probe(store):
     assert row["result"]["extra"]["probe_weight_decay"] in probe.WEIGHT_DECAYS
     assert row["result"]["steps"] == len(probe.WEIGHT_DECAYS) and row["result"]["pooling"] == "cls"
     assert (store.run_dir(rid) / "head.safetensors").exists()
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 600), max_size=300), batch=st.integers(1, 300),
+       tokens=st.one_of(st.none(), st.integers(1, 20000)))
+def test_length_sorted_batches_cover_every_row_once_within_the_budget(lengths, batch, tokens):
+    batches = probe.length_sorted_batches(lengths, batch, tokens)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths)  # shortest first
+    for b in batches:
+        assert 1 <= len(b) <= batch
+        if tokens is not None and len(b) > 1:
+            assert len(b) * max(1, lengths[b[-1]]) <= tokens

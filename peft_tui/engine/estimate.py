@@ -649,7 +649,7 @@ def forward_seconds(s: Shape, b: int, w: int, cal: Calibration, device: str, pre
 def probe_fit_seconds(config: RunConfig, s: Shape, lengths: Sequence[int], cal: Calibration, device: str,
                       precision: str) -> float:
     """`head_init=probe`: the trainer encodes the training rows and the validation rows once before the first
-    step (probe.fit_head; shortest first, in batches of probe.ENCODE_BATCH); the validation rows are counted
+    step (probe.fit_head; shortest first, in probe.length_sorted_batches); the validation rows are counted
     as the split's share of the training rows. Then the L-BFGS fits over the weight-decay grid (PROBE_FIT_S).
     `head_init=auto` counts when it resolves to the probe for this run's number of steps. (Features another
     run of the store has cached make it shorter; the estimate does not count on that.)"""
@@ -660,10 +660,9 @@ def probe_fit_seconds(config: RunConfig, s: Shape, lengths: Sequence[int], cal: 
     steps = -(-len(lengths) // config.batch_size) * config.epochs
     if probe.resolve_head_init(config.head_init, steps) != "probe" or method.is_baseline or method.run is not None:
         return 0.0
-    cut = sorted(min(n, config.max_length) for n in lengths)
-    b = probe.ENCODE_BATCH
-    train = sum(forward_seconds(s, len(cut[i:i + b]), cut[min(i + b, len(cut)) - 1], cal, device, precision)
-                for i in range(0, len(cut), b))
+    cut = [min(n, config.max_length) for n in lengths]
+    train = sum(forward_seconds(s, len(b), cut[b[-1]], cal, device, precision)
+                for b in probe.length_sorted_batches(cut, probe.ENCODE_BATCH, probe.ENCODE_TOKENS))
     d = config.data
     val_share = d.val_fraction / max(1e-9, 1.0 - d.val_fraction - d.test_fraction)
     return train * (1.0 + val_share) + PROBE_FIT_S

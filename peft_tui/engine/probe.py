@@ -65,6 +65,9 @@ MAX_ITER = 500  # L-BFGS iterations per fit; most fits converge well before
 # saves per-call overhead; fixed (not the run's batch_size) so that every run encodes alike and can share
 # the cached features.
 ENCODE_BATCH = 256
+# ...and at most this many tokens (rows x padded width) per batch, so that long texts come in smaller
+# batches: the attention scores of 256 rows of 512 tokens alone would take 3 GB
+ENCODE_TOKENS = 16384
 # Methods whose wrapped model gives exactly the base model's features before the first step: LoRA/DoRA
 # (B = 0), IA3 (unit scales), adapters (zero up-projection), BitFit and full (the weights themselves),
 # and `head`. They share cached features; prefix and prompt tuning change the features and encode their
@@ -115,11 +118,25 @@ def final_linear(model):
     return linears[-1]
 
 
+def length_sorted_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices of the rows shortest first, cut into batches of at most `batch_size` rows and (when given)
+    `max_tokens` rows x the batch's longest row (a single row may exceed it)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and (
+                max_tokens is None or (len(batches[-1]) + 1) * max(1, lengths[i]) <= max_tokens):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def encode(model, layer, ids: list[list[int]], pad_id: int, batch_size: int, device: str, autocast,
-           cancel: threading.Event, on_batch=None):
-    """The input of `layer` (float32 [len(ids), hidden]) for every token sequence, in order.
-    Where `layer` sees every position (decoder `score` heads), the last real one is kept, which is
-    the one those models classify from."""
+           cancel: threading.Event, on_batch=None, max_tokens: int | None = None):
+    """The input of `layer` (float32 [len(ids), hidden]) for every token sequence, in order, computed in
+    `length_sorted_batches` under inference mode. Where `layer` sees every position (decoder `score`
+    heads), the last real one is kept, which is the one those models classify from."""
     import torch
 
     from peft_tui.engine.batching import collate
@@ -130,15 +147,13 @@ def encode(model, layer, ids: list[list[int]], pad_id: int, batch_size: int, dev
         captured.append(args[0])
 
     hook = layer.register_forward_pre_hook(keep_input)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = torch.zeros(len(ids), layer.in_features)
     model.eval()
     try:
         with torch.inference_mode():
-            for b in range(0, len(order), batch_size):
+            for batch in length_sorted_batches([len(s) for s in ids], batch_size, max_tokens):
                 if cancel.is_set():
                     raise Cancelled(0)
-                batch = order[b : b + batch_size]
                 x, m, _ = collate(ids, [0] * len(ids), batch, pad_id, device)
                 captured.clear()
                 with autocast():
@@ -168,14 +183,15 @@ def features(model, layer, ids: dict[str, list[list[int]]], pad_id: int, device:
     from peft_tui.engine.pooling import pooling_of
 
     fingerprint = getattr(model, FINGERPRINT_ATTR, None) if shared else None
-    context = f"{pooling_of(model)}\0{precision}\0{device_type(device)}\0{ENCODE_BATCH}"
+    context = f"{pooling_of(model)}\0{precision}\0{device_type(device)}\0{ENCODE_BATCH}\0{ENCODE_TOKENS}"
     autocast = autocast_for(precision, device)
     out, stats = {}, FeatureStats()
     for split, seqs in ids.items():
         t = time.perf_counter()
         out[split], hit = cached_features(
             cache_dir, fingerprint, context, seqs,
-            lambda seqs=seqs: encode(model, layer, seqs, pad_id, ENCODE_BATCH, device, autocast, cancel, on_batch))
+            lambda seqs=seqs: encode(model, layer, seqs, pad_id, ENCODE_BATCH, device, autocast, cancel, on_batch,
+                                     ENCODE_TOKENS))
         if hit:
             stats.cached += len(seqs)
         else:

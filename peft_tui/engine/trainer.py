@@ -136,20 +136,25 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     params = method.resolve(config.params)
     memory = MemoryMonitor(device)
 
-    # data and model
+    # data and model (each part timed: the run's log says what its start-up cost)
+    ready = [time.perf_counter()]
     if data is None:
         data = load_splits(config.data, config.seed)
     for note in data.notes:
         sink(LogMessage(run_id, "info", note))
+    ready.append(time.perf_counter())
     tokenizer = models.load_tokenizer(config.model, config.trust_remote_code)
+    ready.append(time.perf_counter())
     head_init = probe.resolve_head_init(config.head_init, math.ceil(len(data.train) / config.batch_size) * config.epochs)
     fit_probe = head_init == "probe" and resume_from is None  # a resumed run's checkpoint holds the fitted head
     shared = fit_probe and config.method in probe.SHARES_BASE_FEATURES  # the probe's features can come from the cache
     model = build_model(config, method, params, data.num_labels, device, fingerprint=shared)
     trainable, total = count_parameters(model)
     pad_id = pad_id_of(tokenizer)
+    ready.append(time.perf_counter())
     train_ids, val_ids, test_ids = tokenize_splits(tokenizer, data, config.max_length, cache_dir)
     lengths = [len(s) for s in train_ids]
+    ready.append(time.perf_counter())
 
     # optimisation
     steps_per_epoch = math.ceil(len(train_ids) / config.batch_size)
@@ -162,6 +167,8 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
 
     sink(RunStarted(run_id, config.display_name, config.method, total_steps, config.epochs, trainable, total,
                     device, precision, len(train_ids), data.num_labels))
+    sink(LogMessage(run_id, "info", "ready in {:.2f}s: data {:.2f}s, tokenizer {:.2f}s, model {:.2f}s, token ids "
+                                    "{:.2f}s".format(ready[-1] - ready[0], *(b - a for a, b in zip(ready, ready[1:])))))
     if resume_from is not None:
         state = checkpoint.load(resume_from, model, optimizer, scheduler, scaler, rng)
         if state.steps_per_epoch != steps_per_epoch:

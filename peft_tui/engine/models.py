@@ -284,6 +284,18 @@ def max_positions(model) -> int | None:
 FINGERPRINT_ATTR = "peft_tui_base_fingerprint"
 
 
+def warm(name: str) -> None:
+    """Import what loading model `name` imports lazily (its architecture's transformers module, by building
+    the classifier on the meta device: no weights read), so that a worker forks its runs with it loaded.
+    Measured on MiniLM: the first load in a process took 0.74 s, the next 0.16 s. Models with their own
+    code are left to the run (the run process imports that code under the user's flag); errors are the
+    run's to report."""
+    try:
+        check_model_files(name)
+    except Exception:  # noqa: BLE001 - nothing to warm: the run says what is wrong
+        pass
+
+
 def seed_everything(seed: int) -> None:
     import numpy as np
     import torch

@@ -53,14 +53,30 @@ def test_measure_times_both_and_guards_the_loss(small_shape):
     from the same weights: bf16 autocast follows fp32 closely on CPU."""
     seen = []
 
-    def timed(fn, sync, seconds, clock):
+    def timed(fn, sync, clock):
         seen.append(fn())  # a real step: it returns its loss
         return {1: 0.2, 2: 0.1}[len(seen)]
 
-    figures = P.measure("cpu", timed=timed)
+    figures = P.measure("cpu", timed=timed, clock=lambda: 0.0)  # a stopped clock: no early stop
     assert figures["fp32_s"] == 0.2 and figures["bf16_s"] == 0.1 and len(seen) == 2
     assert 0 <= figures["loss_gap"] <= P.LOSS_TOLERANCE
     assert P.pick(figures)[0] == "bf16"
+
+
+def test_a_much_slower_bf16_is_not_measured_to_the_end(small_shape, monkeypatch):
+    """bf16 steps past SLOWER_STOP x fp32's end its measurement after 2 guard steps, with no timed ones."""
+    calls = []
+    inner = P._step_fn
+
+    def counting(device, precision, seed=0):
+        step = inner(device, precision, seed)
+        return lambda: calls.append(precision) or step()
+
+    monkeypatch.setattr(P, "_step_fn", counting)
+    ticks = iter(range(0, 10**9, 100))  # each reading of the clock is 100 s after the last
+    figures = P.measure("cpu", timed=lambda fn, sync, clock: 1.0, clock=lambda: float(next(ticks)))
+    assert calls.count("fp32") == P.GUARD_STEPS and calls.count("bf16") == 2
+    assert figures["bf16_s"] == 100.0 and P.pick(figures)[0] == "fp32"
 
 
 def test_loss_gap_is_relative_to_the_first_fp32_loss():

@@ -20,7 +20,8 @@ from peft_tui.limits import MAX_CONFIG_BYTES, MAX_INT, MAX_SYNTHETIC_SIZE
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POOLINGS = ("auto", "cls", "mean", "max", "last")  # how a sequence becomes one vector for the classifier
-HEAD_INITS = ("probe", "random")  # the classifier before the first step: fitted as a linear probe (LP-FT), or seeded
+# the classifier before the first step: fitted as a linear probe (LP-FT), seeded, or auto (probe on short runs)
+HEAD_INITS = ("probe", "random", "auto")
 DEFAULT_STORE = "peft-runs"
 MAX_TIME_S = 366 * 86400.0  # the longest --max-time: a year
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}

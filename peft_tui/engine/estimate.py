@@ -61,7 +61,7 @@ ETA_SWITCH_STEPS = 20  # after this many steps the ETA uses the run's own rate
 MEMORY_RANGE = (0.85, 1.15)  # low/high around the peak, from benchmarks/estimate_accuracy.py
 TIME_RANGE = (0.7, 1.4)  # slower is likelier than faster: other work on the machine only slows a run
 MEASURED_RANGE = (0.9, 1.1)  # ETA range once the run's own rate is known
-CALIBRATION_VERSION = 3
+CALIBRATION_VERSION = 4  # 4: bf16 against fp32 (precision.measure)
 # the L-BFGS fits of the LP-FT probe over its 13 weight decays: 0.2-0.5 s on MiniLM features (1,680-2,000
 # rows, 1 thread), and about 2 s more the first time a process runs them
 PROBE_FIT_S = 1.5
@@ -109,6 +109,7 @@ class Estimate:
     suggestions: list[str] = field(default_factory=list)  # one-liners, filled when it does not fit
     calibration: str = ""  # the machine calibration it used (`Calibration.key`); "nominal": none measured yet
     probe_s: float = 0.0  # head_init=probe: the forward pass over train and validation rows before step 1
+    precision_reason: str = ""  # precision=auto: why `precision` was chosen (precision.pick)
 
     def fits(self, free_mb: float) -> bool:
         return self.peak_mb <= free_mb
@@ -143,6 +144,7 @@ class Calibration:
     adamw_s_per_param: float  # fused AdamW step + gradient clipping, per trainable parameter
     overhead_mb: float  # CPU: RSS of a process after the imports and a micro training step; CUDA: the context
     reader_mb: float  # CPU: the extra RSS of the file readers (pandas)
+    precision: dict[str, float] = field(default_factory=dict)  # precision.measure: bf16 vs fp32 step, loss gap
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -267,7 +269,9 @@ def measure(device: str, key: str = "", overhead: bool = True, clock=time.perf_c
 
     adamw = _timed(adam_step, sync, 0.3, clock) / params[0].numel()
     runtime, reader = _overhead_mb(device) if overhead else (0.0, 0.0)
-    return Calibration(key, flops, per_el, module_s, adamw, runtime, reader)
+    from peft_tui.engine import precision as precision_mod
+
+    return Calibration(key, flops, per_el, module_s, adamw, runtime, reader, precision_mod.measure(device, clock=clock))
 
 
 def _module_seconds(dev, sync, clock=time.perf_counter) -> float:
@@ -657,17 +661,20 @@ def forward_seconds(s: Shape, b: int, w: int, cal: Calibration, device: str, pre
 def probe_fit_seconds(config: RunConfig, s: Shape, lengths: Sequence[int], cal: Calibration, device: str,
                       precision: str) -> float:
     """`head_init=probe`: the trainer encodes the training rows and the validation rows once before the first
-    step (probe.fit_head; shortest first, in batches of `batch_size`); the validation rows are counted as
-    the split's share of the training rows. Then the L-BFGS fits over the weight-decay grid (PROBE_FIT_S)."""
+    step (probe.fit_head; shortest first, in probe.length_sorted_batches); the validation rows are counted
+    as the split's share of the training rows. Then the L-BFGS fits over the weight-decay grid (PROBE_FIT_S).
+    `head_init=auto` counts when it resolves to the probe for this run's number of steps. (Features another
+    run of the store has cached make it shorter; the estimate does not count on that.)"""
+    from peft_tui.engine import probe
     from peft_tui.engine.methods import get_method
 
     method = get_method(config.method)
-    if config.head_init != "probe" or method.is_baseline or method.run is not None:
+    steps = -(-len(lengths) // config.batch_size) * config.epochs
+    if probe.resolve_head_init(config.head_init, steps) != "probe" or method.is_baseline or method.run is not None:
         return 0.0
-    cut = sorted(min(n, config.max_length) for n in lengths)
-    b = config.batch_size
-    train = sum(forward_seconds(s, len(cut[i:i + b]), cut[min(i + b, len(cut)) - 1], cal, device, precision)
-                for i in range(0, len(cut), b))
+    cut = [min(n, config.max_length) for n in lengths]
+    train = sum(forward_seconds(s, len(b), cut[b[-1]], cal, device, precision)
+                for b in probe.length_sorted_batches(cut, probe.ENCODE_BATCH, probe.ENCODE_TOKENS))
     d = config.data
     val_share = d.val_fraction / max(1e-9, 1.0 - d.val_fraction - d.test_fraction)
     return train * (1.0 + val_share) + PROBE_FIT_S
@@ -711,6 +718,12 @@ def estimate(config: RunConfig, model_config, lengths: Sequence[int], device: st
     cal = calibration or NOMINAL_CPU
     device = resolve_device(device)
     precision = resolve_precision(config.precision, device)
+    precision_reason = ""
+    if config.precision == "auto":  # the machine's measured choice where calibrated (precision.pick)
+        from peft_tui.engine.precision import pick
+
+        choice, precision_reason = pick(cal.precision)
+        precision = choice or precision
     s = model_shape(config, model_config)
     cuda = device.startswith("cuda")
     batches = batch_widths(lengths, config.batch_size, config.max_length, config.seed, cuda)
@@ -733,6 +746,7 @@ def estimate(config: RunConfig, model_config, lengths: Sequence[int], device: st
         epoch_high_s=epoch * TIME_RANGE[1], total_s=total,
         total_low_s=total * TIME_RANGE[0], total_high_s=total * TIME_RANGE[1],
         steps=steps, trainable_params=s.trainable, total_params=s.total, calibration=cal.key, probe_s=probe,
+        precision_reason=precision_reason,
     )
     if free_mb is not None and not est.fits(free_mb):
         est.suggestions = suggest(config, model_config, lengths, device, cal, free_mb, est)

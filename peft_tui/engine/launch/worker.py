@@ -135,6 +135,9 @@ class Worker:
 
             ddp.launch(self.store.root, claim.run_id, claim.config.nproc, local_device(self.device))
             return
+        from peft_tui.engine.models import warm
+
+        warm(claim.config.model)  # the architecture's modules: this run's child and every later one inherit them
         ctx = multiprocessing.get_context("fork")  # after `preload`: the child starts warm
         child = ctx.Process(target=train_one, args=(str(self.store.root), claim, local_device(self.device),
                                                     startup_from, os.getpid()), name=f"peft-tui-run-{claim.run_id}")

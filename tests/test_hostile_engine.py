@@ -23,9 +23,9 @@ from conftest import tiny_config
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from peft_tui import limits
 from peft_tui.config import MAX_INT, ConfigError, DataConfig, RunConfig, config_from_file
 from peft_tui.engine import checkpoint, models, trainer, weights
-from peft_tui import limits
 from peft_tui.engine.data import files, hf, load_splits
 from peft_tui.engine.data.files import read_lines, read_table, scan_text
 from peft_tui.engine.methods import validate as validate_run

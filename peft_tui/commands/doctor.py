@@ -178,7 +178,7 @@ def precision_check(path: str | None) -> Check:
     fp32, engine/precision.py) once `plan` has calibrated the machine, else the fallback rule."""
     try:
         from peft_tui.engine.device import resolve_device, resolve_precision
-        from peft_tui.engine.precision import measured_choice
+        from peft_tui.engine.estimate import measured_choice
 
         device = resolve_device("auto")
         choice, reason = measured_choice(store_path(path) / "calibration.json", device)

@@ -397,7 +397,7 @@ def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading
         out_dir = store.run_dir(run_id)
         method = get_method(config.method)
         if not method.is_baseline and getattr(store, "root", None) is not None:
-            from peft_tui.engine.precision import resolved_auto
+            from peft_tui.engine.estimate import resolved_auto
 
             config = resolved_auto(config, store.root / "calibration.json")  # auto: the machine's measured pick
         if method.run is not None:  # the method's own procedure: a baseline, the head probe

@@ -117,7 +117,7 @@ def methods(as_json: JsonOpt = False) -> None:
     it trains with (--pooling, --head-init; the same for every method that has them)."""
     from peft_tui.config import HEAD_INITS, POOLINGS, RunConfig
     from peft_tui.engine.methods import REGISTRY
-    from peft_tui.engine.tune.space import describe
+    from peft_tui.engine.methods.space import describe
 
     defaults = RunConfig()
 

@@ -1,7 +1,7 @@
 """`peft-tui tune`: search each method's hyperparameters on an equal budget (Optuna TPE, with pruning),
 then run each method's best configuration and its defaults over several seeds and compare them.
 
-The study lives in the store (engine/tune/study.py); its trials are ordinary queued runs tagged with the
+The study lives in the store (engine/tune.py); its trials are ordinary queued runs tagged with the
 study, trained by the same workers as any run (--workers, --ray). Ctrl-C cancels the study's runs and
 exits 130; `peft-tui tune --resume NAME` continues without repeating a finished trial.
 """
@@ -110,7 +110,7 @@ def tune(
     Example: peft-tui tune --methods full,lora,adapters --trials 8 --data reviews.csv"""
     from peft_tui.commands.train import method_sets
     from peft_tui.engine.submit import make_pool, prepare
-    from peft_tui.engine.tune import study as studies
+    from peft_tui.engine import tune as studies
 
     st = open_store(store, writable=True)
     if resume:
@@ -129,7 +129,7 @@ def tune(
         bases = [run_config(ctx, method_sets(m, sets), method=m, name=None) for m in names]
         for b in bases:
             b.validate()
-        from peft_tui.engine.tune.space import parse_overrides
+        from peft_tui.engine.methods.space import parse_overrides
 
         parse_overrides(space or [], bases)  # a bad range is refused before any data loads
         splits = prepare(bases)

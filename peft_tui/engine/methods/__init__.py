@@ -104,7 +104,7 @@ class Method:
     params: dict[str, Param] = {}
     is_baseline: bool = False  # not a fine-tuning of the base model (e.g. TF-IDF + logistic regression)
     run: RunHook | None = None  # set: `execute` calls it instead of the trainer's loop
-    space: dict[str, Any] = {}  # what `peft-tui tune` searches (engine/tune/space.py); {}: not tunable
+    space: dict[str, Any] = {}  # what `peft-tui tune` searches (engine/methods/space.py); {}: not tunable
 
     def check_params(self, values: dict[str, Any]) -> None:
         for key, value in values.items():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 from peft_tui.engine.methods import Method, Param, register
-from peft_tui.engine.tune.space import Choice, standard
+from peft_tui.engine.methods.space import Choice, standard
 from peft_tui.errors import ConfigError
 
 ACTIVATIONS = ("relu", "gelu", "tanh", "swish")

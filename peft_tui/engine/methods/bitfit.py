@@ -14,7 +14,7 @@ Decoder models without biases (Llama, Mistral) are refused: only the head would 
 from __future__ import annotations
 
 from peft_tui.engine.methods import Method, Param, register
-from peft_tui.engine.tune.space import standard
+from peft_tui.engine.methods.space import standard
 from peft_tui.errors import ConfigError
 
 NORM_HINTS = ("layernorm", "layer_norm", "ln_", "norm")

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from peft_tui.engine.methods import Method, register
-from peft_tui.engine.tune.space import standard
+from peft_tui.engine.methods.space import standard
 
 
 @register

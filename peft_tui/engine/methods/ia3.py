@@ -11,7 +11,7 @@ Default learning rate 3e-3: the scales are few and multiplicative; peft's IA3 ex
 from __future__ import annotations
 
 from peft_tui.engine.methods import Method, Param, register
-from peft_tui.engine.tune.space import standard
+from peft_tui.engine.methods.space import standard
 from peft_tui.errors import ConfigError, first_line
 
 _BERT = (r".*\.(key|value)|.*\.layer\.\d+\.output\.dense", r".*\.layer\.\d+\.output\.dense")

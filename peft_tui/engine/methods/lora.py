@@ -12,7 +12,7 @@ use_dora on. Both share the default learning rate (default_lr below).
 from __future__ import annotations
 
 from peft_tui.engine.methods import Method, Param, fraction, positive, register
-from peft_tui.engine.tune.space import Choice, Range, standard
+from peft_tui.engine.methods.space import Choice, Range, standard
 from peft_tui.errors import ConfigError, first_line
 
 # Per-architecture targets (attention projections), peft's own table is the fallback.

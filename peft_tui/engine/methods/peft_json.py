@@ -19,7 +19,7 @@ import json
 from typing import Any
 
 from peft_tui.engine.methods import Method, Param, register
-from peft_tui.engine.tune.space import standard
+from peft_tui.engine.methods.space import standard
 from peft_tui.errors import ConfigError, first_line
 
 EXAMPLE = '{"peft_type": "LORA", "r": 4, "target_modules": ["query", "value"]}'

@@ -21,7 +21,7 @@ DistilBERT does not, and is refused with a pointer to prompt, lora or ia3.
 from __future__ import annotations
 
 from peft_tui.engine.methods import Method, Param, positive, register
-from peft_tui.engine.tune.space import Range, standard
+from peft_tui.engine.methods.space import Range, standard
 from peft_tui.errors import ConfigError
 
 

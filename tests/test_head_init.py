@@ -15,6 +15,7 @@ from conftest import tiny_config
 from peft_tui.config import DataConfig
 from peft_tui.engine import probe, trainer
 from peft_tui.engine.methods import get_method, method_names
+from peft_tui.engine.methods import validate as validate_run
 from peft_tui.errors import ConfigError
 
 PEFT_JSON = '{"peft_type": "LORA", "r": 4, "target_modules": ["query", "value"]}'
@@ -136,7 +137,7 @@ def test_head_init_is_validated_and_kept_in_the_saved_config():
     assert RunConfig.from_dict(cfg.to_dict()).head_init == "probe"
     assert cfg.with_overrides(["head_init=random"]).head_init == "random"
     with pytest.raises(ConfigError, match="unknown head_init 'lp': use one of probe, random"):
-        tiny_config(head_init="lp").validate()
+        validate_run(tiny_config(head_init="lp"))
 
 
 def test_resume_does_not_fit_again(tmp_path, monkeypatch):

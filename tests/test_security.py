@@ -15,6 +15,7 @@ from peft_tui.cli import app
 from peft_tui.config import ConfigError, RunConfig
 from peft_tui.engine import checkpoint, models, trainer
 from peft_tui.engine.events import StepLogged, fan_out
+from peft_tui.engine.methods import validate as validate_run
 from peft_tui.engine.store import Store
 
 BAD_NAMES = ["../x", "../../etc/passwd", "/etc/passwd", "..", ".hidden", "a/b", "a\\b", "x\x00y", "~root", "a b", ""]
@@ -23,7 +24,7 @@ BAD_NAMES = ["../x", "../../etc/passwd", "/etc/passwd", "..", ".hidden", "a/b", 
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_run_names_that_could_escape_are_rejected(name):
     with pytest.raises(ConfigError, match="is not allowed"):
-        RunConfig(name=name).validate()
+        validate_run(RunConfig(name=name))
 
 
 @pytest.mark.parametrize("name", BAD_NAMES + ["ok-name", "x" * 300])

@@ -122,3 +122,35 @@ def test_a_current_store_opens_without_taking_the_write_lock(tmp_path):
         assert st.list() == []
     finally:
         holder.execute("ROLLBACK")
+
+
+# ---------------------------------------------------------------------------------------- SQLite's path limit
+def test_a_store_path_too_long_for_sqlite_is_refused_in_one_line_naming_the_limit(tmp_path):
+    from hypothesis import given, settings
+    from hypothesis import strategies as hs
+
+    from peft_tui.engine.store.database import MAX_DB_PATH_BYTES
+    from peft_tui.errors import ConfigError
+
+    base = len(str(tmp_path)) + len("/runs.db")
+
+    @settings(max_examples=25, deadline=None)
+    @given(hs.integers(min_value=1, max_value=700), hs.integers(min_value=1, max_value=60))
+    def check(total: int, part: int) -> None:
+        parts, size = [], base
+        while size + part + 1 <= base + total:
+            parts.append("d" * part)
+            size += part + 1
+        root = tmp_path.joinpath(*parts) if parts else tmp_path / "s"
+        length = len(str(root / "runs.db").encode())
+        if length > MAX_DB_PATH_BYTES:
+            with pytest.raises(ConfigError) as e:
+                Store(root)
+            [line] = str(e.value).splitlines()
+            assert "too long for SQLite" in line and f"{length} bytes" in line and "--store" in line
+        else:
+            st = Store(root)
+            assert st.list() == []
+            st.close()
+
+    check()

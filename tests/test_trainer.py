@@ -12,6 +12,7 @@ from peft_tui.config import DataConfig
 from peft_tui.engine.batching import length_grouped_batches
 from peft_tui.engine.evaluation import macro_f1
 from peft_tui.engine.events import EvalLogged, MemorySampled, RunCancelled, RunFinished, RunStarted, StepLogged, fan_out
+from peft_tui.engine.methods import validate as validate_run
 from peft_tui.engine.scheduler import Scheduler
 from peft_tui.engine.trainer import execute
 
@@ -182,7 +183,7 @@ def test_tfidf_baseline_runs_through_execute(store):
     from peft_tui.engine.trainer import preflight
 
     cfg = tfidf_config(data=DataConfig(size=200))
-    cfg.validate()
+    validate_run(cfg)
     assert get_method("tfidf").is_baseline and not get_method("lora").is_baseline
     assert len(preflight(cfg).train) == 140  # no model or device check for a baseline
     rid, result, events = run_with(store, cfg)

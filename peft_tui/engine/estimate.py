@@ -411,10 +411,18 @@ class Shape:
     act_kept: int  # feed-forward tensors of width `intermediate` kept per layer (gated MLP: 3)
 
 
+class NotEstimable(ConfigError):
+    """The model's architecture names its sizes in a way the estimate does not know: the run can still be
+    queued, without an estimate (the only estimate failure that may go on; see engine/submit.py)."""
+
+
 def _dims(mc) -> tuple[int, int, int, int]:
-    layers = getattr(mc, "num_hidden_layers", None) or getattr(mc, "n_layers", None) or mc.n_layer
-    hidden = mc.hidden_size
-    heads = getattr(mc, "num_attention_heads", None) or getattr(mc, "n_heads", None) or mc.n_head
+    try:
+        layers = getattr(mc, "num_hidden_layers", None) or getattr(mc, "n_layers", None) or mc.n_layer
+        hidden = mc.hidden_size
+        heads = getattr(mc, "num_attention_heads", None) or getattr(mc, "n_heads", None) or mc.n_head
+    except AttributeError as e:
+        raise NotEstimable(f"the {type(mc).__name__} architecture cannot be estimated ({e})") from None
     inter = (getattr(mc, "intermediate_size", None) or getattr(mc, "hidden_dim", None)
              or getattr(mc, "n_inner", None) or 4 * hidden)
     return int(layers), int(hidden), int(inter), int(heads)

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 from peft_tui.cli import app
 from peft_tui.config import DataConfig
-from peft_tui.engine.methods import get_method
-from peft_tui.engine.store import Store
-from peft_tui.engine.methods import space as spaces
 from peft_tui.engine import tune as studies
+from peft_tui.engine.methods import get_method
+from peft_tui.engine.methods import space as spaces
+from peft_tui.engine.store import Store
 from peft_tui.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -109,8 +109,8 @@ def tune(
     Selection reads the validation split only; the test split is read by the final runs alone.
     Example: peft-tui tune --methods full,lora,adapters --trials 8 --data reviews.csv"""
     from peft_tui.commands.train import method_sets
-    from peft_tui.engine.submit import make_pool, prepare
     from peft_tui.engine import tune as studies
+    from peft_tui.engine.submit import make_pool, prepare
 
     st = open_store(store, writable=True)
     if resume:

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peft_tui.config import RunConfig
-from peft_tui.engine.store import FINAL, Store
 from peft_tui.engine.methods import space as spaces
+from peft_tui.engine.store import FINAL, Store
 from peft_tui.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover

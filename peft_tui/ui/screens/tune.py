@@ -87,8 +87,8 @@ class TuneScreen(Screen):
     @work(thread=True, group="tune", exit_on_error=False)
     def _run_study(self) -> None:
         """Prepare the configs, create the study and run it to its end (or until stopped)."""
-        from peft_tui.engine.submit import make_pool, prepare
         from peft_tui.engine import tune as studies
+        from peft_tui.engine.submit import make_pool, prepare
 
         store = self.app.store
         bases = [dataclasses.replace(self.template, method=m, params={}, lr=None, name=None) for m in self.methods]

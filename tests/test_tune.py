@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from peft_tui.cli import app
 from peft_tui.config import DataConfig
 from peft_tui.engine import tune as studies
-from peft_tui.engine.methods import get_method
+from peft_tui.engine.methods import get_method, validate
 from peft_tui.engine.methods import space as spaces
 from peft_tui.engine.store import Store
 from peft_tui.errors import ConfigError
@@ -74,7 +74,7 @@ def test_a_trial_config_sets_alpha_from_the_rank_and_targets_from_the_choice():
     space = get_method("lora").space
     cfg = spaces.apply(base, {"r": 4, "alpha_per_r": 2.5, "target_modules": "all-linear", "lr": 3e-3}, space)
     assert cfg.params == {"r": 4, "alpha": 10.0, "target_modules": ["all-linear"]} and cfg.lr == 3e-3
-    cfg.validate()
+    validate(cfg)
     # the defaults as a first trial: r 8, alpha 16 = 2 x r, the architecture's attention targets
     first = spaces.defaults(base, get_method("lora"), space)
     assert first["r"] == 8 and first["alpha_per_r"] == 2.0 and first["target_modules"] == "attention"

@@ -110,6 +110,7 @@ def tune(
     Example: peft-tui tune --methods full,lora,adapters --trials 8 --data reviews.csv"""
     from peft_tui.commands.train import method_sets
     from peft_tui.engine import tune as studies
+    from peft_tui.engine.methods import validate
     from peft_tui.engine.submit import make_pool, prepare
 
     st = open_store(store, writable=True)
@@ -128,7 +129,7 @@ def tune(
             trials = DEFAULT_TRIALS
         bases = [run_config(ctx, method_sets(m, sets), method=m, name=None) for m in names]
         for b in bases:
-            b.validate()
+            validate(b)
         from peft_tui.engine.methods.space import parse_overrides
 
         parse_overrides(space or [], bases)  # a bad range is refused before any data loads

@@ -338,7 +338,7 @@ class Tuner:
         cfg = dataclasses.replace(spaces.apply(self.spec.base(method), trial.params, space),
                                   name=f"{method}-t{trial.number}")
         try:
-            cfg.validate()
+            _methods().validate(cfg)
             planned = check(self.store, [cfg], force=self.spec.force, data=self.data, inputs=self._inputs,
                             devices=[] if _is_ray(self.pool) else None)
             [run_id] = create(self.store, planned, study=self.spec.name, trial=trial.number)
@@ -472,10 +472,14 @@ def _is_ray(pool: Any) -> bool:
     return type(pool).__name__ == "RayPool"
 
 
-def _method(name: str):
-    from peft_tui.engine.methods import get_method
+def _methods():
+    import peft_tui.engine.methods as methods
 
-    return get_method(name)
+    return methods
+
+
+def _method(name: str):
+    return _methods().get_method(name)
 
 
 def _distributions(space: dict[str, spaces.Dim]) -> dict[str, Any]:
@@ -524,7 +528,7 @@ def searched_values(cfg: dict[str, Any], space: dict[str, spaces.Dim]) -> dict[s
         if isinstance(dim, spaces.Range) and dim.sets:
             out[dim.sets] = resolved.get(dim.sets)
         elif key == "lr":
-            out["lr"] = config.learning_rate
+            out["lr"] = _methods().learning_rate(config)
         elif key in resolved:
             value = resolved[key]
             out[key] = dim.option_of(value) if isinstance(dim, spaces.Choice) and dim.values else value

@@ -120,6 +120,8 @@ def apply(base: RunConfig, values: dict[str, Any], space: dict[str, Dim]) -> Run
 def defaults(base: RunConfig, method: Method, space: dict[str, Dim]) -> dict[str, Any]:
     """The options of `space` that describe `base` as it is (the method's defaults): the first trial of a
     study. Keys whose default lies outside the range are left out (the sampler picks them)."""
+    from peft_tui.engine.methods import learning_rate
+
     resolved = method.resolve(base.params)
     out: dict[str, Any] = {}
     for key, dim in space.items():
@@ -129,7 +131,7 @@ def defaults(base: RunConfig, method: Method, space: dict[str, Dim]) -> dict[str
         elif key in resolved:
             value = resolved[key]
         elif key == "lr":
-            value = base.learning_rate
+            value = learning_rate(base)
         else:
             value = getattr(base, key, None)
         option = dim.option_of(value) if isinstance(dim, Choice) else value
@@ -181,7 +183,7 @@ def _keys(method: Method) -> set[str]:
 
 
 def _parse_dim(key: str, raw: str, owners: list[RunConfig]) -> Dim:
-    from peft_tui.engine.methods import get_method
+    from peft_tui.engine.methods import get_method, validate
 
     declared = next((get_method(b.method).space[key] for b in owners if key in get_method(b.method).space), None)
     kind = _kind(key, owners[0])
@@ -220,7 +222,7 @@ def _parse_dim(key: str, raw: str, owners: list[RunConfig]) -> Dim:
     for base in owners:  # each end / choice must be a value the method accepts
         for value in ends:
             try:
-                apply(base, {key: value}, {key: dim}).validate()
+                validate(apply(base, {key: value}, {key: dim}))
             except ConfigError as e:
                 raise ConfigError(f"{shown}: {e}") from None
     return dim

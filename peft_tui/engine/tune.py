@@ -457,8 +457,11 @@ class Tuner:
 
 
 def _same(cfg: RunConfig) -> str:
-    """A config without its name: two final runs with this key train the same thing."""
-    return json.dumps({**cfg.to_dict(), "name": None}, sort_keys=True, default=str)
+    """A config without its name, its learning rate and method parameters resolved (lr None is the method's
+    default): two final runs with this key train the same thing."""
+    resolved = {**cfg.to_dict(), "name": None, "lr": _methods().learning_rate(cfg),
+                "params": _method(cfg.method).resolve(cfg.params)}
+    return json.dumps(resolved, sort_keys=True, default=str)
 
 
 def _status(store: Store, run_id: int) -> str:

@@ -54,6 +54,14 @@ def run_study(store: Store, configs, **kw):
 
 
 # ---------------------------------------------------------------- spaces (no training)
+def test_run_and_compare_pay_nothing_for_tune_optuna_loads_only_inside_it():
+    code = ("import sys; import peft_tui.cli, peft_tui.commands.train, peft_tui.engine.submit, peft_tui.engine.methods;"
+            "from peft_tui.engine.methods import validate; from peft_tui.config import RunConfig;"
+            "validate(RunConfig(method='lora')); print(sorted(m for m in ('optuna', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_every_tunable_method_declares_lr_around_its_default_and_methods_shows_it():
     for name in ("full", "lora", "dora", "adapters", "bitfit", "ia3", "prefix", "prompt"):
         m = get_method(name)

@@ -148,7 +148,8 @@ def to_text(doc: dict[str, Any], chart: bool = True, color: bool = False) -> str
             continue
         parts = [f"{k}={_value(val)}" + ("*" if r["defaults_values"].get(k) != val else "")
                  for k, val in r["best_values"].items()]
-        lines.append(f"  {r['name']} (trial {r['best_trial']}, val {_pct(r['best_val'])}%): {', '.join(parts)}")
+        won = " (the defaults won: no trial beat them on validation)" if "*" not in "".join(parts) else ""
+        lines.append(f"  {r['name']} (trial {r['best_trial']}, val {_pct(r['best_val'])}%): {', '.join(parts)}{won}")
     noise = v["within_noise_of_best"]
     if noise is None:
         lines.append("within noise of the best: unknown with one seed (pass --seeds 3)")

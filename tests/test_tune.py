@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 from peft_tui.cli import app
 from peft_tui.config import DataConfig
-from peft_tui.engine.methods import get_method
+from peft_tui.engine import tune as studies
+from peft_tui.engine.methods import get_method, validate
 from peft_tui.engine.methods import space as spaces
 from peft_tui.engine.store import Store
-from peft_tui.engine.tune import study as studies
 from peft_tui.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +54,14 @@ def run_study(store: Store, configs, **kw):
 
 
 # ---------------------------------------------------------------- spaces (no training)
+def test_run_and_compare_pay_nothing_for_tune_optuna_loads_only_inside_it():
+    code = ("import sys; import peft_tui.cli, peft_tui.commands.train, peft_tui.engine.submit, peft_tui.engine.methods;"
+            "from peft_tui.engine.methods import validate; from peft_tui.config import RunConfig;"
+            "validate(RunConfig(method='lora')); print(sorted(m for m in ('optuna', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_every_tunable_method_declares_lr_around_its_default_and_methods_shows_it():
     for name in ("full", "lora", "dora", "adapters", "bitfit", "ia3", "prefix", "prompt"):
         m = get_method(name)
@@ -74,7 +82,7 @@ def test_a_trial_config_sets_alpha_from_the_rank_and_targets_from_the_choice():
     space = get_method("lora").space
     cfg = spaces.apply(base, {"r": 4, "alpha_per_r": 2.5, "target_modules": "all-linear", "lr": 3e-3}, space)
     assert cfg.params == {"r": 4, "alpha": 10.0, "target_modules": ["all-linear"]} and cfg.lr == 3e-3
-    cfg.validate()
+    validate(cfg)
     # the defaults as a first trial: r 8, alpha 16 = 2 x r, the architecture's attention targets
     first = spaces.defaults(base, get_method("lora"), space)
     assert first["r"] == 8 and first["alpha_per_r"] == 2.0 and first["target_modules"] == "attention"
@@ -159,6 +167,8 @@ def test_a_study_of_three_trials_by_two_methods_finishes_with_a_final_comparison
         assert m["best"]["val_accuracy"] == max(t["val_accuracy"] for t in m["trials"])
         assert [r["config"]["seed"] for r in m["final"]["tuned"]] == [43, 44]  # fresh seeds, never the trials'
         assert all(r["status"] == "done" for r in m["final"]["tuned"] + m["final"]["defaults"])
+        if m["best"]["trial"] == 0:  # the defaults won: one set of final runs serves both rows
+            assert [r["id"] for r in m["final"]["tuned"]] == [r["id"] for r in m["final"]["defaults"]]
         exported = Path(doc["exported"][method])
         from peft_tui.config import config_from_file
 

@@ -1,7 +1,7 @@
 """`peft-tui tune`: search each method's hyperparameters on an equal budget (Optuna TPE, with pruning),
 then run each method's best configuration and its defaults over several seeds and compare them.
 
-The study lives in the store (engine/tune/study.py); its trials are ordinary queued runs tagged with the
+The study lives in the store (engine/tune.py); its trials are ordinary queued runs tagged with the
 study, trained by the same workers as any run (--workers, --ray). Ctrl-C cancels the study's runs and
 exits 130; `peft-tui tune --resume NAME` continues without repeating a finished trial.
 """
@@ -109,8 +109,9 @@ def tune(
     Selection reads the validation split only; the test split is read by the final runs alone.
     Example: peft-tui tune --methods full,lora,adapters --trials 8 --data reviews.csv"""
     from peft_tui.commands.queueing import method_sets
+    from peft_tui.engine import tune as studies
+    from peft_tui.engine.methods import validate
     from peft_tui.engine.submit import make_pool, prepare
-    from peft_tui.engine.tune import study as studies
 
     st = open_store(store, writable=True)
     if resume:
@@ -127,8 +128,6 @@ def tune(
         if trials is None and budget_s is None:
             trials = DEFAULT_TRIALS
         bases = [run_config(ctx, method_sets(m, sets), method=m, name=None) for m in names]
-        from peft_tui.engine.methods import validate
-
         for b in bases:
             validate(b)
         from peft_tui.engine.methods.space import parse_overrides

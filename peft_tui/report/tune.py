@@ -1,5 +1,5 @@
 """The report of a tuning study (`peft-tui tune`, the dashboard's tune view), from the study's summary
-document (engine/tune/study.py `summary`). Pure functions: no store, no engine, no UI.
+document (engine/tune.py `summary`). Pure functions: no store, no engine, no UI.
 
 - `final_rows`: per method, the tuned configuration and the defaults over the final seeds (mean ± sample
   std of test accuracy, report.seeds), with the budget the method's search got;
@@ -148,7 +148,8 @@ def to_text(doc: dict[str, Any], chart: bool = True, color: bool = False) -> str
             continue
         parts = [f"{k}={_value(val)}" + ("*" if r["defaults_values"].get(k) != val else "")
                  for k, val in r["best_values"].items()]
-        lines.append(f"  {r['name']} (trial {r['best_trial']}, val {_pct(r['best_val'])}%): {', '.join(parts)}")
+        won = " (the defaults won: no trial beat them on validation)" if "*" not in "".join(parts) else ""
+        lines.append(f"  {r['name']} (trial {r['best_trial']}, val {_pct(r['best_val'])}%): {', '.join(parts)}{won}")
     noise = v["within_noise_of_best"]
     if noise is None:
         lines.append("within noise of the best: unknown with one seed (pass --seeds 3)")

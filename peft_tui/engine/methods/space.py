@@ -112,7 +112,7 @@ def apply(base: RunConfig, values: dict[str, Any], space: dict[str, Dim]) -> Run
         if isinstance(dim, Range) and dim.sets:
             from peft_tui.engine.methods import get_method
 
-            factor = get_method(base.method).resolve(params).get(dim.times or "") or 1
+            factor = get_method(base.method).resolve(params).get(dim.times) or 1
             params[dim.sets] = float(option) * float(factor)
     return dataclasses.replace(base, params=params, **top)
 
@@ -120,17 +120,17 @@ def apply(base: RunConfig, values: dict[str, Any], space: dict[str, Dim]) -> Run
 def defaults(base: RunConfig, method: Method, space: dict[str, Dim]) -> dict[str, Any]:
     """The options of `space` that describe `base` as it is (the method's defaults): the first trial of a
     study. Keys whose default lies outside the range are left out (the sampler picks them)."""
+    from peft_tui.engine.methods import learning_rate
+
     resolved = method.resolve(base.params)
     out: dict[str, Any] = {}
     for key, dim in space.items():
         if isinstance(dim, Range) and dim.sets:
-            ref = resolved.get(dim.times or "")
+            ref = resolved.get(dim.times)
             value = resolved.get(dim.sets) / ref if ref else None
         elif key in resolved:
             value = resolved[key]
         elif key == "lr":
-            from peft_tui.engine.methods import learning_rate
-
             value = learning_rate(base)
         else:
             value = getattr(base, key, None)
@@ -183,7 +183,7 @@ def _keys(method: Method) -> set[str]:
 
 
 def _parse_dim(key: str, raw: str, owners: list[RunConfig]) -> Dim:
-    from peft_tui.engine.methods import get_method
+    from peft_tui.engine.methods import get_method, validate
 
     declared = next((get_method(b.method).space[key] for b in owners if key in get_method(b.method).space), None)
     kind = _kind(key, owners[0])
@@ -222,7 +222,7 @@ def _parse_dim(key: str, raw: str, owners: list[RunConfig]) -> Dim:
     for base in owners:  # each end / choice must be a value the method accepts
         for value in ends:
             try:
-                apply(base, {key: value}, {key: dim}).validate()
+                validate(apply(base, {key: value}, {key: dim}))
             except ConfigError as e:
                 raise ConfigError(f"{shown}: {e}") from None
     return dim

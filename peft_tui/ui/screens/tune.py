@@ -2,7 +2,7 @@
 dashboard's model and data) or follows one already in the store, and shows per method the best validation
 accuracy so far over trials (pruned trials marked x, failed ones !), then the final table when the study ends.
 
-The study runs in a thread worker through the engine (engine/tune/study.py) with its own pool of workers;
+The study runs in a thread worker through the engine (engine/tune.py) with its own pool of workers;
 the screen reads the study's summary from the store every second and draws it. Its trials are ordinary
 runs: they show in the main screen's queue, grouped by study, and can be cancelled there like any run.
 """
@@ -87,8 +87,8 @@ class TuneScreen(Screen):
     @work(thread=True, group="tune", exit_on_error=False)
     def _run_study(self) -> None:
         """Prepare the configs, create the study and run it to its end (or until stopped)."""
+        from peft_tui.engine import tune as studies
         from peft_tui.engine.submit import make_pool, prepare
-        from peft_tui.engine.tune import study as studies
 
         store = self.app.store
         bases = [dataclasses.replace(self.template, method=m, params={}, lr=None, name=None) for m in self.methods]
@@ -110,7 +110,7 @@ class TuneScreen(Screen):
 
     @work(thread=True, group="tune-follow", exclusive=True, exit_on_error=False)
     def _follow(self) -> None:
-        from peft_tui.engine.tune import study as studies
+        from peft_tui.engine import tune as studies
 
         while True:
             name = self.study_name

@@ -338,7 +338,7 @@ class Tuner:
         cfg = dataclasses.replace(spaces.apply(self.spec.base(method), trial.params, space),
                                   name=f"{method}-t{trial.number}")
         try:
-            cfg.validate()
+            _methods().validate(cfg)
             planned = check(self.store, [cfg], force=self.spec.force, data=self.data, inputs=self._inputs,
                             devices=[] if _is_ray(self.pool) else None)
             [run_id] = create(self.store, planned, study=self.spec.name, trial=trial.number)
@@ -384,11 +384,11 @@ class Tuner:
         status = row["status"] if row else "removed"
         del self.active[a.run_id]
         value = None
-        if status == "done" and row is not None:
+        if status == "done":
             value = (row["result"] or {}).get("val_accuracy")
             study.tell(a.trial, value)
         elif status == "pruned" or (status == "cancelled" and a.prune_step is not None):
-            if status == "cancelled" and row is not None:
+            if status == "cancelled":
                 self.store.mark_pruned(a.run_id, int(row["step"] or a.prune_step or 0))
             study.tell(a.trial, state=TrialState.PRUNED)
             status = "pruned"
@@ -457,8 +457,11 @@ class Tuner:
 
 
 def _same(cfg: RunConfig) -> str:
-    """A config without its name: two final runs with this key train the same thing."""
-    return json.dumps({**cfg.to_dict(), "name": None}, sort_keys=True, default=str)
+    """A config without its name, its learning rate and method parameters resolved (lr None is the method's
+    default): two final runs with this key train the same thing."""
+    resolved = {**cfg.to_dict(), "name": None, "lr": _methods().learning_rate(cfg),
+                "params": _method(cfg.method).resolve(cfg.params)}
+    return json.dumps(resolved, sort_keys=True, default=str)
 
 
 def _status(store: Store, run_id: int) -> str:
@@ -472,10 +475,14 @@ def _is_ray(pool: Any) -> bool:
     return type(pool).__name__ == "RayPool"
 
 
-def _method(name: str):
-    from peft_tui.engine.methods import get_method
+def _methods():
+    import peft_tui.engine.methods as methods
 
-    return get_method(name)
+    return methods
+
+
+def _method(name: str):
+    return _methods().get_method(name)
 
 
 def _distributions(space: dict[str, spaces.Dim]) -> dict[str, Any]:
@@ -517,8 +524,6 @@ def run_seconds(row: dict[str, Any]) -> float:
 
 def searched_values(cfg: dict[str, Any], space: dict[str, spaces.Dim]) -> dict[str, Any]:
     """What a run's config sets for each key of a search space (derived keys as the parameter they set)."""
-    from peft_tui.engine.methods import learning_rate
-
     config = RunConfig.from_dict(cfg)
     resolved = _method(config.method).resolve(config.params)
     out: dict[str, Any] = {}
@@ -526,7 +531,7 @@ def searched_values(cfg: dict[str, Any], space: dict[str, spaces.Dim]) -> dict[s
         if isinstance(dim, spaces.Range) and dim.sets:
             out[dim.sets] = resolved.get(dim.sets)
         elif key == "lr":
-            out["lr"] = learning_rate(config)
+            out["lr"] = _methods().learning_rate(config)
         elif key in resolved:
             value = resolved[key]
             out[key] = dim.option_of(value) if isinstance(dim, spaces.Choice) and dim.values else value

@@ -363,13 +363,16 @@ def test_the_fit_check_refuses_on_time(tmp_path_factory, plan_inputs, epochs, ma
 @pytest.mark.slow
 def test_a_run_stops_cleanly_at_max_time(tmp_path):
     from peft_tui.engine import trainer
+    from peft_tui.engine.events import JsonlSink, fan_out
     from peft_tui.engine.store import Store
 
     st_ = Store(tmp_path / "store")
     cfg = tiny_config(method="lora", epochs=10**6, max_time=3.0, head_init="random")
     rid = st_.create_run(cfg)
     t0 = time.monotonic()
-    result = trainer.execute(st_, rid, cfg, st_)
+    sink = fan_out(st_, JsonlSink(st_.events_path(rid)))
+    result = trainer.execute(st_, rid, cfg, sink)
+    sink.close()
     assert time.monotonic() - t0 < 60
     row = st_.get(rid)
     assert row["status"] == "done" and result is not None

@@ -414,6 +414,7 @@ def test_a_killed_command_leaves_no_worker_training(tmp_path, sig):
                             "--epochs", "100000", "--device", "cpu", "--store", str(root), "--set", "data.size=60",
                             "--set", "batch_size=8", "--set", "head_init=random"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    worker_pid = None
     try:
         st_ = wait_for(lambda: (root / "runs.db").exists() and Store(root), 60)
         row = wait_for(lambda: next((r for r in st_.list() if r["status"] == "running" and r["pid"]), None), 120)
@@ -428,6 +429,8 @@ def test_a_killed_command_leaves_no_worker_training(tmp_path, sig):
     finally:
         if cli.poll() is None:
             cli.kill()
+        if worker_pid and alive(worker_pid):  # the test failed: leave nothing training behind
+            os.kill(worker_pid, signal.SIGTERM)
 
 
 # ================================================================================================

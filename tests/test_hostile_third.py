@@ -199,6 +199,25 @@ def test_an_export_json_cannot_turn_remote_code_on(planted, tmp_path):
     assert not marker.exists()
 
 
+def test_a_worker_refuses_a_queued_run_that_asks_for_remote_code(planted, tmp_path_factory):
+    """A row written into the queue with trust_remote_code (the store is shared data): a worker whose
+    command was not given the flag fails it with the reason before anything loads."""
+    from peft_tui.engine.launch.worker import Worker
+    from peft_tui.engine.store import Store
+
+    st_, _, marker = planted
+    st2 = Store(tmp_path_factory.mktemp("queue") / "store")
+    cfg = RunConfig.from_dict({**tiny_config(model=st_.get(1)["config"]["model"]).to_dict(), "trust_remote_code": True})
+    rid = st2.create_run(cfg)
+    worker = Worker(st2, "cpu", trust_remote_code=False)
+    claim = st2.claim(worker.id, os.getpid(), worker.host, ["cpu"])
+    assert claim is not None and claim.run_id == rid
+    worker._train(claim, time.time())
+    row = st2.get(rid)
+    assert row["status"] == "failed" and FLAG in row["error"], row["error"]
+    assert not marker.exists()
+
+
 def test_the_flag_is_what_allows_it(tmp_path):
     """The control: with --trust-remote-code given, the same kind of folder's code does run (so the marker
     tests above would see it)."""

@@ -33,7 +33,8 @@ class Scheduler:
 
             self.pool: LocalPool | RayPool = RayPool(store, ray).start()
         else:
-            self.pool = LocalPool(store.root, self.devices, workers=workers, detach=detach).start()
+            self.pool = LocalPool(store.root, self.devices, workers=workers, detach=detach,
+                                  trust_remote_code=trust_remote_code).start()
         self._watcher = Watcher(store, sink)
         self._cond = threading.Condition()
         self._stop = threading.Event()

@@ -10,19 +10,19 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from peft_tui.errors import ConfigError, first_line  # ConfigError: callers may import it from here too
+from peft_tui.limits import MAX_CONFIG_BYTES, MAX_INT, MAX_SYNTHETIC_SIZE
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POOLINGS = ("auto", "cls", "mean", "max", "last")  # how a sequence becomes one vector for the classifier
-HEAD_INITS = ("probe", "random")  # the classifier before the first step: fitted as a linear probe (LP-FT), or seeded
+# the classifier before the first step: fitted as a linear probe (LP-FT), seeded, or auto (probe on short runs)
+HEAD_INITS = ("probe", "random", "auto")
 DEFAULT_STORE = "peft-runs"
-MAX_INT = 2**63 - 1  # the largest integer a config may hold: a signed 64-bit value (SQLite, torch seeds)
-MAX_CONFIG_BYTES = 1 << 20  # a config file is a few settings: larger ones are refused unread
 MAX_TIME_S = 366 * 86400.0  # the longest --max-time: a year
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
@@ -63,7 +63,6 @@ class DataConfig:
             raise ConfigError(f"label_noise={self.label_noise} is out of range: use a fraction in [0, 0.5)")
         if self.limit < 0:
             raise ConfigError(f"limit={self.limit} is negative: use 0 for all rows or a positive row count")
-        from peft_tui.engine.data.limits import MAX_SYNTHETIC_SIZE  # here: engine.data imports this module
 
         if self.size > MAX_SYNTHETIC_SIZE:
             raise ConfigError(f"size={self.size} is too large: the synthetic set makes at most "
@@ -103,13 +102,10 @@ class RunConfig:
 
     # ----------------------------------------------------------------- validation
     def validate(self) -> None:
-        """Raise ConfigError with a one-line message on the first bad value. Imports no torch."""
-        from peft_tui.engine.methods import get_method  # registry is torch-free at import time
-
+        """Raise ConfigError with a one-line message on the first bad field. The method and its parameters
+        are the method registry's to check: `peft_tui.engine.methods.validate(config)` does both."""
         check_types(self)
         self.data.validate()
-        method = get_method(self.method)
-        method.check_params(self.params)
         if self.epochs < 1:
             raise ConfigError(f"epochs={self.epochs} must be at least 1")
         if self.batch_size < 1:
@@ -145,12 +141,6 @@ class RunConfig:
             raise ConfigError(
                 f"run name {self.name!r} is not allowed: use up to 64 letters, digits, '.', '_' or '-'"
             )
-
-    @property
-    def learning_rate(self) -> float:
-        from peft_tui.engine.methods import get_method
-
-        return self.lr if self.lr is not None else get_method(self.method).default_lr
 
     @property
     def display_name(self) -> str:
@@ -195,11 +185,11 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     # ------------------------------------------------------------- --set key=value
-    def with_overrides(self, pairs: list[str]) -> RunConfig:
-        """Apply `key=value` strings: run fields, `data.*` / data fields, or method parameters."""
-        from peft_tui.engine.methods import get_method
-
-        method = get_method(self.method)
+    def with_overrides(self, pairs: list[str], method_params: Mapping[str, Any] | None = None) -> RunConfig:
+        """Apply `key=value` strings: run fields, `data.*` / data fields, or the method's parameters
+        (`method_params`: name -> an object whose `parse(raw)` reads a value; see
+        `peft_tui.engine.methods.with_overrides`)."""
+        method_params = method_params or {}
         top: dict[str, Any] = {}
         data: dict[str, Any] = {}
         params = dict(self.params)
@@ -214,8 +204,8 @@ class RunConfig:
                 if key not in data_fields:
                     raise ConfigError(f"unknown data key {key!r}: use one of {', '.join(data_fields)}")
                 data[key] = _parse_field(data_fields[key], key, raw)
-            elif key in method.params:
-                params[key] = method.params[key].parse(raw)
+            elif key in method_params:
+                params[key] = method_params[key].parse(raw)
             elif key == "trust_remote_code":
                 raise ConfigError("trust_remote_code cannot be set with --set: pass --trust-remote-code "
                                   "(only that flag allows a model's own code)")
@@ -226,7 +216,7 @@ class RunConfig:
             elif key in data_fields:
                 data[key] = _parse_field(data_fields[key], key, raw)
             else:
-                allowed = sorted(set(run_fields) | set(method.params))
+                allowed = sorted(set(run_fields) | set(method_params))
                 raise ConfigError(
                     f"unknown key {key!r} for method {self.method!r}: use one of {', '.join(allowed)} "
                     f"(or data.<key>; `peft-tui methods` lists each method's parameters)"

@@ -23,10 +23,12 @@ from conftest import tiny_config
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from peft_tui import limits
 from peft_tui.config import MAX_INT, ConfigError, DataConfig, RunConfig, config_from_file
 from peft_tui.engine import checkpoint, models, trainer, weights
-from peft_tui.engine.data import files, hf, limits, load_splits
+from peft_tui.engine.data import files, hf, load_splits
 from peft_tui.engine.data.files import read_lines, read_table, scan_text
+from peft_tui.engine.methods import validate as validate_run
 from peft_tui.engine.store import Store
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[
@@ -172,7 +174,7 @@ def test_synthetic_size_is_capped_at_validation(size):
         msg = refused(cfg.validate)
         assert "too large" in msg or "64 bits" in msg
     else:
-        cfg.validate()
+        validate_run(cfg)
 
 
 def test_over_long_labels_are_refused(tmp_path):
@@ -329,7 +331,7 @@ def test_the_label_column_cannot_also_be_a_text_column(cols, pair):
     if len(set(names)) < len(names):
         assert "must be different columns" in refused(cfg.validate)
     else:
-        cfg.validate()
+        validate_run(cfg)
 
 
 def test_read_table_keeps_only_the_columns_a_run_uses(tmp_path):
@@ -348,7 +350,7 @@ def test_read_table_keeps_only_the_columns_a_run_uses(tmp_path):
 def test_seed_must_fit_64_bits(seed):
     cfg = RunConfig(method="head", seed=seed)
     if 0 <= seed <= MAX_INT:
-        cfg.validate()
+        validate_run(cfg)
     else:
         refused(cfg.validate)
 
@@ -429,7 +431,7 @@ def test_random_nested_config_files_give_a_config_or_one_line(doc, depth):
     path = temp_file(text.encode(), ".json")
     try:
         cfg = config_from_file(path)
-        cfg.validate()
+        validate_run(cfg)
     except ConfigError as e:
         one_line(e)
         return

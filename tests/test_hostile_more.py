@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 
 from peft_tui.cli import app
 from peft_tui.config import DataConfig, RunConfig
+from peft_tui.engine.methods import validate as validate_run
 from peft_tui.errors import ConfigError
 
 runner = CliRunner()
@@ -362,5 +363,5 @@ def test_a_config_file_value_of_the_wrong_type_is_refused_even_when_falsy(tmp_pa
     path = tmp_path_factory.mktemp("types") / "c.json"
     path.write_text(json.dumps({key: value}))
     with pytest.raises(ConfigError) as err:
-        config_from_file(str(path)).validate()
+        validate_run(config_from_file(str(path)))
     assert "\n" not in str(err.value)

@@ -579,8 +579,8 @@ def loads(*args, **kw):
 @settings(max_examples=10, deadline=None, suppress_health_check=SHARED)
 @given(limit=st.integers(1, 50), rows=st.integers(1, 100))
 def test_predict_refuses_above_the_row_limit_before_loading(head_run, tmp_path_factory, monkeypatch, limit, rows):
+    from peft_tui import limits
     from peft_tui.engine import artifacts
-    from peft_tui.engine.data import limits
 
     st_, rid = head_run
     path = tmp_path_factory.mktemp("lim") / "in.txt"
@@ -618,7 +618,7 @@ def test_predict_writes_each_chunk_as_it_comes(head_run, monkeypatch, capsys):
 
 
 def test_the_documented_row_limit_is_the_one_enforced():
-    from peft_tui.engine.data.limits import MAX_PREDICT_ROWS
+    from peft_tui.limits import MAX_PREDICT_ROWS
 
     res = runner.invoke(app, ["predict", "--help"])
     assert f"{MAX_PREDICT_ROWS:,}" in " ".join(res.stdout.split())

@@ -41,8 +41,8 @@ def predict(
 
     Example: peft-tui predict 3 "the battery is great" "the screen broke"   or   peft-tui predict 3 --file new.csv"""
     from peft_tui.engine.artifacts import load_run, stored_config
-    from peft_tui.engine.data.limits import MAX_PREDICT_ROWS
     from peft_tui.engine.device import resolve_device
+    from peft_tui.limits import MAX_PREDICT_ROWS
 
     if not texts and not file:
         raise ConfigError("nothing to classify: pass texts after the run id, or --file F")

@@ -19,7 +19,7 @@ import typer
 import typer.core
 
 from peft_tui.config import RunConfig, store_path
-from peft_tui.errors import ConfigError, disk_full_at, first_line
+from peft_tui.errors import ConfigError, OneLineError, disk_full_at, first_line
 from peft_tui.safe import safe_lines, safe_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,7 +72,7 @@ def handles_errors(fn: Callable) -> Callable:
                     return fn(*args, **kwargs)
             except (typer.Exit, typer.Abort, ClickException):
                 raise  # an exit code chosen on purpose, or click's own usage error
-            except ConfigError as e:
+            except OneLineError as e:
                 fail(str(e), EXIT_FAILED if disk_full_at(e) is not None else EXIT_BAD_INPUT)
             except KeyboardInterrupt:
                 signum = stopped.signum or signal.SIGINT

@@ -122,7 +122,9 @@ def run_config(ctx: typer.Context, sets: list[str] | None = None, **fields: Any)
     if run_over.get("method", cfg.method) != cfg.method:
         run_over["params"] = {}  # another method's parameters do not carry over
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data_over), **run_over)
-    return cfg.with_overrides(sets or [])
+    from peft_tui.engine.methods import with_overrides
+
+    return with_overrides(cfg, sets or [])
 
 
 def _typed(ctx: typer.Context, param: str) -> bool:

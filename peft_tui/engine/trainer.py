@@ -1,6 +1,6 @@
 """One training run: config in, events out, a RunResult back.
 
-    execute(store, run_id, config, sink, cancel=None, resume=False, *, cache_dir=None, data=None)
+    execute(store, run_id, config, sink, cancel=None, resume=False, *, cache_dir=None, dist=Dist())
         -> RunResult, or None when the run failed or was cancelled
 
 `train()` is the loop, top to bottom: resolve device and precision, load the data and the model, tokenise
@@ -18,16 +18,18 @@ import math
 import random
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peft_tui.config import RunConfig
+from peft_tui.engine import probe
 from peft_tui.engine.batching import collate, length_grouped_batches, pad_id_of, shard, tokenize_splits
 from peft_tui.engine.checkpoint import TrainState
 from peft_tui.engine.device import autocast_for, resolve_device, resolve_precision
+from peft_tui.engine.dist import Dist
 from peft_tui.engine.evaluation import EvalResult, evaluate
 from peft_tui.engine.events import (
+    LOG_INTERVAL_S,
     EvalLogged,
     LogMessage,
     MemorySampled,
@@ -38,73 +40,14 @@ from peft_tui.engine.events import (
     Sink,
     StepLogged,
 )
+from peft_tui.engine.models import build_model, library_versions, seed_everything  # noqa: F401 - re-exported
 from peft_tui.engine.result import Cancelled, Diverged, RunResult, efficiency
 from peft_tui.errors import ConfigError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft_tui.engine.data import DataSplits
     from peft_tui.engine.memory import MemoryMonitor
-    from peft_tui.engine.methods import Method
 
-LOG_INTERVAL_S = 0.1  # StepLogged at most ~10 times a second
-
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in a data-parallel run, whose process group launch/ddp.py (torchrun) or Ray
-    Train has set up. The default, one process, makes every method a no-op.
-
-    How the ranks share a run: each builds the same length-grouped batches (same seed) and takes its
-    share of every batch (`batching.shard`), so the global batch, the steps and the schedule are a
-    1-process run's, and DDP's gradient average is the 1-process gradient. Cancel, divergence and early
-    stopping are decided by all ranks together; rank 0 evaluates and shares the figures, and alone
-    writes: events (the other ranks get a null sink), checkpoints and weights."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def wrap(self, model, device: str):
-        """The model as the training step calls it: in DistributedDataParallel over several processes."""
-        if self.world_size == 1:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        # buffers (position ids) never change; static_graph: unused trainable parameters are found once
-        return DistributedDataParallel(model, device_ids=[int(device.split(":")[1])] if ":" in device else None,
-                                       forward_sync_buffers=False, static_graph=True)
-
-    def all_reduce(self, values: list[float]) -> list[float]:
-        """The sums of `values` over the ranks (one process: `values`)."""
-        if self.world_size == 1:
-            return values
-        import torch
-        import torch.distributed as td
-
-        on = f"cuda:{torch.cuda.current_device()}" if td.get_backend() == "nccl" else "cpu"
-        t = torch.tensor(values, dtype=torch.float64, device=on)
-        td.all_reduce(t)
-        return t.tolist()
-
-    def gather(self, value: float) -> list[float]:
-        """`value` of every rank, in rank order (one process: [value])."""
-        if self.world_size == 1:
-            return [value]
-        slots = [0.0] * self.world_size
-        slots[self.rank] = value
-        return self.all_reduce(slots)
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank when `flag` is true on one."""
-        return flag if self.world_size == 1 else self.all_reduce([float(flag)])[0] > 0
-
-    def mean_loss(self, loss):
-        """The step's loss for the log: the tensor itself, or over several ranks their mean as a float
-        (the same on every rank, so that all stop together if it is not finite)."""
-        return loss if self.world_size == 1 else self.all_reduce([loss.item()])[0] / self.world_size
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,7 +67,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     from peft_tui.engine import checkpoint, models
     from peft_tui.engine.data import load_splits
     from peft_tui.engine.memory import MemoryMonitor, process_peak_mb
-    from peft_tui.engine.methods import get_method
+    from peft_tui.engine.methods import get_method, learning_rate
     from peft_tui.engine.pooling import pooling_of
     from peft_tui.engine.weights import count_parameters, removed_on_failure
 
@@ -135,17 +78,25 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     params = method.resolve(config.params)
     memory = MemoryMonitor(device)
 
-    # data and model
+    # data and model (each part timed: the run's log says what its start-up cost)
+    ready = [time.perf_counter()]
     if data is None:
         data = load_splits(config.data, config.seed)
     for note in data.notes:
         sink(LogMessage(run_id, "info", note))
+    ready.append(time.perf_counter())
     tokenizer = models.load_tokenizer(config.model, config.trust_remote_code)
-    model = build_model(config, method, params, data.num_labels, device)
+    ready.append(time.perf_counter())
+    head_init = probe.resolve_head_init(config.head_init, math.ceil(len(data.train) / config.batch_size) * config.epochs)
+    fit_probe = head_init == "probe" and resume_from is None  # a resumed run's checkpoint holds the fitted head
+    shared = fit_probe and config.method in probe.SHARES_BASE_FEATURES  # the probe's features can come from the cache
+    model = build_model(config, method, params, data.num_labels, device, fingerprint=shared)
     trainable, total = count_parameters(model)
     pad_id = pad_id_of(tokenizer)
+    ready.append(time.perf_counter())
     train_ids, val_ids, test_ids = tokenize_splits(tokenizer, data, config.max_length, cache_dir)
     lengths = [len(s) for s in train_ids]
+    ready.append(time.perf_counter())
 
     # optimisation
     steps_per_epoch = math.ceil(len(train_ids) / config.batch_size)
@@ -158,6 +109,8 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
 
     sink(RunStarted(run_id, config.display_name, config.method, total_steps, config.epochs, trainable, total,
                     device, precision, len(train_ids), data.num_labels))
+    sink(LogMessage(run_id, "info", "ready in {:.2f}s: data {:.2f}s, tokenizer {:.2f}s, model {:.2f}s, token ids "
+                                    "{:.2f}s".format(ready[-1] - ready[0], *(b - a for a, b in zip(ready, ready[1:])))))
     if resume_from is not None:
         state = checkpoint.load(resume_from, model, optimizer, scheduler, scaler, rng)
         if state.steps_per_epoch != steps_per_epoch:
@@ -167,8 +120,9 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     eval_bs = max(64, config.batch_size * 2)
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
-    if config.head_init == "probe" and resume_from is None:  # a resumed run's checkpoint holds the fitted head
-        extra = init_head(model, run_id, sink, cancel, train_ids, val_ids, data, pad_id, eval_bs, device, autocast)
+    if fit_probe:
+        extra = init_head(model, run_id, sink, cancel, train_ids, val_ids, data, pad_id, device, precision,
+                          cache_dir, shared)
     last_val: dict[int, EvalResult] = {}  # the latest validation result, keyed by its step
 
     def evaluate_shared(ids: list[list[int]], labels: list[int]) -> EvalResult:
@@ -274,7 +228,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
         samples_per_s=state.samples / train_time, tokens_per_s=state.tokens / train_time,
         peak_memory_mb=peak_mb, memory_kind=memory_kind, peak_reserved_mb=mem["reserved_mb"],
         steps=state.step, epochs_done=state.step / steps_per_epoch, stopped_early=stopped_early,
-        device=device, precision=precision, lr=config.learning_rate, seed=config.seed, pooling=pooling_of(model),
+        device=device, precision=precision, lr=learning_rate(config), seed=config.seed, pooling=pooling_of(model),
         label_names=data.label_names,
         sizes={"train": len(train_ids), "val": len(val_ids), "test": len(test_ids)},
         efficiency=efficiency(test.accuracy, trainable),
@@ -285,58 +239,34 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
 # ------------------------------------------------------------------------------------------------
 # the loop's parts
 # ------------------------------------------------------------------------------------------------
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def build_model(config: RunConfig, method: Method, params: dict[str, Any], num_labels: int, device: str):
-    """A freshly seeded classifier from `config.model`, wrapped by the method, on `device`."""
-    from peft_tui.engine import models
-    from peft_tui.engine.weights import count_parameters
-
-    seed_everything(config.seed)
-    model = models.load_model(config.model, num_labels, config.seed, config.trust_remote_code, config.pooling)
-    limit = models.max_positions(model)
-    if limit and config.max_length > limit:
-        raise ConfigError(f"max_length={config.max_length} is above this model's limit of {limit}: "
-                          f"use --set max_length={limit}")
-    model = method.apply(model, params)
-    model.to(device)
-    if count_parameters(model)[0] == 0:
-        raise ConfigError(f"method {config.method!r} left no parameter to train on this model")
-    return model
-
-
 def init_head(model, run_id: int, sink: Sink, cancel: threading.Event, train_ids: list[list[int]],
-              val_ids: list[list[int]], data: DataSplits, pad_id: int, batch_size: int, device: str,
-              autocast) -> dict[str, Any]:
+              val_ids: list[list[int]], data: DataSplits, pad_id: int, device: str, precision: str,
+              cache_dir: Path | None = None, shared: bool = False) -> dict[str, Any]:
     """`head_init=probe` (LP-FT): fit the model's final classifier layer as a linear probe on the features
     the wrapped model gives the training texts before any step (weight decay chosen on the validation
-    split, see probe.fit_head), and say so. Returns the figures for the result's `extra`."""
-    from peft_tui.engine import probe
-
+    split, see probe.fit_head; with `shared`, the features come from / go to the cache in `cache_dir`),
+    and say so. Returns the figures for the result's `extra`."""
     t = time.perf_counter()
-    fit, iterations = probe.fit_head(model, {"train": train_ids, "val": val_ids},
-                                     {"train": data.train.labels, "val": data.val.labels}, data.num_labels,
-                                     pad_id, batch_size, device, autocast, cancel)
+    fit, iterations, stats = probe.fit_head(model, {"train": train_ids, "val": val_ids},
+                                            {"train": data.train.labels, "val": data.val.labels}, data.num_labels,
+                                            pad_id, device, precision, cancel, cache_dir, shared)
     seconds = time.perf_counter() - t
     chosen = (f"chosen on the validation split, where it scores {fit.val_accuracy:.1%}" if val_ids
               else "the default: no validation split")
     sink(LogMessage(run_id, "info", f"head_init=probe: classifier fitted as a linear probe on the {len(train_ids)} "
                                     f"training texts' features before the first step in {seconds:.1f}s (weight "
-                                    f"decay {fit.weight_decay:g}, {chosen}; {iterations} L-BFGS iterations)"))
+                                    f"decay {fit.weight_decay:g}, {chosen}; {iterations} L-BFGS iterations; "
+                                    f"{stats.describe()})"))
     return {"head_init_s": seconds, "head_init_weight_decay": fit.weight_decay,
-            "head_init_val_accuracy": fit.val_accuracy}
+            "head_init_val_accuracy": fit.val_accuracy, "head_init_texts_encoded": stats.encoded,
+            "head_init_texts_cached": stats.cached}
 
 
 def build_optimizer(model, config: RunConfig, total_steps: int):
     """AdamW (no weight decay on biases and norms) and its schedule: linear warmup, then linear decay to 0."""
     import torch
+
+    from peft_tui.engine.methods import learning_rate
 
     warmup = int(total_steps * config.warmup_ratio)
     decay: list[torch.nn.Parameter] = []
@@ -346,7 +276,7 @@ def build_optimizer(model, config: RunConfig, total_steps: int):
             (no_decay if p.ndim < 2 or "LayerNorm" in n or "layernorm" in n else decay).append(p)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.learning_rate,
+        lr=learning_rate(config),
         # fused AdamW (one kernel over all parameters; runs are on cpu or cuda): on this 2-core CPU a MiniLM
         # full fine-tune's optimizer step took 18 ms fused against 87 ms foreach (benchmarks, README Performance)
         fused=True,
@@ -426,26 +356,17 @@ class Stopwatch:
         return self.total + (time.perf_counter() - self._since if self._since is not None else 0.0)
 
 
-def library_versions() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
-
-
 # ------------------------------------------------------------------------------------------------
 # before and around a run
 # ------------------------------------------------------------------------------------------------
-def preflight(config: RunConfig) -> DataSplits:
-    """Check a config before it is queued: values, device, precision, data and model location.
-    Raises ConfigError (one line). Returns the loaded DataSplits: hand them on to `execute(data=...)`
-    and the summary, so that the data is loaded once."""
+def preflight(config: RunConfig, load_data: bool = True) -> DataSplits | None:
+    """Check a validated config before it is queued (engine/submit.py): device, precision, data and
+    model location. Raises ConfigError (one line). Returns the loaded DataSplits (for the summary and the
+    estimate), None without `load_data`."""
     from peft_tui.engine import models
     from peft_tui.engine.data import load_splits
     from peft_tui.engine.methods import get_method
 
-    config.validate()
     method = get_method(config.method)
     if not method.is_baseline:  # a baseline uses neither the base model nor the device
         device = resolve_device(config.device)
@@ -454,40 +375,44 @@ def preflight(config: RunConfig) -> DataSplits:
         params = method.resolve(config.params)
         models.check_model_files(config.model, config.max_length, config.trust_remote_code,
                                  check=lambda skeleton: method.check_model(skeleton, params))
-    return load_splits(config.data, config.seed)
+    return load_splits(config.data, config.seed) if load_data else None
 
 
 def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading.Event | None = None,
-            resume: bool = False, *, cache_dir: Path | None = None,
-            data: DataSplits | None = None, dist: Dist = Dist()) -> RunResult | None:
+            resume: bool = False, *, cache_dir: Path | None = None, dist: Dist = Dist()) -> RunResult | None:
     """Run one stored run to its end. Returns the result, or None when it failed or was cancelled.
     Never raises for a problem inside the run: it becomes a RunFailed / RunCancelled event.
     With `resume`, continue from the run's checkpoint (see `checkpoint.prepare_resume`). `cache_dir`: the
-    tokenisation cache (default: the store's). `data`: splits the caller has loaded already. `dist`: this
+    tokenisation cache (default: the store's). `dist`: this
     process's rank in a data-parallel run (a method with its own procedure runs on rank 0 alone)."""
     from peft_tui.engine import checkpoint
     from peft_tui.engine.memory import release_memory
-    from peft_tui.engine.methods import get_method
+    from peft_tui.engine.methods import get_method, validate
     from peft_tui.engine.weights import disk_full_at
 
     cancel = cancel or threading.Event()
     result = None
     try:
-        config.validate()
+        validate(config)
         out_dir = store.run_dir(run_id)
         method = get_method(config.method)
+        if not method.is_baseline and getattr(store, "root", None) is not None:
+            from peft_tui.engine.estimate import resolved_auto
+
+            config = resolved_auto(config, store.root / "calibration.json")  # auto: the machine's measured pick
         if method.run is not None:  # the method's own procedure: a baseline, the head probe
             if resume:
                 raise ConfigError(f"run {run_id} ({config.method}) keeps no checkpoint to resume from: retry it")
             if not dist.is_main:
                 return None
-            result = method.run(config, run_id, sink, cancel, out_dir, data)
+            result = method.run(config, run_id, sink, cancel, out_dir, None,
+                                store.cache_dir if cache_dir is None else cache_dir)
         else:
             resume_from = checkpoint.find(out_dir) if resume else None
             if resume and resume_from is None:
                 raise ConfigError(f"run {run_id} has no checkpoint to resume from: start it again instead")
             result = train(config, run_id, sink, cancel, out_dir, resume_from=resume_from,
-                           cache_dir=store.cache_dir if cache_dir is None else cache_dir, data=data, dist=dist)
+                           cache_dir=store.cache_dir if cache_dir is None else cache_dir, dist=dist)
         sink(RunFinished(run_id, result))
     except Cancelled as e:
         result = None

@@ -24,7 +24,7 @@ from textual.worker import get_current_worker
 
 from peft_tui.config import DataConfig, RunConfig, store_path
 from peft_tui.engine.events import RunFailed
-from peft_tui.errors import ConfigError
+from peft_tui.errors import OneLineError
 from peft_tui.ui.messages import LogLine, StoreUpdate
 from peft_tui.ui.polling import StorePoller
 from peft_tui.ui.screens.main import MainScreen, shown_path
@@ -108,35 +108,18 @@ class PeftLab(App):
         fit is queued with a warning); a config the scheduler refuses is logged and skipped."""
         rows = []
         for cfg in configs:
-            plan = self._plan(cfg)
             try:
-                rid = self.scheduler.submit(cfg)
-            except ConfigError as e:
+                planned = self.scheduler.submit_checked(cfg, estimate=estimable(cfg.model), inputs=self.estimate_inputs)
+            except OneLineError as e:
                 self.post_message(LogLine(f"not queued: {e}", "error"))
                 continue
-            if plan is not None:
-                self.store.set_estimate(rid, plan["estimate"])
-                if not plan["fits"]:
-                    from peft_tui.engine.estimate import refusal
-
-                    self.post_message(LogLine(f"run {rid}: {refusal(cfg, plan)}", "warning"))
+            rid = planned.run_id
+            if planned.warning:
+                self.post_message(LogLine(f"run {rid}: {planned.warning}", "warning"))
             rows.append(self.store.get(rid))
             self.post_message(LogLine(f"queued run {rid} {cfg.display_name} ({cfg.method} on {cfg.model})"))
         if rows:
             self.post_message(StoreUpdate(rows, {}))
-
-    def _plan(self, config: RunConfig) -> dict | None:
-        """engine.estimate.plan's row for `config` (from a thread), None for a baseline, a hub model, or
-        when it cannot be estimated (the run is queued all the same; the worker reports a real problem)."""
-        from peft_tui.engine.estimate import plan
-
-        if not estimable(config.model):
-            return None
-        try:
-            return plan([config], self.store.root / "calibration.json", calibrate=False,
-                        inputs=self.estimate_inputs)[0]
-        except Exception:  # noqa: BLE001 - an estimate must never keep a run from the queue
-            return None
 
     # ------------------------------------------------------------------ background reads
     @work(thread=True, group="device", exit_on_error=False)

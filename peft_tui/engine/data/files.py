@@ -18,15 +18,6 @@ from typing import Any
 
 from peft_tui.config import DataConfig
 from peft_tui.engine.data.hf import is_hf_source, read_hf
-from peft_tui.engine.data.limits import (
-    MAX_JSON_BYTES,
-    MAX_LABEL_CHARS,
-    MAX_LINE_BYTES,
-    MAX_TABLE_BYTES,
-    MAX_TEXT_CHARS,
-    MiB,
-    size_text,
-)
 from peft_tui.engine.data.splits import (
     DataSplits,
     Split,
@@ -36,6 +27,15 @@ from peft_tui.engine.data.splits import (
     stratified_split,
 )
 from peft_tui.errors import ConfigError, first_line
+from peft_tui.limits import (
+    MAX_JSON_BYTES,
+    MAX_LABEL_CHARS,
+    MAX_LINE_BYTES,
+    MAX_TABLE_BYTES,
+    MAX_TEXT_CHARS,
+    MiB,
+    size_text,
+)
 from peft_tui.safe import safe_text
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".ndjson")

@@ -107,8 +107,9 @@ def check_reuse(which: str, split: Split, data: Split) -> str | None:
     when none)."""
     if not len(split):
         return None
-    seen = set(zip(data.texts, data.pairs or [None] * len(data)))
-    shared = sum((t, p) in seen for t, p in zip(split.texts, split.pairs or [None] * len(split)))
+    no_pairs: list[str | None] = [None] * max(len(data), len(split))
+    seen = set(zip(data.texts, data.pairs or no_pairs))
+    shared = sum((t, p) in seen for t, p in zip(split.texts, split.pairs or no_pairs))
     name = {"val": "validation", "test": "test"}[which]
     if shared == len(split):
         raise ConfigError(f"every {name} row is also a row of --data, so its metrics would be measured on training "

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Self
 
 from peft_tui.engine.launch.ddp import POOL_GPUS_ENV
-from peft_tui.engine.launch.worker import LEAVE_SIGNAL, worker_id
+from peft_tui.engine.launch.process import worker_id
+from peft_tui.engine.launch.worker import LEAVE_SIGNAL
 from peft_tui.engine.store import Store, death_reason
 
 TEND_S = 0.5  # how often the pool looks at its workers and the queue

@@ -34,19 +34,19 @@ import threading
 import time
 from typing import Any
 
-from peft_tui.engine.events import Event, JsonlSink, RunFinished, Sink, fan_out
-from peft_tui.engine.result import RunResult
+from peft_tui.engine.events import JsonlSink, Sink, fan_out
+from peft_tui.engine.launch.process import (
+    POLL_S,
+    STOP_SIGNALS,
+    ProcessFigures,
+    die_with,
+    keep_alive,
+    worker_id,
+)
 from peft_tui.engine.store import Claim, Store, death_reason
-from peft_tui.errors import ConfigError, first_line
+from peft_tui.errors import ConfigError, OneLineError, first_line
 
-POLL_S = 0.5  # queue polling when idle; heartbeat and cancel polling while training
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 LEAVE_SIGNAL = signal.SIGUSR1  # finish the current run, claim no other
-
-
-def worker_id(host: str, pid: int, device: str) -> str:
-    """How a worker is named in the store's `worker` column (the pool computes it from the pid too)."""
-    return f"{host}:{pid}:{device}"
 
 
 def local_device(device: str) -> str:
@@ -145,6 +145,9 @@ class Worker:
 
             ddp.launch(self.store.root, claim.run_id, claim.config.nproc, local_device(self.device))
             return
+        from peft_tui.engine.models import warm
+
+        warm(claim.config.model)  # the architecture's modules: this run's child and every later one inherit them
         ctx = multiprocessing.get_context("fork")  # after `preload`: the child starts warm
         child = ctx.Process(target=train_one, args=(str(self.store.root), claim, local_device(self.device),
                                                     startup_from, os.getpid()), name=f"peft-tui-run-{claim.run_id}")
@@ -166,7 +169,7 @@ def train_one(root: str, claim: Claim, device: str, startup_from: float, worker_
     cancel = threading.Event()
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: cancel.set())
-    _die_with(worker_pid)
+    die_with(worker_pid)
     store = Store(root)  # never the parent's connection: SQLite connections do not survive a fork
     run_id = claim.run_id
     startup_s = time.time() - startup_from
@@ -179,7 +182,7 @@ def train_one(root: str, claim: Claim, device: str, startup_from: float, worker_
     if store.heartbeat(run_id, os.getpid(), startup_s=startup_s):
         cancel.set()
     done = threading.Event()
-    beat = threading.Thread(target=_keep_alive, args=(store, run_id, cancel, done), daemon=True)
+    beat = threading.Thread(target=keep_alive, args=(store, run_id, cancel, done), daemon=True)
     beat.start()
     sink: Sink = ProcessFigures(fan_out(store, events), startup_s, device == "cpu")
     config = dataclasses.replace(claim.config, device=device)
@@ -206,72 +209,6 @@ def check_run_folder(store: Store, run_id: int) -> None:
         raise ConfigError(f"{folder} is a file, not the run's folder: move it aside and retry the run")
 
 
-def _keep_alive(store: Store, run_id: int, cancel: threading.Event, done: threading.Event) -> None:
-    while not done.wait(POLL_S):
-        try:
-            if store.heartbeat(run_id, os.getpid()):
-                cancel.set()
-        except ConfigError:  # the store is busy or damaged: the run's own writes will say so
-            pass
-
-
-def _die_with(worker_pid: int) -> None:
-    """On Linux, the run process is killed when its worker dies, so a run never outlives the worker
-    that answers for it."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != worker_pid:  # the worker died before the call
-        os._exit(1)
-
-
-class ProcessFigures:
-    """Adds what only the run's own process knows to its result: the worker start-up it paid
-    (result.extra["worker_startup_s"]) and, on CPU, its peak memory as the peak RSS of this process:
-    exact, where the trainer samples it. (On CUDA the trainer's torch figures stand.) Wraps the run's sinks."""
-
-    def __init__(self, sink: Sink, startup_s: float, cpu: bool):
-        self.sink = sink
-        self.startup_s = startup_s
-        self.cpu = cpu
-
-    def __call__(self, event: Event) -> None:
-        if isinstance(event, RunFinished):
-            result = with_extra(event.result, worker_startup_s=round(self.startup_s, 3))
-            event = RunFinished(event.run_id, with_process_peak(result) if self.cpu else result)
-        self.sink(event)
-
-    def close(self) -> None:
-        self.sink.close()
-
-
-def with_extra(result: RunResult | dict[str, Any], **figures: Any) -> RunResult | dict[str, Any]:
-    """`result` with `figures` added to its `extra` (a result may still be a plain dict)."""
-    if isinstance(result, RunResult):
-        return dataclasses.replace(result, extra={**result.extra, **figures})
-    return {**result, "extra": {**(result.get("extra") or {}), **figures}}
-
-
-def with_process_peak(result: RunResult | dict[str, Any]) -> RunResult | dict[str, Any]:
-    """`result` with peak_memory_mb = this process's peak RSS (left None where a method measures none)."""
-    from peft_tui.engine.memory import process_peak_mb
-
-    peak_mb = process_peak_mb()
-    kind = "peak RSS of the run's own process"
-    if isinstance(result, RunResult):
-        if result.peak_memory_mb is None:
-            return result
-        return dataclasses.replace(result, peak_memory_mb=peak_mb, memory_kind=kind)
-    if result.get("peak_memory_mb") is None:
-        return result
-    return {**result, "peak_memory_mb": peak_mb, "memory_kind": kind}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m peft_tui.engine.launch.worker",
                                      description="Train the runs queued in a store, one process per run.")
@@ -286,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         store = Store(args.store)
-    except ConfigError as e:
+    except OneLineError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
     trust = None if args.remote_code is None else args.remote_code == "allow"

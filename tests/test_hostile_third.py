@@ -88,7 +88,7 @@ def marker_model(folder: Path, marker: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    """A store with one finished LoRA run trained (without the flag) on the marker model: (store, id, marker)."""
+    """A store with one finished run trained (without the flag) on the marker model: (store, id, marker)."""
     from peft_tui.engine import trainer
     from peft_tui.engine.store import Store
 
@@ -96,7 +96,7 @@ def planted(tmp_path_factory):
     marker = root / "MARKER"
     folder = marker_model(root / "evil-bert", marker)
     st_ = Store(root / "store")
-    cfg = tiny_config(method="lora", model=str(folder), data=DataConfig(size=60))
+    cfg = tiny_config(method="head", model=str(folder), data=DataConfig(size=60))  # head: the quickest to train
     rid = st_.create_run(cfg)
     trainer.execute(st_, rid, cfg, st_)
     assert st_.get(rid)["status"] == "done", st_.get(rid)["error"]
@@ -188,14 +188,34 @@ def test_a_tampered_folder_config_alone_is_not_read(planted, tmp_path):
 
 
 def test_an_export_json_cannot_turn_remote_code_on(planted, tmp_path):
-    from peft_tui.engine.artifacts import export_run, load_export
+    from peft_tui.engine.artifacts import EXPORT_FILE, load_export
 
     st_, rid, marker = planted
-    res = export_run(st_, rid, tmp_path / "exp")
-    meta = json.loads((res.folder / "export.json").read_text())
-    meta["config"]["trust_remote_code"] = True
-    (res.folder / "export.json").write_text(json.dumps(meta))
-    assert FLAG in refused(load_export, res.folder)
+    row = st_.get(rid)
+    (tmp_path / "exp").mkdir()
+    meta = {"run_id": rid, "label_names": row["result"]["label_names"],
+            "config": {**row["config"], "trust_remote_code": True}}
+    (tmp_path / "exp" / EXPORT_FILE).write_text(json.dumps(meta))
+    assert FLAG in refused(load_export, tmp_path / "exp")
+    assert not marker.exists()
+
+
+def test_a_worker_refuses_a_queued_run_that_asks_for_remote_code(planted, tmp_path_factory):
+    """A row written into the queue with trust_remote_code (the store is shared data): a worker whose
+    command was not given the flag fails it with the reason before anything loads."""
+    from peft_tui.engine.launch.worker import Worker
+    from peft_tui.engine.store import Store
+
+    st_, _, marker = planted
+    st2 = Store(tmp_path_factory.mktemp("queue") / "store")
+    cfg = RunConfig.from_dict({**tiny_config(model=st_.get(1)["config"]["model"]).to_dict(), "trust_remote_code": True})
+    rid = st2.create_run(cfg)
+    worker = Worker(st2, "cpu", trust_remote_code=False)
+    claim = st2.claim(worker.id, os.getpid(), worker.host, ["cpu"])
+    assert claim is not None and claim.run_id == rid
+    worker._train(claim, time.time())
+    row = st2.get(rid)
+    assert row["status"] == "failed" and FLAG in row["error"], row["error"]
     assert not marker.exists()
 
 
@@ -363,13 +383,16 @@ def test_the_fit_check_refuses_on_time(tmp_path_factory, plan_inputs, epochs, ma
 @pytest.mark.slow
 def test_a_run_stops_cleanly_at_max_time(tmp_path):
     from peft_tui.engine import trainer
+    from peft_tui.engine.events import JsonlSink, fan_out
     from peft_tui.engine.store import Store
 
     st_ = Store(tmp_path / "store")
     cfg = tiny_config(method="lora", epochs=10**6, max_time=3.0, head_init="random")
     rid = st_.create_run(cfg)
     t0 = time.monotonic()
-    result = trainer.execute(st_, rid, cfg, st_)
+    sink = fan_out(st_, JsonlSink(st_.events_path(rid)))
+    result = trainer.execute(st_, rid, cfg, sink)
+    sink.close()
     assert time.monotonic() - t0 < 60
     row = st_.get(rid)
     assert row["status"] == "done" and result is not None
@@ -411,6 +434,7 @@ def test_a_killed_command_leaves_no_worker_training(tmp_path, sig):
                             "--epochs", "100000", "--device", "cpu", "--store", str(root), "--set", "data.size=60",
                             "--set", "batch_size=8", "--set", "head_init=random"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    worker_pid = None
     try:
         st_ = wait_for(lambda: (root / "runs.db").exists() and Store(root), 60)
         row = wait_for(lambda: next((r for r in st_.list() if r["status"] == "running" and r["pid"]), None), 120)
@@ -425,6 +449,8 @@ def test_a_killed_command_leaves_no_worker_training(tmp_path, sig):
     finally:
         if cli.poll() is None:
             cli.kill()
+        if worker_pid and alive(worker_pid):  # the test failed: leave nothing training behind
+            os.kill(worker_pid, signal.SIGTERM)
 
 
 # ================================================================================================
@@ -526,9 +552,20 @@ TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Z
                min_size=1, max_size=30).filter(lambda t: t.strip() and "|||" not in t)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=SHARED)
-@given(texts=st.lists(TEXT, min_size=1, max_size=60), n_extra=st.integers(0, 2500), as_json=st.booleans())
+@settings(max_examples=8, deadline=None, suppress_health_check=SHARED)
+@given(texts=st.lists(TEXT, min_size=1, max_size=30), n_extra=st.integers(0, 30), as_json=st.booleans())
 def test_predict_file_streams_every_row_in_order(head_run, tmp_path_factory, texts, n_extra, as_json):
+    check_streamed(head_run, tmp_path_factory, texts, n_extra, as_json)
+
+
+@pytest.mark.slow
+@settings(max_examples=3, deadline=None, suppress_health_check=SHARED)
+@given(texts=st.lists(TEXT, min_size=1, max_size=30), n_extra=st.integers(1100, 2500), as_json=st.booleans())
+def test_predict_file_streams_several_chunks_in_order(head_run, tmp_path_factory, texts, n_extra, as_json):
+    check_streamed(head_run, tmp_path_factory, texts, n_extra, as_json)
+
+
+def check_streamed(head_run, tmp_path_factory, texts: list[str], n_extra: int, as_json: bool) -> None:
     st_, rid = head_run
     texts = [t.strip() for t in texts] + [f"filler text {i}" for i in range(n_extra)]
     path = tmp_path_factory.mktemp("pred") / "in.txt"

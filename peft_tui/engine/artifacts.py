@@ -9,7 +9,7 @@ run's model, label count and seed, then the method's own `load` from the run fol
 
 A stored config (a row of runs.db, an export's export.json) is data other people hand around: its
 `trust_remote_code` is never obeyed. The model runs its own code only when the caller passes
-`trust_remote_code=True`, i.e. the user gave the command --trust-remote-code (RunConfig.from_stored).
+`trust_remote_code` as True, i.e. the user gave the command --trust-remote-code (RunConfig.from_stored).
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ class Scheduler:
         self.devices = devices or default_devices()
         self.ray = ray
         # a Ray cluster trains the queue (launch/ray.py); else worker processes on this machine
-        self.pool = make_pool(store, ray=ray, workers=workers, detach=detach, devices=self.devices).start()
+        self.pool = make_pool(store, ray=ray, workers=workers, detach=detach, devices=self.devices,
+                              trust_remote_code=trust_remote_code).start()
         self._watcher = Watcher(store, sink)
         self._cond = threading.Condition()
         self._stop = threading.Event()

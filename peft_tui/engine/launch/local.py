@@ -67,13 +67,14 @@ class Slot:
 
 class LocalPool:
     def __init__(self, store_root: str | Path, devices: list[str] | None = None, workers: int | None = None,
-                 detach: bool = False, idle_s: float = IDLE_S):
+                 detach: bool = False, idle_s: float = IDLE_S, trust_remote_code: bool | None = None):
         self.root = Path(store_root)
         self.devices = devices or default_devices()
         n = workers or len(self.devices)
         self.slots = [Slot(self.devices[i % len(self.devices)]) for i in range(n)]
         self.detach = detach
         self.idle_s = idle_s
+        self.trust_remote_code = trust_remote_code  # the user's --trust-remote-code, told to each worker
         self.host = socket.gethostname()
         self.log_path = self.root / "logs" / "workers.log"
         self._store = Store(self.root)
@@ -182,7 +183,9 @@ class LocalPool:
             return subprocess.Popen(
                 [sys.executable, "-m", "peft_tui.engine.launch.worker", "--store", str(self.root), "--device", device,
                  "--exit-when-idle", "--idle-s", str(self.idle_s),
-                 *([] if self.detach else ["--parent-pid", str(os.getpid())])],
+                 *([] if self.detach else ["--parent-pid", str(os.getpid())]),
+                 *([] if self.trust_remote_code is None else
+                   ["--remote-code", "allow" if self.trust_remote_code else "refuse"])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=self.detach,
                 process_group=None if self.detach else 0, close_fds=True,
             )

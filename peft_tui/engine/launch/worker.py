@@ -15,6 +15,10 @@ A child killed by a signal (the kernel's out-of-memory killer sends SIGKILL) lea
 with that signal as the reason, and the worker goes on with the next run.
 With --parent-pid (a command's own, not detached, workers): when that process is gone, even killed by
 SIGKILL, the worker acts as on SIGTERM: its run ends `cancelled` and it claims no other.
+--remote-code refuse|allow: whether the user who started the worker (through a command's pool) gave
+--trust-remote-code. With `refuse`, a claimed run whose stored config asks for the model's own code fails
+at once with the reason: a row of runs.db is data anyone with write access to the store can change.
+(Without the option, a worker started by hand, the stored config decides, as before.)
 """
 
 from __future__ import annotations
@@ -70,9 +74,10 @@ def preload() -> None:
 
 
 class Worker:
-    def __init__(self, store: Store, device: str):
+    def __init__(self, store: Store, device: str, trust_remote_code: bool | None = None):
         self.store = store
         self.device = device
+        self.trust_remote_code = trust_remote_code  # the user's flag (None: not told, the stored config decides)
         self.host = socket.gethostname()
         self.id = worker_id(self.host, os.getpid(), device)
         self.stopping = threading.Event()  # a stop signal came: cancel the current run, claim no other
@@ -130,6 +135,11 @@ class Worker:
     def _train(self, claim: Claim, startup_from: float) -> None:
         """Train one claimed run in a child process; record how it ended when it could not.
         A run across several processes (config.nproc > 1) is handed to torchrun (launch/ddp.py)."""
+        if claim.config.trust_remote_code and self.trust_remote_code is False:
+            self.store.fail_run(claim.run_id, "its stored config asks to run the model's own Python code "
+                                "(trust_remote_code), and the command that started this worker was not given "
+                                "--trust-remote-code: queue it again from a command given that flag")
+            return
         if claim.config.nproc > 1:
             from peft_tui.engine.launch import ddp
 
@@ -206,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="the device this worker serves: cpu or cuda:N")
     parser.add_argument("--exit-when-idle", action="store_true", help="stop when no queued run is left")
     parser.add_argument("--idle-s", type=float, default=0.0, help="with --exit-when-idle: wait this long first")
+    parser.add_argument("--remote-code", choices=("allow", "refuse"), default=None,
+                        help="whether runs may run their model's own code (the starting command's --trust-remote-code)")
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="stop (cancelling the current run) when this process, the one that started it, is gone")
     args = parser.parse_args(argv)
@@ -214,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     except OneLineError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
-    return Worker(store, args.device).serve(args.exit_when_idle, args.idle_s, args.parent_pid)
+    trust = None if args.remote_code is None else args.remote_code == "allow"
+    return Worker(store, args.device, trust).serve(args.exit_when_idle, args.idle_s, args.parent_pid)
 
 
 if __name__ == "__main__":

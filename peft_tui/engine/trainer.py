@@ -301,8 +301,9 @@ def init_head(model, run_id: int, sink: Sink, cancel: threading.Event, train_ids
                                             {"train": data.train.labels, "val": data.val.labels}, data.num_labels,
                                             pad_id, device, precision, cancel, cache_dir, shared)
     seconds = time.perf_counter() - t
-    chosen = (f"chosen on the validation split, where it scores {fit.val_accuracy:.1%}" if val_ids
-              else "the default: no validation split")
+    on = len(probe.choice_rows(len(val_ids)))
+    chosen = (f"chosen on {'the' if on == len(val_ids) else f'{on} of the {len(val_ids)}'} validation rows, where it "
+              f"scores {fit.val_accuracy:.1%}" if val_ids else "the default: no validation split")
     sink(LogMessage(run_id, "info", f"head_init=probe: classifier fitted as a linear probe on the {len(train_ids)} "
                                     f"training texts' features before the first step in {seconds:.1f}s (weight "
                                     f"decay {fit.weight_decay:g}, {chosen}; {iterations} L-BFGS iterations; "

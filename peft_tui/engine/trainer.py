@@ -146,6 +146,9 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     tokenizer = models.load_tokenizer(config.model, config.trust_remote_code)
     ready.append(time.perf_counter())
     head_init = probe.resolve_head_init(config.head_init, math.ceil(len(data.train) / config.batch_size) * config.epochs)
+    if config.head_init == "auto" and head_init == "random" and resume_from is None:
+        sink(LogMessage(run_id, "info", f"head_init=auto: a seeded head, no probe fit (a run of more than "
+                                        f"{probe.AUTO_PROBE_MAX_STEPS} steps trains its head on its own)"))
     fit_probe = head_init == "probe" and resume_from is None  # a resumed run's checkpoint holds the fitted head
     shared = fit_probe and config.method in probe.SHARES_BASE_FEATURES  # the probe's features can come from the cache
     model = build_model(config, method, params, data.num_labels, device, fingerprint=shared)

@@ -1,13 +1,14 @@
 # Set-up is part of every target: each creates or refreshes .venv itself.
 #   make run      the main job: the dashboard on the embedded defaults
 #   make compare  the same experiment headless (full, LoRA, adapters + TF-IDF, one table)
-#   make test     the test suite
+#   make test     the fast test tier (a few minutes: no worker processes, torchrun or Ray)
+#   make test-all every tier: the fast one, then the tests marked `slow` (CI runs it, then make lint)
 #   make lint     ruff, import contracts, mypy (CI runs it after the tests)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: setup run compare test lint bench screenshots clean
+.PHONY: setup run compare test test-all lint bench screenshots clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +30,9 @@ compare: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
+
+test-all: setup
+	$(VENV)/bin/python -m pytest -q -m ''
 
 # the gates CI runs after the tests: style, import contracts (pyproject [tool.importlinter]), engine types
 lint: setup

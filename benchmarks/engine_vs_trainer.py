@@ -48,7 +48,7 @@ def run_trainer(cfg):
 
     from peft_tui.engine import models
     from peft_tui.engine.data import load_splits
-    from peft_tui.engine.methods import get_method
+    from peft_tui.engine.methods import get_method, learning_rate
 
     data = load_splits(cfg.data, cfg.seed)
     tok = models.load_tokenizer(cfg.model)
@@ -66,7 +66,7 @@ def run_trainer(cfg):
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="hf-"), num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=max(64, 2 * cfg.batch_size),
-        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio,
+        learning_rate=learning_rate(cfg), weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio,
         lr_scheduler_type="linear", max_grad_norm=cfg.grad_clip, seed=cfg.seed, eval_strategy="epoch",
         save_strategy="epoch", save_only_model=False, report_to=[], logging_steps=50, use_cpu=cfg.device == "cpu" or not torch.cuda.is_available(),
         dataloader_num_workers=0, disable_tqdm=True,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from peft_tui.commands import artifacts, data, doctor, launch, plan, report, runs, train
+from peft_tui.commands import artifacts, data, doctor, launch, plan, report, runs, train, tune
 from peft_tui.commands.common import OneLineUsageErrors
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command()(train.compare)
 app.command()(train.sweep)
 app.command()(train.resume)
 app.command()(plan.plan)
+app.command()(tune.tune)
 # stored runs and methods
 app.command("runs")(runs.list_runs)
 app.command()(runs.show)

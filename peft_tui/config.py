@@ -10,20 +10,21 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from peft_tui.errors import ConfigError, first_line  # ConfigError: callers may import it from here too
+from peft_tui.limits import MAX_CONFIG_BYTES, MAX_INT, MAX_SYNTHETIC_SIZE
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POOLINGS = ("auto", "cls", "mean", "max", "last")  # how a sequence becomes one vector for the classifier
 # the classifier before the first step: fitted as a linear probe (LP-FT), seeded, or auto (probe on short runs)
 HEAD_INITS = ("probe", "random", "auto")
 DEFAULT_STORE = "peft-runs"
-MAX_INT = 2**63 - 1  # the largest integer a config may hold: a signed 64-bit value (SQLite, torch seeds)
-MAX_CONFIG_BYTES = 1 << 20  # a config file is a few settings: larger ones are refused unread
+MAX_TIME_S = 366 * 86400.0  # the longest --max-time: a year
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,6 @@ class DataConfig:
             raise ConfigError(f"label_noise={self.label_noise} is out of range: use a fraction in [0, 0.5)")
         if self.limit < 0:
             raise ConfigError(f"limit={self.limit} is negative: use 0 for all rows or a positive row count")
-        from peft_tui.engine.data.limits import MAX_SYNTHETIC_SIZE  # here: engine.data imports this module
 
         if self.size > MAX_SYNTHETIC_SIZE:
             raise ConfigError(f"size={self.size} is too large: the synthetic set makes at most "
@@ -100,16 +100,14 @@ class RunConfig:
     # runs of at most 200 optimizer steps, random for longer ones (engine/probe.py resolve_head_init, README)
     head_init: str = "auto"
     nproc: int = 1  # data-parallel processes for this one run (torchrun / Ray Train); 1: a single process
+    max_time: float = 0.0  # seconds of wall time after which the run stops (and is refused if estimated longer); 0: none
 
     # ----------------------------------------------------------------- validation
     def validate(self) -> None:
-        """Raise ConfigError with a one-line message on the first bad value. Imports no torch."""
-        from peft_tui.engine.methods import get_method  # registry is torch-free at import time
-
+        """Raise ConfigError with a one-line message on the first bad field. The method and its parameters
+        are the method registry's to check: `peft_tui.engine.methods.validate(config)` does both."""
         check_types(self)
         self.data.validate()
-        method = get_method(self.method)
-        method.check_params(self.params)
         if self.epochs < 1:
             raise ConfigError(f"epochs={self.epochs} must be at least 1")
         if self.batch_size < 1:
@@ -134,6 +132,9 @@ class RunConfig:
             raise ConfigError(f"unknown head_init {self.head_init!r}: use one of {', '.join(HEAD_INITS)}")
         if not 1 <= self.nproc <= 64:
             raise ConfigError(f"nproc={self.nproc} is out of range: use 1..64 processes for one run")
+        if not 0 <= self.max_time <= MAX_TIME_S:
+            raise ConfigError(f"max_time={self.max_time} is out of range: use seconds in 0..{MAX_TIME_S:.0f} "
+                              "(e.g. --max-time 2h; 0: no limit)")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
         if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+|mps", self.device):
@@ -142,12 +143,6 @@ class RunConfig:
             raise ConfigError(
                 f"run name {self.name!r} is not allowed: use up to 64 letters, digits, '.', '_' or '-'"
             )
-
-    @property
-    def learning_rate(self) -> float:
-        from peft_tui.engine.methods import get_method
-
-        return self.lr if self.lr is not None else get_method(self.method).default_lr
 
     @property
     def display_name(self) -> str:
@@ -177,15 +172,26 @@ class RunConfig:
         check_types(config)
         return config
 
+    @classmethod
+    def from_stored(cls, d: dict[str, Any], trust_remote_code: bool = False, what: str = "this run") -> RunConfig:
+        """A config read back from a store or an export (data other people hand around, never trusted):
+        its `trust_remote_code` becomes the flag the user gave the command that loads it. A stored config
+        that asks for the model's own code without that flag is refused in one line naming the flag."""
+        config = cls.from_dict(d)
+        if config.trust_remote_code and not trust_remote_code:
+            raise ConfigError(f"{what} is stored with trust_remote_code (its model would run its own Python code), "
+                              "and a stored config is not trusted: pass --trust-remote-code if you trust that model")
+        return dataclasses.replace(config, trust_remote_code=trust_remote_code)
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     # ------------------------------------------------------------- --set key=value
-    def with_overrides(self, pairs: list[str]) -> RunConfig:
-        """Apply `key=value` strings: run fields, `data.*` / data fields, or method parameters."""
-        from peft_tui.engine.methods import get_method
-
-        method = get_method(self.method)
+    def with_overrides(self, pairs: list[str], method_params: Mapping[str, Any] | None = None) -> RunConfig:
+        """Apply `key=value` strings: run fields, `data.*` / data fields, or the method's parameters
+        (`method_params`: name -> an object whose `parse(raw)` reads a value; see
+        `peft_tui.engine.methods.with_overrides`)."""
+        method_params = method_params or {}
         top: dict[str, Any] = {}
         data: dict[str, Any] = {}
         params = dict(self.params)
@@ -200,17 +206,19 @@ class RunConfig:
                 if key not in data_fields:
                     raise ConfigError(f"unknown data key {key!r}: use one of {', '.join(data_fields)}")
                 data[key] = _parse_field(data_fields[key], key, raw)
-            elif key in method.params:
-                params[key] = method.params[key].parse(raw)
+            elif key in method_params:
+                params[key] = method_params[key].parse(raw)
             elif key == "trust_remote_code":
                 raise ConfigError("trust_remote_code cannot be set with --set: pass --trust-remote-code "
                                   "(only that flag allows a model's own code)")
+            elif key == "max_time":
+                top[key] = parse_duration(raw)
             elif key in run_fields:
                 top[key] = _parse_field(run_fields[key], key, raw)
             elif key in data_fields:
                 data[key] = _parse_field(data_fields[key], key, raw)
             else:
-                allowed = sorted(set(run_fields) | set(method.params))
+                allowed = sorted(set(run_fields) | set(method_params))
                 raise ConfigError(
                     f"unknown key {key!r} for method {self.method!r}: use one of {', '.join(allowed)} "
                     f"(or data.<key>; `peft-tui methods` lists each method's parameters)"
@@ -313,6 +321,21 @@ def config_from_file(path_str: str, warn: Callable[[str], None] | None = None) -
         return RunConfig.from_dict(raw)
     except TypeError as e:
         raise ConfigError(f"config file {name} has a bad value ({first_line(e)})") from None
+
+
+def parse_duration(value: str | float | None) -> float | None:
+    """Seconds from "90", "90s", "15m", "2h", "1.5d" (None stays None); ConfigError on anything else."""
+    import math
+
+    if value is None or isinstance(value, (int, float)):
+        return None if value is None else float(value)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-z]*)\s*", str(value).lower())
+    if m is None or m.group(2) not in DURATION_UNITS:
+        raise ConfigError(f"--max-time {_short(str(value), 40)} is not a duration: write seconds or e.g. 90m, 2h, 1d")
+    seconds = float(m.group(1)) * DURATION_UNITS[m.group(2)]
+    if not math.isfinite(seconds) or seconds > MAX_TIME_S:
+        raise ConfigError(f"--max-time {_short(str(value), 40)} is too long: at most {MAX_TIME_S / 86400:.0f} days")
+    return seconds
 
 
 def _parse_field(f: dataclasses.Field, key: str, raw: str) -> Any:

@@ -32,7 +32,35 @@ async def wait_for(pilot, cond, timeout: float, what: str) -> None:
         raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+MIN_VAL_ACCURACY = 0.65  # a binary task: clearly above chance (0.5)
+LOSS_DROP = 0.8  # the latest quarter of a curve's training loss at most 80% of its first quarter's
+
+
+def not_learned(app) -> str | None:
+    """Why the runs on screen do not show learning (None when they do): an image of runs that did not learn
+    would show the product failing. Every fine-tuning run that has logged a curve must have its training loss
+    falling, and the best validation accuracy must be clearly above chance."""
+    rows = [r for r in app.store.list() if r["method"] != "tfidf" and r["status"] in ("running", "done")]
+    if not rows:
+        return "no run has started"
+    for r in rows:
+        loss = [v for _, v in app.store.series(r["id"], "train_loss")]
+        if len(loss) < 8:
+            return f"run {r['id']} ({r['method']}) has logged only {len(loss)} training-loss points"
+        q = len(loss) // 4
+        first, last = sum(loss[:q]) / q, sum(loss[-q:]) / q
+        if last > LOSS_DROP * first:
+            return f"run {r['id']} ({r['method']}): training loss {first:.3f} -> {last:.3f} is not falling"
+    best = max((r["val_accuracy"] or 0.0) for r in rows)
+    if best < MIN_VAL_ACCURACY:
+        return f"the best validation accuracy is {100 * best:.1f}% (< {100 * MIN_VAL_ACCURACY:.0f}%)"
+    return None
+
+
 async def save(app, pilot, out: Path, name: str) -> None:
+    why = not_learned(app)
+    if why is not None:
+        raise SystemExit(f"refusing to write {name}: the runs have not learned ({why})")
     app.main.refresh_all()
     await pilot.pause(1.0)  # let the charts redraw at this size
     app.save_screenshot(str(out / name))
@@ -64,7 +92,8 @@ async def live(out: Path, timeout: float) -> None:
         await pilot.press("c")
         await wait_for(pilot, lambda: any(r["method"] == "lora" and r["status"] == "running"
                                           and (r.get("step") or 0) >= 0.5 * (r.get("total_steps") or 1e9)
-                                          for r in state.runs.values()), timeout, "LoRA to be half way")
+                                          for r in state.runs.values()) and not_learned(app) is None, timeout,
+                       "LoRA to be half way, with every started run learning")
         await save(app, pilot, out, "main-mid-run-160x48.svg")
         await wait_for(pilot, lambda: state.counts()["done"] == 4 and not state.active(), timeout,
                        "the comparison to finish")

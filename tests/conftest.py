@@ -61,3 +61,14 @@ def trained_store(root, method: str):
     trainer.execute(st, rid, cfg, st)
     assert st.get(rid)["status"] == "done", st.get(rid)["error"]
     return st, rid
+
+
+# The fast tier: the CLI's commands and the dashboard train their runs in a thread of the test process
+# (engine/launch/inprocess.py) instead of worker processes; tests marked `slow` start real processes.
+os.environ.setdefault("PEFT_TUI_INPROCESS_POOL", "1")
+
+
+@pytest.fixture()
+def worker_processes(monkeypatch):
+    """Real worker processes for this test (the slow tier's end-to-end checks)."""
+    monkeypatch.setenv("PEFT_TUI_INPROCESS_POOL", "0")

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from peft_tui.cli import app
 from peft_tui.config import ConfigError, DataConfig, RunConfig
+from peft_tui.engine.methods import validate as validate_run
 
 runner = CliRunner()
 TINY = ["--model", "tiny", "--set", "data.size=120", "--epochs", "1", "--batch-size", "16"]
@@ -297,7 +298,7 @@ def test_unknown_run_id(tmp_path, cmd):
 )
 def test_validate_one_line(kw, needle):
     with pytest.raises(ConfigError) as info:
-        RunConfig(**kw).validate()
+        validate_run(RunConfig(**kw))
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 

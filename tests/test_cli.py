@@ -29,6 +29,8 @@ def invoke(*args):
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("worker_processes")
 def test_run_json_end_to_end(tmp_path):
     store = tmp_path / "s"
     res = invoke("run", "--method", "adapters", *TINY, "--set", "size=4", "--store", str(store), "--json")
@@ -119,6 +121,8 @@ def test_bad_input_exit_2_one_line(tmp_path, args, needle):
     assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in res.output
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("worker_processes")
 def test_failed_run_exits_1(tmp_path, monkeypatch):
     """A run that fails inside training (in its worker process) exits 1 and is stored as failed with its
     one-line reason. (max_length above the model's limit is caught before the run: exit 2, see
@@ -191,7 +195,7 @@ def test_run_from_a_config_file_with_overrides(tmp_path):
 
 # ---------------------------------------------------------------- the shared options and their builder
 def test_a_method_parameter_in_a_comparison_goes_only_to_methods_that_have_it():
-    from peft_tui.commands.train import method_sets
+    from peft_tui.commands.queueing import method_sets
 
     sets = ["size=4", "r=2", "epochs=1", "data.size=100", "nokey=1"]
     assert method_sets("adapters", sets) == ["size=4", "epochs=1", "data.size=100", "nokey=1"]
@@ -254,6 +258,8 @@ def test_runs_and_show_print_errors_and_names_literally(tmp_path):
 
 
 # ---------------------------------------------------------------- one data load; the baseline is a run
+@pytest.mark.slow
+@pytest.mark.usefixtures("worker_processes")
 def test_run_loads_its_data_once(tmp_path, monkeypatch):
     """The command loads the data once, for preflight and the summary (the worker that trains the run loads
     it in its own process)."""
@@ -337,8 +343,8 @@ def test_gpus_sets_the_processes_of_each_run(tmp_path, monkeypatch, command):
 
     queued = []
 
-    def no_training(st, configs, *a, **k):
-        queued.extend(configs)
+    def no_training(st, planned, *a, **k):
+        queued.extend(p.config for p in planned)
         raise typer.Exit(0)
 
     monkeypatch.setattr(train, "train_runs", no_training)

@@ -193,7 +193,7 @@ def _writer(store: Path, rid: int, start: int, stop: int) -> subprocess.Popen:
 def test_store_survives_writers_killed_mid_write(tmp_path):
     store = tmp_path / "s"
     st = Store(store)
-    rid = st.create_run(tiny_config(), validate=False)
+    rid = st.create_run(tiny_config())
     rng = random.Random(0)
     committed: set[int] = set()
     start = 0
@@ -223,8 +223,8 @@ def test_store_survives_writers_killed_mid_write(tmp_path):
 def test_two_writers_and_a_reader_lose_nothing(tmp_path):
     store = tmp_path / "s"
     st = Store(store)
-    r1 = st.create_run(tiny_config(), validate=False)
-    r2 = st.create_run(tiny_config(), validate=False)
+    r1 = st.create_run(tiny_config())
+    r2 = st.create_run(tiny_config())
     n = 300
     procs = [_writer(store, r1, 0, n), _writer(store, r2, 0, n)]
     reads, errors = 0, []

@@ -16,9 +16,11 @@ from typer.testing import CliRunner
 from peft_tui.cli import app as cli
 from peft_tui.config import DataConfig, RunConfig
 from peft_tui.engine import estimate as E
+from peft_tui.engine.estimate import planning
 from peft_tui.engine.events import RunFinished, RunStarted
 from peft_tui.engine.result import RunResult
 from peft_tui.engine.store import SCHEMA, Store
+from peft_tui.errors import ConfigError
 
 TINY = ["--model", "tiny", "--set", "data.size=40", "--epochs", "1", "--batch-size", "16", "--device", "cpu"]
 runner = CliRunner()
@@ -88,7 +90,7 @@ def test_an_older_store_gains_the_estimate_columns_and_still_opens(tmp_path):
 
 # ---------------------------------------------------------------------------------------- the fit check
 def test_run_and_compare_refuse_what_will_not_fit_in_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(E, "free_memory_mb", lambda device: 50.0)
+    monkeypatch.setattr(planning, "free_memory_mb", lambda device: 50.0)
     store = tmp_path / "store"
     for args in (["run", "--method", "lora"], ["compare", "--methods", "lora,bitfit"]):
         res = runner.invoke(cli, [*args, *TINY, "--store", str(store)])
@@ -99,37 +101,49 @@ def test_run_and_compare_refuse_what_will_not_fit_in_one_line(tmp_path, monkeypa
 
 
 def test_the_fit_check_estimates_each_run_and_skips_the_baseline(tmp_path, monkeypatch):
-    from peft_tui.commands.train import fit_check
-    from peft_tui.engine.trainer import preflight
+    from peft_tui.engine.submit import check, prepare
 
     configs = [tiny(method="full"), tiny(method="lora"), tiny(method="tfidf", model="tfidf+logreg")]
     st = Store(tmp_path / "s")
     t0 = time.perf_counter()
-    estimates = fit_check(st, configs, preflight(configs[0]), force=False)
+    planned = check(st, configs, data=prepare(configs))
     assert time.perf_counter() - t0 < 5  # no calibration measured: the nominal figures
-    full, lora, base = estimates
+    full, lora, base = (p.estimate for p in planned)
     assert base is None and full["calibration"] == lora["calibration"] == "nominal"
     assert lora["trainable_params"] < full["trainable_params"] and lora["peak_mb"] < full["peak_mb"]
-    monkeypatch.setattr(E, "free_memory_mb", lambda device: 50.0)
+    monkeypatch.setattr(planning, "free_memory_mb", lambda device: 50.0)
     with pytest.raises(Exception, match="full will not fit"):
-        fit_check(st, configs, None, force=False)  # type: ignore[arg-type]
-    assert fit_check(st, configs, None, force=True)[1]["peak_mb"] == lora["peak_mb"]  # type: ignore[arg-type]
+        check(st, configs)
+    forced = check(st, configs, force=True)
+    assert forced[1].estimate["peak_mb"] == lora["peak_mb"] and not forced[1].fits
+    assert "will not fit" in forced[1].warning
 
 
-def test_an_estimator_failure_never_keeps_a_run_from_the_queue(tmp_path, monkeypatch, capsys):
-    from peft_tui.commands.train import fit_check
+def test_only_an_architecture_the_estimate_cannot_read_is_queued_without_an_estimate(tmp_path, monkeypatch, capsys):
+    from peft_tui.commands.queueing import fit_check
+    from peft_tui.engine.submit import prepare
 
-    def broken(*args, **kwargs):
-        raise AttributeError("'WeirdConfig' object has no attribute 'n_layer'")
+    configs = [tiny(), tiny(method="full")]
+
+    def unknown_architecture(*args, **kwargs):
+        raise E.NotEstimable("the WeirdConfig architecture cannot be estimated ('WeirdConfig' has no 'n_layer')")
+
+    monkeypatch.setattr(E, "plan", unknown_architecture)
+    planned = fit_check(Store(tmp_path / "s"), configs, prepare(configs), force=False, ray=None)
+    assert [p.estimate for p in planned] == [None, None]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and all(line.startswith("warning: no estimate") and "n_layer" in line for line in lines)
+
+    def broken(*args, **kwargs):  # any other failure of the estimate: the run would meet it too
+        raise ValueError("invalid literal for int() with base 10: 'x'")
 
     monkeypatch.setattr(E, "plan", broken)
-    assert fit_check(Store(tmp_path / "s"), [tiny(), tiny(method="full")], None, force=False) == [None, None]  # type: ignore[arg-type]
-    [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("warning: no estimate for these runs") and "n_layer" in line
+    with pytest.raises(ConfigError, match="cannot be queued: checking it failed"):
+        fit_check(Store(tmp_path / "s"), configs, prepare(configs), force=False, ray=None)
 
 
 def test_a_forced_run_trains_stores_its_estimate_and_show_prints_the_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(E, "free_memory_mb", lambda device: 50.0)
+    monkeypatch.setattr(planning, "free_memory_mb", lambda device: 50.0)
     store = tmp_path / "store"
     res = runner.invoke(cli, ["run", "--method", "bitfit", *TINY, "--store", str(store), "--force", "--json"])
     assert res.exit_code == 0, res.output

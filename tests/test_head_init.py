@@ -15,6 +15,7 @@ from conftest import tiny_config
 from peft_tui.config import DataConfig
 from peft_tui.engine import probe, trainer
 from peft_tui.engine.methods import get_method, method_names
+from peft_tui.engine.methods import validate as validate_run
 from peft_tui.errors import ConfigError
 
 PEFT_JSON = '{"peft_type": "LORA", "r": 4, "target_modules": ["query", "value"]}'
@@ -66,7 +67,8 @@ def test_probe_init_equals_the_head_probe_fit(tmp_path):
     head_cfg = tiny_config(method="head", pooling="mean", data=data)
     from peft_tui.engine.data import load_splits
 
-    result = probe.run(head_cfg, 1, lambda e: None, threading.Event(), tmp_path / "head", load_splits(data, 42))
+    result = probe.run(head_cfg, 1, lambda e: None, threading.Event(), tmp_path / "head", load_splits(data, 42),
+                       method=get_method("head"))
     fitted = load_file(str(tmp_path / "head" / "head.safetensors"))
     assert extra["head_init_weight_decay"] == result.extra["probe_weight_decay"]
     assert extra["head_init_val_accuracy"] == pytest.approx(result.val_accuracy)
@@ -134,7 +136,7 @@ def test_head_init_is_validated_and_kept_in_the_saved_config():
     assert RunConfig.from_dict(cfg.to_dict()).head_init == "probe"
     assert cfg.with_overrides(["head_init=random"]).head_init == "random"
     with pytest.raises(ConfigError, match="unknown head_init 'lp': use one of probe, random, auto"):
-        tiny_config(head_init="lp").validate()
+        validate_run(tiny_config(head_init="lp"))
 
 
 def test_resume_does_not_fit_again(tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from peft_tui.config import ConfigError, DataConfig, RunConfig
 from peft_tui.engine.methods import REGISTRY, get_method
+from peft_tui.engine.methods import validate as validate_run
 from peft_tui.engine.models import load_model, load_tokenizer
 from peft_tui.engine.weights import count_parameters
 
@@ -286,12 +287,12 @@ def test_peft_json_other_peft_type(batch, tmp_path):
 def test_peft_json_bad_config_is_refused_at_validation(config, message):
     cfg = RunConfig(method="peft-json", model="tiny", params={"config": config})
     with pytest.raises(ConfigError, match=message):
-        cfg.validate()
+        validate_run(cfg)
 
 
 def test_peft_json_without_config_is_refused():
     with pytest.raises(ConfigError, match="needs config="):
-        RunConfig(method="peft-json", model="tiny").validate()
+        validate_run(RunConfig(method="peft-json", model="tiny"))
     with pytest.raises(ConfigError, match="needs config="):  # and if validation was skipped
         get_method("peft-json").apply(load_model("tiny", 2, SEED), {})
 
@@ -312,9 +313,9 @@ def test_peft_json_bad_peft_config_is_a_config_error(config, message):
 
 def test_bad_params_are_refused():
     with pytest.raises(ConfigError, match="num_virtual_tokens"):
-        RunConfig(method="prefix", model="tiny", params={"num_virtual_tokens": 0}).validate()
+        validate_run(RunConfig(method="prefix", model="tiny", params={"num_virtual_tokens": 0}))
     with pytest.raises(ConfigError, match="use_dora"):
-        RunConfig(method="lora", model="tiny", params={"use_dora": "yes"}).validate()
+        validate_run(RunConfig(method="lora", model="tiny", params={"use_dora": "yes"}))
     with pytest.raises(ConfigError, match="feedforward_modules"):
         get_method("ia3").apply(load_model("tiny", 2, SEED), {"target_modules": ["key"],
                                                                "feedforward_modules": ["value"]})

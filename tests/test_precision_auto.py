@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from peft_tui.engine import estimate as E
 from peft_tui.engine import precision as P
+from peft_tui.engine.estimate import calibrate
 
 
 def write_calibration(root, figures: dict) -> None:
@@ -87,8 +88,8 @@ def test_loss_gap_is_relative_to_the_first_fp32_loss():
 def test_calibration_records_the_measurement(monkeypatch):
     monkeypatch.setattr(P, "measure", lambda device, timed=None, clock=None: {"fp32_s": 1.0, "bf16_s": 0.5,
                                                                              "loss_gap": 0.0})
-    monkeypatch.setattr(E, "_module_seconds", lambda dev, sync, clock=None: 1e-5)
-    monkeypatch.setattr(E, "_timed", lambda fn, sync, seconds, clock=None: 1e-3)
+    monkeypatch.setattr(calibrate, "_module_seconds", lambda dev, sync, clock=None: 1e-5)
+    monkeypatch.setattr(calibrate, "_timed", lambda fn, sync, seconds, clock=None: 1e-3)
     cal = E.measure("cpu", "k", overhead=False)
     assert cal.precision == {"fp32_s": 1.0, "bf16_s": 0.5, "loss_gap": 0.0}
 
@@ -97,12 +98,12 @@ def test_auto_follows_the_measured_choice(tmp_path):
     from peft_tui.config import DataConfig
 
     cfg = tiny_config(precision="auto", data=DataConfig(size=60))
-    assert P.resolved_auto(cfg, tmp_path / "none.json").precision == "auto"  # not measured: the fallback rule
+    assert E.resolved_auto(cfg, tmp_path / "none.json").precision == "auto"  # not measured: the fallback rule
     write_calibration(tmp_path, {"fp32_s": 0.2, "bf16_s": 0.1, "loss_gap": 0.01})
-    assert P.resolved_auto(cfg, tmp_path / "calibration.json").precision == "bf16"
-    assert P.resolved_auto(replace(cfg, precision="fp32"), tmp_path / "calibration.json").precision == "fp32"
+    assert E.resolved_auto(cfg, tmp_path / "calibration.json").precision == "bf16"
+    assert E.resolved_auto(replace(cfg, precision="fp32"), tmp_path / "calibration.json").precision == "fp32"
     write_calibration(tmp_path, {"fp32_s": 0.1, "bf16_s": 0.2, "loss_gap": 0.01})
-    assert P.resolved_auto(cfg, tmp_path / "calibration.json").precision == "fp32"
+    assert E.resolved_auto(cfg, tmp_path / "calibration.json").precision == "fp32"
 
     model_cfg, lengths = E.inputs_for(cfg)
     cal = E.read_calibration(tmp_path / "calibration.json", "cpu")

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from peft_tui.config import DataConfig
 from peft_tui.engine import probe
+from peft_tui.engine.methods import get_method
 
 
 def test_fit_matches_sklearn_logistic_regression():
@@ -74,7 +75,8 @@ def run_probe(tmp_path, **kw):
 
     cfg = tiny_config(method="head", pooling="mean", **kw)
     events = []
-    result = probe.run(cfg, 7, events.append, threading.Event(), tmp_path, load_splits(cfg.data, cfg.seed))
+    result = probe.run(cfg, 7, events.append, threading.Event(), tmp_path, load_splits(cfg.data, cfg.seed),
+                       method=get_method("head"))
     return cfg, result, events
 
 
@@ -124,7 +126,7 @@ def test_probe_cancels(tmp_path):
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(Cancelled):
-        probe.run(cfg, 1, lambda e: None, cancel, tmp_path, load_splits(cfg.data, cfg.seed))
+        probe.run(cfg, 1, lambda e: None, cancel, tmp_path, load_splits(cfg.data, cfg.seed), method=get_method("head"))
     assert not (tmp_path / "head.safetensors").exists()
 
 

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peft_tui.config import ConfigError, DataConfig, RunConfig
-from peft_tui.engine.methods import method_names
+from peft_tui.engine.methods import method_names, with_overrides
+from peft_tui.engine.methods import validate as validate_run
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -43,7 +44,7 @@ def _one_line(e: ConfigError) -> None:
 def test_random_configs_validate_or_config_error(method, run, params, data):
     try:
         cfg = RunConfig.from_dict({"method": method, "params": params, "data": data, **run})
-        cfg.validate()
+        validate_run(cfg)
     except ConfigError as e:
         _one_line(e)
         return
@@ -61,7 +62,7 @@ def test_random_configs_validate_or_config_error(method, run, params, data):
 ), max_size=4), method=st.sampled_from(method_names()))
 def test_random_set_overrides(pairs, method):
     try:
-        RunConfig(method=method).with_overrides(pairs).validate()
+        validate_run(with_overrides(RunConfig(method=method), pairs))
     except ConfigError as e:
         _one_line(e)
 

@@ -15,6 +15,7 @@ from peft_tui.cli import app
 from peft_tui.config import ConfigError, RunConfig
 from peft_tui.engine import checkpoint, models, trainer
 from peft_tui.engine.events import StepLogged, fan_out
+from peft_tui.engine.methods import validate as validate_run
 from peft_tui.engine.store import Store
 
 BAD_NAMES = ["../x", "../../etc/passwd", "/etc/passwd", "..", ".hidden", "a/b", "a\\b", "x\x00y", "~root", "a b", ""]
@@ -23,13 +24,13 @@ BAD_NAMES = ["../x", "../../etc/passwd", "/etc/passwd", "..", ".hidden", "a/b", 
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_run_names_that_could_escape_are_rejected(name):
     with pytest.raises(ConfigError, match="is not allowed"):
-        RunConfig(name=name).validate()
+        validate_run(RunConfig(name=name))
 
 
 @pytest.mark.parametrize("name", BAD_NAMES + ["ok-name", "x" * 300])
 def test_folder_names_are_sanitised_inside_the_store(store, name):
     """Even an unvalidated name (the baseline row is stored without validation) stays inside runs/."""
-    rid = store.create_run(RunConfig(name=name or None), validate=False)
+    rid = store.create_run(RunConfig(name=name or None))
     folder = store.run_dir(rid)
     assert folder.parent == (store.root / "runs").resolve()
     assert folder.name.startswith(f"{rid:04d}-") and "/" not in folder.name and ".." not in folder.name

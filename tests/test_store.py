@@ -30,6 +30,7 @@ from peft_tui.engine.events import (
     fan_out,
     read_events,
 )
+from peft_tui.engine.methods import validate as validate_run
 from peft_tui.engine.result import RunResult
 from peft_tui.engine.store import Store, StoreError
 from peft_tui.errors import ConfigError
@@ -133,7 +134,7 @@ def test_a_critical_sink_failure_reaches_the_caller_after_the_others_had_the_eve
 # ---------------------------------------------------------------------------------------- failed writes
 def test_a_number_too_large_for_sqlite_is_refused_before_the_store_sees_it(store):
     with pytest.raises(ConfigError, match=r"^epochs=10+ is too large: it must fit in 64 bits") as info:
-        tiny_config(method="bitfit", epochs=10**30).validate()
+        validate_run(tiny_config(method="bitfit", epochs=10**30))
     assert "\n" not in str(info.value)
     assert store.list() == []  # nothing half-created
 

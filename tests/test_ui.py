@@ -81,7 +81,7 @@ async def test_compare_preset_fills_results_and_exports(tmp_path):
         await pilot.press("c")
         await wait_for(pilot, lambda: app.state.counts()["done"] == 4 and not app.state.active(), 90,
                        "three runs and the baseline to finish")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: len(results(app)) == 4, 10, "the results table to show the four runs")
         rows = results(app)
         methods = sorted(r["method"] for r in rows)
         assert methods == ["adapters", "full", "lora", "tfidf"]
@@ -190,8 +190,7 @@ async def test_form_refuses_bad_values(tmp_path):
         await pilot.pause()
         assert "must be positive" in str(form.query_one("#error-p-r").render())
         await pilot.press("escape")
-        await pilot.pause(0.5)
-        assert app.screen is app.main
+        await wait_for(pilot, lambda: app.screen is app.main, 10, "the form to close")
     assert app.store.list() == []
     assert app.state.runs == {}
 

@@ -19,7 +19,7 @@ import typer
 import typer.core
 
 from peft_tui.config import RunConfig, store_path
-from peft_tui.errors import ConfigError, disk_full_at, first_line
+from peft_tui.errors import ConfigError, OneLineError, disk_full_at, first_line
 from peft_tui.safe import safe_lines, safe_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,7 +72,7 @@ def handles_errors(fn: Callable) -> Callable:
                     return fn(*args, **kwargs)
             except (typer.Exit, typer.Abort, ClickException):
                 raise  # an exit code chosen on purpose, or click's own usage error
-            except ConfigError as e:
+            except OneLineError as e:
                 fail(str(e), EXIT_FAILED if disk_full_at(e) is not None else EXIT_BAD_INPUT)
             except KeyboardInterrupt:
                 signum = stopped.signum or signal.SIGINT
@@ -144,8 +144,13 @@ def open_store(path: str | None, writable: bool = False) -> Store:
     return st
 
 
+def json_stdout() -> TextIO:
+    """Where a --json document goes: the real stdout, even while a command's prints go to stderr."""
+    return _json_stdout[-1] if _json_stdout else sys.stdout
+
+
 def print_json(doc: Any) -> None:
-    out = _json_stdout[-1] if _json_stdout else sys.stdout
+    out = json_stdout()
     out.write(json.dumps(doc, indent=2, default=str) + "\n")
     out.flush()
 

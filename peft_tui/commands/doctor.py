@@ -17,7 +17,7 @@ import typer
 from peft_tui.commands.common import EXIT_FAILED, handles_errors, open_store, print_json
 from peft_tui.commands.options import JsonOpt, StoreOpt
 from peft_tui.config import store_path
-from peft_tui.errors import ConfigError, first_line
+from peft_tui.errors import ConfigError, OneLineError, first_line
 
 Check = dict[str, str]
 
@@ -72,7 +72,7 @@ def store_check(path: str | None, fix: bool = False) -> list[Check]:
         st = open_store(path)
         integrity = st.integrity()
         counts = st.counts()
-    except ConfigError as e:
+    except OneLineError as e:
         return [check("store", "fail", str(e))]
     if integrity != "ok":
         return [check("store", "fail", f"{st.db_path} is damaged ({integrity}): copy it aside and start a new store")]
@@ -110,7 +110,7 @@ def leftover_checks(st, fix: bool) -> list[Check]:
         try:
             folder = st.run_dir(r["id"])
             found = sorted(p for p in folder.rglob("*") if LEFTOVER.search(p.name)) if folder.is_dir() else []
-        except (ConfigError, OSError):
+        except (OneLineError, OSError):
             continue
         if not found:
             continue
@@ -178,7 +178,7 @@ def precision_check(path: str | None) -> Check:
     fp32, engine/precision.py) once `plan` has calibrated the machine, else the fallback rule."""
     try:
         from peft_tui.engine.device import resolve_device, resolve_precision
-        from peft_tui.engine.precision import measured_choice
+        from peft_tui.engine.estimate import measured_choice
 
         device = resolve_device("auto")
         choice, reason = measured_choice(store_path(path) / "calibration.json", device)

@@ -51,14 +51,14 @@ def plan(
     as_json: JsonOpt = False,
 ) -> None:
     """Estimate each method's peak memory and training time before running it, and say what will not fit."""
-    from peft_tui.engine.methods import get_method
+    from peft_tui.engine.methods import get_method, validate
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     if not names:
         raise ConfigError("--methods is empty: pass e.g. --methods full,lora,adapters")
     configs = [run_config(ctx, sets, method=m, name=None) for m in names]
     for cfg in configs:
-        cfg.validate()
+        validate(cfg)
         if get_method(cfg.method).is_baseline:
             raise ConfigError(f"{cfg.method} is a baseline with nothing to estimate: leave it out of --methods")
     from peft_tui.engine.estimate import plan as plan_rows

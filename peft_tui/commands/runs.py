@@ -9,7 +9,7 @@ import typer
 
 from peft_tui.commands.common import handles_errors, open_store, print_json, run_json
 from peft_tui.commands.options import JsonOpt, StoreOpt
-from peft_tui.errors import ConfigError, first_line
+from peft_tui.errors import ConfigError, OneLineError, StoreError, first_line
 
 # every status a run can have (the store's schema lists them too)
 STATUSES = ("queued", "running", "done", "failed", "diverged", "cancelled", "interrupted")
@@ -76,13 +76,13 @@ def show(
         doc["metrics"] = {
             name: len(st.series(run_id, name)) for name in ("train_loss", "val_accuracy", "mem_used_mb")
         }
-    except ConfigError as e:  # the store's one line: its metric pages cannot be read
+    except StoreError as e:  # the store's one line: its metric pages cannot be read
         doc["metrics"] = None
         problems.append(f"its metrics: {e}")
     try:
         folder = st.run_dir(run_id)
         doc["files"] = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    except (ConfigError, OSError) as e:
+    except (OneLineError, OSError) as e:
         doc["files"] = None
         problems.append(f"its files: {first_line(e)}")
     doc["problems"] = problems
@@ -117,6 +117,7 @@ def methods(as_json: JsonOpt = False) -> None:
     it trains with (--pooling, --head-init; the same for every method that has them)."""
     from peft_tui.config import HEAD_INITS, POOLINGS, RunConfig
     from peft_tui.engine.methods import REGISTRY
+    from peft_tui.engine.methods.space import describe
 
     defaults = RunConfig()
 
@@ -133,6 +134,7 @@ def methods(as_json: JsonOpt = False) -> None:
                        for p in m.params.values()},
             "pooling": None if m.is_baseline else defaults.pooling,
             "head_init": head_start(m),
+            "space": {k: d.describe() for k, d in m.space.items()},  # what `peft-tui tune` searches
         }
         for m in REGISTRY.values()
     ]
@@ -152,6 +154,7 @@ def methods(as_json: JsonOpt = False) -> None:
     table.add_column("parameters (default)")
     table.add_column("pooling")
     table.add_column("head start")
+    table.add_column("tune searches")
     table.add_column("what it does")
     for d in docs:
         params = "\n".join(
@@ -159,5 +162,5 @@ def methods(as_json: JsonOpt = False) -> None:
             for k, v in d["params"].items()
         ) or "-"
         table.add_row(d["name"], f"{d['default_lr']:g}", params, d["pooling"] or "-", d["head_init"] or "-",
-                      d["summary"])
+                      describe(REGISTRY[d["name"]].space).replace(", ", "\n"), d["summary"])
     out.print(table)

@@ -15,7 +15,6 @@ cached calibration): a run that will not fit the device's free memory is refused
 from __future__ import annotations
 
 import dataclasses
-import signal
 import sys
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -61,13 +60,12 @@ from peft_tui.commands.options import (
     WorkersOpt,
     run_config,
 )
+from peft_tui.commands.queueing import fit_check, method_sets, no_detached_ray, start_detached, train_runs
 from peft_tui.config import RunConfig
-from peft_tui.errors import ConfigError, first_line
+from peft_tui.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from peft_tui.engine.data import DataSplits
-    from peft_tui.engine.launch.local import LocalPool
-    from peft_tui.engine.store import Store
+    pass
 
 
 @handles_errors
@@ -102,20 +100,18 @@ def run(
     force: ForceOpt = False,
 ) -> None:
     """Train one run and store it."""
-    from peft_tui.engine.trainer import preflight
+    from peft_tui.engine.submit import prepare
 
     cfg = run_config(ctx, sets)
-    splits = preflight(cfg)
+    splits = prepare([cfg])
     st = open_store(store, writable=True)
-    if detach and ray:
-        raise ConfigError("--detach with --ray: start the Ray driver in the background instead: "
-                          "nohup python -m peft_tui.engine.launch.ray --store STORE &")
-    estimates = fit_check(st, [cfg], splits, force)
+    no_detached_ray(detach, ray)
+    planned = fit_check(st, [cfg], splits, force, ray)
     if detach:
-        start_detached(st, [cfg], workers, as_json, estimates=estimates)
+        start_detached(st, planned, workers, as_json)
         return
     print_data_summary(cfg, splits, to_stderr=as_json)
-    [run_id] = train_runs(st, [cfg], workers, show_progress=not as_json, ray=ray, estimates=estimates)
+    [run_id] = train_runs(st, planned, workers, show_progress=not as_json, ray=ray)
     row = st.get(run_id)
     if as_json:
         print_json(run_json(st, row))
@@ -170,7 +166,7 @@ def compare(
     it sets the initialisation, shuffling and dropout, and for a data file also the split (the synthetic
     set is fixed). A second table then shows one row per method: mean ± sample std over the seeds."""
     from peft_tui.engine.methods import get_method
-    from peft_tui.engine.trainer import preflight
+    from peft_tui.engine.submit import prepare
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     if not names:
@@ -179,27 +175,21 @@ def compare(
         raise ConfigError(f"--seeds {seeds}: pass 1 or more seeds, e.g. --seeds 3")
     configs = [run_config(ctx, method_sets(m, sets), method=m, name=None) for m in names]
     first = configs[0]
-    splits = preflight(first)
-    for cfg in configs[1:]:
-        cfg.validate()  # the same model, data and device as the first: only method and parameters differ
     if baseline and not any(get_method(m).is_baseline for m in names):
         configs.append(baseline_config(first))
     if seeds > 1:
         configs = [dataclasses.replace(cfg, seed=cfg.seed + i) for cfg in configs for i in range(seeds)]
-        configs[-1].validate()  # the largest seed still fits
-    if detach and ray:
-        raise ConfigError("--detach with --ray: start the Ray driver in the background instead: "
-                          "nohup python -m peft_tui.engine.launch.ray --store STORE &")
+    splits = prepare(configs)  # validates every config once (the largest seed included)
+    no_detached_ray(detach, ray)
     if csv_path:
         check_output_path(csv_path, "--csv")
     st = open_store(store, writable=True)
-    estimates = fit_check(st, configs, splits, force)
+    planned = fit_check(st, configs, splits, force, ray)
     if detach:
-        start_detached(st, configs, workers, as_json, estimates=estimates)
+        start_detached(st, planned, workers, as_json)
         return
     print_data_summary(first, splits, to_stderr=as_json)
-    rows_db = [st.get(rid) for rid in train_runs(st, configs, workers, show_progress=not as_json, ray=ray,
-                                                 estimates=estimates)]
+    rows_db = [st.get(rid) for rid in train_runs(st, planned, workers, show_progress=not as_json, ray=ray)]
     from peft_tui.report.recommend import recommend
     from peft_tui.report.seeds import aggregate
     from peft_tui.report.table import SEED_COLUMNS, rows_from_runs, to_csv, to_markdown
@@ -262,26 +252,25 @@ def sweep(
     accuracy against trainable parameters.
 
     Example: peft-tui sweep --method lora --grid r=1,2,4,8,16 --grid lr=1e-3,2e-3"""
+    from peft_tui.engine.methods import validate
+    from peft_tui.engine.submit import prepare
     from peft_tui.engine.sweep import grid_configs
-    from peft_tui.engine.trainer import preflight
     from peft_tui.report.pareto import pareto_front
     from peft_tui.report.table import rows_from_runs
 
     base = run_config(ctx, sets)
-    splits = preflight(base)
+    validate(base)
     configs = grid_configs(base, grid)
-    if detach and ray:
-        raise ConfigError("--detach with --ray: start the Ray driver in the background instead: "
-                          "nohup python -m peft_tui.engine.launch.ray --store STORE &")
+    splits = prepare(configs)
+    no_detached_ray(detach, ray)
     st = open_store(store, writable=True)
-    estimates = fit_check(st, configs, splits, force)
+    planned = fit_check(st, configs, splits, force, ray)
     if detach:
-        start_detached(st, configs, workers, as_json, estimates=estimates)
+        start_detached(st, planned, workers, as_json)
         return
     print_data_summary(base, splits, to_stderr=as_json)
     typer.echo(f"sweep: {len(configs)} run(s): {', '.join(c.display_name for c in configs)}", err=as_json)
-    rows_db = [st.get(rid) for rid in train_runs(st, configs, workers, show_progress=not as_json, ray=ray,
-                                                 estimates=estimates)]
+    rows_db = [st.get(rid) for rid in train_runs(st, planned, workers, show_progress=not as_json, ray=ray)]
     rows = rows_from_runs(rows_db)
     front = pareto_front(rows)
     if as_json:
@@ -314,15 +303,16 @@ def resume(
 ) -> None:
     """Continue a stopped run from its last epoch-end checkpoint (same run id; the curve continues).
     Of two `resume` commands on one run, one trains it and the other is refused (exit 2)."""
+    from peft_tui.engine.submit import check
+
     st = open_store(store, writable=True)
-    config = [RunConfig.from_dict(st.get(run_id)["config"])]
-    if detach and ray:
-        raise ConfigError("--detach with --ray: start the Ray driver in the background instead: "
-                          "nohup python -m peft_tui.engine.launch.ray --store STORE &")
+    no_detached_ray(detach, ray)
+    planned = check(st, [RunConfig.from_dict(st.get(run_id)["config"])], estimate=False,
+                    devices=[] if ray else None)  # validated, and a worker here can serve it
     if detach:
-        start_detached(st, config, workers, as_json, resume_id=run_id)
+        start_detached(st, planned, workers, as_json, resume_id=run_id)
         return
-    train_runs(st, config, workers, show_progress=not as_json, resume_id=run_id, ray=ray)
+    train_runs(st, planned, workers, show_progress=not as_json, resume_id=run_id, ray=ray)
     row = st.get(run_id)
     if as_json:
         print_json(run_json(st, row))
@@ -336,113 +326,3 @@ def resume(
 def baseline_config(like: RunConfig) -> RunConfig:
     """The TF-IDF + logistic regression row on the same data and split seed as `like`."""
     return RunConfig(method="tfidf", model="tfidf+logreg", data=like.data, seed=like.seed, name="tfidf")
-
-
-def method_sets(method: str, sets: list[str] | None) -> list[str]:
-    """In a comparison, a bare --set key that is a method parameter applies only to the methods that
-    have it: `--set size=4` sizes the adapters and leaves the others' data alone (data.size is the data)."""
-    from peft_tui.engine.methods import REGISTRY, get_method
-
-    own = set(get_method(method).params)
-    others = {k for m in REGISTRY.values() for k in m.params} - own - set(RunConfig.__dataclass_fields__)
-    return [pair for pair in sets or [] if pair.split("=", 1)[0].strip() not in others]
-
-
-def fit_check(st: Store, configs: list[RunConfig], data: DataSplits, force: bool) -> list[dict | None]:
-    """Each config's estimate (engine/estimate.py; None for a baseline), from the store's cached calibration
-    (nominal figures before `peft-tui plan` has measured the machine). Bad input, one line, for the first
-    run whose estimated peak memory exceeds the device's free memory, unless `force`. A model the
-    estimator cannot read is queued without estimates, with a warning."""
-    from peft_tui.engine.estimate import plan, refusal
-
-    try:
-        rows = plan(configs, st.root / "calibration.json", calibrate=False, data=data)
-    except Exception as e:  # noqa: BLE001 - a model the estimator cannot read still trains: say so, go on
-        from peft_tui.console import warn
-
-        warn(f"no estimate for these runs ({first_line(e, 200)}): queued without the fit check")
-        return [None] * len(configs)
-    if not force:
-        for cfg, row in zip(configs, rows):
-            if row is not None and not row["fits"]:
-                raise ConfigError(refusal(cfg, row))
-    return [row["estimate"] if row else None for row in rows]
-
-
-def worker_pool(st: Store, configs: list[RunConfig], workers: int | None, detach: bool = False) -> LocalPool:
-    """The local workers for these runs (not started). Bad input when no worker's device can train one."""
-    from peft_tui.engine.launch.local import LocalPool
-    from peft_tui.engine.store import serves
-
-    pool = LocalPool(st.root, workers=workers, detach=detach)
-    for cfg in configs:
-        if not any(serves(cfg.device, d) for d in pool.devices):
-            raise ConfigError(f"device {cfg.device!r} is not on this machine (workers serve "
-                              f"{', '.join(pool.devices)}): pass --device auto")
-    return pool
-
-
-def queue(st: Store, configs: list[RunConfig], resume_id: int | None, ids: list[int],
-          estimates: list[dict | None] | None = None) -> None:
-    """Queue the configs in the store, each with its estimate (with `resume_id`: queue that stopped run
-    again instead, its config being `configs`), appending each id to `ids` as it is queued (an interrupt
-    in between knows what to cancel)."""
-    if resume_id is not None:
-        st.request_resume(resume_id)  # one line when it cannot, or when another resume came first
-        ids.append(resume_id)
-        return
-    for cfg, est in zip(configs, estimates or [None] * len(configs)):
-        ids.append(st.create_run(cfg, estimate=est))
-
-
-def train_runs(st: Store, configs: list[RunConfig], workers: int | None, show_progress: bool,
-               resume_id: int | None = None, ray: str | None = None,
-               estimates: list[dict | None] | None = None) -> list[int]:
-    """Queue the runs, have local worker processes train them, and stream their progress until every
-    one has ended (a failure does not stop the rest). Returns the run ids. On Ctrl-C or SIGTERM: every
-    run queued here is cancelled, the workers leave, and the command exits 130 or 143 with one line."""
-    from peft_tui.console import ProgressSink
-    from peft_tui.engine.launch.client import interrupts, watch
-
-    ids: list[int] = []
-    if ray:
-        from peft_tui.engine.launch.ray import RayPool
-
-        pool = RayPool(st, ray, ids)
-    else:
-        pool = worker_pool(st, configs, workers)
-    with interrupts() as stopped:
-        try:
-            queue(st, configs, resume_id, ids, estimates)
-            pool.start()
-            with ProgressSink(enabled=None if show_progress else False) as progress:
-                signum = watch(st, ids, progress)
-        except KeyboardInterrupt:  # before the watching began
-            for run_id in ids:
-                st.request_cancel(run_id)
-            signum = stopped.signum or signal.SIGINT
-        finally:
-            pool.release()
-    if signum:
-        cancelled = ", ".join(str(i) for i in ids if st.get(i)["status"] == "cancelled") or "none"
-        sys.stderr.write(f"stopped by {signal.Signals(signum).name}: runs cancelled: {cancelled}\n")
-        raise typer.Exit(128 + signum)
-    return ids
-
-
-def start_detached(st: Store, configs: list[RunConfig], workers: int | None, as_json: bool,
-                   resume_id: int | None = None, estimates: list[dict | None] | None = None) -> None:
-    """Queue the runs and leave them to workers in their own session (they outlive this shell and leave
-    when the queue is empty); print the run ids."""
-    pool = worker_pool(st, configs, workers, detach=True)
-    ids: list[int] = []
-    queue(st, configs, resume_id, ids, estimates)
-    pool.start()
-    pool.stop(cancel=False)
-    pids = sorted(pool.pids())
-    if as_json:
-        print_json({"ids": ids, "status": "queued", "workers": pids, "log": str(pool.log_path)})
-    else:
-        typer.echo(f"runs {', '.join(map(str, ids))} queued; training in the background "
-                   f"(worker pids {', '.join(map(str, pids)) or 'already running'}; log: {pool.log_path})")
-        typer.echo(f"follow them with `peft-tui launch --store {st.root}` or `peft-tui show ID`")

@@ -163,7 +163,7 @@ def discard(run_dir: Path) -> None:
 def resume_point(store, run_id: int) -> tuple[RunConfig, int]:
     """The config of a stopped run and the step of the checkpoint it would continue from. Raises
     ConfigError with a one-line reason when it cannot be resumed."""
-    from peft_tui.engine.methods import get_method
+    from peft_tui.engine.methods import get_method, validate
 
     row = store.get(run_id)
     if row["status"] not in RESUMABLE:
@@ -181,7 +181,7 @@ def resume_point(store, run_id: int) -> tuple[RunConfig, int]:
             "start it again instead (retry in the dashboard, or `peft-tui run`)"
         )
     config = RunConfig.from_dict(row["config"])
-    config.validate()
+    validate(config)
     return config, int(read_meta(path)["step"])
 
 

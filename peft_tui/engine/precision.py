@@ -5,7 +5,7 @@ stay within LOSS_TOLERANCE of fp32's; fp32 otherwise (bf16 slower, no faster, or
 
     figures = measure(device)                 # {"fp32_s", "bf16_s", "loss_gap"} or {} (bf16 unusable)
     choice, reason = pick(figures)            # ("bf16" | "fp32", one line) or (None, why not measured)
-    resolved_auto(config, calibration_path)   # the config with `auto` made concrete where measured
+    estimate.resolved_auto(config, calibration_path)   # the config with `auto` made concrete where measured
 
 Why: a CPU flag (AMX) decided before, and it was wrong both ways: on an AVX512-BF16 CPU without AMX,
 torch 2.13 trains MiniLM 1.79x faster in bf16 (issue 19), where older builds were slower. A measured
@@ -17,12 +17,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from peft_tui.config import RunConfig
+    pass
 
 MIN_SPEEDUP = 1.1  # bf16 must be this much faster than fp32 to be chosen: a tie keeps fp32's exactness
 LOSS_TOLERANCE = 0.05  # largest |bf16 loss - fp32 loss| over the guard's steps, as a share of fp32's first loss
@@ -47,7 +45,7 @@ def _step_fn(device: str, precision: str, seed: int = 0) -> Callable[[], float]:
     from peft_tui.engine.device import autocast_for
 
     torch.manual_seed(seed)
-    model = BertForSequenceClassification(BertConfig(**SHAPE)).to(device)  # type: ignore[call-arg]
+    model = BertForSequenceClassification(BertConfig(**SHAPE)).to(device)  # type: ignore[call-arg, arg-type]
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     rows, width = BATCH
@@ -139,25 +137,3 @@ def pick(figures: dict[str, float] | None) -> tuple[str | None, str]:
     if speedup < MIN_SPEEDUP:
         return "fp32", f"bf16 is not faster here ({speedup:.2f}x, needs {MIN_SPEEDUP:g}x): {timing}"
     return "bf16", f"bf16 is {speedup:.2f}x faster here with losses within {gap:.1%} of fp32's: {timing}"
-
-
-def measured_choice(calibration_path: str | Path, device: str) -> tuple[str | None, str]:
-    """`pick` for `device` from the calibration file (read only: never measures)."""
-    from peft_tui.engine.estimate import read_calibration
-
-    cal = read_calibration(calibration_path, device)
-    return pick(cal.precision if cal is not None else None)
-
-
-def resolved_auto(config: RunConfig, calibration_path: str | Path) -> RunConfig:
-    """`config` with `precision=auto` replaced by the measured choice for its device, when the machine's
-    calibration has one; else unchanged (device.resolve_precision's rule then applies)."""
-    if config.precision != "auto":
-        return config
-    from peft_tui.engine.device import resolve_device
-
-    try:
-        choice, _ = measured_choice(calibration_path, resolve_device(config.device))
-    except Exception:  # noqa: BLE001 - a bad device is the run's own error to report; no choice here
-        return config
-    return replace(config, precision=choice) if choice else config

@@ -49,7 +49,7 @@ from peft_tui.engine.events import (
     StepLogged,
 )
 from peft_tui.engine.result import Cancelled, RunResult, efficiency
-from peft_tui.errors import ConfigError
+from peft_tui.engine.weights import final_linear
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -110,19 +110,6 @@ class FeatureStats:
         if self.cached:
             return f"{self.encoded} texts encoded, {self.cached} read from the cache, in {self.seconds:.1f}s"
         return f"{self.encoded} texts encoded in {self.seconds:.1f}s"
-
-
-def final_linear(model):
-    """The last nn.Linear of the model's classification head: the layer the probe fits."""
-    from torch import nn
-
-    from peft_tui.engine.weights import head_module_names
-
-    linears = [m for name in head_module_names(model) for m in model.get_submodule(name).modules()
-               if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError(f"head found no linear classifier layer on this {model.config.model_type!r} model: use lora")
-    return linears[-1]
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
@@ -195,10 +182,10 @@ def features(model, layer, ids: dict[str, list[list[int]]], pad_id: int, device:
     out, stats = {}, FeatureStats()
     for split, seqs in ids.items():
         t = time.perf_counter()
-        out[split], hit = cached_features(
-            cache_dir, fingerprint, context, seqs,
-            lambda seqs=seqs: encode(model, layer, seqs, pad_id, ENCODE_BATCH, device, autocast, cancel, on_batch,
-                                     ENCODE_TOKENS))
+        def encode_split(seqs: list[list[int]] = seqs):
+            return encode(model, layer, seqs, pad_id, ENCODE_BATCH, device, autocast, cancel, on_batch, ENCODE_TOKENS)
+
+        out[split], hit = cached_features(cache_dir, fingerprint, context, seqs, encode_split)
         if hit:
             stats.cached += len(seqs)
         else:
@@ -357,10 +344,11 @@ def choice_rows(n: int) -> list[int]:
 
 
 def run(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out_dir: Path,
-        data: DataSplits | None = None, *, method: Method | None = None, cache_dir: Path | None = None) -> RunResult:
+        data: DataSplits | None, *, method: Method, cache_dir: Path | None = None) -> RunResult:
     """Train a `head` run as a linear probe on cached features (see the module docstring). `data`: splits
-    already loaded by the caller (else loaded from `config.data`). `method`: the run's method object (else
-    looked up). `cache_dir`: the store's cache (token ids and features; None: none)."""
+    already loaded by the caller (else loaded from `config.data`). `method`: the run's method object (the
+    `head` method hands itself, so the probe never looks it up). `cache_dir`: the store's cache (token ids
+    and features; None: none)."""
     import torch
 
     from peft_tui.engine import models
@@ -374,10 +362,6 @@ def run(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out
     t0 = time.perf_counter()
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    if method is None:
-        from peft_tui.engine.methods import get_method
-
-        method = get_method(config.method)
     params = method.resolve(config.params)
     memory = MemoryMonitor(device)
     if data is None:

@@ -7,6 +7,7 @@ store, working on any run whoever queued it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -14,24 +15,23 @@ from collections.abc import Callable
 from peft_tui.config import RunConfig
 from peft_tui.engine.events import Event
 from peft_tui.engine.launch.client import Watcher
-from peft_tui.engine.launch.local import LocalPool, default_devices
-from peft_tui.engine.store import Store, serves
-from peft_tui.errors import ConfigError
+from peft_tui.engine.launch.local import default_devices
+from peft_tui.engine.store import Store
+from peft_tui.engine.submit import Planned, check, create, make_pool
 
 POLL_S = 0.2  # how often events are read back from the runs this scheduler follows
 
 
 class Scheduler:
     def __init__(self, store: Store, sink: Callable[[Event], None] | None = None, devices: list[str] | None = None,
-                 *, workers: int | None = None, detach: bool = False, ray: str | None = None):
+                 *, workers: int | None = None, detach: bool = False, ray: str | None = None,
+                 trust_remote_code: bool = False):
         self.store = store
+        self.trust_remote_code = trust_remote_code  # the user's flag: stored configs never decide it
         self.devices = devices or default_devices()
-        if ray:  # a Ray cluster trains the queue (launch/ray.py); else worker processes on this machine
-            from peft_tui.engine.launch.ray import RayPool
-
-            self.pool: LocalPool | RayPool = RayPool(store, ray).start()
-        else:
-            self.pool = LocalPool(store.root, self.devices, workers=workers, detach=detach).start()
+        self.ray = ray
+        # a Ray cluster trains the queue (launch/ray.py); else worker processes on this machine
+        self.pool = make_pool(store, ray=ray, workers=workers, detach=detach, devices=self.devices).start()
         self._watcher = Watcher(store, sink)
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -39,15 +39,21 @@ class Scheduler:
         self._thread.start()
 
     # ------------------------------------------------------------------ API (any thread)
-    def submit(self, config: RunConfig) -> int:
-        """Validate, store as queued, and start a worker for it. Raises ConfigError on a bad config
-        (nothing queued)."""
-        config.validate()
-        if not any(serves(config.device, d) for d in self.devices):
-            raise ConfigError(
-                f"device {config.device!r} is not served here (workers: {', '.join(self.devices)}): use auto"
-            )
-        return self._follow_new(self.store.create_run(config))
+    def submit(self, config: RunConfig, estimate: bool = True, inputs: dict | None = None) -> int:
+        """`submit_checked`'s run id."""
+        run_id = self.submit_checked(config, estimate, inputs).run_id
+        assert run_id is not None
+        return run_id
+
+    def submit_checked(self, config: RunConfig, estimate: bool = True, inputs: dict | None = None) -> Planned:
+        """Check (engine/submit.py: validate, serve, estimate), store as queued with its estimate, and
+        start a worker for it. A run that will not fit is queued all the same, with the refusal as its
+        `warning` (the dashboard shows it). Raises ConfigError on a bad config (nothing queued)."""
+        [planned] = check(self.store, [config], force=True, devices=[] if self.ray else self.devices,
+                          estimate=estimate, inputs=inputs)
+        [run_id] = create(self.store, [planned])
+        self._follow_new(run_id)
+        return dataclasses.replace(planned, run_id=run_id)
 
     def cancel(self, run_id: int) -> bool:
         """Cancel a queued run at once, or ask a running one to stop within one step."""
@@ -64,12 +70,12 @@ class Scheduler:
 
     def retry(self, run_id: int) -> int:
         """Queue a new run with the config of a run that has ended. Returns the new id."""
-        return self._follow_new(self.store.retry(run_id))
+        return self._follow_new(self.store.retry(run_id, self.trust_remote_code))
 
     def resume(self, run_id: int) -> int:
         """Queue a stopped run to continue from its last epoch-end checkpoint, under the same id.
         Raises ConfigError when it cannot (or when another resume of it came first)."""
-        self.store.request_resume(run_id)
+        self.store.request_resume(run_id, self.trust_remote_code)
         return self._follow_new(run_id)
 
     def queued(self) -> list[int]:

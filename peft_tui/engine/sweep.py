@@ -10,6 +10,7 @@ import itertools
 import re
 
 from peft_tui.config import RunConfig
+from peft_tui.engine.methods import validate, with_overrides
 from peft_tui.errors import ConfigError
 
 MAX_RUNS = 256
@@ -48,9 +49,9 @@ def grid_configs(base: RunConfig, items: list[str], prefix: str | None = None) -
     out = []
     for combo in itertools.product(*(values for _, values in grid)):
         pairs = [f"{k}={v}" for (k, _), v in zip(grid, combo)]
-        cfg = base.with_overrides(pairs)
+        cfg = with_overrides(base, pairs)
         name = "-".join([prefix or base.method] + [_slug(k, v) for (k, _), v in zip(grid, combo)])[:64]
         cfg = dataclasses.replace(cfg, name=name)
-        cfg.validate()
+        validate(cfg)
         out.append(cfg)
     return out

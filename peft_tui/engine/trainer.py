@@ -1,6 +1,6 @@
 """One training run: config in, events out, a RunResult back.
 
-    execute(store, run_id, config, sink, cancel=None, resume=False, *, cache_dir=None, data=None)
+    execute(store, run_id, config, sink, cancel=None, resume=False, *, cache_dir=None, dist=Dist())
         -> RunResult, or None when the run failed or was cancelled
 
 `train()` is the loop, top to bottom: resolve device and precision, load the data and the model, tokenise
@@ -18,7 +18,6 @@ import math
 import random
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from peft_tui.engine import probe
 from peft_tui.engine.batching import collate, length_grouped_batches, pad_id_of, shard, tokenize_splits
 from peft_tui.engine.checkpoint import TrainState
 from peft_tui.engine.device import autocast_for, resolve_device, resolve_precision
+from peft_tui.engine.dist import Dist
 from peft_tui.engine.evaluation import EvalResult, evaluate
 from peft_tui.engine.events import (
     LOG_INTERVAL_S,
@@ -50,64 +50,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in a data-parallel run, whose process group launch/ddp.py (torchrun) or Ray
-    Train has set up. The default, one process, makes every method a no-op.
-
-    How the ranks share a run: each builds the same length-grouped batches (same seed) and takes its
-    share of every batch (`batching.shard`), so the global batch, the steps and the schedule are a
-    1-process run's, and DDP's gradient average is the 1-process gradient. Cancel, divergence and early
-    stopping are decided by all ranks together; rank 0 evaluates and shares the figures, and alone
-    writes: events (the other ranks get a null sink), checkpoints and weights."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def wrap(self, model, device: str):
-        """The model as the training step calls it: in DistributedDataParallel over several processes."""
-        if self.world_size == 1:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        # buffers (position ids) never change; static_graph: unused trainable parameters are found once
-        return DistributedDataParallel(model, device_ids=[int(device.split(":")[1])] if ":" in device else None,
-                                       forward_sync_buffers=False, static_graph=True)
-
-    def all_reduce(self, values: list[float]) -> list[float]:
-        """The sums of `values` over the ranks (one process: `values`)."""
-        if self.world_size == 1:
-            return values
-        import torch
-        import torch.distributed as td
-
-        on = f"cuda:{torch.cuda.current_device()}" if td.get_backend() == "nccl" else "cpu"
-        t = torch.tensor(values, dtype=torch.float64, device=on)
-        td.all_reduce(t)
-        return t.tolist()
-
-    def gather(self, value: float) -> list[float]:
-        """`value` of every rank, in rank order (one process: [value])."""
-        if self.world_size == 1:
-            return [value]
-        slots = [0.0] * self.world_size
-        slots[self.rank] = value
-        return self.all_reduce(slots)
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank when `flag` is true on one."""
-        return flag if self.world_size == 1 else self.all_reduce([float(flag)])[0] > 0
-
-    def mean_loss(self, loss):
-        """The step's loss for the log: the tensor itself, or over several ranks their mean as a float
-        (the same on every rank, so that all stop together if it is not finite)."""
-        return loss if self.world_size == 1 else self.all_reduce([loss.item()])[0] / self.world_size
-
-
 # ------------------------------------------------------------------------------------------------
 # the loop
 # ------------------------------------------------------------------------------------------------
@@ -125,7 +67,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     from peft_tui.engine import checkpoint, models
     from peft_tui.engine.data import load_splits
     from peft_tui.engine.memory import MemoryMonitor, process_peak_mb
-    from peft_tui.engine.methods import get_method
+    from peft_tui.engine.methods import get_method, learning_rate
     from peft_tui.engine.pooling import pooling_of
     from peft_tui.engine.weights import count_parameters, removed_on_failure
 
@@ -206,7 +148,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
 
     log = StepLog(run_id, sink, memory, total_steps)
     clock = Stopwatch(state.train_time + extra.get("head_init_s", 0.0))  # training time, evaluation excluded
-    stopped_early = False
+    stopped_early = out_of_time = False  # out_of_time: config.max_time of wall time has passed
     net = dist.wrap(model, device)  # several processes: DDP starts every rank from rank 0's weights
     model.train()
     for epoch in range(state.epoch, config.epochs):
@@ -234,6 +176,9 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
             state.samples += len(batch)
             state.tokens += sum(lengths[i] for i in batch)
             log.add(dist.mean_loss(loss), state, scheduler.get_last_lr()[0], clock.elapsed())
+            if config.max_time and dist.any(time.perf_counter() - t0 >= config.max_time):
+                out_of_time = True
+                break
             if config.eval_every and state.step % config.eval_every == 0 and state.step % steps_per_epoch:
                 clock.stop()
                 stopped_early = validate_and_stop()
@@ -241,6 +186,11 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
                     break
                 clock.start()
         clock.stop()
+        if out_of_time:  # evaluated and saved as it is, like a run that ended: its figures say where it stopped
+            extra["stopped"] = f"max_time ({config.max_time:g} s) reached at step {state.step} of {total_steps}"
+            sink(LogMessage(run_id, "warning", f"stopped: {extra['stopped']}; evaluating the model as it is"))
+            validate_and_stop()
+            break
         if stopped_early or validate_and_stop():
             stopped_early = True
             break
@@ -281,7 +231,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
         samples_per_s=state.samples / train_time, tokens_per_s=state.tokens / train_time,
         peak_memory_mb=peak_mb, memory_kind=memory_kind, peak_reserved_mb=mem["reserved_mb"],
         steps=state.step, epochs_done=state.step / steps_per_epoch, stopped_early=stopped_early,
-        device=device, precision=precision, lr=config.learning_rate, seed=config.seed, pooling=pooling_of(model),
+        device=device, precision=precision, lr=learning_rate(config), seed=config.seed, pooling=pooling_of(model),
         label_names=data.label_names,
         sizes={"train": len(train_ids), "val": len(val_ids), "test": len(test_ids)},
         efficiency=efficiency(test.accuracy, trainable),
@@ -320,6 +270,8 @@ def build_optimizer(model, config: RunConfig, total_steps: int):
     """AdamW (no weight decay on biases and norms) and its schedule: linear warmup, then linear decay to 0."""
     import torch
 
+    from peft_tui.engine.methods import learning_rate
+
     warmup = int(total_steps * config.warmup_ratio)
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
@@ -328,7 +280,7 @@ def build_optimizer(model, config: RunConfig, total_steps: int):
             (no_decay if p.ndim < 2 or "LayerNorm" in n or "layernorm" in n else decay).append(p)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.learning_rate,
+        lr=learning_rate(config),
         # fused AdamW (one kernel over all parameters; runs are on cpu or cuda): on this 2-core CPU a MiniLM
         # full fine-tune's optimizer step took 18 ms fused against 87 ms foreach (benchmarks, README Performance)
         fused=True,
@@ -411,15 +363,14 @@ class Stopwatch:
 # ------------------------------------------------------------------------------------------------
 # before and around a run
 # ------------------------------------------------------------------------------------------------
-def preflight(config: RunConfig) -> DataSplits:
-    """Check a config before it is queued: values, device, precision, data and model location.
-    Raises ConfigError (one line). Returns the loaded DataSplits: hand them on to `execute(data=...)`
-    and the summary, so that the data is loaded once."""
+def preflight(config: RunConfig, load_data: bool = True) -> DataSplits | None:
+    """Check a validated config before it is queued (engine/submit.py): device, precision, data and
+    model location. Raises ConfigError (one line). Returns the loaded DataSplits (for the summary and the
+    estimate), None without `load_data`."""
     from peft_tui.engine import models
     from peft_tui.engine.data import load_splits
     from peft_tui.engine.methods import get_method
 
-    config.validate()
     method = get_method(config.method)
     if not method.is_baseline:  # a baseline uses neither the base model nor the device
         device = resolve_device(config.device)
@@ -428,30 +379,29 @@ def preflight(config: RunConfig) -> DataSplits:
         params = method.resolve(config.params)
         models.check_model_files(config.model, config.max_length, config.trust_remote_code,
                                  check=lambda skeleton: method.check_model(skeleton, params))
-    return load_splits(config.data, config.seed)
+    return load_splits(config.data, config.seed) if load_data else None
 
 
 def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading.Event | None = None,
-            resume: bool = False, *, cache_dir: Path | None = None,
-            data: DataSplits | None = None, dist: Dist = Dist()) -> RunResult | None:
+            resume: bool = False, *, cache_dir: Path | None = None, dist: Dist = Dist()) -> RunResult | None:
     """Run one stored run to its end. Returns the result, or None when it failed or was cancelled.
     Never raises for a problem inside the run: it becomes a RunFailed / RunCancelled event.
     With `resume`, continue from the run's checkpoint (see `checkpoint.prepare_resume`). `cache_dir`: the
-    tokenisation cache (default: the store's). `data`: splits the caller has loaded already. `dist`: this
+    tokenisation cache (default: the store's). `dist`: this
     process's rank in a data-parallel run (a method with its own procedure runs on rank 0 alone)."""
     from peft_tui.engine import checkpoint
     from peft_tui.engine.memory import release_memory
-    from peft_tui.engine.methods import get_method
+    from peft_tui.engine.methods import get_method, validate
     from peft_tui.engine.weights import disk_full_at
 
     cancel = cancel or threading.Event()
     result = None
     try:
-        config.validate()
+        validate(config)
         out_dir = store.run_dir(run_id)
         method = get_method(config.method)
         if not method.is_baseline and getattr(store, "root", None) is not None:
-            from peft_tui.engine.precision import resolved_auto
+            from peft_tui.engine.estimate import resolved_auto
 
             config = resolved_auto(config, store.root / "calibration.json")  # auto: the machine's measured pick
         if method.run is not None:  # the method's own procedure: a baseline, the head probe
@@ -459,14 +409,14 @@ def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading
                 raise ConfigError(f"run {run_id} ({config.method}) keeps no checkpoint to resume from: retry it")
             if not dist.is_main:
                 return None
-            result = method.run(config, run_id, sink, cancel, out_dir, data,
+            result = method.run(config, run_id, sink, cancel, out_dir, None,
                                 store.cache_dir if cache_dir is None else cache_dir)
         else:
             resume_from = checkpoint.find(out_dir) if resume else None
             if resume and resume_from is None:
                 raise ConfigError(f"run {run_id} has no checkpoint to resume from: start it again instead")
             result = train(config, run_id, sink, cancel, out_dir, resume_from=resume_from,
-                           cache_dir=store.cache_dir if cache_dir is None else cache_dir, data=data, dist=dist)
+                           cache_dir=store.cache_dir if cache_dir is None else cache_dir, dist=dist)
         sink(RunFinished(run_id, result))
     except Cancelled as e:
         result = None

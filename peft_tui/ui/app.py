@@ -24,7 +24,7 @@ from textual.worker import get_current_worker
 
 from peft_tui.config import DataConfig, RunConfig, store_path
 from peft_tui.engine.events import RunFailed
-from peft_tui.errors import ConfigError
+from peft_tui.errors import OneLineError
 from peft_tui.ui.messages import LogLine, StoreUpdate
 from peft_tui.ui.polling import StorePoller
 from peft_tui.ui.screens.main import MainScreen, shown_path
@@ -83,7 +83,7 @@ class PeftLab(App):
                 from peft_tui.engine.scheduler import Scheduler
 
                 self._scheduler = Scheduler(self.store, self._sink, self.devices, workers=self.worker_count,
-                                            ray=self.ray_address)
+                                            ray=self.ray_address, trust_remote_code=self.template.trust_remote_code)
             return self._scheduler
 
     @property
@@ -108,35 +108,18 @@ class PeftLab(App):
         fit is queued with a warning); a config the scheduler refuses is logged and skipped."""
         rows = []
         for cfg in configs:
-            plan = self._plan(cfg)
             try:
-                rid = self.scheduler.submit(cfg)
-            except ConfigError as e:
+                planned = self.scheduler.submit_checked(cfg, estimate=estimable(cfg.model), inputs=self.estimate_inputs)
+            except OneLineError as e:
                 self.post_message(LogLine(f"not queued: {e}", "error"))
                 continue
-            if plan is not None:
-                self.store.set_estimate(rid, plan["estimate"])
-                if not plan["fits"]:
-                    from peft_tui.engine.estimate import refusal
-
-                    self.post_message(LogLine(f"run {rid}: {refusal(cfg, plan)}", "warning"))
+            rid = planned.run_id
+            if planned.warning:
+                self.post_message(LogLine(f"run {rid}: {planned.warning}", "warning"))
             rows.append(self.store.get(rid))
             self.post_message(LogLine(f"queued run {rid} {cfg.display_name} ({cfg.method} on {cfg.model})"))
         if rows:
             self.post_message(StoreUpdate(rows, {}))
-
-    def _plan(self, config: RunConfig) -> dict | None:
-        """engine.estimate.plan's row for `config` (from a thread), None for a baseline, a hub model, or
-        when it cannot be estimated (the run is queued all the same; the worker reports a real problem)."""
-        from peft_tui.engine.estimate import plan
-
-        if not estimable(config.model):
-            return None
-        try:
-            return plan([config], self.store.root / "calibration.json", calibrate=False,
-                        inputs=self.estimate_inputs)[0]
-        except Exception:  # noqa: BLE001 - an estimate must never keep a run from the queue
-            return None
 
     # ------------------------------------------------------------------ background reads
     @work(thread=True, group="device", exit_on_error=False)
@@ -192,7 +175,8 @@ class PeftLab(App):
 
 def create_app(model: str = "minilm", data: str = "synthetic", store: str | Path | None = None, *,
                template: RunConfig | None = None, devices: list[str] | None = None,
-               poll_s: float = 1.0, workers: int | None = None, ray: str | None = None) -> PeftLab:
+               poll_s: float = 1.0, workers: int | None = None, ray: str | None = None,
+               trust_remote_code: bool = False) -> PeftLab:
     """The dashboard over the store at `store` (default ./peft-runs or $PEFT_TUI_STORE).
 
     `template` is the starting point for new runs and the compare preset (model, data, epochs, ...);
@@ -200,7 +184,7 @@ def create_app(model: str = "minilm", data: str = "synthetic", store: str | Path
     from peft_tui.engine.store import Store
 
     if template is None:
-        template = RunConfig(model=model, data=DataConfig(source=data))
+        template = RunConfig(model=model, data=DataConfig(source=data), trust_remote_code=trust_remote_code)
     st = Store(store_path(str(store) if store is not None else None))
     if ray:
         from peft_tui.engine.launch.ray import require_ray

@@ -39,7 +39,7 @@ def weights_fingerprint(model) -> str:
     name, shape and dtype, SAMPLE evenly strided elements and the float64 sum of all of them."""
     import torch
 
-    from peft_tui.engine.probe import final_linear
+    from peft_tui.engine.weights import final_linear
     from peft_tui.errors import ConfigError
 
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from peft_tui.engine.data.limits import MAX_TABLE_BYTES, size_text
 from peft_tui.errors import ConfigError, first_line
+from peft_tui.limits import MAX_TABLE_BYTES, size_text
 
 HF_SPLIT_NAMES = ("train", "test", "validation", "valid", "dev", "unsupervised")
 

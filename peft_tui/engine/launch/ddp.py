@@ -8,7 +8,7 @@
         -m peft_tui.engine.launch.ddp --store S --run-id R --device D
 
 Every rank runs the same `trainer.execute` with a `Dist` (its rank, the world size): gloo on CPU, NCCL on
-GPU (rank r on cuda:LOCAL_RANK). How the work is shared is `trainer.Dist`'s: each length-grouped batch
+GPU (rank r on cuda:LOCAL_RANK). How the work is shared is `dist.Dist`'s: each length-grouped batch
 of `batch_size` examples is dealt across the ranks, so the global batch, the steps and the learning-rate
 schedule are the 1-process run's. Rank 0 alone writes (events to the store and events.jsonl,
 checkpoints, weights), sends the heartbeat and polls the store's cancel flag; the other ranks get a null
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
 import os
 import re
@@ -39,15 +38,12 @@ from typing import Any
 
 from peft_tui.config import RunConfig
 from peft_tui.engine.events import Event, JsonlSink, RunFailed, Sink, fan_out
+from peft_tui.engine.launch.process import STOP_SIGNALS, ProcessFigures, keep_alive, parent_death_signal
 from peft_tui.engine.store import Store, death_reason
-from peft_tui.errors import ConfigError, first_line
 
 LOG_NAME = "torchrun.log"
 POOL_GPUS_ENV = "PEFT_TUI_POOL_GPUS"  # set by LocalPool for its workers: every GPU the pool trains on
-POLL_S = 0.5  # rank 0: heartbeat and cancel polling
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])  # the folder holding peft_tui/
-PR_SET_PDEATHSIG = 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -68,7 +64,7 @@ def launch(store_root: str | Path, run_id: int, nproc: int, device: str) -> int:
     gpus = gpus_for_run(nproc, env) if device.startswith("cuda") else None
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpus
-    die = _parent_death_signal()
+    die = parent_death_signal()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 close_fds=True, preexec_fn=die)
@@ -117,18 +113,6 @@ def _forward_signals(proc: subprocess.Popen) -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def _parent_death_signal() -> Any:
-    """A `preexec_fn` that has Linux SIGKILL the child when its parent dies (None elsewhere). The libc
-    function is looked up here, before the fork, so the child only makes the system call."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None).prctl
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _failure_reason(log_path: Path, rc: int, nproc: int) -> str:
@@ -195,7 +179,7 @@ def rank_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launched-at", type=float, required=True, help="when launch() began (unix time)")
     args = parser.parse_args(argv)
     rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    die = _parent_death_signal()
+    die = parent_death_signal()
     if die is not None:
         die()  # torchrun killed: this rank goes too
     cancel = threading.Event()
@@ -205,8 +189,7 @@ def rank_main(argv: list[str] | None = None) -> int:
     import torch
     import torch.distributed as td
 
-    from peft_tui.engine.launch.worker import ProcessFigures
-    from peft_tui.engine.trainer import Dist
+    from peft_tui.engine.dist import Dist
 
     store = Store(args.store)
     row = store.get(args.run_id)
@@ -226,7 +209,7 @@ def rank_main(argv: list[str] | None = None) -> int:
         startup_s = time.time() - args.launched_at  # torchrun, the imports, the process group
         if store.heartbeat(args.run_id, os.getpid(), startup_s=startup_s):
             cancel.set()
-        threading.Thread(target=_keep_alive, args=(store, args.run_id, cancel, done), daemon=True).start()
+        threading.Thread(target=keep_alive, args=(store, args.run_id, cancel, done), daemon=True).start()
         # the result gets the start-up; its peak memory is the largest rank's, gathered by the trainer
         sink = ProcessFigures(fan_out(store, JsonlSink(store.events_path(args.run_id))), startup_s, cpu=False)
     try:
@@ -249,16 +232,6 @@ def _fail(rank: int, store: Store, run_id: int, reason: str) -> int:
     if rank == 0:
         store.fail_run(run_id, reason)
     return 1
-
-
-def _keep_alive(store: Store, run_id: int, cancel: threading.Event, done: threading.Event) -> None:
-    """Rank 0: the run's heartbeat, and the store's cancel flag turned into the cancel Event."""
-    while not done.wait(POLL_S):
-        try:
-            if store.heartbeat(run_id, os.getpid()):
-                cancel.set()
-        except ConfigError as e:  # the store is busy or damaged: the run's own writes will say so
-            sys.stderr.write(f"heartbeat of run {run_id}: {first_line(e)}\n")
 
 
 if __name__ == "__main__":

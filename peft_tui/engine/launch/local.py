@@ -6,7 +6,8 @@ leaves when the queue has nothing more for it. A thread watches the workers: whe
 the run it had claimed becomes `failed` with that signal as the reason, and a replacement starts while
 queued runs remain. With `detach=True` the workers run in their own session, so they outlive the caller
 (an SSH logout); otherwise in a process group of their own, so a Ctrl-C in the caller's terminal reaches
-the caller alone (which cancels its own runs through the store), and `stop()` or `release()` ends them.
+the caller alone (which cancels its own runs through the store), and `stop()` or `release()` ends them;
+they also watch the caller's pid, so a caller killed outright (SIGKILL) leaves no worker training.
 
     with LocalPool(store.root) as pool:     # or pool = LocalPool(...).start(); ...; pool.stop()
         ids = [store.create_run(c) for c in configs]
@@ -32,7 +33,8 @@ from pathlib import Path
 from typing import Self
 
 from peft_tui.engine.launch.ddp import POOL_GPUS_ENV
-from peft_tui.engine.launch.worker import LEAVE_SIGNAL, worker_id
+from peft_tui.engine.launch.process import worker_id
+from peft_tui.engine.launch.worker import LEAVE_SIGNAL
 from peft_tui.engine.store import Store, death_reason
 
 TEND_S = 0.5  # how often the pool looks at its workers and the queue
@@ -179,7 +181,8 @@ class LocalPool:
         with open(self.log_path, "ab") as log:
             return subprocess.Popen(
                 [sys.executable, "-m", "peft_tui.engine.launch.worker", "--store", str(self.root), "--device", device,
-                 "--exit-when-idle", "--idle-s", str(self.idle_s)],
+                 "--exit-when-idle", "--idle-s", str(self.idle_s),
+                 *([] if self.detach else ["--parent-pid", str(os.getpid())])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=self.detach,
                 process_group=None if self.detach else 0, close_fds=True,
             )

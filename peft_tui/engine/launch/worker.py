@@ -1,6 +1,6 @@
 """A worker: one process serving one device, training the runs it claims from the store.
 
-    python -m peft_tui.engine.launch.worker --store PATH [--device D] [--exit-when-idle] [--idle-s S]
+    python -m peft_tui.engine.launch.worker --store PATH [--device D] [--exit-when-idle] [--idle-s S] [--parent-pid P]
 
 It imports the training stack once, then loops: claim the oldest queued run it can serve, train it in a
 child process forked for that run alone, and record how the child ended. A process per run makes the
@@ -13,6 +13,8 @@ SIGUSR1 lets the current run finish, then stops the worker (what a CLI command's
 a run the worker took from another command's queue is not cut short).
 A child killed by a signal (the kernel's out-of-memory killer sends SIGKILL) leaves its run `failed`
 with that signal as the reason, and the worker goes on with the next run.
+With --parent-pid (a command's own, not detached, workers): when that process is gone, even killed by
+SIGKILL, the worker acts as on SIGTERM: its run ends `cancelled` and it claims no other.
 """
 
 from __future__ import annotations
@@ -28,19 +30,19 @@ import threading
 import time
 from typing import Any
 
-from peft_tui.engine.events import Event, JsonlSink, RunFinished, Sink, fan_out
-from peft_tui.engine.result import RunResult
+from peft_tui.engine.events import JsonlSink, Sink, fan_out
+from peft_tui.engine.launch.process import (
+    POLL_S,
+    STOP_SIGNALS,
+    ProcessFigures,
+    die_with,
+    keep_alive,
+    worker_id,
+)
 from peft_tui.engine.store import Claim, Store, death_reason
-from peft_tui.errors import ConfigError, first_line
+from peft_tui.errors import ConfigError, OneLineError, first_line
 
-POLL_S = 0.5  # queue polling when idle; heartbeat and cancel polling while training
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 LEAVE_SIGNAL = signal.SIGUSR1  # finish the current run, claim no other
-
-
-def worker_id(host: str, pid: int, device: str) -> str:
-    """How a worker is named in the store's `worker` column (the pool computes it from the pid too)."""
-    return f"{host}:{pid}:{device}"
 
 
 def local_device(device: str) -> str:
@@ -86,12 +88,16 @@ class Worker:
     def _on_leave(self, signum: int, frame: Any) -> None:
         self.leaving = True  # an idle worker sees it within POLL_S
 
-    def serve(self, exit_when_idle: bool = False, idle_s: float = 0.0) -> int:
-        """Train queued runs until stopped (or, with `exit_when_idle`, until idle for `idle_s`)."""
+    def serve(self, exit_when_idle: bool = False, idle_s: float = 0.0, parent_pid: int | None = None) -> int:
+        """Train queued runs until stopped (or, with `exit_when_idle`, until idle for `idle_s`; with
+        `parent_pid`, until that process is gone)."""
         started = process_start_time()
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
         signal.signal(LEAVE_SIGNAL, self._on_leave)
+        if parent_pid:
+            threading.Thread(target=self._watch_parent, args=(parent_pid,), name="peft-tui-parent",
+                             daemon=True).start()
         preload()
         ready_since = started  # start-up a run pays is counted from when this worker was free for it
         idle_since = time.time()
@@ -105,6 +111,16 @@ class Worker:
             self._train(claim, startup_from=max(ready_since, claim.queued_at))
             ready_since = idle_since = time.time()
         return 0
+
+    def _watch_parent(self, parent_pid: int) -> None:
+        """The command that started this worker died (it was not detached): cancel the run and stop, as
+        SIGTERM does. Its death makes this process an orphan, so the parent pid it sees changes."""
+        while not self.stopping.wait(POLL_S):
+            if os.getppid() != parent_pid:
+                sys.stderr.write(f"worker {self.id}: the command that started it (pid {parent_pid}) is gone: "
+                                 "cancelling its run and stopping\n")
+                self._on_signal(signal.SIGTERM, None)
+                return
 
     def _claim(self) -> Claim | None:
         if not self.store.claimable([self.device]):  # a read first: idle workers take no write lock
@@ -143,16 +159,22 @@ def train_one(root: str, claim: Claim, device: str, startup_from: float, worker_
     cancel = threading.Event()
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: cancel.set())
-    _die_with(worker_pid)
+    die_with(worker_pid)
     store = Store(root)  # never the parent's connection: SQLite connections do not survive a fork
     run_id = claim.run_id
     startup_s = time.time() - startup_from
+    try:  # what stops the run before it can record its own events: recorded here, with the reason
+        check_run_folder(store, run_id)
+        events = JsonlSink(store.events_path(run_id))
+    except (ConfigError, OSError) as e:
+        store.fail_run(run_id, f"its folder cannot be used ({first_line(e, 300)})")
+        return
     if store.heartbeat(run_id, os.getpid(), startup_s=startup_s):
         cancel.set()
     done = threading.Event()
-    beat = threading.Thread(target=_keep_alive, args=(store, run_id, cancel, done), daemon=True)
+    beat = threading.Thread(target=keep_alive, args=(store, run_id, cancel, done), daemon=True)
     beat.start()
-    sink: Sink = ProcessFigures(fan_out(store, JsonlSink(store.events_path(run_id))), startup_s, device == "cpu")
+    sink: Sink = ProcessFigures(fan_out(store, events), startup_s, device == "cpu")
     config = dataclasses.replace(claim.config, device=device)
     try:
         execute(store, run_id, config, sink, cancel, resume=claim.resume, cache_dir=store.cache_dir)
@@ -164,70 +186,17 @@ def train_one(root: str, claim: Claim, device: str, startup_from: float, worker_
         sink.close()
 
 
-def _keep_alive(store: Store, run_id: int, cancel: threading.Event, done: threading.Event) -> None:
-    while not done.wait(POLL_S):
-        try:
-            if store.heartbeat(run_id, os.getpid()):
-                cancel.set()
-        except ConfigError:  # the store is busy or damaged: the run's own writes will say so
-            pass
+def check_run_folder(store: Store, run_id: int) -> None:
+    """A queued run's folder must still be the folder the store made: not a symbolic link (which would
+    write the run's weights and events wherever it points, maybe into another run), and a folder."""
+    from pathlib import Path
 
-
-def _die_with(worker_pid: int) -> None:
-    """On Linux, the run process is killed when its worker dies, so a run never outlives the worker
-    that answers for it."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != worker_pid:  # the worker died before the call
-        os._exit(1)
-
-
-class ProcessFigures:
-    """Adds what only the run's own process knows to its result: the worker start-up it paid
-    (result.extra["worker_startup_s"]) and, on CPU, its peak memory as the peak RSS of this process:
-    exact, where the trainer samples it. (On CUDA the trainer's torch figures stand.) Wraps the run's sinks."""
-
-    def __init__(self, sink: Sink, startup_s: float, cpu: bool):
-        self.sink = sink
-        self.startup_s = startup_s
-        self.cpu = cpu
-
-    def __call__(self, event: Event) -> None:
-        if isinstance(event, RunFinished):
-            result = with_extra(event.result, worker_startup_s=round(self.startup_s, 3))
-            event = RunFinished(event.run_id, with_process_peak(result) if self.cpu else result)
-        self.sink(event)
-
-    def close(self) -> None:
-        self.sink.close()
-
-
-def with_extra(result: RunResult | dict[str, Any], **figures: Any) -> RunResult | dict[str, Any]:
-    """`result` with `figures` added to its `extra` (a result may still be a plain dict)."""
-    if isinstance(result, RunResult):
-        return dataclasses.replace(result, extra={**result.extra, **figures})
-    return {**result, "extra": {**(result.get("extra") or {}), **figures}}
-
-
-def with_process_peak(result: RunResult | dict[str, Any]) -> RunResult | dict[str, Any]:
-    """`result` with peak_memory_mb = this process's peak RSS (left None where a method measures none)."""
-    from peft_tui.engine.memory import process_peak_mb
-
-    peak_mb = process_peak_mb()
-    kind = "peak RSS of the run's own process"
-    if isinstance(result, RunResult):
-        if result.peak_memory_mb is None:
-            return result
-        return dataclasses.replace(result, peak_memory_mb=peak_mb, memory_kind=kind)
-    if result.get("peak_memory_mb") is None:
-        return result
-    return {**result, "peak_memory_mb": peak_mb, "memory_kind": kind}
+    folder = Path(store.root) / "runs" / str(store.get(run_id)["folder"])
+    if folder.is_symlink():
+        raise ConfigError(f"{folder} was replaced by a symbolic link (to {os.readlink(folder)}); the run never "
+                          "writes through links: remove the link and retry the run")
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file, not the run's folder: move it aside and retry the run")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,13 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="the device this worker serves: cpu or cuda:N")
     parser.add_argument("--exit-when-idle", action="store_true", help="stop when no queued run is left")
     parser.add_argument("--idle-s", type=float, default=0.0, help="with --exit-when-idle: wait this long first")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="stop (cancelling the current run) when this process, the one that started it, is gone")
     args = parser.parse_args(argv)
     try:
         store = Store(args.store)
-    except ConfigError as e:
+    except OneLineError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
-    return Worker(store, args.device).serve(args.exit_when_idle, args.idle_s)
+    return Worker(store, args.device).serve(args.exit_when_idle, args.idle_s, args.parent_pid)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from peft_tui.config import MAX_INT
 from peft_tui.errors import ConfigError
+from peft_tui.limits import MAX_INT
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -106,6 +106,7 @@ class Method:
     params: dict[str, Param] = {}
     is_baseline: bool = False  # not a fine-tuning of the base model (e.g. TF-IDF + logistic regression)
     run: RunHook | None = None  # set: `execute` calls it instead of the trainer's loop
+    space: dict[str, Any] = {}  # what `peft-tui tune` searches (methods/space.py); {}: not tunable
 
     def check_params(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
@@ -150,6 +151,23 @@ def get_method(name: str) -> Method:
     except (KeyError, TypeError):  # TypeError: a list or table from a config file
         raise ConfigError(f"unknown method {repr(name)[:60]}: use one of {', '.join(REGISTRY)}") from None
 
+
+
+def validate(config: RunConfig) -> None:
+    """The whole check of a run config: its own fields (config.py), then its method and the method's
+    parameters. Raises ConfigError (one line). Imports no torch."""
+    config.validate()
+    get_method(config.method).check_params(config.params)
+
+
+def learning_rate(config: RunConfig) -> float:
+    """The run's learning rate: its own, else its method's default."""
+    return config.lr if config.lr is not None else get_method(config.method).default_lr
+
+
+def with_overrides(config: RunConfig, pairs: list[str]) -> RunConfig:
+    """`config` with `key=value` strings applied: run fields, data fields, or the method's parameters."""
+    return config.with_overrides(pairs, get_method(config.method).params)
 
 def method_names() -> list[str]:
     return list(REGISTRY)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 
 from peft_tui.engine.methods import Method, Param, register
+from peft_tui.engine.methods.space import Choice, standard
 from peft_tui.errors import ConfigError
 
 ACTIVATIONS = ("relu", "gelu", "tanh", "swish")
@@ -105,6 +106,8 @@ class Adapters(Method):
         "reduction_factor": Param("reduction_factor", int, 16, "b = hidden // reduction_factor", _positive),
         "activation": Param("activation", str, "relu", "non-linearity in the bottleneck", choices=ACTIVATIONS),
     }
+    # bottleneck size (as hidden // reduction_factor) and placement
+    space = standard(default_lr, reduction_factor=Choice((4, 8, 16, 32, 64)), variant=Choice(("houlsby", "pfeiffer")))
 
     def bottleneck_size(self, model, params) -> int:
         p = self.resolve(params)

@@ -14,6 +14,7 @@ Decoder models without biases (Llama, Mistral) are refused: only the head would 
 from __future__ import annotations
 
 from peft_tui.engine.methods import Method, Param, register
+from peft_tui.engine.methods.space import standard
 from peft_tui.errors import ConfigError
 
 NORM_HINTS = ("layernorm", "layer_norm", "ln_", "norm")
@@ -47,6 +48,7 @@ class BitFit(Method):
     params = {
         "include_norms": Param("include_norms", bool, True, "also train LayerNorm biases (as in the paper)"),
     }
+    space = standard(default_lr)
 
     def apply(self, model, params):
         from peft_tui.engine.weights import freeze_all_but, head_module_names

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from peft_tui.engine.methods import Method, register
+from peft_tui.engine.methods.space import standard
 
 
 @register
@@ -12,6 +13,7 @@ class Full(Method):
     summary = "every parameter trains (the reference; largest memory and checkpoint)"
     default_lr = 5e-5
     params = {}
+    space = standard(default_lr)
 
     def apply(self, model, params):
         for p in model.parameters():

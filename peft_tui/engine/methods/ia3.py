@@ -11,6 +11,7 @@ Default learning rate 3e-3: the scales are few and multiplicative; peft's IA3 ex
 from __future__ import annotations
 
 from peft_tui.engine.methods import Method, Param, register
+from peft_tui.engine.methods.space import standard
 from peft_tui.errors import ConfigError, first_line
 
 _BERT = (r".*\.(key|value)|.*\.layer\.\d+\.output\.dense", r".*\.layer\.\d+\.output\.dense")
@@ -63,6 +64,7 @@ class IA3(Method):
             "which targets are feed-forward (input rescaled); default per architecture, none when targets are given",
         ),
     }
+    space = standard(default_lr)
 
     def check_params(self, values):
         super().check_params(values)

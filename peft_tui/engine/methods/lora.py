@@ -12,6 +12,7 @@ use_dora on. Both share the default learning rate (default_lr below).
 from __future__ import annotations
 
 from peft_tui.engine.methods import Method, Param, fraction, positive, register
+from peft_tui.engine.methods.space import Choice, Range, standard
 from peft_tui.errors import ConfigError, first_line
 
 # Per-architecture targets (attention projections), peft's own table is the fallback.
@@ -56,6 +57,11 @@ class Lora(Method):
         "use_dora": Param("use_dora", bool, False, "DoRA: learned magnitude + LoRA-updated direction"),
         "use_rslora": Param("use_rslora", bool, False, "rsLoRA: scale the update by alpha/sqrt(r), not alpha/r"),
     }
+    # rank, alpha as a multiple of the rank, and the targets: the architecture's attention projections or
+    # every linear layer
+    space = standard(default_lr, r=Range(2, 32, log=True, integer=True),
+                     alpha_per_r=Range(0.5, 4.0, log=True, sets="alpha", times="r"),
+                     target_modules=Choice(("attention", "all-linear"), values=(None, ["all-linear"])))
 
     def check_model(self, model, params):
         from peft_tui.engine.methods.peft_common import check_targets

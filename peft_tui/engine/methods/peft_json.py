@@ -19,6 +19,7 @@ import json
 from typing import Any
 
 from peft_tui.engine.methods import Method, Param, register
+from peft_tui.engine.methods.space import standard
 from peft_tui.errors import ConfigError, first_line
 
 EXAMPLE = '{"peft_type": "LORA", "r": 4, "target_modules": ["query", "value"]}'
@@ -63,6 +64,7 @@ class PeftJson(Method):
         "config": Param("config", str, "", f"a peft config as a JSON object with \"peft_type\", e.g. {EXAMPLE}",
                         _check),
     }
+    space = standard(default_lr)
 
     def check_params(self, values):
         super().check_params(values)

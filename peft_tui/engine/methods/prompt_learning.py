@@ -21,6 +21,7 @@ DistilBERT does not, and is refused with a pointer to prompt, lora or ia3.
 from __future__ import annotations
 
 from peft_tui.engine.methods import Method, Param, positive, register
+from peft_tui.engine.methods.space import Range, standard
 from peft_tui.errors import ConfigError
 
 
@@ -70,6 +71,7 @@ class Prefix(_PromptLearning):
         "projection_size": Param("projection_size", int, 0, "hidden size of that MLP (0: the model's hidden size)",
                                  lambda v: None if v >= 0 else "must be >= 0"),
     }
+    space = standard(default_lr, num_virtual_tokens=Range(4, 40, log=True, integer=True))
 
     def peft_config(self, model, params):
         from peft import PrefixTuningConfig, TaskType
@@ -97,6 +99,7 @@ class Prompt(_PromptLearning):
     params = {
         "num_virtual_tokens": Param("num_virtual_tokens", int, 20, "number of prompt embeddings", positive),
     }
+    space = standard(default_lr, num_virtual_tokens=Range(4, 40, log=True, integer=True))
 
     def peft_config(self, model, params):
         from peft import PromptTuningConfig, TaskType

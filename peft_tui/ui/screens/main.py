@@ -22,7 +22,8 @@ from textual.widgets import Button, DataTable, Footer, RichLog, Static, TabbedCo
 
 from peft_tui.config import RunConfig
 from peft_tui.console import literal
-from peft_tui.errors import ConfigError
+from peft_tui.errors import OneLineError
+from peft_tui.safe import safe_text
 from peft_tui.ui.messages import LogLine, StoreUpdate
 from peft_tui.ui.widgets.charts import (
     AccuracyChart,
@@ -69,6 +70,7 @@ class MainScreen(Screen):
         Binding("n", "new_run", "New"),  # short: every key fits an 80-column footer
         Binding("c", "compare", "Compare"),
         Binding("w", "sweep", "Sweep", show=False),
+        Binding("t", "tune", "Tune", show=False),
         Binding("x", "cancel_run", "Cancel"),
         Binding("r", "requeue(False)", "Retry"),
         Binding("u", "requeue(True)", "Resume"),
@@ -258,11 +260,17 @@ class MainScreen(Screen):
         ranks = ",".join(map(str, SWEEP_RANKS))
         try:
             configs = grid_configs(t, [f"r={ranks}"])
-        except ConfigError as e:
+        except OneLineError as e:
             self.app.log_line(f"sweep not queued: {e}", "error")
             return
         self.app.log_line(f"sweep: queueing LoRA r={ranks} on {t.model} / {t.data.source}")
         self.app.submit(configs)
+
+    def action_tune(self) -> None:
+        """The tune preset: a study of full, LoRA and adapters on the template (ui/screens/tune.py)."""
+        from peft_tui.ui.screens.tune import TuneScreen
+
+        self.app.push_screen(TuneScreen(self.app.template))
 
     # ------------------------------------------------------------------ controlling runs
     def action_cancel_run(self) -> None:
@@ -301,9 +309,9 @@ class MainScreen(Screen):
         sched = self.app.scheduler
         try:
             new = sched.resume(rid) if resume else sched.retry(rid)
-        except ConfigError as e:
+        except OneLineError as e:
             self._say(f"{'resume' if resume else 'retry'} refused: {e}", "warning")
-            self.app.call_from_thread(self.notify, str(e), severity="warning", markup=False)
+            self.app.call_from_thread(self.notify, safe_text(e, 300), severity="warning", markup=False)
             return
         self._say(f"resuming run {rid} from its last epoch-end checkpoint" if resume
                   else f"retrying run {rid} as run {new}")
@@ -361,7 +369,7 @@ class MainScreen(Screen):
             self.app.log_line(f"export failed: {e}", "error")
             return
         self.app.log_line(f"exported {len(rows)} rows to {csv_path.resolve()} and {md_path.resolve()}")
-        self.notify(f"exported {len(rows)} rows to {csv_path} and results.md", markup=False)
+        self.notify(safe_text(f"exported {len(rows)} rows to {csv_path} and results.md"), markup=False)
 
     def action_sort(self) -> None:
         key = self.query_one("#results", ResultsTable).cycle_sort(self.app.state)

@@ -20,7 +20,7 @@ from textual.widgets import Button, Input, Label, Select, Static
 
 from peft_tui.config import HEAD_INITS, POOLINGS, DataConfig, RunConfig
 from peft_tui.console import literal
-from peft_tui.engine.methods import REGISTRY, get_method
+from peft_tui.engine.methods import REGISTRY, get_method, validate
 from peft_tui.errors import ConfigError, first_line
 from peft_tui.ui.state import estimable, fmt_duration, is_baseline
 
@@ -285,7 +285,7 @@ class NewRunScreen(ModalScreen[list[RunConfig] | None]):
         cfg = dataclasses.replace(base, method=method.name, model=model, data=data_cfg, params=params, name=name,
                                   **top)
         try:
-            cfg.validate()
+            validate(cfg)
         except ConfigError as e:
             if quiet:
                 return None

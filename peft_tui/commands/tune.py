@@ -1,0 +1,202 @@
+"""`peft-tui tune`: search each method's hyperparameters on an equal budget (Optuna TPE, with pruning),
+then run each method's best configuration and its defaults over several seeds and compare them.
+
+The study lives in the store (engine/tune/study.py); its trials are ordinary queued runs tagged with the
+study, trained by the same workers as any run (--workers, --ray). Ctrl-C cancels the study's runs and
+exits 130; `peft-tui tune --resume NAME` continues without repeating a finished trial.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from peft_tui.commands.common import handles_errors, open_store, print_json
+from peft_tui.commands.options import (
+    BatchOpt,
+    ConfigOpt,
+    DataOpt,
+    DeviceOpt,
+    EpochsOpt,
+    ForceOpt,
+    HeadInitOpt,
+    JsonOpt,
+    LabelColOpt,
+    MaxLengthOpt,
+    ModelOpt,
+    PoolingOpt,
+    PrecisionOpt,
+    RayOpt,
+    SeedOpt,
+    SetOpt,
+    StoreOpt,
+    TextColOpt,
+    TextPairColOpt,
+    TrustOpt,
+    ValDataOpt,
+    WorkersOpt,
+    run_config,
+)
+from peft_tui.errors import ConfigError
+from peft_tui.safe import safe_lines, safe_text
+
+DEFAULT_TRIALS = 8
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """`2h`, `90m`, `1h30m`, `45s` or a number of seconds -> seconds. ConfigError (one line) otherwise."""
+    raw = text.strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", raw)
+    if re.fullmatch(r"\d+(\.\d+)?", raw):
+        seconds = float(raw)
+    elif parts and re.fullmatch(r"(\s*\d+(\.\d+)?\s*[smhd])+", raw):
+        seconds = sum(float(n) * UNITS[u] for n, u in parts)
+    else:
+        raise ConfigError(f"--budget {text[:30]!r} is not a duration: write e.g. 2h, 90m, 1h30m or 600 (seconds)")
+    if seconds <= 0:
+        raise ConfigError(f"--budget {text[:30]!r} is no time at all: give a positive duration, e.g. 30m")
+    return seconds
+
+
+@handles_errors
+def tune(
+    ctx: typer.Context,
+    methods: Annotated[str, typer.Option("--methods", help="comma-separated methods to tune")] = "full,lora,adapters",
+    trials: Annotated[Optional[int], typer.Option(
+        "--trials", help=f"trials per method (default {DEFAULT_TRIALS} unless --budget)")] = None,
+    budget: Annotated[Optional[str], typer.Option(
+        "--budget", help="search time instead of --trials, split equally between the methods (2h, 90m, 600)")] = None,
+    space: Annotated[Optional[list[str]], typer.Option(
+        "--space", help="override a search range: key=lo:hi or key=a,b,c (repeatable; `peft-tui methods` "
+        "shows each method's space)")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="seeds of the final runs of each method's best config "
+                                       "and of its defaults")] = 3,
+    resume: Annotated[Optional[str], typer.Option(
+        "--resume", metavar="STUDY", help="continue a stopped study (its settings are the stored ones)")] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="name of a new study (default tune-N)")] = None,
+    pruner: Annotated[str, typer.Option("--pruner", help="median, halving or none")] = "median",
+    model: ModelOpt = "minilm",
+    data: DataOpt = "synthetic",
+    sets: SetOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    max_length: MaxLengthOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    pooling: PoolingOpt = None,
+    head_init: HeadInitOpt = None,
+    text_col: TextColOpt = "text",
+    label_col: LabelColOpt = "label",
+    text_pair_col: TextPairColOpt = None,
+    val_data: ValDataOpt = None,
+    trust_remote_code: TrustOpt = False,
+    config_file: ConfigOpt = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+    workers: WorkersOpt = None,
+    ray: RayOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Tune each method on an equal budget (Optuna TPE, pruning on validation accuracy), then compare each
+    method's best configuration with its defaults over --seeds seeds.
+
+    Selection reads the validation split only; the test split is read by the final runs alone.
+    Example: peft-tui tune --methods full,lora,adapters --trials 8 --data reviews.csv"""
+    from peft_tui.commands.queueing import method_sets
+    from peft_tui.engine.submit import make_pool, prepare
+    from peft_tui.engine.tune import study as studies
+
+    st = open_store(store, writable=True)
+    if resume:
+        spec = studies.load_study(st, resume)
+        bases = [spec.base(m) for m in spec.methods]
+        splits = prepare(bases)
+    else:
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        if not names:
+            raise ConfigError("--methods is empty: pass e.g. --methods full,lora,adapters")
+        budget_s = parse_duration(budget) if budget is not None else None
+        if trials is not None and budget_s is not None:
+            raise ConfigError("give the budget as --trials N (per method) or --budget TIME, not both")
+        if trials is None and budget_s is None:
+            trials = DEFAULT_TRIALS
+        bases = [run_config(ctx, method_sets(m, sets), method=m, name=None) for m in names]
+        from peft_tui.engine.methods import validate
+
+        for b in bases:
+            validate(b)
+        from peft_tui.engine.methods.space import parse_overrides
+
+        parse_overrides(space or [], bases)  # a bad range is refused before any data loads
+        splits = prepare(bases)
+        parallel = workers or (2 if ray else _local_devices())
+        spec = studies.new_study(st, bases, trials=trials, budget_s=budget_s, seeds=seeds, pruner=pruner,
+                                 space=space or [], parallel=parallel, train_rows=len(splits.train.labels),
+                                 name=study, force=force)
+    budget_text = str(spec.trials) if spec.trials is not None else f"{spec.budget_s:.0f} s of"
+    say = (lambda line: typer.echo(safe_text(line), err=True)) if as_json else (lambda line: typer.echo(safe_text(line)))
+    say(f"study {spec.name}: {', '.join(spec.methods)}; {budget_text} trials per method, pruner {spec.pruner}, "
+        f"{spec.parallel} at a time; final: {spec.seeds} seed(s). Stop with Ctrl-C, continue with "
+        f"`peft-tui tune --resume {spec.name}`")
+
+    def progress(event: dict) -> None:
+        if event["kind"] == "final":
+            say(f"final runs queued: {len(event['run_ids'])} (best config and defaults of each method)")
+            return
+        if event["kind"] != "trial":
+            return
+        from peft_tui.report.tune import progress_line
+
+        doc = studies.summary(st, spec)
+        m = doc["methods"][event["method"]]
+        what = event["status"]
+        if event.get("val_accuracy") is not None:
+            what += f", val {100 * event['val_accuracy']:.1f}%"
+        if event["status"] == "pruned":
+            what += f" at step {event.get('step')}"
+        if event.get("error"):
+            what += f": {event['error']}"
+        say(f"  trial {event['trial']} ({event['method']}) {what} | "
+            + progress_line(event["method"], m, str(spec.trials) if spec.trials is not None else "-"))
+
+    pool = make_pool(st, ray=ray, workers=workers)
+    tuner = studies.Tuner(st, spec, pool, data=splits, on_progress=progress)
+    from peft_tui.engine.launch.client import interrupts
+
+    signum = 0
+    with interrupts() as stopped:
+        try:
+            pool.start()
+            doc = tuner.run()
+        except KeyboardInterrupt:
+            signum = stopped.signum or signal.SIGINT
+            try:
+                cancelled = tuner.interrupt()
+            except KeyboardInterrupt:
+                cancelled = []
+        finally:
+            pool.release()
+    if signum:
+        sys.stderr.write(f"stopped by {signal.Signals(signum).name}: study {spec.name} paused, runs cancelled: "
+                         f"{', '.join(map(str, cancelled)) or 'none'}; continue with "
+                         f"`peft-tui tune --resume {spec.name}`\n")
+        raise typer.Exit(128 + signum)
+    from peft_tui.report.tune import to_text, verdict
+
+    if as_json:
+        v = verdict(doc)
+        print_json({**doc, "verdict": {k: val for k, val in v.items() if k != "rows"}, "table": v["rows"]})
+    else:
+        typer.echo(safe_lines(to_text(doc, color=sys.stdout.isatty())))
+
+
+def _local_devices() -> int:
+    from peft_tui.engine.launch.local import default_devices
+
+    return len(default_devices())

@@ -1,0 +1,158 @@
+"""The one path from a config to a queued run. The CLI's commands, the dashboard and `tune` all submit
+through here, so a run is checked the same way whoever queues it:
+
+    planned = check(store, configs, force=force, data=splits)   # validate once, serve, estimate, fit
+    ids = create(store, planned)                                # the queued rows, each with its estimate
+    ids = submit(store, configs)                                # both
+    pool = make_pool(store, ray=..., workers=...)               # who trains them: local workers or Ray
+
+`check` raises ConfigError (one line) for the first config that cannot run: a bad value, a device no
+worker serves, an estimate that failed, or a run that will not fit the device's memory or the time it is
+given (unless `force`). Only a model whose architecture the estimate cannot read (`NotEstimable`) is
+let through without an estimate, with a warning. Nothing is queued before every config has passed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from peft_tui.config import RunConfig
+from peft_tui.engine.methods import validate
+from peft_tui.engine.store import Store, serves
+from peft_tui.errors import ConfigError, OneLineError, first_line
+
+if TYPE_CHECKING:  # pragma: no cover
+    from peft_tui.engine.data import DataSplits
+    from peft_tui.engine.launch.local import LocalPool
+    from peft_tui.engine.launch.ray import RayPool
+
+INPROCESS_ENV = "PEFT_TUI_INPROCESS_POOL"  # "1": runs train in a thread of this process (the fast tests)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A config that passed `check`: its estimate (Estimate.to_dict(); None for a baseline or a model the
+    estimate cannot read), whether it fits, and a warning to show when it was let through regardless."""
+
+    config: RunConfig
+    estimate: dict[str, Any] | None
+    fits: bool = True
+    warning: str | None = None
+    run_id: int | None = None  # once queued (Scheduler.submit)
+
+
+def prepare(configs: Sequence[RunConfig], load_data: bool = True) -> DataSplits:
+    """Validate each config (the only time before a worker reads it back), check the device, precision and
+    model location of each distinct model/device pair, and load the data of configs[0] (for the summary
+    and the estimate; the others share it or load their own in `plan`). Raises ConfigError (one line)."""
+    from peft_tui.engine.trainer import preflight
+
+    for cfg in configs:
+        validate(cfg)
+    seen: set[tuple] = set()
+    for cfg in configs[1:]:
+        key = (cfg.model, cfg.device, cfg.precision, cfg.trust_remote_code, cfg.method, cfg.max_length)
+        if key not in seen and key != (configs[0].model, configs[0].device, configs[0].precision,
+                                       configs[0].trust_remote_code, configs[0].method, configs[0].max_length):
+            seen.add(key)
+            preflight(cfg, load_data=False)
+    data = preflight(configs[0], load_data=load_data)
+    return data  # type: ignore[return-value]  # None only without load_data
+
+
+def check(store: Store, configs: Sequence[RunConfig], *, force: bool = False, data: DataSplits | None = None,
+          devices: Sequence[str] | None = None, inputs: dict | None = None,
+          estimate: bool = True) -> list[Planned]:
+    """The configs `prepare`d (or, with `data`, already prepared by the caller), check that a worker on
+    `devices` (default: this machine's; empty: a Ray cluster serves any) can train each, estimate them
+    from the store's cached calibration and refuse a run that will not fit unless `force`. `data`: the
+    loaded splits of configs[0]; `inputs`: a dict kept by the caller to reuse model configs and token
+    lengths across calls."""
+    from peft_tui.engine.launch.local import default_devices
+
+    if data is None and estimate:  # with `inputs`, `plan` reads the data once for many calls
+        data = prepare(configs, load_data=inputs is None) or None
+    elif data is None:
+        for cfg in configs:
+            validate(cfg)
+    devices = default_devices() if devices is None else devices
+    for cfg in configs:
+        if devices and not any(serves(cfg.device, d) for d in devices):
+            raise ConfigError(f"device {cfg.device!r} is not on this machine (workers serve "
+                              f"{', '.join(devices)}): pass --device auto")
+    if not estimate:
+        return [Planned(cfg, None) for cfg in configs]
+    rows, warning = _plan(store, configs, data, inputs)
+    out = []
+    for cfg, row in zip(configs, rows):
+        if row is None:
+            out.append(Planned(cfg, None, warning=warning))
+            continue
+        fits = bool(row["fits"])
+        why = None
+        if not fits:
+            from peft_tui.engine.estimate import refusal
+
+            why = refusal(cfg, row)
+            if not force:
+                raise ConfigError(why)
+        out.append(Planned(cfg, row["estimate"], fits, why))
+    return out
+
+
+def _plan(store: Store, configs: Sequence[RunConfig], data: DataSplits | None,
+          inputs: dict | None) -> tuple[list[dict | None], str | None]:
+    from peft_tui.engine.estimate import NotEstimable, plan
+
+    try:
+        return plan(configs, store.root / "calibration.json", calibrate=False, data=data, inputs=inputs), None
+    except NotEstimable as e:  # the one failure that may go on: the run itself will tell
+        return [None] * len(configs), f"no estimate ({first_line(e, 200)}): queued without the fit check"
+    except OneLineError:
+        raise
+    except Exception as e:  # noqa: BLE001 - anything else the estimate met, the run would meet too
+        raise ConfigError(f"{configs[0].display_name} cannot be queued: checking it failed "
+                          f"({first_line(e, 200)}); fix the model or method parameters") from None
+
+
+def create(store: Store, planned: Sequence[Planned], ids: list[int] | None = None,
+           study: str | None = None, trial: int | None = None) -> list[int]:
+    """Queue the checked configs, each with its estimate (graded when it finishes). Each id is appended to
+    `ids` as soon as it is queued, so an interrupt in between knows what to cancel."""
+    ids = [] if ids is None else ids
+    for p in planned:
+        ids.append(store.create_run(p.config, estimate=p.estimate, study=study, trial=trial))
+    return ids
+
+
+def submit(store: Store, configs: Sequence[RunConfig], *, force: bool = False, data: DataSplits | None = None,
+           devices: Sequence[str] | None = None, study: str | None = None, trial: int | None = None,
+           warn: Callable[[str], None] | None = None) -> list[int]:
+    """`check`, then `create`: the ids of the queued runs. `warn` receives each warning (a run let
+    through without an estimate, or forced past the fit check)."""
+    planned = check(store, configs, force=force, data=data, devices=devices)
+    for p in planned:
+        if p.warning and warn is not None:
+            warn(p.warning)
+    return create(store, planned, study=study, trial=trial)
+
+
+def make_pool(store: Store, *, ray: str | None = None, workers: int | None = None, detach: bool = False,
+              devices: list[str] | None = None, run_ids: list[int] | None = None) -> LocalPool | RayPool:
+    """Who trains the store's queued runs (not started): a Ray cluster (`ray`: "auto" or an address; with
+    `run_ids`, only those runs), else worker processes on this machine, one per device or `workers`.
+    Under PEFT_TUI_INPROCESS_POOL=1 (the fast test tier) runs train in a thread of this process instead."""
+    if ray:
+        from peft_tui.engine.launch.ray import RayPool
+
+        return RayPool(store, ray, run_ids)
+    if os.environ.get(INPROCESS_ENV) == "1" and not detach:
+        from peft_tui.engine.launch.inprocess import InProcessPool
+
+        return InProcessPool(store.root, devices)  # type: ignore[return-value]
+    from peft_tui.engine.launch.local import LocalPool
+
+    return LocalPool(store.root, devices, workers=workers, detach=detach)

@@ -1,0 +1,364 @@
+"""`peft-tui tune`: search spaces, bad --space input, and studies on the tiny model (the trials train in a
+thread of the test process unless a test needs worker processes or Ray: those are `slow`)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from peft_tui.cli import app
+from peft_tui.config import DataConfig
+from peft_tui.engine.methods import get_method
+from peft_tui.engine.methods import space as spaces
+from peft_tui.engine.store import Store
+from peft_tui.engine.tune import study as studies
+from peft_tui.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+WAIT_S = 300
+TINY = ["--model", "tiny", "--device", "cpu", "--epochs", "1", "--batch-size", "16", "--head-init", "random"]
+
+
+def bases(*methods: str, **kw):
+    kw.setdefault("data", DataConfig(size=60))
+    kw.setdefault("head_init", "random")
+    return [tiny_config(method=m, **kw) for m in methods]
+
+
+def run_study(store: Store, configs, **kw):
+    """A study run to its end on the in-process pool: (spec, summary)."""
+    from peft_tui.engine.submit import make_pool, prepare
+
+    pruner = kw.pop("pruner_object", None)
+    splits = prepare(configs)
+    spec = studies.new_study(store, configs, train_rows=len(splits.train.labels), **kw)
+    pool = make_pool(store)
+    pool.start()
+    try:
+        doc = studies.Tuner(store, spec, pool, data=splits, pruner=pruner, poll_s=0.05).run()
+    finally:
+        pool.release()
+    return spec, doc
+
+
+# ---------------------------------------------------------------- spaces (no training)
+def test_every_tunable_method_declares_lr_around_its_default_and_methods_shows_it():
+    for name in ("full", "lora", "dora", "adapters", "bitfit", "ia3", "prefix", "prompt"):
+        m = get_method(name)
+        lr = m.space["lr"]
+        assert lr.log and lr.low < m.default_lr < lr.high, name
+    assert {"r", "alpha_per_r", "target_modules"} <= set(get_method("lora").space)
+    assert {"reduction_factor", "variant"} <= set(get_method("adapters").space)
+    assert "num_virtual_tokens" in get_method("prompt").space
+    assert get_method("head").space == {} and get_method("tfidf").space == {}
+    out = CliRunner().invoke(app, ["methods", "--json"])
+    doc = {d["name"]: d for d in __import__("json").loads(out.stdout)}
+    assert doc["lora"]["space"]["r"] == "2..32 log"
+    assert doc["lora"]["space"]["target_modules"] == "attention|all-linear"
+
+
+def test_a_trial_config_sets_alpha_from_the_rank_and_targets_from_the_choice():
+    base = tiny_config(method="lora")
+    space = get_method("lora").space
+    cfg = spaces.apply(base, {"r": 4, "alpha_per_r": 2.5, "target_modules": "all-linear", "lr": 3e-3}, space)
+    assert cfg.params == {"r": 4, "alpha": 10.0, "target_modules": ["all-linear"]} and cfg.lr == 3e-3
+    cfg.validate()
+    # the defaults as a first trial: r 8, alpha 16 = 2 x r, the architecture's attention targets
+    first = spaces.defaults(base, get_method("lora"), space)
+    assert first["r"] == 8 and first["alpha_per_r"] == 2.0 and first["target_modules"] == "attention"
+    assert first["lr"] == get_method("lora").default_lr and first["epochs"] == 1
+
+
+def test_overrides_replace_a_range_and_apply_only_to_methods_that_have_the_key():
+    configs = bases("full", "lora")
+    over = spaces.parse_overrides(["r=4:16", "lr=1e-4:1e-3", "target_modules=all-linear"], configs)
+    lora = spaces.space_for(configs[1], over, small_data=False)
+    full = spaces.space_for(configs[0], over, small_data=False)
+    assert lora["r"] == spaces.Range(4, 16, log=True, integer=True)
+    assert lora["target_modules"].options == ("all-linear",) and lora["target_modules"].values == (["all-linear"],)
+    assert full["lr"].low == 1e-4 and "r" not in full and "epochs" not in full  # not small data: epochs fixed
+
+
+KEYS = ["lr", "r", "alpha_per_r", "weight_decay", "epochs", "reduction_factor"]
+
+
+@st.composite
+def bad_space(draw):
+    kind = draw(st.sampled_from(["empty", "reversed", "unknown", "type", "nonpositive"]))
+    key = draw(st.sampled_from(KEYS))
+    if kind == "empty":
+        return draw(st.sampled_from([f"{key}=", f"{key}=:", f"{key}=1:", f"{key}=:1", f"{key}=,", f"{key}=1,"]))
+    if kind == "reversed":
+        lo = draw(st.floats(0.001, 0.5))
+        hi = draw(st.floats(0.0, lo - 1e-6) if draw(st.booleans()) else st.just(lo))
+        return f"lr={lo!r}:{hi!r}" if key != "epochs" else f"epochs={draw(st.integers(2, 9))}:1"
+    if kind == "unknown":
+        name = draw(st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12))
+        known = set(get_method("lora").space) | set(get_method("lora").params) | set(spaces.RUN_KEYS) \
+            | set(get_method("adapters").params) | set(get_method("adapters").space)
+        return f"{name}=1:2" if name not in known else "zzz_unknown=1:2"
+    if kind == "type":
+        return draw(st.sampled_from(["r=1.5:4", "r=a:b", "epochs=x,y", "lr=fast:slow", "variant=1:2",
+                                     "target_modules=1:3", "reduction_factor=big"]))
+    return draw(st.sampled_from(["lr=0:1e-3", "lr=-1e-3:1e-3", "r=0:8", "epochs=0:2", "lr=1e-3:1.5"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pair=bad_space())
+def test_a_bad_search_space_is_refused_in_one_line(pair):
+    with pytest.raises(ConfigError) as e:
+        spaces.parse_overrides([pair], bases("lora", "adapters"))
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("--space")
+
+
+@pytest.mark.parametrize("pair", ["lr=1e-3:1e-4", "r=8:8", "nope=1:2", "r=x:4", "lr=:"])
+def test_the_command_refuses_a_bad_space_with_exit_2_before_loading_data(tmp_path, pair):
+    result = CliRunner().invoke(app, ["tune", "--methods", "lora", "--space", pair, "--store", str(tmp_path / "s"),
+                                      *TINY])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --space"), result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_budget_and_study_options_are_checked(tmp_path):
+    s = str(tmp_path / "s")
+    for args, words in ((["--budget", "soon"], "not a duration"), (["--budget", "1h", "--trials", "3"], "not both"),
+                        (["--resume", "nope"], "does not exist"), (["--pruner", "magic"], "unknown pruner"),
+                        (["--methods", "head"], "nothing to tune")):
+        result = CliRunner().invoke(app, ["tune", "--store", s, *TINY, *args])
+        assert result.exit_code == 2 and words in result.stderr, (args, result.stderr)
+
+
+# ---------------------------------------------------------------- studies on the tiny model
+@pytest.mark.slow
+def test_a_study_of_three_trials_by_two_methods_finishes_with_a_final_comparison(tmp_path):
+    store = Store(tmp_path / "s")
+    spec, doc = run_study(store, bases("full", "lora"), trials=3, seeds=2, pruner="none")
+    assert doc["state"] == "done"
+    for method in ("full", "lora"):
+        m = doc["methods"][method]
+        assert [t["trial"] for t in m["trials"]] == [0, 1, 2]
+        assert all(t["status"] == "done" for t in m["trials"]) and m["trials_run"] == 3
+        first = m["trials"][0]["config"]  # the defaults are trial 0
+        assert first["lr"] == get_method(method).default_lr and first["params"].get("r", 8) == 8
+        assert len({str(t["config"]) for t in m["trials"]}) == 3  # three different configurations
+        assert m["best"]["val_accuracy"] == max(t["val_accuracy"] for t in m["trials"])
+        assert [r["config"]["seed"] for r in m["final"]["tuned"]] == [43, 44]  # fresh seeds, never the trials'
+        assert all(r["status"] == "done" for r in m["final"]["tuned"] + m["final"]["defaults"])
+        exported = Path(doc["exported"][method])
+        from peft_tui.config import config_from_file
+
+        assert config_from_file(str(exported)).params == Store(tmp_path / "s").get(m["best"]["run_id"])["config"]["params"]
+    rows = {r["id"]: r for r in store.list()}
+    assert all(r["study"] == spec.name for r in rows.values())
+    from peft_tui.report.tune import to_text, verdict
+
+    v = verdict(doc)
+    assert [r["name"] for r in v["rows"]] == ["full", "lora"] and all(r["accuracy"] is not None for r in v["rows"])
+    text = to_text(doc, chart=False)
+    assert "tuned acc %" in text and "Pareto front, accuracy vs trainable parameters" in text
+
+
+@pytest.mark.slow
+def test_a_forced_pruner_prunes_and_the_run_is_recorded_pruned_with_its_step(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    store = Store(tmp_path / "s")
+    configs = bases("full", data=DataConfig(size=400), epochs=3)
+    # prunes every trial at its first report below 2.0 (every accuracy), i.e. at its first evaluation
+    spec, doc = run_study(store, configs, trials=2, seeds=1, space=["epochs=3"],
+                          pruner_object=optuna.pruners.ThresholdPruner(lower=2.0))
+    trials = doc["methods"]["full"]["trials"]
+    pruned = [t for t in trials if t["status"] == "pruned"]
+    assert pruned, trials
+    for t in pruned:
+        row = store.get(t["run_id"])
+        assert row["status"] == "pruned" and row["error"].startswith(f"pruned at step {row['step']} ")
+        assert 0 < row["step"] < row["total_steps"]
+    assert doc["methods"]["full"]["pruned"] == len(pruned) and doc["methods"]["full"]["trials_run"] == 2
+
+
+def _write(path: Path, texts, labels) -> str:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(zip(texts, labels))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_poisoned_test_labels_do_not_change_which_trial_wins(tmp_path):
+    from peft_tui.engine.data.synthetic import synthetic
+
+    texts, labels = synthetic(240, seed=3)
+    names = ["neg", "pos"]
+    train = _write(tmp_path / "train.csv", texts[:120], [names[v] for v in labels[:120]])
+    val = _write(tmp_path / "val.csv", texts[120:180], [names[v] for v in labels[120:180]])
+    test = _write(tmp_path / "test.csv", texts[180:], [names[v] for v in labels[180:]])
+    poisoned = _write(tmp_path / "poisoned.csv", texts[180:], [names[1 - v] for v in labels[180:]])
+    docs = []
+    for test_file in (test, poisoned):
+        data = DataConfig(source=train, val_source=val, test_source=test_file, val_fraction=0.0, test_fraction=0.0)
+        store = Store(tmp_path / Path(test_file).stem)
+        docs.append(run_study(store, bases("lora", data=data, epochs=2), trials=3, seeds=1, pruner="none",
+                              space=["lr=1e-3:5e-2"])[1])
+    clean, dirty = (d["methods"]["lora"] for d in docs)
+    assert [t["val_accuracy"] for t in clean["trials"]] == [t["val_accuracy"] for t in dirty["trials"]]
+    assert clean["best"]["trial"] == dirty["best"]["trial"] and clean["best"]["values"] == dirty["best"]["values"]
+    # the final runs did read the test split: the flipped labels flip their accuracy
+    acc_clean = clean["final"]["tuned"][0]["result"]["accuracy"]
+    acc_dirty = dirty["final"]["tuned"][0]["result"]["accuracy"]
+    assert acc_dirty == pytest.approx(1 - acc_clean)
+
+
+def _tune_cli(store: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "peft_tui.cli", "tune", "--store", str(store), *TINY, "--set", "data.size=200",
+         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def _wait(condition, what: str, timeout: float = WAIT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_resume_after_sigint_repeats_no_finished_trial(tmp_path):
+    store_path = tmp_path / "s"
+    args = ["--methods", "full", "--trials", "3", "--seeds", "1", "--pruner", "none", "--study", "st",
+            "--set", "epochs=2", "--space", "epochs=2"]
+    proc = _tune_cli(store_path, *args, env={"PEFT_TUI_INPROCESS_POOL": "1"})
+    store = _wait(lambda: (store_path / "runs.db").exists() and Store(store_path), "the store")
+    _wait(lambda: [r for r in store.list() if r["status"] == "done"], "a finished trial")
+    _wait(lambda: [r for r in store.list() if r["status"] == "running"], "the next trial to start")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=WAIT_S)
+    assert proc.returncode == 130, err
+    assert "tune --resume st" in err
+    before = store.list()
+    finished = {r["id"]: r for r in before if r["status"] == "done"}
+    cut = [r for r in before if r["status"] == "cancelled"]
+    assert finished and cut, [(r["id"], r["status"]) for r in before]
+
+    result = CliRunner().invoke(app, ["tune", "--store", str(store_path), "--resume", "st", "--json"])
+    assert result.exit_code == 0, result.stderr
+    after = [r for r in store.list() if r["trial"] is not None]
+    done = [r for r in after if r["status"] == "done"]
+    assert len(done) == 3  # the budget: 3 finished trials, not 3 + the ones before the interrupt
+    configs = [str({**r["config"], "name": None}) for r in done]
+    assert len(set(configs)) == 3  # no finished trial was run again
+    assert all(finished[i]["status"] == "done" for i in finished)
+    # the trial cut short was asked again with the same values
+    assert str({**cut[0]["config"], "name": None}) in configs
+
+
+@pytest.mark.slow
+def test_two_workers_run_trials_side_by_side(tmp_path, worker_processes):
+    from peft_tui.engine.submit import make_pool, prepare
+
+    store = Store(tmp_path / "s")
+    configs = bases("full", data=DataConfig(size=200), epochs=2)
+    splits = prepare(configs)
+    spec = studies.new_study(store, configs, trials=2, seeds=1, pruner="none", parallel=2, space=["epochs=2"],
+                             train_rows=len(splits.train.labels))
+    pool = make_pool(store, workers=2)
+    pool.start()
+    seen_two = threading.Event()
+
+    def watch():
+        while not seen_two.is_set() and spec.state != "done":
+            if sum(r["status"] == "running" for r in store.list()) >= 2:
+                seen_two.set()
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        doc = studies.Tuner(store, spec, pool, data=splits).run()
+    finally:
+        pool.release()
+        seen_two.set()
+    trials = [store.get(t["run_id"]) for t in doc["methods"]["full"]["trials"]]
+    assert len(trials) == 2 and all(r["status"] == "done" for r in trials)
+    assert trials[0]["worker"] != trials[1]["worker"]
+    # both trials trained at the same time: each started before the other finished
+    assert trials[0]["started_at"] < trials[1]["finished_at"] and trials[1]["started_at"] < trials[0]["finished_at"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_a_study_runs_on_a_local_ray(tmp_path, local_ray):
+    from peft_tui.engine.submit import make_pool, prepare
+
+    store = Store(tmp_path / "s")
+    configs = bases("lora", device="auto")
+    splits = prepare(configs)
+    spec = studies.new_study(store, configs, trials=2, seeds=1, pruner="median", parallel=2,
+                             train_rows=len(splits.train.labels))
+    pool = make_pool(store, ray="auto")
+    pool.start()
+    try:
+        doc = studies.Tuner(store, spec, pool, data=splits).run()
+    finally:
+        pool.stop()
+    trials = [store.get(t["run_id"]) for t in doc["methods"]["lora"]["trials"]]
+    assert len(trials) == 2 and all(r["status"] == "done" and r["worker"].endswith(":ray") for r in trials)
+    assert doc["state"] == "done" and doc["methods"]["lora"]["final"]["tuned"][0]["status"] == "done"
+
+
+@pytest.mark.slow
+def test_the_dashboard_tune_view_runs_a_study_and_shows_its_curve_and_final_table(tmp_path):
+    import asyncio
+
+    pytest.importorskip("textual")
+    from textual.widgets import Static
+
+    from peft_tui.config import RunConfig
+    from peft_tui.ui.app import create_app
+    from peft_tui.ui.screens.tune import BestSoFarChart, TuneScreen
+
+    template = RunConfig(model="tiny", data=DataConfig(size=60), epochs=1, batch_size=16, head_init="random")
+    app = create_app(store=tmp_path / "store", template=template, devices=["cpu"], poll_s=0.3)
+
+    async def drive():
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = TuneScreen(template, methods=("full",), trials=2, seeds=1)
+            app.push_screen(screen)
+            deadline = time.monotonic() + WAIT_S
+            while time.monotonic() < deadline and not (screen.doc and screen.doc["state"] == "done"):
+                await pilot.pause(0.3)
+            await pilot.pause(0.5)
+            assert screen.doc and screen.doc["state"] == "done", screen.doc
+            assert "tuned acc %" in str(screen.query_one("#tune-table", Static).render())
+            assert screen.query_one(BestSoFarChart).plt is not None
+            trials = screen.doc["methods"]["full"]["trials"]
+            assert [t["trial"] for t in trials] == [0, 1] and all(t["status"] == "done" for t in trials)
+
+    asyncio.run(drive())

@@ -133,7 +133,8 @@ def run_to_first_step(store: str, data: str, method: str, timeout: float = 900.0
 
     args = [EXE, "run", "--method", method, "--data", data, "--epochs", "1", "--head-init", "random",
             "--precision", "fp32", "--store", store, *(AG_SPLIT if data == AG_NEWS else [])]
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}  # as a user runs it
+    before = max((r["id"] for r in Store(store).list()), default=0) if (Path(store) / "runs.db").exists() else 0
     t0 = time.time()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
                             start_new_session=True)
@@ -148,7 +149,7 @@ def run_to_first_step(store: str, data: str, method: str, timeout: float = 900.0
                 if not (Path(store) / "runs.db").exists():
                     continue
                 st = Store(store)
-            rows = st.list()
+            rows = [r for r in st.list() if r["id"] > before]  # this command's run, not an earlier one
             if not rows:
                 continue
             rid = max(r["id"] for r in rows)
@@ -165,7 +166,7 @@ def run_to_first_step(store: str, data: str, method: str, timeout: float = 900.0
                 elif e["event"] == "LogMessage" and e["text"].startswith("ready in"):
                     events["ready"] = e["text"]
                 elif e["event"] == "StepLogged" and e["step"] >= 1:
-                    events["first_step"] = e["t"] - e["elapsed"]  # the first step began `elapsed` before
+                    events["first_step"] = e["t"] - e["elapsed_s"]  # the first step began `elapsed_s` before
                     events["first_step_end"] = e["t"]
     finally:
         if proc.poll() is None:
@@ -218,7 +219,7 @@ for n, a, b in zip(names, t, t[1:]):
 def replay(store: str, data: str, method: str) -> list[tuple[str, float]]:
     """The command's own steps before queueing, each timed, in a fresh process."""
     out = subprocess.run([sys.executable, "-c", REPLAY, data, method, store], capture_output=True, text=True,
-                         timeout=600, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+                         timeout=600, env={k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"})
     if out.returncode:
         raise SystemExit(f"replay failed: {out.stderr[-800:]}")
     return [(line.split("\t")[0], float(line.split("\t")[1])) for line in out.stdout.strip().splitlines()]

@@ -96,7 +96,9 @@ class RunConfig:
     patience: int = 0  # early stopping: evaluations without improvement before stopping (0: off)
     trust_remote_code: bool = False
     pooling: str = "auto"  # auto: the checkpoint's own (sentence-transformers config, else the architecture's)
-    head_init: str = "probe"  # probe: fit the classifier as a linear probe before the first step (LP-FT); random: seeded
+    # probe: fit the classifier as a linear probe before the first step (LP-FT); random: seeded; auto: probe for
+    # runs of at most 200 optimizer steps, random for longer ones (engine/probe.py resolve_head_init, README)
+    head_init: str = "auto"
     nproc: int = 1  # data-parallel processes for this one run (torchrun / Ray Train); 1: a single process
     max_time: float = 0.0  # seconds of wall time after which the run stops (and is refused if estimated longer); 0: none
 

@@ -165,3 +165,10 @@ def test_length_sorted_batches_cover_every_row_once_within_the_budget(lengths, b
         assert 1 <= len(b) <= batch
         if tokens is not None and len(b) > 1:
             assert len(b) * max(1, lengths[b[-1]]) <= tokens
+
+
+@given(n=st.integers(0, 5000))
+def test_lpft_chooses_on_at_most_probe_val_rows(n):
+    rows = probe.choice_rows(n)
+    assert rows == sorted(set(rows)) and all(0 <= i < n for i in rows)
+    assert len(rows) == min(n, probe.PROBE_VAL_ROWS) and rows == probe.choice_rows(n)  # the same rows every time

@@ -66,8 +66,8 @@ PoolingOpt = Annotated[Optional[str], typer.Option(
     "checkpoint's own, e.g. mean for a sentence-transformers folder, the pooler for BERT, the last token for a "
     "decoder)")]
 HeadInitOpt = Annotated[Optional[str], typer.Option(
-    "--head-init", help=f"the classifier before the first step: {'|'.join(HEAD_INITS)} (default probe: fitted "
-    "as a linear probe on the training features first, LP-FT; random: seeded)")]
+    "--head-init", help=f"the classifier before the first step: {'|'.join(HEAD_INITS)} (probe: fitted as a linear "
+    "probe on the training features first, LP-FT; random: seeded; default auto: probe for runs of up to 200 steps)")]
 TrustOpt = Annotated[bool, typer.Option(
     "--trust-remote-code", help="allow a hub model's own Python code (off by default)")]
 def _duration(value: str) -> float | None:

@@ -88,6 +88,9 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     tokenizer = models.load_tokenizer(config.model, config.trust_remote_code)
     ready.append(time.perf_counter())
     head_init = probe.resolve_head_init(config.head_init, math.ceil(len(data.train) / config.batch_size) * config.epochs)
+    if config.head_init == "auto" and head_init == "random" and resume_from is None:
+        sink(LogMessage(run_id, "info", f"head_init=auto: a seeded head, no probe fit (a run of more than "
+                                        f"{probe.AUTO_PROBE_MAX_STEPS} steps trains its head on its own)"))
     fit_probe = head_init == "probe" and resume_from is None  # a resumed run's checkpoint holds the fitted head
     shared = fit_probe and config.method in probe.SHARES_BASE_FEATURES  # the probe's features can come from the cache
     model = build_model(config, method, params, data.num_labels, device, fingerprint=shared)
@@ -251,8 +254,9 @@ def init_head(model, run_id: int, sink: Sink, cancel: threading.Event, train_ids
                                             {"train": data.train.labels, "val": data.val.labels}, data.num_labels,
                                             pad_id, device, precision, cancel, cache_dir, shared)
     seconds = time.perf_counter() - t
-    chosen = (f"chosen on the validation split, where it scores {fit.val_accuracy:.1%}" if val_ids
-              else "the default: no validation split")
+    on = len(probe.choice_rows(len(val_ids)))
+    chosen = (f"chosen on {'the' if on == len(val_ids) else f'{on} of the {len(val_ids)}'} validation rows, where it "
+              f"scores {fit.val_accuracy:.1%}" if val_ids else "the default: no validation split")
     sink(LogMessage(run_id, "info", f"head_init=probe: classifier fitted as a linear probe on the {len(train_ids)} "
                                     f"training texts' features before the first step in {seconds:.1f}s (weight "
                                     f"decay {fit.weight_decay:g}, {chosen}; {iterations} L-BFGS iterations; "

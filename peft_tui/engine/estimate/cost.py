@@ -177,4 +177,5 @@ def probe_fit_seconds(config: RunConfig, s: Shape, lengths: Sequence[int], cal: 
                 for b in probe.length_sorted_batches(cut, probe.ENCODE_BATCH, probe.ENCODE_TOKENS))
     d = config.data
     val_share = d.val_fraction / max(1e-9, 1.0 - d.val_fraction - d.test_fraction)
+    val_share = min(val_share, probe.PROBE_VAL_ROWS / max(1, len(lengths)))  # at most PROBE_VAL_ROWS are encoded
     return train * (1.0 + val_share) + PROBE_FIT_S

@@ -123,6 +123,8 @@ def test_damaged_checkpoint_is_one_line(tmp_path, log_every_step):
 
 
 # ------------------------------------------------------------------------------- kill -9 a real run
+@pytest.mark.slow
+@pytest.mark.usefixtures("worker_processes")
 def test_kill_9_during_a_run_then_resume(tmp_path):
     """SIGKILL the process training the run (the worker's child): the run fails with the reason, the command
     that queued it exits 1 with one line, and `resume` continues from the last checkpoint."""

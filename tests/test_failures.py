@@ -102,24 +102,39 @@ def test_out_of_memory_fails_with_hint_and_releases_the_model(store, monkeypatch
     assert refs and all(r() is None for r in refs), "the model of the failed run is still referenced"
 
 
-def test_queue_goes_on_after_runs_that_fail_inside(store, tmp_path):
-    """Runs that fail inside their worker process (bad data found only when loading, a max_length the model
-    cannot take) end `failed` with one line each, and the runs queued after them train."""
+def test_queue_goes_on_after_runs_that_fail_inside(store, tmp_path, monkeypatch):
+    """Runs that fail inside their run (here: the loop raises) end `failed` with one line each, and the
+    runs queued after them train. Problems that can be found before queueing (one class in the data, a
+    max_length the model cannot take) are refused at submit, one line, nothing queued."""
     from peft_tui.config import DataConfig
+    from peft_tui.engine import trainer
+    from peft_tui.errors import ConfigError
 
+    real_train = trainer.train
+
+    def boom_for_some(config, *args, **kwargs):
+        if config.name and config.name.startswith("boom"):
+            raise RuntimeError("boom inside the loop\nsecond line")
+        return real_train(config, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train", boom_for_some)
     one_class = tmp_path / "one_class.csv"
     one_class.write_text("text,label\n" + "".join(f"text number {i},same\n" for i in range(40)))
     sched = Scheduler(store, devices=["cpu"])
     try:
-        ids = [sched.submit(tiny_config(method="full", name="bad-data", data=DataConfig(source=str(one_class)))),
-               sched.submit(tiny_config(method="full", name="ok1")),
-               sched.submit(tiny_config(method="lora", name="too-long", max_length=4096)),
+        with pytest.raises(ConfigError, match="single class"):
+            sched.submit(tiny_config(method="full", name="bad-data", data=DataConfig(source=str(one_class))))
+        with pytest.raises(ConfigError, match="512-token limit"):
+            sched.submit(tiny_config(method="lora", name="too-long", max_length=4096))
+        assert store.list() == []
+        ids = [sched.submit(tiny_config(method="full", name="boom-1", head_init="random")),
+               sched.submit(tiny_config(method="full", name="ok1", head_init="random")),
+               sched.submit(tiny_config(method="lora", name="boom-2", head_init="random")),
                sched.submit(tiny_config(method="head", name="ok2"))]
         assert sched.wait_idle(timeout=300)
     finally:
         sched.shutdown()
     rows = [store.get(i) for i in ids]
     assert [r["status"] for r in rows] == ["failed", "done", "failed", "done"]
-    assert "single class" in rows[0]["error"] and "limit of 512" in rows[2]["error"]
-    assert all("\n" not in r["error"] for r in (rows[0], rows[2]))
+    assert all(r["error"] == "RuntimeError: boom inside the loop" for r in (rows[0], rows[2]))
     assert rows[1]["result"]["accuracy"] >= 0 and rows[3]["result"]["steps"] > 0

@@ -207,6 +207,7 @@ def test_calibration_is_measured_once_then_read(tmp_path, monkeypatch):
     assert len(calls) == 2 and json.loads(path.read_text())[first.key]["matmul_flops"] == {"fp32": 1e11}
 
 
+@pytest.mark.slow
 def test_measure_gives_positive_rates():
     cal = E.measure("cpu", overhead=False)
     assert cal.matmul_flops["fp32"] > 1e8 and cal.module_s > 0 and cal.adamw_s_per_param > 0

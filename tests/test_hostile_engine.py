@@ -174,7 +174,7 @@ def test_synthetic_size_is_capped_at_validation(size):
         msg = refused(cfg.validate)
         assert "too large" in msg or "64 bits" in msg
     else:
-        validate_run(cfg)
+        cfg.validate()
 
 
 def test_over_long_labels_are_refused(tmp_path):
@@ -331,7 +331,7 @@ def test_the_label_column_cannot_also_be_a_text_column(cols, pair):
     if len(set(names)) < len(names):
         assert "must be different columns" in refused(cfg.validate)
     else:
-        validate_run(cfg)
+        cfg.validate()
 
 
 def test_read_table_keeps_only_the_columns_a_run_uses(tmp_path):

@@ -425,7 +425,7 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_a_killed_command_leaves_no_worker_training(tmp_path, sig):
+def test_a_killed_command_leaves_no_worker_training(tmp_path, sig, worker_processes):
     """`peft-tui run` (not detached) killed, even by SIGKILL: its worker cancels the run and leaves."""
     from peft_tui.engine.store import Store
 

@@ -377,7 +377,7 @@ def test_the_fit_check_refuses_on_time(tmp_path_factory, plan_inputs, epochs, ma
     assert row["fits"] == (row["fits_time"] and row["fits_memory"])
     if not row["fits_time"] and row["fits_memory"]:
         msg = refusal(cfg, row)
-        assert "\n" not in msg and "--max-time" in msg and "--force" in msg and "would take about" in msg
+        assert "\n" not in msg and "max_time=" in msg and "--force" in msg and "would take about" in msg
 
 
 @pytest.mark.slow

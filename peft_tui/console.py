@@ -113,7 +113,8 @@ def print_plan(rows: list[dict[str, Any]]) -> None:
             out.print(literal(f"{r['method']} will not fit: {tip}"))
         if not r.get("fits_time", True):
             out.print(literal(f"{r['method']} would take about {duration_text(r['estimate']['total_s'])}, above its "
-                              f"{duration_text(r['time_limit_s'])} limit: fewer epochs, or --max-time to allow longer"))
+                              f"{duration_text(r['time_limit_s'])} limit: fewer epochs, or --set max_time=DURATION "
+                              "to allow longer"))
 
 
 def print_estimate(estimate: dict[str, Any] | None, grade: dict[str, Any] | None) -> None:

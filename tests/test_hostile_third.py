@@ -377,7 +377,7 @@ def test_the_fit_check_refuses_on_time(tmp_path_factory, plan_inputs, epochs, ma
     assert row["fits"] == (row["fits_time"] and row["fits_memory"])
     if not row["fits_time"] and row["fits_memory"]:
         msg = refusal(cfg, row)
-        assert "\n" not in msg and "--max-time" in msg and "--force" in msg and "would take about" in msg
+        assert "\n" not in msg and "max_time=" in msg and "--force" in msg and "would take about" in msg
 
 
 @pytest.mark.slow
@@ -425,7 +425,7 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_a_killed_command_leaves_no_worker_training(tmp_path, sig):
+def test_a_killed_command_leaves_no_worker_training(tmp_path, sig, worker_processes):
     """`peft-tui run` (not detached) killed, even by SIGKILL: its worker cancels the run and leaves."""
     from peft_tui.engine.store import Store
 

@@ -246,7 +246,8 @@ def refusal(config: RunConfig, row: dict[str, Any]) -> str:
     e = row["estimate"]
     if row.get("fits_memory", True) and not row.get("fits_time", True):
         limit = row.get("time_limit_s", time_limit(config))
-        how = "raise --max-time" if config.max_time else "--max-time to allow longer"
+        how = ("a longer --set max_time=DURATION (e.g. 3d)" if config.max_time
+               else "--set max_time=DURATION (e.g. 3d) to allow longer")
         return (f"{config.display_name} would take about {duration_text(e['total_s'])}, above its "
                 f"{duration_text(limit)} limit: fewer epochs (--epochs), fewer rows (--set data.limit=N), "
                 f"or {how} (or --force to run it anyway)")

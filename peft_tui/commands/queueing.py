@@ -44,8 +44,8 @@ def queue(st: Store, planned: list[Planned], resume_id: int | None, ids: list[in
     `ids` as it is queued (an interrupt in between knows what to cancel)."""
     from peft_tui.engine.submit import create
 
-    if resume_id is not None:
-        st.request_resume(resume_id)  # one line when it cannot, or when another resume came first
+    if resume_id is not None:  # one line when it cannot, or when another resume came first
+        st.request_resume(resume_id, trusted(planned))
         ids.append(resume_id)
         return
     create(st, planned, ids)
@@ -61,7 +61,7 @@ def train_runs(st: Store, planned: list[Planned], workers: int | None, show_prog
     from peft_tui.engine.submit import make_pool
 
     ids: list[int] = []
-    pool = make_pool(st, ray=ray, workers=workers, run_ids=ids)
+    pool = make_pool(st, ray=ray, workers=workers, run_ids=ids, trust_remote_code=trusted(planned))
     with interrupts() as stopped:
         try:
             queue(st, planned, resume_id, ids)
@@ -87,7 +87,7 @@ def start_detached(st: Store, planned: list[Planned], workers: int | None, as_js
     when the queue is empty); print the run ids."""
     from peft_tui.engine.submit import make_pool
 
-    pool = make_pool(st, workers=workers, detach=True)
+    pool = make_pool(st, workers=workers, detach=True, trust_remote_code=trusted(planned))
     ids: list[int] = []
     queue(st, planned, resume_id, ids)
     pool.start()
@@ -109,3 +109,9 @@ def method_sets(method: str, sets: list[str] | None) -> list[str]:
     own = set(get_method(method).params)
     others = {k for m in REGISTRY.values() for k in m.params} - own - set(RunConfig.__dataclass_fields__)
     return [pair for pair in sets or [] if pair.split("=", 1)[0].strip() not in others]
+
+
+def trusted(planned: list[Planned]) -> bool:
+    """Whether the user passed --trust-remote-code for these runs (a stored config cannot turn it on: see
+    RunConfig.from_stored): what the command's workers are told."""
+    return any(p.config.trust_remote_code for p in planned)

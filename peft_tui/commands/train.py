@@ -44,6 +44,7 @@ from peft_tui.commands.options import (
     LabelColOpt,
     LrOpt,
     MaxLengthOpt,
+    MaxTimeOpt,
     MethodOpt,
     ModelOpt,
     NameOpt,
@@ -85,6 +86,7 @@ def run(
     precision: PrecisionOpt = None,
     pooling: PoolingOpt = None,
     head_init: HeadInitOpt = None,
+    max_time: MaxTimeOpt = None,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
     text_pair_col: TextPairColOpt = None,
@@ -140,6 +142,7 @@ def compare(
     precision: PrecisionOpt = None,
     pooling: PoolingOpt = None,
     head_init: HeadInitOpt = None,
+    max_time: MaxTimeOpt = None,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
     text_pair_col: TextPairColOpt = None,
@@ -234,6 +237,7 @@ def sweep(
     precision: PrecisionOpt = None,
     pooling: PoolingOpt = None,
     head_init: HeadInitOpt = None,
+    max_time: MaxTimeOpt = None,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
     text_pair_col: TextPairColOpt = None,
@@ -300,6 +304,7 @@ def resume(
     workers: WorkersOpt = None,
     detach: DetachOpt = False,
     ray: RayOpt = None,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Continue a stopped run from its last epoch-end checkpoint (same run id; the curve continues).
     Of two `resume` commands on one run, one trains it and the other is refused (exit 2)."""
@@ -307,8 +312,8 @@ def resume(
 
     st = open_store(store, writable=True)
     no_detached_ray(detach, ray)
-    planned = check(st, [RunConfig.from_dict(st.get(run_id)["config"])], estimate=False,
-                    devices=[] if ray else None)  # validated, and a worker here can serve it
+    stored = RunConfig.from_stored(st.get(run_id)["config"], trust_remote_code, f"run {run_id}")
+    planned = check(st, [stored], estimate=False, devices=[] if ray else None)  # validated, and servable here
     if detach:
         start_detached(st, planned, workers, as_json, resume_id=run_id)
         return

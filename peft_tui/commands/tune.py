@@ -27,6 +27,7 @@ from peft_tui.commands.options import (
     JsonOpt,
     LabelColOpt,
     MaxLengthOpt,
+    MaxTimeOpt,
     ModelOpt,
     PoolingOpt,
     PrecisionOpt,
@@ -91,6 +92,7 @@ def tune(
     precision: PrecisionOpt = None,
     pooling: PoolingOpt = None,
     head_init: HeadInitOpt = None,
+    max_time: MaxTimeOpt = None,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
     text_pair_col: TextPairColOpt = None,
@@ -164,7 +166,7 @@ def tune(
         say(f"  trial {event['trial']} ({event['method']}) {what} | "
             + progress_line(event["method"], m, str(spec.trials) if spec.trials is not None else "-"))
 
-    pool = make_pool(st, ray=ray, workers=workers)
+    pool = make_pool(st, ray=ray, workers=workers, trust_remote_code=any(b.trust_remote_code for b in bases))
     tuner = studies.Tuner(st, spec, pool, data=splits, on_progress=progress)
     from peft_tui.engine.launch.client import interrupts
 

@@ -4,6 +4,8 @@ synthetic set. Prints the table, the wall time, and each target of issue 2 with 
   - LoRA and adapters land within 2 accuracy points of full fine-tuning
   - LoRA and adapters train < 2% of the parameters
   - TF-IDF stays below 90% while fine-tuned MiniLM (full) clears 95%
+and (issue 19) runs per hour, and how many texts the LP-FT probe encoded against read from the feature
+cache (a comparison should encode them once).
 Usage: python benchmarks/compare_defaults.py [--store DIR] [extra peft-tui compare args]
 """
 
@@ -32,7 +34,16 @@ def main() -> int:
     for m, r in table.items():
         print(f"{m:10} {100 * r['accuracy']:7.2f} {100 * r['f1']:7.2f} {r['trainable_params']:11,d} "
               f"{r['trainable_pct']:8.3f} {r['train_time_s']:7.1f} {r['samples_per_s']:9.0f} {r['peak_memory_mb']:8.0f}")
-    print(f"\nwall time of the whole compare: {wall:.1f} s")
+    print(f"\nwall time of the whole compare: {wall:.1f} s ({len(table)} runs: {3600 * len(table) / wall:.0f} runs per hour)")
+    encoded = cached = 0
+    from peft_tui.engine.store import Store
+
+    st = Store(store)
+    for row in st.list():
+        extra = (row.get("result") or {}).get("extra") or {}
+        encoded += extra.get("head_init_texts_encoded", 0) + extra.get("texts_encoded", 0)
+        cached += extra.get("head_init_texts_cached", 0) + extra.get("texts_cached", 0)
+    print(f"LP-FT probe features: {encoded} texts encoded, {cached} read from the store's cache")
     full = table["full"]["accuracy"]
     checks = [
         ("compare <= 300 s", wall <= 300, f"{wall:.0f} s"),

@@ -47,7 +47,11 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
     tree = ast.parse(path.read_text())
     pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found = set()
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                   for stmt in node.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
+        if id(node) in typing_only:  # an annotation is not an arrow the code follows
+            continue
         targets = []
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]

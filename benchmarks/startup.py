@@ -9,7 +9,18 @@
                median of N. Target <= 1.0 s.
   heavy        whether `launch` pulled torch / transformers / peft in before its first paint.
 
+  run          (`startup.py run`) the time from `peft-tui run` to the first training step, and where it
+               goes, from the run's own timestamps: the command until the run is queued (imports, data
+               load, summary, estimate: replayed in-process below, one timer each), the worker from
+               the queue to its claim (process start, imports), the run process until `RunStarted`
+               (its "ready in" log line splits data / tokenizer / model / token ids), then the first
+               step. Default: MiniLM, LoRA, AG News with 2,000 training rows (the other 5,600 rows
+               split into validation and test, as benchmarks/real_data.py), head_init=random (the
+               probe fit excluded), fp32. The command is interrupted once the first step is logged.
+               Twice by default: a fresh store (cold token cache) and the same store again (warm).
+
 Usage: python benchmarks/startup.py [--repeat 5]
+       python benchmarks/startup.py run [--data FILE] [--method lora] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -109,7 +120,134 @@ def summary(xs: list[float]) -> str:
     return f"best {min(xs):.3f} s, median {statistics.median(xs):.3f} s"
 
 
+AG_NEWS = "/work/shared/datasets/ag_news/ag_news_test.csv"
+AG_SPLIT = ["--set", f"data.val_fraction={2800 / 7600:.6f}", "--set", f"data.test_fraction={2800 / 7600:.6f}"]
+
+
+def run_to_first_step(store: str, data: str, method: str, timeout: float = 900.0) -> dict[str, float]:
+    """Start `peft-tui run` and follow its run in the store until the first StepLogged; then interrupt it.
+    Returns the breakdown (seconds)."""
+    import json
+
+    from peft_tui.engine.store import Store
+
+    args = [EXE, "run", "--method", method, "--data", data, "--epochs", "1", "--head-init", "random",
+            "--precision", "fp32", "--store", store, *(AG_SPLIT if data == AG_NEWS else [])]
+    env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}  # as a user runs it
+    before = max((r["id"] for r in Store(store).list()), default=0) if (Path(store) / "runs.db").exists() else 0
+    t0 = time.time()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            start_new_session=True)
+    st, rid, events = None, None, {}
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and "first_step" not in events:
+            if proc.poll() is not None:
+                raise SystemExit(f"peft-tui run ended early: {proc.stderr.read().decode()[-800:]}")
+            time.sleep(0.05)
+            if st is None:
+                if not (Path(store) / "runs.db").exists():
+                    continue
+                st = Store(store)
+            rows = [r for r in st.list() if r["id"] > before]  # this command's run, not an earlier one
+            if not rows:
+                continue
+            rid = max(r["id"] for r in rows)
+            path = st.events_path(rid)
+            if not path.exists():
+                continue
+            for line in path.read_text().splitlines():
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                if e["event"] == "RunStarted":
+                    events["started"] = e["t"]
+                elif e["event"] == "LogMessage" and e["text"].startswith("ready in"):
+                    events["ready"] = e["text"]
+                elif e["event"] == "StepLogged" and e["step"] >= 1:
+                    events["first_step"] = e["t"] - e["elapsed_s"]  # the first step began `elapsed_s` before
+                    events["first_step_end"] = e["t"]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # the command cancels its run and its worker leaves
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    if "first_step" not in events or st is None or rid is None:
+        raise SystemExit("no first step within the timeout")
+    row = st.get(rid)
+    out = {
+        "command until queued": row["queued_at"] - t0,
+        "worker: queue to claim": row["claimed_at"] - row["queued_at"],
+        "run process: claim to RunStarted": events["started"] - row["claimed_at"],
+        "RunStarted to first step": events["first_step"] - events["started"],
+        "TOTAL to first step": events["first_step"] - t0,
+    }
+    print(f"  (run {rid}; {events.get('ready', 'no ready line')}; worker start-up recorded "
+          f"{row['startup_s'] or 0:.2f}s)")
+    return out
+
+
+REPLAY = r"""
+import sys, time
+t = [time.perf_counter()]
+from peft_tui.cli import app  # noqa: F401 - what `peft-tui` imports before the command runs
+from peft_tui.commands.common import data_summary
+from peft_tui.commands.train import fit_check
+from peft_tui.config import DataConfig, RunConfig
+from peft_tui.engine.store import Store
+from peft_tui.engine.trainer import preflight
+t.append(time.perf_counter())
+data, method, store = sys.argv[1], sys.argv[2], sys.argv[3]
+kw = dict(val_fraction=2800 / 7600, test_fraction=2800 / 7600) if data.endswith("ag_news_test.csv") else {}
+cfg = RunConfig(method=method, data=DataConfig(source=data, **kw), epochs=1, head_init="random", precision="fp32")
+splits = preflight(cfg)
+t.append(time.perf_counter())
+data_summary(cfg, splits)
+t.append(time.perf_counter())
+fit_check(Store(store), [cfg], splits, force=True)
+t.append(time.perf_counter())
+names = ["imports (cli, commands, engine entry points)", "preflight + data load (torch, model check)",
+         "data summary (tokenizer, token lengths)", "estimate (fit check)"]
+for n, a, b in zip(names, t, t[1:]):
+    print(f"{n}\t{b - a:.3f}")
+"""
+
+
+def replay(store: str, data: str, method: str) -> list[tuple[str, float]]:
+    """The command's own steps before queueing, each timed, in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", REPLAY, data, method, store], capture_output=True, text=True,
+                         timeout=600, env={k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"})
+    if out.returncode:
+        raise SystemExit(f"replay failed: {out.stderr[-800:]}")
+    return [(line.split("\t")[0], float(line.split("\t")[1])) for line in out.stdout.strip().splitlines()]
+
+
+def run_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="startup.py run")
+    ap.add_argument("--data", default=AG_NEWS)
+    ap.add_argument("--method", default="lora")
+    ap.add_argument("--repeat", type=int, default=2, help="1: fresh store only; 2: then the same store again")
+    a = ap.parse_args(argv)
+    print(f"load average {os.getloadavg()[0]:.2f} (2-core CPU; wall time)")
+    store = tempfile.mkdtemp(prefix="bench-first-step-")
+    for i in range(a.repeat):
+        label = "fresh store (cold caches)" if i == 0 else "same store again (token cache warm)"
+        print(f"peft-tui run -> first step, {label}:")
+        for name, secs in run_to_first_step(store, a.data, a.method).items():
+            print(f"  {name:40} {secs:6.2f} s")
+    print("the command's steps before queueing, replayed in a fresh process:")
+    for name, secs in replay(store, a.data, a.method):
+        print(f"  {name:48} {secs:6.2f} s")
+    shutil.rmtree(store, ignore_errors=True)
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["run"]:
+        return run_main(sys.argv[2:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
     a = ap.parse_args()

@@ -20,8 +20,11 @@ from peft_tui.limits import MAX_CONFIG_BYTES, MAX_INT, MAX_SYNTHETIC_SIZE
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POOLINGS = ("auto", "cls", "mean", "max", "last")  # how a sequence becomes one vector for the classifier
-HEAD_INITS = ("probe", "random")  # the classifier before the first step: fitted as a linear probe (LP-FT), or seeded
+# the classifier before the first step: fitted as a linear probe (LP-FT), seeded, or auto (probe on short runs)
+HEAD_INITS = ("probe", "random", "auto")
 DEFAULT_STORE = "peft-runs"
+MAX_TIME_S = 366 * 86400.0  # the longest --max-time: a year
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,11 @@ class RunConfig:
     patience: int = 0  # early stopping: evaluations without improvement before stopping (0: off)
     trust_remote_code: bool = False
     pooling: str = "auto"  # auto: the checkpoint's own (sentence-transformers config, else the architecture's)
-    head_init: str = "probe"  # probe: fit the classifier as a linear probe before the first step (LP-FT); random: seeded
+    # probe: fit the classifier as a linear probe before the first step (LP-FT); random: seeded; auto: probe for
+    # runs of at most 200 optimizer steps, random for longer ones (engine/probe.py resolve_head_init, README)
+    head_init: str = "auto"
     nproc: int = 1  # data-parallel processes for this one run (torchrun / Ray Train); 1: a single process
+    max_time: float = 0.0  # seconds of wall time after which the run stops (and is refused if estimated longer); 0: none
 
     # ----------------------------------------------------------------- validation
     def validate(self) -> None:
@@ -126,6 +132,9 @@ class RunConfig:
             raise ConfigError(f"unknown head_init {self.head_init!r}: use one of {', '.join(HEAD_INITS)}")
         if not 1 <= self.nproc <= 64:
             raise ConfigError(f"nproc={self.nproc} is out of range: use 1..64 processes for one run")
+        if not 0 <= self.max_time <= MAX_TIME_S:
+            raise ConfigError(f"max_time={self.max_time} is out of range: use seconds in 0..{MAX_TIME_S:.0f} "
+                              "(e.g. --max-time 2h; 0: no limit)")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
         if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+|mps", self.device):
@@ -163,6 +172,17 @@ class RunConfig:
         check_types(config)
         return config
 
+    @classmethod
+    def from_stored(cls, d: dict[str, Any], trust_remote_code: bool = False, what: str = "this run") -> RunConfig:
+        """A config read back from a store or an export (data other people hand around, never trusted):
+        its `trust_remote_code` becomes the flag the user gave the command that loads it. A stored config
+        that asks for the model's own code without that flag is refused in one line naming the flag."""
+        config = cls.from_dict(d)
+        if config.trust_remote_code and not trust_remote_code:
+            raise ConfigError(f"{what} is stored with trust_remote_code (its model would run its own Python code), "
+                              "and a stored config is not trusted: pass --trust-remote-code if you trust that model")
+        return dataclasses.replace(config, trust_remote_code=trust_remote_code)
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
@@ -191,6 +211,8 @@ class RunConfig:
             elif key == "trust_remote_code":
                 raise ConfigError("trust_remote_code cannot be set with --set: pass --trust-remote-code "
                                   "(only that flag allows a model's own code)")
+            elif key == "max_time":
+                top[key] = parse_duration(raw)
             elif key in run_fields:
                 top[key] = _parse_field(run_fields[key], key, raw)
             elif key in data_fields:
@@ -299,6 +321,21 @@ def config_from_file(path_str: str, warn: Callable[[str], None] | None = None) -
         return RunConfig.from_dict(raw)
     except TypeError as e:
         raise ConfigError(f"config file {name} has a bad value ({first_line(e)})") from None
+
+
+def parse_duration(value: str | float | None) -> float | None:
+    """Seconds from "90", "90s", "15m", "2h", "1.5d" (None stays None); ConfigError on anything else."""
+    import math
+
+    if value is None or isinstance(value, (int, float)):
+        return None if value is None else float(value)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-z]*)\s*", str(value).lower())
+    if m is None or m.group(2) not in DURATION_UNITS:
+        raise ConfigError(f"--max-time {_short(str(value), 40)} is not a duration: write seconds or e.g. 90m, 2h, 1d")
+    seconds = float(m.group(1)) * DURATION_UNITS[m.group(2)]
+    if not math.isfinite(seconds) or seconds > MAX_TIME_S:
+        raise ConfigError(f"--max-time {_short(str(value), 40)} is too long: at most {MAX_TIME_S / 86400:.0f} days")
+    return seconds
 
 
 def _parse_field(f: dataclasses.Field, key: str, raw: str) -> Any:

@@ -106,9 +106,14 @@ def print_plan(rows: list[dict[str, Any]]) -> None:
                       f"{r['free_mb']:,.0f}", "yes" if r["fits"] else literal("NO", "red"),
                       f"{e['epoch_s']:.0f} s", f"{e['total_s']:.0f} s ({e['total_low_s']:.0f}-{e['total_high_s']:.0f})")
     out.print(table)
+    from peft_tui.engine.estimate import duration_text
+
     for r in rows:
         for tip in r["estimate"].get("suggestions") or []:
             out.print(literal(f"{r['method']} will not fit: {tip}"))
+        if not r.get("fits_time", True):
+            out.print(literal(f"{r['method']} would take about {duration_text(r['estimate']['total_s'])}, above its "
+                              f"{duration_text(r['time_limit_s'])} limit: fewer epochs, or --max-time to allow longer"))
 
 
 def print_estimate(estimate: dict[str, Any] | None, grade: dict[str, Any] | None) -> None:

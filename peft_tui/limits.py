@@ -19,8 +19,10 @@ MAX_LABEL_CHARS = 200  # one class label: a name, not a text
 MAX_SYNTHETIC_SIZE = 100_000  # data.size of the synthetic set
 MAX_INT = 2**63 - 1  # the largest integer a config may hold: a signed 64-bit value (SQLite, torch seeds)
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few settings: larger ones are refused unread
+MAX_PREDICT_ROWS = 1_000_000  # texts one `predict` classifies (its --file streams them, a chunk at a time)
 
-__all__ = ["MAX_CONFIG_BYTES", "MAX_INT", "MAX_JSON_BYTES", "MAX_LABEL_CHARS", "MAX_LINE_BYTES", "MAX_SYNTHETIC_SIZE", "MAX_TABLE_BYTES", "MAX_TEXT_CHARS", "MiB"]
+__all__ = ["MAX_CONFIG_BYTES", "MAX_INT", "MAX_JSON_BYTES", "MAX_LABEL_CHARS", "MAX_LINE_BYTES", "MAX_PREDICT_ROWS",
+           "MAX_SYNTHETIC_SIZE", "MAX_TABLE_BYTES", "MAX_TEXT_CHARS", "MiB"]
 
 
 def size_text(n: int) -> str:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from peft_tui.config import ConfigError, DataConfig, RunConfig
 from peft_tui.engine import estimate as E
+from peft_tui.engine.estimate import calibrate
 
 LOHA = '{"peft_type": "LOHA", "r": 4, "target_modules": ["query", "value"]}'
 METHODS = [("full", {}), ("lora", {}), ("dora", {}), ("adapters", {}), ("adapters", {"variant": "pfeiffer"}),
@@ -193,7 +194,7 @@ def test_calibration_is_measured_once_then_read(tmp_path, monkeypatch):
         calls.append(device)
         return E.Calibration(key, {"fp32": 1e11}, {}, 1e-4, 1e-9, 450.0, 60.0)
 
-    monkeypatch.setattr(E, "measure", fake_measure)
+    monkeypatch.setattr(calibrate, "measure", fake_measure)
     path = tmp_path / "store" / "calibration.json"
     first = E.calibration(path, "cpu")
     stamp = path.stat().st_mtime_ns

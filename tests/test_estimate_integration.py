@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from peft_tui.cli import app as cli
 from peft_tui.config import DataConfig, RunConfig
 from peft_tui.engine import estimate as E
+from peft_tui.engine.estimate import planning
 from peft_tui.engine.events import RunFinished, RunStarted
 from peft_tui.engine.result import RunResult
 from peft_tui.engine.store import SCHEMA, Store
@@ -89,7 +90,7 @@ def test_an_older_store_gains_the_estimate_columns_and_still_opens(tmp_path):
 
 # ---------------------------------------------------------------------------------------- the fit check
 def test_run_and_compare_refuse_what_will_not_fit_in_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(E, "free_memory_mb", lambda device: 50.0)
+    monkeypatch.setattr(planning, "free_memory_mb", lambda device: 50.0)
     store = tmp_path / "store"
     for args in (["run", "--method", "lora"], ["compare", "--methods", "lora,bitfit"]):
         res = runner.invoke(cli, [*args, *TINY, "--store", str(store)])
@@ -110,7 +111,7 @@ def test_the_fit_check_estimates_each_run_and_skips_the_baseline(tmp_path, monke
     full, lora, base = (p.estimate for p in planned)
     assert base is None and full["calibration"] == lora["calibration"] == "nominal"
     assert lora["trainable_params"] < full["trainable_params"] and lora["peak_mb"] < full["peak_mb"]
-    monkeypatch.setattr(E, "free_memory_mb", lambda device: 50.0)
+    monkeypatch.setattr(planning, "free_memory_mb", lambda device: 50.0)
     with pytest.raises(Exception, match="full will not fit"):
         check(st, configs)
     forced = check(st, configs, force=True)
@@ -142,7 +143,7 @@ def test_only_an_architecture_the_estimate_cannot_read_is_queued_without_an_esti
 
 
 def test_a_forced_run_trains_stores_its_estimate_and_show_prints_the_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(E, "free_memory_mb", lambda device: 50.0)
+    monkeypatch.setattr(planning, "free_memory_mb", lambda device: 50.0)
     store = tmp_path / "store"
     res = runner.invoke(cli, ["run", "--method", "bitfit", *TINY, "--store", str(store), "--force", "--json"])
     assert res.exit_code == 0, res.output

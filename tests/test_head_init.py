@@ -50,11 +50,9 @@ def setup(cfg):
 
 def init(cfg, events=None):
     """The model after `trainer.init_head`, with the ids, data, pad id and the returned figures."""
-    import contextlib
-
     model, ids, data, pad = setup(cfg)
     extra = trainer.init_head(model, 0, (events if events is not None else []).append, threading.Event(), ids[0],
-                              ids[1], data, pad, 64, "cpu", contextlib.nullcontext)
+                              ids[1], data, pad, "cpu", "fp32")
     return model, ids, data, pad, extra
 
 
@@ -69,7 +67,8 @@ def test_probe_init_equals_the_head_probe_fit(tmp_path):
     head_cfg = tiny_config(method="head", pooling="mean", data=data)
     from peft_tui.engine.data import load_splits
 
-    result = probe.run(head_cfg, 1, lambda e: None, threading.Event(), tmp_path / "head", load_splits(data, 42))
+    result = probe.run(head_cfg, 1, lambda e: None, threading.Event(), tmp_path / "head", load_splits(data, 42),
+                       method=get_method("head"))
     fitted = load_file(str(tmp_path / "head" / "head.safetensors"))
     assert extra["head_init_weight_decay"] == result.extra["probe_weight_decay"]
     assert extra["head_init_val_accuracy"] == pytest.approx(result.val_accuracy)
@@ -136,7 +135,7 @@ def test_head_init_is_validated_and_kept_in_the_saved_config():
     cfg = tiny_config(head_init="probe")
     assert RunConfig.from_dict(cfg.to_dict()).head_init == "probe"
     assert cfg.with_overrides(["head_init=random"]).head_init == "random"
-    with pytest.raises(ConfigError, match="unknown head_init 'lp': use one of probe, random"):
+    with pytest.raises(ConfigError, match="unknown head_init 'lp': use one of probe, random, auto"):
         validate_run(tiny_config(head_init="lp"))
 
 
@@ -189,3 +188,25 @@ def test_random_keeps_the_seeded_head(tmp_path, monkeypatch):
     assert torch.equal(seen["model"].classifier.weight, fresh)
     probed = init(tiny_config(method="full", head_init="probe", data=DataConfig(size=60)))[0]
     assert not torch.allclose(probed.classifier.weight, fresh)
+
+
+def test_auto_probes_short_runs_only():
+    assert [probe.resolve_head_init("auto", n) for n in (1, probe.AUTO_PROBE_MAX_STEPS, probe.AUTO_PROBE_MAX_STEPS + 1)] \
+        == ["probe", "probe", "random"]
+    assert probe.resolve_head_init("probe", 10**6) == "probe" and probe.resolve_head_init("random", 1) == "random"
+    from peft_tui.config import RunConfig
+
+    assert RunConfig().head_init == "auto"
+
+
+@pytest.mark.parametrize("limit,fitted", [(100, True), (2, False)])
+def test_auto_in_a_run(tmp_path, monkeypatch, limit, fitted):
+    """60 rows at batch 16: 3 steps. Under the limit the probe is fitted; over it the head stays seeded
+    and the log says why."""
+    monkeypatch.setattr(probe, "AUTO_PROBE_MAX_STEPS", limit)
+    events = []
+    result = trainer.train(tiny_config(head_init="auto", data=DataConfig(size=60)), 1, events.append,
+                           threading.Event(), tmp_path)
+    notes = [e.text for e in events if type(e).__name__ == "LogMessage" and e.text.startswith("head_init=")]
+    assert ("head_init_s" in result.extra) is fitted
+    assert len(notes) == 1 and notes[0].startswith("head_init=probe" if fitted else "head_init=auto: a seeded head")

@@ -54,7 +54,8 @@ def short_hostile(limit: int = 24) -> st.SearchStrategy[str]:
 
 
 def is_control(c: str) -> bool:
-    return unicodedata.category(c) == "Cc"
+    """A control or an invisible format character (bidi controls, zero-width joiners: category Cf)."""
+    return unicodedata.category(c) in ("Cc", "Cf")
 
 
 def assert_clean(output: str) -> None:

@@ -134,7 +134,7 @@ def test_an_unquoted_comma_in_a_csv_text_is_refused_never_shifted(tmp_path, text
     path = tmp_path / "raw.csv"
     path.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in zip(texts, labels)))
     try:
-        data = load_splits(DataConfig(source=str(path), val_fraction=0.0, test_fraction=0.0), 0)
+        data = load_splits(DataConfig(source=str(path), val_fraction=0.0, test_fraction=0.5), 0)
     except ConfigError as e:
         msg = str(e)
         assert "\n" not in msg
@@ -142,7 +142,7 @@ def test_an_unquoted_comma_in_a_csv_text_is_refused_never_shifted(tmp_path, text
             assert "fields" in msg and "quote texts that hold a comma" in msg, msg
         return
     assert not any("," in t for t in texts)
-    assert sorted(data.train.texts) == sorted(texts)
+    assert sorted(data.train.texts + data.test.texts) == sorted(texts)
 
 
 # ====================================================== any option, any value: exit 0 or one clean line

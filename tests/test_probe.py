@@ -7,9 +7,12 @@ import threading
 
 import pytest
 from conftest import tiny_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from peft_tui.config import DataConfig
 from peft_tui.engine import probe
+from peft_tui.engine.methods import get_method
 
 
 def test_fit_matches_sklearn_logistic_regression():
@@ -72,7 +75,8 @@ def run_probe(tmp_path, **kw):
 
     cfg = tiny_config(method="head", pooling="mean", **kw)
     events = []
-    result = probe.run(cfg, 7, events.append, threading.Event(), tmp_path, load_splits(cfg.data, cfg.seed))
+    result = probe.run(cfg, 7, events.append, threading.Event(), tmp_path, load_splits(cfg.data, cfg.seed),
+                       method=get_method("head"))
     return cfg, result, events
 
 
@@ -116,13 +120,13 @@ def test_probe_without_validation_split_uses_the_default(tmp_path):
 
 def test_probe_cancels(tmp_path):
     from peft_tui.engine.data import load_splits
-    from peft_tui.engine.trainer import Cancelled
+    from peft_tui.engine.result import Cancelled
 
     cfg = tiny_config(method="head")
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(Cancelled):
-        probe.run(cfg, 1, lambda e: None, cancel, tmp_path, load_splits(cfg.data, cfg.seed))
+        probe.run(cfg, 1, lambda e: None, cancel, tmp_path, load_splits(cfg.data, cfg.seed), method=get_method("head"))
     assert not (tmp_path / "head.safetensors").exists()
 
 
@@ -130,9 +134,10 @@ def test_head_method_runs_the_probe(monkeypatch):
     from peft_tui.engine.methods import get_method
 
     seen = []
-    monkeypatch.setattr(probe, "run", lambda *args: seen.append(args) or "result")
-    assert get_method("head").run("cfg", 3, "sink", "cancel", "out", "data") == "result"
-    assert seen == [("cfg", 3, "sink", "cancel", "out", "data")]
+    monkeypatch.setattr(probe, "run", lambda *args, **kw: seen.append((args, kw)) or "result")
+    head = get_method("head")
+    assert head.run("cfg", 3, "sink", "cancel", "out", "data", "cache") == "result"
+    assert seen == [(("cfg", 3, "sink", "cancel", "out", "data"), {"method": head, "cache_dir": "cache"})]
 
 
 def test_execute_runs_head_as_the_probe(store):
@@ -146,3 +151,24 @@ def test_execute_runs_head_as_the_probe(store):
     assert row["result"]["extra"]["probe_weight_decay"] in probe.WEIGHT_DECAYS
     assert row["result"]["steps"] == len(probe.WEIGHT_DECAYS) and row["result"]["pooling"] == "cls"
     assert (store.run_dir(rid) / "head.safetensors").exists()
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 600), max_size=300), batch=st.integers(1, 300),
+       tokens=st.one_of(st.none(), st.integers(1, 20000)))
+def test_length_sorted_batches_cover_every_row_once_within_the_budget(lengths, batch, tokens):
+    batches = probe.length_sorted_batches(lengths, batch, tokens)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths)  # shortest first
+    for b in batches:
+        assert 1 <= len(b) <= batch
+        if tokens is not None and len(b) > 1:
+            assert len(b) * max(1, lengths[b[-1]]) <= tokens
+
+
+@given(n=st.integers(0, 5000))
+def test_lpft_chooses_on_at_most_probe_val_rows(n):
+    rows = probe.choice_rows(n)
+    assert rows == sorted(set(rows)) and all(0 <= i < n for i in rows)
+    assert len(rows) == min(n, probe.PROBE_VAL_ROWS) and rows == probe.choice_rows(n)  # the same rows every time

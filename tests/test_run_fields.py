@@ -31,9 +31,10 @@ def test_flags_set_the_run_and_the_result_says_what_pooling_was_used(tmp_path):
     assert "head_init_s" not in doc["result"]["extra"]  # a random head is not fitted
     res = runner.invoke(app, ["run", "--method", "bitfit", *TINY, "--store", str(store), "--json"])
     doc = json.loads(res.stdout)
-    # auto on the tiny BERT: its own pooler over [CLS]; the default head start is the probe fit
+    # auto on the tiny BERT: its own pooler over [CLS]; the default head start, auto, is the probe fit on a
+    # run this short (3 steps)
     assert doc["config"]["pooling"] == "auto" and doc["result"]["pooling"] == "cls"
-    assert doc["config"]["head_init"] == "probe" and doc["result"]["extra"]["head_init_s"] > 0
+    assert doc["config"]["head_init"] == "auto" and doc["result"]["extra"]["head_init_s"] > 0
     headers, body = formatted(rows_from_runs(Store(store).list()))
     pool = headers.index("pool")
     assert [row[pool] for row in body] == ["max", "cls"]
@@ -56,7 +57,7 @@ def test_methods_lists_pooling_and_head_start():
     assert docs["tfidf"]["pooling"] is None and docs["tfidf"]["head_init"] is None  # no transformer
     assert docs["head"]["pooling"] == "auto" and docs["head"]["head_init"] == "it is the probe"
     trained = [d for n, d in docs.items() if n not in ("tfidf", "head")]
-    assert len(trained) >= 8 and all(d["pooling"] == "auto" and d["head_init"] == "probe" for d in trained)
+    assert len(trained) >= 8 and all(d["pooling"] == "auto" and d["head_init"] == "auto" for d in trained)
     res = runner.invoke(app, ["methods"], env={"COLUMNS": "220"})
     assert res.exit_code == 0 and "head start" in res.output and "|".join(POOLINGS) in res.output
 
@@ -79,7 +80,7 @@ def test_the_form_builds_the_run_with_the_chosen_pooling_and_head_start(tmp_path
             form = lab.screen
             assert isinstance(form, NewRunScreen)
             assert form.query_one("#in-pooling", Select).value == "cls"  # the template's
-            assert form.query_one("#in-head_init", Select).value == "probe"
+            assert form.query_one("#in-head_init", Select).value == "auto"
             form.query_one("#in-pooling", Select).value = pooling
             form.query_one("#in-head_init", Select).value = head_init
             await pilot.pause()

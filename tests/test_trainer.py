@@ -144,23 +144,13 @@ def test_a_broken_sink_is_reported_and_does_not_stop_the_others(caplog):
 
 
 # ------------------------------------------------------------------------------- execute's inputs
-def test_execute_uses_the_data_and_cache_folder_it_is_given(store, tmp_path, monkeypatch):
-    """`data=` splits are trained on as given (nothing is loaded again); `cache_dir=` holds the token cache."""
-    import peft_tui.engine.data as data_module
-    from peft_tui.engine.data import load_splits
-
-    cfg = tiny_config(method="bitfit")
-    data = load_splits(cfg.data, cfg.seed)
-    data.train = data.train.pick(list(range(32)))  # a subset: only these can have been trained on
-
-    def no_loading(*a, **k):
-        raise AssertionError("the data was loaded again")
-
-    monkeypatch.setattr(data_module, "load_splits", no_loading)
+def test_execute_keeps_its_token_cache_in_the_folder_it_is_given(store, tmp_path):
+    """`cache_dir=` holds the token cache, and the store's own cache folder is left alone."""
+    cfg = tiny_config(method="bitfit", head_init="random")
     cache = tmp_path / "elsewhere"
-    rid, result, events = run_with(store, cfg, data=data, cache_dir=cache)
-    assert result is not None and result.sizes["train"] == 32 and result.steps == 2
-    assert len(list(cache.glob("tok-*.safetensors"))) == 3
+    rid, result, events = run_with(store, cfg, cache_dir=cache)
+    assert result is not None and result.sizes["train"] > 0 and result.steps > 0
+    assert len(list(cache.glob("tok-*.safetensors"))) == 3  # train, val, test
     assert not (store.root / "cache").exists()
 
 

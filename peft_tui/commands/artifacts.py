@@ -11,14 +11,14 @@ from typing import Annotated, Optional
 import typer
 
 from peft_tui.commands.common import handles_errors, open_store, print_json
-from peft_tui.commands.options import JsonOpt, StoreOpt
+from peft_tui.commands.options import JsonOpt, StoreOpt, TrustOpt
 from peft_tui.config import RunConfig
 from peft_tui.errors import ConfigError
 from peft_tui.safe import safe_text
 
 FinishedRunArg = Annotated[int, typer.Argument(help="a finished run (see `peft-tui runs`)")]
 PAIR_SEP = "|||"  # a sentence pair on one line: "first ||| second"
-PREDICT_CHUNK = 4096  # texts tokenised and classified at a time
+PREDICT_CHUNK = 1024  # texts tokenised, classified and written at a time
 
 
 @handles_errors
@@ -27,17 +27,22 @@ def predict(
     texts: Annotated[Optional[list[str]], typer.Argument(
         help="texts to classify (pairs: 'first ||| second')")] = None,
     file: Annotated[Optional[str], typer.Option(
-        "--file", "-f", help="a .txt (one per line), .csv or .jsonl file")] = None,
+        "--file", "-f", help="a .txt (one per line), .csv or .jsonl file, at most 1,000,000 rows (MAX_PREDICT_ROWS); "
+        "results are written as they come (tab-separated lines, or with --json one document)")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N")] = "cpu",
     store: StoreOpt = None,
     as_json: JsonOpt = False,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Label and class probabilities for texts, from a stored run's trained model.
 
+    With --file the texts are classified in chunks and each chunk's results are written at once (a
+    progress bar on stderr, then the rows per second); a file of more than MAX_PREDICT_ROWS rows is refused.
+
     Example: peft-tui predict 3 "the battery is great" "the screen broke"   or   peft-tui predict 3 --file new.csv"""
-    from peft_tui.engine.artifacts import load_run
-    from peft_tui.engine.artifacts import predict as run_predict
+    from peft_tui.engine.artifacts import load_run, stored_config
     from peft_tui.engine.device import resolve_device
+    from peft_tui.limits import MAX_PREDICT_ROWS
 
     if not texts and not file:
         raise ConfigError("nothing to classify: pass texts after the run id, or --file F")
@@ -51,35 +56,85 @@ def predict(
     if file:
         input_file(file)  # before the model loads: a missing file, a folder or a FIFO is one line at once
     st = open_store(store)
-    run = load_run(st, run_id, resolve_device(device))
-    items, pairs = split_pairs(given, run.config)
+    config = stored_config(st, run_id, trust_remote_code)  # the run's columns, before its model loads
+    items, pairs = split_pairs(given, config)
     if file:
-        more, more_pairs = texts_from_file(file, run.config)
+        more, more_pairs = texts_from_file(file, config)
         items += more
         pairs = (pairs or []) + more_pairs if more_pairs is not None else pairs
     if not items:
         raise ConfigError("nothing to classify: every text given is empty")
-    preds = []  # in chunks, so a long --file is never tokenised all at once
-    for b in range(0, len(items), PREDICT_CHUNK):
-        preds += run_predict(run, items[b : b + PREDICT_CHUNK], pairs[b : b + PREDICT_CHUNK] if pairs else None)
-    docs = [{"text": t, **({"pair": pairs[i]} if pairs else {}), "label": p.label, "probabilities": p.probabilities}
-            for i, (t, p) in enumerate(zip(items, preds))]
-    if as_json:
-        print_json({"run": run_id, "labels": run.label_names, "predictions": docs})
+    if len(items) > MAX_PREDICT_ROWS:
+        raise ConfigError(f"{len(items):,} texts to classify, above the {MAX_PREDICT_ROWS:,} one predict takes: "
+                          "split the file into parts")
+    run = load_run(st, run_id, resolve_device(device), trust_remote_code)
+    if as_json or file:
+        stream_predictions(run, items, pairs, as_json)
         return
     from rich.table import Table
 
     from peft_tui.console import literal, out
+    from peft_tui.engine.artifacts import predict as run_predict
 
+    preds = run_predict(run, items, pairs)
     table = Table(title=literal(f"run {run_id} ({run.config.method}) predictions"))
     table.add_column("text", overflow="fold", max_width=60)
     table.add_column("label")
     for name in run.label_names:
         table.add_column(literal(f"p({name})"), justify="right")
-    for d in docs:
-        text = d["text"] + (f" {PAIR_SEP} {d['pair']}" if "pair" in d else "")
-        table.add_row(literal(text), literal(d["label"]), *(f"{d['probabilities'][n]:.3f}" for n in run.label_names))
+    for i, (text, p) in enumerate(zip(items, preds)):
+        text += f" {PAIR_SEP} {pairs[i]}" if pairs else ""
+        table.add_row(literal(text), literal(p.label), *(f"{p.probabilities[n]:.3f}" for n in run.label_names))
     out.print(table)
+
+
+def stream_predictions(run, items: list[str], pairs: list[str] | None, as_json: bool) -> None:
+    """Classify `items` PREDICT_CHUNK at a time, writing each chunk's results at once: with `as_json` one
+    JSON document {"run", "labels", "predictions": [...]} written piece by piece, else a header and one
+    tab-separated line per text (label, probabilities, text). Progress on stderr (a terminal: a bar), then
+    one line with the rows per second. Memory: the texts and one chunk's results."""
+    import json
+    import sys
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from peft_tui.commands.common import json_stdout
+    from peft_tui.console import err
+    from peft_tui.engine.artifacts import predict as run_predict
+
+    stream = json_stdout() if as_json else sys.stdout
+    names = run.label_names
+    if as_json:
+        stream.write(json.dumps({"run": run.run_id, "labels": names})[:-1] + ', "predictions": [\n')
+    else:
+        stream.write("\t".join(["label", *(safe_text(f"p({n})") for n in names), "text"]) + "\n")
+    t0, first = time.perf_counter(), True
+    with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                  TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("predict", total=len(items), rate="")
+        for b in range(0, len(items), PREDICT_CHUNK):
+            chunk, chunk_pairs = items[b : b + PREDICT_CHUNK], pairs[b : b + PREDICT_CHUNK] if pairs else None
+            lines = []
+            for i, p in enumerate(run_predict(run, chunk, chunk_pairs)):
+                if as_json:
+                    doc = {"text": chunk[i], **({"pair": chunk_pairs[i]} if chunk_pairs else {}), "label": p.label,
+                           "probabilities": p.probabilities}
+                    lines.append(("" if first else ",\n") + json.dumps(doc))
+                    first = False
+                else:
+                    text = chunk[i] + (f" {PAIR_SEP} {chunk_pairs[i]}" if chunk_pairs else "")
+                    lines.append("\t".join([safe_text(p.label), *(f"{p.probabilities[n]:.4f}" for n in names),
+                                            safe_text(text)]) + "\n")
+            stream.write("".join(lines))
+            stream.flush()
+            done = min(b + PREDICT_CHUNK, len(items))
+            bar.update(task, completed=done, rate=f"{done / max(time.perf_counter() - t0, 1e-9):,.0f} rows/s")
+    if as_json:
+        stream.write("\n]}\n")
+        stream.flush()
+    elapsed = time.perf_counter() - t0
+    sys.stderr.write(f"predicted {len(items):,} texts in {elapsed:.1f} s ({len(items) / max(elapsed, 1e-9):,.0f} rows/s)\n")
 
 
 @handles_errors
@@ -90,6 +145,7 @@ def export(
         "--merge", help="merge LoRA / IA3 into the base weights: a plain transformers model")] = False,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Write a run's model to a folder: merged (LoRA --merge), plain (full, head, bitfit), or its
     trained weights + README with loading instructions (adapters, prefix, prompt, unmerged LoRA).
@@ -98,7 +154,7 @@ def export(
     from peft_tui.engine.artifacts import export_run
 
     st = open_store(store)
-    res = export_run(st, run_id, export_folder(out_dir, st.root), merge)
+    res = export_run(st, run_id, export_folder(out_dir, st.root), merge, trust_remote_code)
     if as_json:
         print_json({"run": run_id, "kind": res.kind, "folder": str(res.folder), "message": res.message,
                     "files": res.files})

@@ -144,8 +144,13 @@ def open_store(path: str | None, writable: bool = False) -> Store:
     return st
 
 
+def json_stdout() -> TextIO:
+    """Where a --json document goes: the real stdout, even while a command's prints go to stderr."""
+    return _json_stdout[-1] if _json_stdout else sys.stdout
+
+
 def print_json(doc: Any) -> None:
-    out = _json_stdout[-1] if _json_stdout else sys.stdout
+    out = json_stdout()
     out.write(json.dumps(doc, indent=2, default=str) + "\n")
     out.flush()
 

@@ -173,8 +173,27 @@ def disk_check(path: str | None) -> Check:
     return check("disk", "ok", f"{free_gb:.0f} GB free at {probe}")
 
 
+def precision_check(path: str | None) -> Check:
+    """What `--precision auto` picks on this machine's default device, and why: measured (bf16 against
+    fp32, engine/precision.py) once `plan` has calibrated the machine, else the fallback rule."""
+    try:
+        from peft_tui.engine.device import resolve_device, resolve_precision
+        from peft_tui.engine.estimate import measured_choice
+
+        device = resolve_device("auto")
+        choice, reason = measured_choice(store_path(path) / "calibration.json", device)
+    except Exception as e:  # noqa: BLE001 - no torch: torch_checks says so
+        return check("precision", "warn", f"could not tell ({first_line(e)})")
+    if choice is None:
+        fallback = resolve_precision("auto", device)
+        return check("precision", "ok", f"auto -> {fallback} on {device} by the CPU/GPU type: bf16 against fp32 is "
+                                        f"{reason}")
+    return check("precision", "ok", f"auto -> {choice} on {device}, measured: {reason}")
+
+
 def run_checks(store: str | None, fix: bool = False) -> list[Check]:
-    return [*torch_checks(), nvml_check(), *store_check(store, fix), model_check(), disk_check(store)]
+    return [*torch_checks(), nvml_check(), *store_check(store, fix), model_check(), disk_check(store),
+            precision_check(store)]
 
 
 @handles_errors

@@ -12,7 +12,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from peft_tui.config import HEAD_INITS, POOLINGS, RunConfig
+from peft_tui.config import HEAD_INITS, POOLINGS, RunConfig, parse_duration
+from peft_tui.errors import ConfigError
 
 # ---------------------------------------------------------------- every command that reads a store
 StoreOpt = Annotated[Optional[str], typer.Option(
@@ -28,8 +29,8 @@ DetachOpt = Annotated[bool, typer.Option(
     "shell) and return at once; follow them with `peft-tui launch` or `peft-tui show ID`")]
 
 ForceOpt = Annotated[bool, typer.Option(
-    "--force", help="queue the runs even when their estimated peak memory exceeds the device's free memory "
-    "(see `peft-tui plan`)")]
+    "--force", help="queue the runs even when their estimated peak memory exceeds the device's free memory, "
+    "or their estimated time exceeds --max-time (default 24 h) (see `peft-tui plan`)")]
 
 RayOpt = Annotated[Optional[str], typer.Option(
     "--ray", metavar="auto|ADDRESS", help="train the runs as tasks on an existing Ray cluster (auto: the one "
@@ -65,10 +66,22 @@ PoolingOpt = Annotated[Optional[str], typer.Option(
     "checkpoint's own, e.g. mean for a sentence-transformers folder, the pooler for BERT, the last token for a "
     "decoder)")]
 HeadInitOpt = Annotated[Optional[str], typer.Option(
-    "--head-init", help=f"the classifier before the first step: {'|'.join(HEAD_INITS)} (default probe: fitted "
-    "as a linear probe on the training features first, LP-FT; random: seeded)")]
+    "--head-init", help=f"the classifier before the first step: {'|'.join(HEAD_INITS)} (probe: fitted as a linear "
+    "probe on the training features first, LP-FT; random: seeded; default auto: probe for runs of up to 200 steps)")]
 TrustOpt = Annotated[bool, typer.Option(
     "--trust-remote-code", help="allow a hub model's own Python code (off by default)")]
+def _duration(value: str) -> float | None:
+    """--max-time's parser: a bad duration is a usage error (one line, exit 2)."""
+    try:
+        return parse_duration(value)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e).removeprefix("--max-time ")) from None
+
+
+MaxTimeOpt = Annotated[Optional[float], typer.Option(
+    "--max-time", parser=_duration, metavar="DURATION",
+    help="stop each run after this much wall time (seconds, or 90m, 2h, 1d), and refuse one estimated to take "
+    "longer (default: refused above 24 h; --force runs it anyway)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", "-s", help="key=value for a run field, data.<field>, or a method parameter")]
 ConfigOpt = Annotated[Optional[str], typer.Option(
@@ -82,6 +95,7 @@ RUN_FLAGS = {
     "seed": ("run", "seed"), "device": ("run", "device"), "precision": ("run", "precision"),
     "pooling": ("run", "pooling"), "head_init": ("run", "head_init"),
     "trust_remote_code": ("run", "trust_remote_code"), "gpus": ("run", "nproc"),
+    "max_time": ("run", "max_time"),
     "data": ("data", "source"), "text_col": ("data", "text_col"), "label_col": ("data", "label_col"),
     "text_pair_col": ("data", "text_pair_col"), "val_data": ("data", "val_source"),
 }

@@ -71,5 +71,9 @@ def plan(
         from peft_tui.console import print_plan
 
         print_plan(rows)
+        reasons = {(r["device"], r["estimate"]["precision"], r["estimate"].get("precision_reason"))
+                   for r in rows if r["estimate"].get("precision_reason")}
+        for device, chosen, reason in sorted(reasons):
+            typer.echo(f"precision auto -> {chosen} on {device}: {reason}")
     if not all(r["fits"] for r in rows):
         raise typer.Exit(1)

@@ -99,3 +99,13 @@ def start_detached(st: Store, planned: list[Planned], workers: int | None, as_js
         typer.echo(f"runs {', '.join(map(str, ids))} queued; training in the background "
                    f"(worker pids {', '.join(map(str, pids)) or 'already running'}; log: {pool.log_path})")
         typer.echo(f"follow them with `peft-tui launch --store {st.root}` or `peft-tui show ID`")
+
+
+def method_sets(method: str, sets: list[str] | None) -> list[str]:
+    """In a comparison, a bare --set key that is a method parameter applies only to the methods that
+    have it: `--set size=4` sizes the adapters and leaves the others' data alone (data.size is the data)."""
+    from peft_tui.engine.methods import REGISTRY, get_method
+
+    own = set(get_method(method).params)
+    others = {k for m in REGISTRY.values() for k in m.params} - own - set(RunConfig.__dataclass_fields__)
+    return [pair for pair in sets or [] if pair.split("=", 1)[0].strip() not in others]

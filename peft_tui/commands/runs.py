@@ -147,7 +147,8 @@ def methods(as_json: JsonOpt = False) -> None:
 
     table = Table(title="methods", caption=(
         f"pooling: {'|'.join(POOLINGS)} (--pooling; auto: the checkpoint's own). head start: {'|'.join(HEAD_INITS)} "
-        "(--head-init; probe: the classifier is fitted as a linear probe before the first step, LP-FT)"))
+        "(--head-init; probe: the classifier is fitted as a linear probe before the first step, LP-FT; auto: probe "
+        "for runs of up to 200 steps)"))
     table.add_column("method")
     table.add_column("default lr")
     table.add_column("parameters (default)")

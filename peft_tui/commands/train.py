@@ -60,7 +60,7 @@ from peft_tui.commands.options import (
     WorkersOpt,
     run_config,
 )
-from peft_tui.commands.queueing import fit_check, no_detached_ray, start_detached, train_runs
+from peft_tui.commands.queueing import fit_check, method_sets, no_detached_ray, start_detached, train_runs
 from peft_tui.config import RunConfig
 from peft_tui.errors import ConfigError
 
@@ -326,13 +326,3 @@ def resume(
 def baseline_config(like: RunConfig) -> RunConfig:
     """The TF-IDF + logistic regression row on the same data and split seed as `like`."""
     return RunConfig(method="tfidf", model="tfidf+logreg", data=like.data, seed=like.seed, name="tfidf")
-
-
-def method_sets(method: str, sets: list[str] | None) -> list[str]:
-    """In a comparison, a bare --set key that is a method parameter applies only to the methods that
-    have it: `--set size=4` sizes the adapters and leaves the others' data alone (data.size is the data)."""
-    from peft_tui.engine.methods import REGISTRY, get_method
-
-    own = set(get_method(method).params)
-    others = {k for m in REGISTRY.values() for k in m.params} - own - set(RunConfig.__dataclass_fields__)
-    return [pair for pair in sets or [] if pair.split("=", 1)[0].strip() not in others]

@@ -108,7 +108,7 @@ def tune(
 
     Selection reads the validation split only; the test split is read by the final runs alone.
     Example: peft-tui tune --methods full,lora,adapters --trials 8 --data reviews.csv"""
-    from peft_tui.commands.train import method_sets
+    from peft_tui.commands.queueing import method_sets
     from peft_tui.engine import tune as studies
     from peft_tui.engine.methods import validate
     from peft_tui.engine.submit import make_pool, prepare

@@ -6,6 +6,10 @@
 
 The model is rebuilt the way the trainer built it: a fresh base from `models.load_model` with the
 run's model, label count and seed, then the method's own `load` from the run folder. UI-free.
+
+A stored config (a row of runs.db, an export's export.json) is data other people hand around: its
+`trust_remote_code` is never obeyed. The model runs its own code only when the caller passes
+`trust_remote_code` as True, i.e. the user gave the command --trust-remote-code (RunConfig.from_stored).
 """
 
 from __future__ import annotations
@@ -84,15 +88,20 @@ def rebuild(folder: Path, config: RunConfig, num_labels: int, device: str = "cpu
     return model.to(device).eval(), tokenizer
 
 
-def load_run(store, run_id: int, device: str = "cpu") -> LoadedRun:
+def stored_config(store, run_id: int, trust_remote_code: bool = False) -> RunConfig:
+    """A finished run's config as `load_run` will use it, checked without loading anything."""
+    return RunConfig.from_stored(_finished_row(store, run_id)["config"], trust_remote_code, f"run {run_id}")
+
+
+def load_run(store, run_id: int, device: str = "cpu", trust_remote_code: bool = False) -> LoadedRun:
     row = _finished_row(store, run_id)
-    config = RunConfig.from_dict(row["config"])
+    config = RunConfig.from_stored(row["config"], trust_remote_code, f"run {run_id}")
     names = [str(n) for n in row["result"]["label_names"]]
     model, tokenizer = rebuild(store.run_dir(run_id), config, len(names), device)
     return LoadedRun(model, tokenizer, config, names, run_id, device)
 
 
-def load_export(folder: str | Path, device: str = "cpu") -> LoadedRun:
+def load_export(folder: str | Path, device: str = "cpu", trust_remote_code: bool = False) -> LoadedRun:
     """Rebuild an exported run (any method) from the folder `export_run` wrote."""
     folder = Path(folder)
     meta_path = folder / EXPORT_FILE
@@ -104,6 +113,7 @@ def load_export(folder: str | Path, device: str = "cpu") -> LoadedRun:
         names = [str(n) for n in meta["label_names"]]
     except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: bad JSON or a ConfigError
         raise ConfigError(f"{meta_path} is damaged ({first_line(e, 160)}): export the run again") from None
+    config = RunConfig.from_stored(config.to_dict(), trust_remote_code, f"the export in {folder}")
     model, tokenizer = rebuild(folder, config, len(names), device)
     return LoadedRun(model, tokenizer, config, names, meta.get("run_id"), device)
 
@@ -160,16 +170,17 @@ def _save_plain(model, tokenizer, names: list[str], out: Path) -> None:
     save_pretrained(tokenizer, out)
 
 
-def export_run(store, run_id: int, out: str | Path, merge: bool = False) -> ExportResult:
+def export_run(store, run_id: int, out: str | Path, merge: bool = False, trust_remote_code: bool = False) -> ExportResult:
     """Write a run's model to `out` (see `_export`). A failed export leaves nothing behind in `out`;
     a full disk is one line ("disk full at <path>")."""
     from peft_tui.engine.weights import disk_full_at
 
     out = Path(out).expanduser()
     row = _finished_row(store, run_id)
+    config = RunConfig.from_stored(row["config"], trust_remote_code, f"run {run_id}")  # before anything is written
     created = _prepare_out(out)
     try:
-        return _export(store, row, out, merge)
+        return _export(store, row, config, out, merge)
     except BaseException as e:
         if created:
             shutil.rmtree(out, ignore_errors=True)
@@ -182,7 +193,7 @@ def export_run(store, run_id: int, out: str | Path, merge: bool = False) -> Expo
         raise
 
 
-def _export(store, row: dict, out: Path, merge: bool) -> ExportResult:
+def _export(store, row: dict, config: RunConfig, out: Path, merge: bool) -> ExportResult:
     """Write a run's model to `out`:
     - full / head / bitfit: a plain transformers folder (the rebuilt model + tokenizer);
     - lora / dora / ia3 / peft-json with `merge`: the adapter merged into the base weights
@@ -192,7 +203,6 @@ def _export(store, row: dict, out: Path, merge: bool) -> ExportResult:
     from peft_tui.engine.weights import atomic_write_text, save_pretrained, writing
 
     run_id = row["id"]
-    config = RunConfig.from_dict(row["config"])
     names = [str(n) for n in row["result"]["label_names"]]
     run_folder = store.run_dir(run_id)
     model, tokenizer = rebuild(run_folder, config, len(names))

@@ -25,7 +25,7 @@ def _texts(split: Split) -> list[str]:
 
 
 def run_tfidf(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out_dir: Path,
-              data: DataSplits | None = None) -> RunResult:
+              data: DataSplits | None = None, cache_dir: Path | None = None) -> RunResult:
     import sklearn
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 from peft_tui.engine.result import RunResult
 
+LOG_INTERVAL_S = 0.1  # progress events (StepLogged, MemorySampled) at most ~10 times a second
+
 EVENTS_FILE = "events.jsonl"
 
 

@@ -13,12 +13,17 @@ architecture's own.
 from __future__ import annotations
 
 import importlib.resources
+import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peft_tui.engine.hub import hub_kwargs, unreachable_note
 from peft_tui.errors import ConfigError, first_line
+
+if TYPE_CHECKING:  # pragma: no cover
+    from peft_tui.config import RunConfig
+    from peft_tui.engine.methods import Method
 
 TINY: dict[str, Any] = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
             max_position_embeddings=512)
@@ -54,6 +59,97 @@ def _check_local_folder(path: Path) -> None:
                 "only safetensors is loaded: convert it (model.save_pretrained(dir, safe_serialization=True))"
             )
         raise ConfigError(f"model folder {path} has no weights (*.safetensors): save the model there first")
+    check_config_size(read_config_json(path, str(path)), str(path))
+
+
+# ------------------------------------------------------------------------------------------------
+# the size a config describes, by arithmetic alone: checked before anything is built from it
+# ------------------------------------------------------------------------------------------------
+MAX_LAYERS = 1024  # no classifier this tool trains has more; building (even on the meta device) grows with it
+MAX_CONFIG_JSON_BYTES = 4 << 20
+BYTES_PER_PARAM = 4  # the weights load in fp32
+SIZE_KEYS = {  # what each dimension is called across architectures (the first one present is used)
+    "layers": ("num_hidden_layers", "n_layer", "n_layers", "num_layers"),
+    "hidden": ("hidden_size", "d_model", "n_embd", "dim"),
+    "intermediate": ("intermediate_size", "n_inner", "hidden_dim", "ffn_dim", "d_ff"),
+    "vocab": ("vocab_size",),
+    "positions": ("max_position_embeddings", "n_positions"),
+}
+
+
+def config_dims(raw: dict[str, Any], name: str) -> dict[str, int]:
+    """The size dimensions of a config.json (as a dict), whole numbers checked: a float such as 1e9 is
+    taken as the integer it is, a fraction, a negative, an infinite or a non-numeric value is refused."""
+    import math
+
+    nested = raw.get("text_config")
+    where: dict = nested if isinstance(nested, dict) else {}
+    dims: dict[str, int] = {}
+    for dim, keys in SIZE_KEYS.items():
+        key = next((k for k in keys if raw.get(k) is not None), None) or next(
+            (k for k in keys if where.get(k) is not None), None)
+        if key is None:
+            continue
+        v = raw[key] if raw.get(key) is not None else where[key]
+        whole = (isinstance(v, int) or (isinstance(v, float) and math.isfinite(v) and v == int(v)))
+        if isinstance(v, bool) or not whole or v < 0:
+            raise ConfigError(f"model {name!r}: config.json has {key}={str(v)[:40]}, not a whole number of "
+                              "at least 0: fix config.json")
+        dims[dim] = int(v)
+    return dims
+
+
+def config_params(dims: dict[str, int]) -> int:
+    """About how many parameters a transformer with these dimensions has (a lower bound: embeddings, then
+    per layer the attention's 4 h² and the feed-forward's 2 h·i). Exact integers: never overflows."""
+    h = dims.get("hidden", 0)
+    inter = dims.get("intermediate") or 4 * h
+    return (dims.get("vocab", 0) + dims.get("positions", 0)) * h + dims.get("layers", 0) * (4 * h * h + 2 * h * inter)
+
+
+def check_config_size(raw: dict[str, Any], name: str, memory_bytes: int | None = None) -> int:
+    """Refuse, in one line and before anything is built or allocated, a model config that describes more
+    layers than MAX_LAYERS or weights larger than this machine's memory (`memory_bytes`, default: the
+    RAM). Returns the parameter count it describes."""
+    dims = config_dims(raw, name)
+    layers = dims.get("layers", 0)
+    if layers > MAX_LAYERS:
+        raise ConfigError(f"model {name!r}: config.json has {layers:,} layers, more than the {MAX_LAYERS:,} any model "
+                          "trained here has: fix config.json or pick another model")
+    params = config_params(dims)
+    if memory_bytes is None:
+        import psutil
+
+        memory_bytes = psutil.virtual_memory().total
+    need = params * BYTES_PER_PARAM
+    if need > memory_bytes:
+        shape = ", ".join(f"{k} {v:,}" for k, v in dims.items())
+        raise ConfigError(f"model {name!r}: its config.json describes about {params:.3g} parameters ({shape}), "
+                          f"{need / 2**30:,.3g} GiB of weights, more than this machine's {memory_bytes / 2**30:,.0f} "
+                          "GiB of memory: pick a smaller model or fix config.json")
+    written = [k for keys in SIZE_KEYS.values() for k in keys if isinstance(raw.get(k), float)]
+    if written:  # transformers' own check would fail with a long trace
+        raise ConfigError(f"model {name!r}: config.json has {written[0]}={raw[written[0]]!r}, a float: write it as an "
+                          f"integer ({written[0]}={int(raw[written[0]])})")
+    return params
+
+
+def read_config_json(folder: Path, name: str) -> dict[str, Any]:
+    """A model folder's config.json as a dict, bounded in size, parsed as JSON data only."""
+    import json
+
+    path = folder / "config.json"
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_JSON_BYTES:
+            raise ConfigError(f"model {name!r}: config.json is {size:,} bytes, not a model config: fix config.json")
+        raw = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:
+        raise ConfigError(f"model {name!r}: config.json could not be read ({first_line(e, 160)}): fix or re-save "
+                          "the folder") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"model {name!r}: config.json must hold one JSON object: fix or re-save the folder")
+    return raw
 
 
 def _remote_code_error(name: str, e: Exception) -> ConfigError | None:
@@ -70,6 +166,8 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     _quiet_transformers()
     src = str(minilm_path()) if name in ("minilm", "tiny") else name
     hub = {} if name in ("minilm", "tiny") or _is_path(name) else hub_kwargs()
+    if not hub and name not in ("minilm", "tiny") and (Path(src).expanduser() / "config.json").is_file():
+        check_config_size(read_config_json(Path(src).expanduser(), name), name)  # the tokenizer reads it too
     try:
         tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, **hub)
     except OSError as e:
@@ -274,3 +372,62 @@ def _hub_error(name: str, e: Exception) -> ConfigError:
 
 def max_positions(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+
+
+FINGERPRINT_ATTR = "peft_tui_base_fingerprint"
+
+
+def warm(name: str) -> None:
+    """Import what loading model `name` imports lazily (its architecture's transformers module, by building
+    the classifier on the meta device: no weights read), so that a worker forks its runs with it loaded.
+    Measured on MiniLM: the first load in a process took 0.74 s, the next 0.16 s. Models with their own
+    code are left to the run (the run process imports that code under the user's flag); errors are the
+    run's to report."""
+    try:
+        check_model_files(name)
+    except Exception:  # noqa: BLE001 - nothing to warm: the run says what is wrong
+        pass
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def build_model(config: RunConfig, method: Method, params: dict[str, Any], num_labels: int, device: str, *,
+                fingerprint: bool = False):
+    """A freshly seeded classifier from `config.model`, wrapped by the method, on `device`. With
+    `fingerprint`, the model carries `FINGERPRINT_ATTR`: what the unwrapped model's weights upstream of
+    its final classifier layer were (see featcache.weights_fingerprint), the key to the probe's features."""
+    from peft_tui.engine.weights import count_parameters
+
+    seed_everything(config.seed)
+    model = load_model(config.model, num_labels, config.seed, config.trust_remote_code, config.pooling)
+    limit = max_positions(model)
+    if limit and config.max_length > limit:
+        raise ConfigError(f"max_length={config.max_length} is above this model's limit of {limit}: "
+                          f"use --set max_length={limit}")
+    base_fingerprint = None
+    if fingerprint:
+        from peft_tui.engine.data.featcache import weights_fingerprint
+
+        base_fingerprint = weights_fingerprint(model)
+    model = method.apply(model, params)
+    model.to(device)
+    if base_fingerprint is not None:
+        setattr(model, FINGERPRINT_ATTR, base_fingerprint)
+    if count_parameters(model)[0] == 0:
+        raise ConfigError(f"method {config.method!r} left no parameter to train on this model")
+    return model
+
+
+def library_versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}

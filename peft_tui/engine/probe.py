@@ -19,57 +19,121 @@ layer keeps its seeded initialisation and only the final layer is fitted.
 The same fit starts every other method's training under `head_init=probe` (LP-FT, Kumar et al. 2022):
 
     run(config, run_id, sink, cancel, out_dir, data) -> RunResult
-    fit_head(model, ids, labels, num_labels, pad_id, batch_size, device, autocast, cancel) -> (Fit, iterations)
+    fit_head(model, ids, labels, num_labels, pad_id, device, precision, cancel, cache_dir, shared)
+        -> (Fit, iterations, FeatureStats)
+
+Features are computed once per (base weights, texts, pooling, precision): `features()` reads and writes
+them through the store's cache (data/featcache.py) when the wrapped model gives the base model's
+features (SHARES_BASE_FEATURES), so the runs of a `compare` encode the probe's texts once. The encoding
+pass sorts the texts by length and runs ENCODE_BATCH of them at a time under `torch.inference_mode`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peft_tui.config import RunConfig
-from peft_tui.engine.events import EvalLogged, LogMessage, MemorySampled, RunStarted, Sink, StepLogged
-from peft_tui.engine.result import RunResult, efficiency
-from peft_tui.errors import ConfigError
+from peft_tui.engine.events import (
+    LOG_INTERVAL_S,
+    EvalLogged,
+    LogMessage,
+    MemorySampled,
+    RunStarted,
+    Sink,
+    StepLogged,
+)
+from peft_tui.engine.result import Cancelled, RunResult, efficiency
+from peft_tui.engine.weights import final_linear
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from peft_tui.engine.data import DataSplits
+    from peft_tui.engine.methods import Method
 
 # L2 penalties on standardised features, half a decade apart. The best one scales about as 1/train size:
 # on AG News (2,000 rows) it was 0.1, on 100 IMDB reviews sklearn's best C meant about 5.
 WEIGHT_DECAYS = (10.0, 3.0, 1.0, 0.3, 0.1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 DEFAULT_WEIGHT_DECAY = 1e-3  # when there is no validation split to choose with
 MAX_ITER = 500  # L-BFGS iterations per fit; most fits converge well before
+# Texts per encoding batch. Sorted by length, a batch pads little, so a large one costs no padding and
+# saves per-call overhead; fixed (not the run's batch_size) so that every run encodes alike and can share
+# the cached features.
+ENCODE_BATCH = 256
+# ...and at most this many tokens (rows x padded width) per batch, so that long texts come in smaller
+# batches: the attention scores of 256 rows of 512 tokens alone would take 3 GB
+ENCODE_TOKENS = 16384
+# Methods whose wrapped model gives exactly the base model's features before the first step: LoRA/DoRA
+# (B = 0), IA3 (unit scales), adapters (zero up-projection), BitFit and full (the weights themselves),
+# and `head`. They share cached features; prefix and prompt tuning change the features and encode their
+# own; a peft-json config may do either, so it encodes its own too.
+SHARES_BASE_FEATURES = frozenset({"full", "lora", "dora", "ia3", "adapters", "bitfit", "head"})
 
 
-def final_linear(model):
-    """The last nn.Linear of the model's classification head: the layer the probe fits."""
-    from torch import nn
+# LP-FT encodes at most this many validation rows to choose its weight decay (see choice_rows); one standard
+# error of an accuracy on 1,000 rows is about 1.5 points at 80%, less than the gaps between the grid's fits
+PROBE_VAL_ROWS = 1000
+# head_init=auto: the probe fit starts a run of at most this many optimizer steps (see resolve_head_init).
+# Measured (README, "Where the classifier starts"): the probe lifted full fine-tuning and LoRA by 14-16
+# points at 12 steps (IMDB) and full fine-tuning by 10 points at 53 steps (synthetic, 1 epoch); at 157 and
+# 189 steps it was within noise (LoRA +0.1 and +0.4, full -1.6), at 471 steps it cost 0.5-1.5 points.
+AUTO_PROBE_MAX_STEPS = 200
 
-    from peft_tui.engine.weights import head_module_names
 
-    linears = [m for name in head_module_names(model) for m in model.get_submodule(name).modules()
-               if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError(f"head found no linear classifier layer on this {model.config.model_type!r} model: use lora")
-    return linears[-1]
+def resolve_head_init(head_init: str, total_steps: int) -> str:
+    """`auto` made concrete: "probe" for a short run (at most AUTO_PROBE_MAX_STEPS steps), where starting
+    from the fitted head is much of what the run achieves, "random" for a longer one, where the steps
+    train the head on their own and the probe's encoding is a cost with no gain (README, head_init)."""
+    if head_init != "auto":
+        return head_init
+    return "probe" if total_steps <= AUTO_PROBE_MAX_STEPS else "random"
+
+
+@dataclass
+class FeatureStats:
+    """How a run's features were obtained: texts encoded and texts read from the cache, and seconds."""
+
+    encoded: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+    split_seconds: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if not self.encoded:
+            return f"features of {self.cached} texts read from the cache"
+        if self.cached:
+            return f"{self.encoded} texts encoded, {self.cached} read from the cache, in {self.seconds:.1f}s"
+        return f"{self.encoded} texts encoded in {self.seconds:.1f}s"
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices of the rows shortest first, cut into batches of at most `batch_size` rows and (when given)
+    `max_tokens` rows x the batch's longest row (a single row may exceed it)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and (
+                max_tokens is None or (len(batches[-1]) + 1) * max(1, lengths[i]) <= max_tokens):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def encode(model, layer, ids: list[list[int]], pad_id: int, batch_size: int, device: str, autocast,
-           cancel: threading.Event, on_batch=None):
-    """The input of `layer` (float32 [len(ids), hidden]) for every token sequence, in order.
-    Where `layer` sees every position (decoder `score` heads), the last real one is kept, which is
-    the one those models classify from."""
+           cancel: threading.Event, on_batch=None, max_tokens: int | None = None):
+    """The input of `layer` (float32 [len(ids), hidden]) for every token sequence, in order, computed in
+    `length_sorted_batches` under inference mode. Where `layer` sees every position (decoder `score`
+    heads), the last real one is kept, which is the one those models classify from."""
     import torch
 
     from peft_tui.engine.batching import collate
-    from peft_tui.engine.trainer import Cancelled
 
     captured = []
 
@@ -77,15 +141,13 @@ def encode(model, layer, ids: list[list[int]], pad_id: int, batch_size: int, dev
         captured.append(args[0])
 
     hook = layer.register_forward_pre_hook(keep_input)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = torch.zeros(len(ids), layer.in_features)
     model.eval()
     try:
         with torch.inference_mode():
-            for b in range(0, len(order), batch_size):
+            for batch in length_sorted_batches([len(s) for s in ids], batch_size, max_tokens):
                 if cancel.is_set():
                     raise Cancelled(0)
-                batch = order[b : b + batch_size]
                 x, m, _ = collate(ids, [0] * len(ids), batch, pad_id, device)
                 captured.clear()
                 with autocast():
@@ -101,6 +163,36 @@ def encode(model, layer, ids: list[list[int]], pad_id: int, batch_size: int, dev
     finally:
         hook.remove()
     return out
+
+
+def features(model, layer, ids: dict[str, list[list[int]]], pad_id: int, device: str, precision: str,
+             cancel: threading.Event, *, cache_dir: Path | None = None, shared: bool = False,
+             on_batch=None) -> tuple[dict[str, torch.Tensor], FeatureStats]:
+    """`encode` every split of `ids` (split -> token sequences). With `shared` (the model gives the base
+    model's features: SHARES_BASE_FEATURES, built with `fingerprint=True`) and a `cache_dir`, each split is
+    read from / written to the feature cache. Returns (split -> features, how they were obtained)."""
+    from peft_tui.engine.data.featcache import cached_features
+    from peft_tui.engine.device import autocast_for, device_type
+    from peft_tui.engine.models import FINGERPRINT_ATTR
+    from peft_tui.engine.pooling import pooling_of
+
+    fingerprint = getattr(model, FINGERPRINT_ATTR, None) if shared else None
+    context = f"{pooling_of(model)}\0{precision}\0{device_type(device)}\0{ENCODE_BATCH}\0{ENCODE_TOKENS}"
+    autocast = autocast_for(precision, device)
+    out, stats = {}, FeatureStats()
+    for split, seqs in ids.items():
+        t = time.perf_counter()
+        def encode_split(seqs: list[list[int]] = seqs):
+            return encode(model, layer, seqs, pad_id, ENCODE_BATCH, device, autocast, cancel, on_batch, ENCODE_TOKENS)
+
+        out[split], hit = cached_features(cache_dir, fingerprint, context, seqs, encode_split)
+        if hit:
+            stats.cached += len(seqs)
+        else:
+            stats.encoded += len(seqs)
+        stats.split_seconds[split] = time.perf_counter() - t
+    stats.seconds = sum(stats.split_seconds.values())
+    return out, stats
 
 
 @contextlib.contextmanager
@@ -180,8 +272,6 @@ def choose_weight_decay(x: dict, labels: dict, num_labels: int, grid, with_bias:
     each fit. Returns (best fit, total L-BFGS iterations)."""
     import torch
 
-    from peft_tui.engine.trainer import Cancelled
-
     def logits(split, w, b):
         return x[split] @ w.T + (b if b is not None else 0.0)
 
@@ -226,38 +316,52 @@ def fit_layer(layer, features: dict, labels: dict, num_labels: int, grid, cancel
     return best, iterations
 
 
-def fit_head(model, ids: dict, labels: dict, num_labels: int, pad_id: int, batch_size: int, device: str, autocast,
-             cancel: threading.Event) -> tuple[Fit, int]:
+def fit_head(model, ids: dict, labels: dict, num_labels: int, pad_id: int, device: str, precision: str,
+             cancel: threading.Event, cache_dir: Path | None = None,
+             shared: bool = False) -> tuple[Fit, int, FeatureStats]:
     """LP-FT's first step (a training run's `head_init=probe`): encode the "train" and "val" token sequences
-    once through `model` as it is, already wrapped by its method, and fit its final classifier layer on them
-    as the probe does (weight decay chosen on "val"; DEFAULT_WEIGHT_DECAY when "val" is empty).
-    `ids` / `labels`: split -> token sequences / labels. Returns (fit, L-BFGS iterations)."""
+    once through `model` as it is, already wrapped by its method (or read them from the feature cache, see
+    `features`), and fit its final classifier layer on them as the probe does (weight decay chosen on
+    "val"; DEFAULT_WEIGHT_DECAY when "val" is empty). `ids` / `labels`: split -> token sequences / labels.
+    Returns (fit, L-BFGS iterations, how the features were obtained)."""
     layer = final_linear(model)
-    features = {s: encode(model, layer, ids[s], pad_id, batch_size, device, autocast, cancel) for s in ("train", "val")}
+    rows = choice_rows(len(ids["val"]))
+    ids = {"train": ids["train"], "val": [ids["val"][i] for i in rows]}
+    labels = {"train": labels["train"], "val": [labels["val"][i] for i in rows]}
+    feats, stats = features(model, layer, ids, pad_id, device, precision, cancel, cache_dir=cache_dir, shared=shared)
     grid = WEIGHT_DECAYS if ids["val"] else (DEFAULT_WEIGHT_DECAY,)
-    return fit_layer(layer, features, labels, num_labels, grid, cancel)
+    fit, iterations = fit_layer(layer, feats, labels, num_labels, grid, cancel)
+    return fit, iterations, stats
+
+
+def choice_rows(n: int) -> list[int]:
+    """The validation rows LP-FT chooses its weight decay on: all of them up to PROBE_VAL_ROWS, else a
+    fixed sample of that many (seeded: every run of the same data picks the same rows, and shares their
+    cached features). Encoding is the probe's cost; 1,000 rows tell the weight decays apart as well."""
+    if n <= PROBE_VAL_ROWS:
+        return list(range(n))
+    return sorted(random.Random(0).sample(range(n), PROBE_VAL_ROWS))
 
 
 def run(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out_dir: Path,
-        data: DataSplits | None = None) -> RunResult:
+        data: DataSplits | None, *, method: Method, cache_dir: Path | None = None) -> RunResult:
     """Train a `head` run as a linear probe on cached features (see the module docstring). `data`: splits
-    already loaded by the caller (else loaded from `config.data`)."""
+    already loaded by the caller (else loaded from `config.data`). `method`: the run's method object (the
+    `head` method hands itself, so the probe never looks it up). `cache_dir`: the store's cache (token ids
+    and features; None: none)."""
     import torch
 
     from peft_tui.engine import models
     from peft_tui.engine.batching import pad_id_of, tokenize_splits
     from peft_tui.engine.data import load_splits
-    from peft_tui.engine.device import autocast_for, resolve_device, resolve_precision
+    from peft_tui.engine.device import resolve_device, resolve_precision
     from peft_tui.engine.memory import MemoryMonitor
-    from peft_tui.engine.methods import get_method
     from peft_tui.engine.pooling import pooling_of
-    from peft_tui.engine.trainer import LOG_INTERVAL_S, build_model, library_versions
     from peft_tui.engine.weights import count_parameters
 
     t0 = time.perf_counter()
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    method = get_method(config.method)
     params = method.resolve(config.params)
     memory = MemoryMonitor(device)
     if data is None:
@@ -265,7 +369,8 @@ def run(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out
     for note in data.notes:
         sink(LogMessage(run_id, "info", note))
     tokenizer = models.load_tokenizer(config.model, config.trust_remote_code)
-    model = build_model(config, method, params, data.num_labels, device)
+    shared = config.method in SHARES_BASE_FEATURES
+    model = models.build_model(config, method, params, data.num_labels, device, fingerprint=shared)
     layer = final_linear(model)
     trainable, total = count_parameters(model)
 
@@ -276,7 +381,7 @@ def run(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out
     sink(LogMessage(run_id, "info", f"linear probe: encoding {sum(len(s) for s in splits.values())} texts once "
                                     f"with the frozen encoder ({pooling_of(model)} pooling)"))
 
-    # 1. encode every split once
+    # 1. encode every split once (or read the features another run of this store encoded)
     last_sample = 0.0
 
     def sample_memory(n: int) -> None:
@@ -288,40 +393,37 @@ def run(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out
                                mem["device_used_mb"]))
             last_sample = now
 
-    ids = dict(zip(splits, tokenize_splits(tokenizer, data, config.max_length, None)))
-    features, encode_s = {}, {}
-    for name in splits:
-        t = time.perf_counter()
-        features[name] = encode(model, layer, ids[name], pad_id_of(tokenizer), max(64, config.batch_size * 2),
-                                device, autocast_for(precision, device), cancel, sample_memory)
-        encode_s[name] = time.perf_counter() - t
+    ids = dict(zip(splits, tokenize_splits(tokenizer, data, config.max_length, cache_dir)))
+    features_, stats = features(model, layer, ids, pad_id_of(tokenizer), device, precision, cancel,
+                                cache_dir=cache_dir, shared=shared, on_batch=sample_memory)
+    encode_s = stats.split_seconds["train"]  # the training time: encoding the training split, then the fit
     tokens = sum(len(s) for s in ids["train"])
 
     # 2. fit per weight decay on standardised features, keep the best on validation, write it into the layer
     t_fit = time.perf_counter()
 
     def on_fit(step: int, train_loss: float, fit: Fit) -> None:
-        elapsed = encode_s["train"] + time.perf_counter() - t_fit
+        elapsed = encode_s + time.perf_counter() - t_fit
         sink(StepLogged(run_id, step, step / len(grid), train_loss, 1.0, len(data.train) / elapsed, elapsed))
         sink(EvalLogged(run_id, step, step / len(grid), "val", fit.val_loss, fit.val_accuracy, fit.val_f1))
 
     labels = {name: split.labels for name, split in splits.items()}
-    best, iterations = fit_layer(layer, features, labels, data.num_labels, grid, cancel, on_fit)
+    best, iterations = fit_layer(layer, features_, labels, data.num_labels, grid, cancel, on_fit)
     fit_s = time.perf_counter() - t_fit
     with torch.no_grad():
-        test_logits = layer(features["test"].to(layer.weight.dtype)).float()
+        test_logits = layer(features_["test"].to(layer.weight.dtype)).float()
     test_loss, test_acc, test_f1 = scores(test_logits, data.test.labels, data.num_labels)
     sink(EvalLogged(run_id, len(grid), 1.0, "test", test_loss, test_acc, test_f1))
     chosen = "chosen on the validation split" if len(grid) > 1 else "the default: no validation split"
     sink(LogMessage(run_id, "info", f"linear probe: weight decay {best.weight_decay:g}, {chosen} ({iterations} "
-                                    f"L-BFGS iterations, encoding {sum(encode_s.values()):.1f}s, fit {fit_s:.2f}s)"))
+                                    f"L-BFGS iterations, {stats.describe()}, fit {fit_s:.2f}s)"))
 
     # 3. save
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     method.save(model, Path(out_dir), params)
 
     mem = memory.sample()
-    train_time = encode_s["train"] + fit_s
+    train_time = encode_s + fit_s
     return RunResult(
         run_id=run_id, name=config.display_name, method=config.method, model=config.model, data=data.source,
         params=params, accuracy=test_acc, f1=test_f1, test_loss=test_loss, val_accuracy=best.val_accuracy,
@@ -332,7 +434,7 @@ def run(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out
         steps=len(grid), epochs_done=1.0, device=device, precision=precision, lr=None, seed=config.seed,
         pooling=pooling_of(model), label_names=data.label_names,
         sizes={name: len(split) for name, split in splits.items()},
-        efficiency=efficiency(test_acc, trainable), versions=library_versions(),
-        extra={"probe_weight_decay": best.weight_decay, "encode_time_s": sum(encode_s.values()),
-               "fit_time_s": fit_s, "lbfgs_iterations": iterations},
+        efficiency=efficiency(test_acc, trainable), versions=models.library_versions(),
+        extra={"probe_weight_decay": best.weight_decay, "encode_time_s": stats.seconds, "fit_time_s": fit_s,
+               "lbfgs_iterations": iterations, "texts_encoded": stats.encoded, "texts_cached": stats.cached},
     )

@@ -24,12 +24,15 @@ POLL_S = 0.2  # how often events are read back from the runs this scheduler foll
 
 class Scheduler:
     def __init__(self, store: Store, sink: Callable[[Event], None] | None = None, devices: list[str] | None = None,
-                 *, workers: int | None = None, detach: bool = False, ray: str | None = None):
+                 *, workers: int | None = None, detach: bool = False, ray: str | None = None,
+                 trust_remote_code: bool = False):
         self.store = store
+        self.trust_remote_code = trust_remote_code  # the user's flag: stored configs never decide it
         self.devices = devices or default_devices()
         self.ray = ray
         # a Ray cluster trains the queue (launch/ray.py); else worker processes on this machine
-        self.pool = make_pool(store, ray=ray, workers=workers, detach=detach, devices=self.devices).start()
+        self.pool = make_pool(store, ray=ray, workers=workers, detach=detach, devices=self.devices,
+                              trust_remote_code=trust_remote_code).start()
         self._watcher = Watcher(store, sink)
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -68,12 +71,12 @@ class Scheduler:
 
     def retry(self, run_id: int) -> int:
         """Queue a new run with the config of a run that has ended. Returns the new id."""
-        return self._follow_new(self.store.retry(run_id))
+        return self._follow_new(self.store.retry(run_id, self.trust_remote_code))
 
     def resume(self, run_id: int) -> int:
         """Queue a stopped run to continue from its last epoch-end checkpoint, under the same id.
         Raises ConfigError when it cannot (or when another resume of it came first)."""
-        self.store.request_resume(run_id)
+        self.store.request_resume(run_id, self.trust_remote_code)
         return self._follow_new(run_id)
 
     def queued(self) -> list[int]:

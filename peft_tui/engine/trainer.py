@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peft_tui.config import RunConfig
+from peft_tui.engine import probe
 from peft_tui.engine.batching import collate, length_grouped_batches, pad_id_of, shard, tokenize_splits
 from peft_tui.engine.checkpoint import TrainState
 from peft_tui.engine.device import autocast_for, resolve_device, resolve_precision
 from peft_tui.engine.dist import Dist
 from peft_tui.engine.evaluation import EvalResult, evaluate
 from peft_tui.engine.events import (
+    LOG_INTERVAL_S,
     EvalLogged,
     LogMessage,
     MemorySampled,
@@ -38,15 +40,14 @@ from peft_tui.engine.events import (
     Sink,
     StepLogged,
 )
+from peft_tui.engine.models import build_model, library_versions, seed_everything  # noqa: F401 - re-exported
 from peft_tui.engine.result import Cancelled, Diverged, RunResult, efficiency
 from peft_tui.errors import ConfigError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft_tui.engine.data import DataSplits
     from peft_tui.engine.memory import MemoryMonitor
-    from peft_tui.engine.methods import Method
 
-LOG_INTERVAL_S = 0.1  # StepLogged at most ~10 times a second
 
 
 # ------------------------------------------------------------------------------------------------
@@ -77,17 +78,28 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     params = method.resolve(config.params)
     memory = MemoryMonitor(device)
 
-    # data and model
+    # data and model (each part timed: the run's log says what its start-up cost)
+    ready = [time.perf_counter()]
     if data is None:
         data = load_splits(config.data, config.seed)
     for note in data.notes:
         sink(LogMessage(run_id, "info", note))
+    ready.append(time.perf_counter())
     tokenizer = models.load_tokenizer(config.model, config.trust_remote_code)
-    model = build_model(config, method, params, data.num_labels, device)
+    ready.append(time.perf_counter())
+    head_init = probe.resolve_head_init(config.head_init, math.ceil(len(data.train) / config.batch_size) * config.epochs)
+    if config.head_init == "auto" and head_init == "random" and resume_from is None:
+        sink(LogMessage(run_id, "info", f"head_init=auto: a seeded head, no probe fit (a run of more than "
+                                        f"{probe.AUTO_PROBE_MAX_STEPS} steps trains its head on its own)"))
+    fit_probe = head_init == "probe" and resume_from is None  # a resumed run's checkpoint holds the fitted head
+    shared = fit_probe and config.method in probe.SHARES_BASE_FEATURES  # the probe's features can come from the cache
+    model = build_model(config, method, params, data.num_labels, device, fingerprint=shared)
     trainable, total = count_parameters(model)
     pad_id = pad_id_of(tokenizer)
+    ready.append(time.perf_counter())
     train_ids, val_ids, test_ids = tokenize_splits(tokenizer, data, config.max_length, cache_dir)
     lengths = [len(s) for s in train_ids]
+    ready.append(time.perf_counter())
 
     # optimisation
     steps_per_epoch = math.ceil(len(train_ids) / config.batch_size)
@@ -100,6 +112,8 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
 
     sink(RunStarted(run_id, config.display_name, config.method, total_steps, config.epochs, trainable, total,
                     device, precision, len(train_ids), data.num_labels))
+    sink(LogMessage(run_id, "info", "ready in {:.2f}s: data {:.2f}s, tokenizer {:.2f}s, model {:.2f}s, token ids "
+                                    "{:.2f}s".format(ready[-1] - ready[0], *(b - a for a, b in zip(ready, ready[1:])))))
     if resume_from is not None:
         state = checkpoint.load(resume_from, model, optimizer, scheduler, scaler, rng)
         if state.steps_per_epoch != steps_per_epoch:
@@ -109,8 +123,9 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     eval_bs = max(64, config.batch_size * 2)
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
-    if config.head_init == "probe" and resume_from is None:  # a resumed run's checkpoint holds the fitted head
-        extra = init_head(model, run_id, sink, cancel, train_ids, val_ids, data, pad_id, eval_bs, device, autocast)
+    if fit_probe:
+        extra = init_head(model, run_id, sink, cancel, train_ids, val_ids, data, pad_id, device, precision,
+                          cache_dir, shared)
     last_val: dict[int, EvalResult] = {}  # the latest validation result, keyed by its step
 
     def evaluate_shared(ids: list[list[int]], labels: list[int]) -> EvalResult:
@@ -133,7 +148,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
 
     log = StepLog(run_id, sink, memory, total_steps)
     clock = Stopwatch(state.train_time + extra.get("head_init_s", 0.0))  # training time, evaluation excluded
-    stopped_early = False
+    stopped_early = out_of_time = False  # out_of_time: config.max_time of wall time has passed
     net = dist.wrap(model, device)  # several processes: DDP starts every rank from rank 0's weights
     model.train()
     for epoch in range(state.epoch, config.epochs):
@@ -161,6 +176,9 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
             state.samples += len(batch)
             state.tokens += sum(lengths[i] for i in batch)
             log.add(dist.mean_loss(loss), state, scheduler.get_last_lr()[0], clock.elapsed())
+            if config.max_time and dist.any(time.perf_counter() - t0 >= config.max_time):
+                out_of_time = True
+                break
             if config.eval_every and state.step % config.eval_every == 0 and state.step % steps_per_epoch:
                 clock.stop()
                 stopped_early = validate_and_stop()
@@ -168,6 +186,11 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
                     break
                 clock.start()
         clock.stop()
+        if out_of_time:  # evaluated and saved as it is, like a run that ended: its figures say where it stopped
+            extra["stopped"] = f"max_time ({config.max_time:g} s) reached at step {state.step} of {total_steps}"
+            sink(LogMessage(run_id, "warning", f"stopped: {extra['stopped']}; evaluating the model as it is"))
+            validate_and_stop()
+            break
         if stopped_early or validate_and_stop():
             stopped_early = True
             break
@@ -219,53 +242,28 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
 # ------------------------------------------------------------------------------------------------
 # the loop's parts
 # ------------------------------------------------------------------------------------------------
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def build_model(config: RunConfig, method: Method, params: dict[str, Any], num_labels: int, device: str):
-    """A freshly seeded classifier from `config.model`, wrapped by the method, on `device`."""
-    from peft_tui.engine import models
-    from peft_tui.engine.weights import count_parameters
-
-    seed_everything(config.seed)
-    model = models.load_model(config.model, num_labels, config.seed, config.trust_remote_code, config.pooling)
-    limit = models.max_positions(model)
-    if limit and config.max_length > limit:
-        raise ConfigError(f"max_length={config.max_length} is above this model's limit of {limit}: "
-                          f"use --set max_length={limit}")
-    model = method.apply(model, params)
-    model.to(device)
-    if count_parameters(model)[0] == 0:
-        raise ConfigError(f"method {config.method!r} left no parameter to train on this model")
-    return model
-
-
 def init_head(model, run_id: int, sink: Sink, cancel: threading.Event, train_ids: list[list[int]],
-              val_ids: list[list[int]], data: DataSplits, pad_id: int, batch_size: int, device: str,
-              autocast) -> dict[str, Any]:
+              val_ids: list[list[int]], data: DataSplits, pad_id: int, device: str, precision: str,
+              cache_dir: Path | None = None, shared: bool = False) -> dict[str, Any]:
     """`head_init=probe` (LP-FT): fit the model's final classifier layer as a linear probe on the features
     the wrapped model gives the training texts before any step (weight decay chosen on the validation
-    split, see probe.fit_head), and say so. Returns the figures for the result's `extra`."""
-    from peft_tui.engine import probe
-
+    split, see probe.fit_head; with `shared`, the features come from / go to the cache in `cache_dir`),
+    and say so. Returns the figures for the result's `extra`."""
     t = time.perf_counter()
-    fit, iterations = probe.fit_head(model, {"train": train_ids, "val": val_ids},
-                                     {"train": data.train.labels, "val": data.val.labels}, data.num_labels,
-                                     pad_id, batch_size, device, autocast, cancel)
+    fit, iterations, stats = probe.fit_head(model, {"train": train_ids, "val": val_ids},
+                                            {"train": data.train.labels, "val": data.val.labels}, data.num_labels,
+                                            pad_id, device, precision, cancel, cache_dir, shared)
     seconds = time.perf_counter() - t
-    chosen = (f"chosen on the validation split, where it scores {fit.val_accuracy:.1%}" if val_ids
-              else "the default: no validation split")
+    on = len(probe.choice_rows(len(val_ids)))
+    chosen = (f"chosen on {'the' if on == len(val_ids) else f'{on} of the {len(val_ids)}'} validation rows, where it "
+              f"scores {fit.val_accuracy:.1%}" if val_ids else "the default: no validation split")
     sink(LogMessage(run_id, "info", f"head_init=probe: classifier fitted as a linear probe on the {len(train_ids)} "
                                     f"training texts' features before the first step in {seconds:.1f}s (weight "
-                                    f"decay {fit.weight_decay:g}, {chosen}; {iterations} L-BFGS iterations)"))
+                                    f"decay {fit.weight_decay:g}, {chosen}; {iterations} L-BFGS iterations; "
+                                    f"{stats.describe()})"))
     return {"head_init_s": seconds, "head_init_weight_decay": fit.weight_decay,
-            "head_init_val_accuracy": fit.val_accuracy}
+            "head_init_val_accuracy": fit.val_accuracy, "head_init_texts_encoded": stats.encoded,
+            "head_init_texts_cached": stats.cached}
 
 
 def build_optimizer(model, config: RunConfig, total_steps: int):
@@ -362,14 +360,6 @@ class Stopwatch:
         return self.total + (time.perf_counter() - self._since if self._since is not None else 0.0)
 
 
-def library_versions() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
-
-
 # ------------------------------------------------------------------------------------------------
 # before and around a run
 # ------------------------------------------------------------------------------------------------
@@ -410,12 +400,17 @@ def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading
         validate(config)
         out_dir = store.run_dir(run_id)
         method = get_method(config.method)
+        if not method.is_baseline and getattr(store, "root", None) is not None:
+            from peft_tui.engine.estimate import resolved_auto
+
+            config = resolved_auto(config, store.root / "calibration.json")  # auto: the machine's measured pick
         if method.run is not None:  # the method's own procedure: a baseline, the head probe
             if resume:
                 raise ConfigError(f"run {run_id} ({config.method}) keeps no checkpoint to resume from: retry it")
             if not dist.is_main:
                 return None
-            result = method.run(config, run_id, sink, cancel, out_dir, None)
+            result = method.run(config, run_id, sink, cancel, out_dir, None,
+                                store.cache_dir if cache_dir is None else cache_dir)
         else:
             resume_from = checkpoint.find(out_dir) if resume else None
             if resume and resume_from is None:

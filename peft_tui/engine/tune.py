@@ -384,11 +384,11 @@ class Tuner:
         status = row["status"] if row else "removed"
         del self.active[a.run_id]
         value = None
-        if status == "done":
+        if status == "done" and row is not None:
             value = (row["result"] or {}).get("val_accuracy")
             study.tell(a.trial, value)
         elif status == "pruned" or (status == "cancelled" and a.prune_step is not None):
-            if status == "cancelled":
+            if status == "cancelled" and row is not None:
                 self.store.mark_pruned(a.run_id, int(row["step"] or a.prune_step or 0))
             study.tell(a.trial, state=TrialState.PRUNED)
             status = "pruned"

@@ -204,3 +204,14 @@ def freeze_all_but(model: nn.Module, names: list[str]) -> None:
     for name in names:
         for p in model.get_submodule(name).parameters():
             p.requires_grad = True
+
+
+def final_linear(model):
+    """The last nn.Linear of the model's classification head: the layer the probe fits."""
+    from torch import nn
+
+    linears = [m for name in head_module_names(model) for m in model.get_submodule(name).modules()
+               if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"head found no linear classifier layer on this {model.config.model_type!r} model: use lora")
+    return linears[-1]

@@ -83,7 +83,7 @@ class PeftLab(App):
                 from peft_tui.engine.scheduler import Scheduler
 
                 self._scheduler = Scheduler(self.store, self._sink, self.devices, workers=self.worker_count,
-                                            ray=self.ray_address)
+                                            ray=self.ray_address, trust_remote_code=self.template.trust_remote_code)
             return self._scheduler
 
     @property
@@ -175,7 +175,8 @@ class PeftLab(App):
 
 def create_app(model: str = "minilm", data: str = "synthetic", store: str | Path | None = None, *,
                template: RunConfig | None = None, devices: list[str] | None = None,
-               poll_s: float = 1.0, workers: int | None = None, ray: str | None = None) -> PeftLab:
+               poll_s: float = 1.0, workers: int | None = None, ray: str | None = None,
+               trust_remote_code: bool = False) -> PeftLab:
     """The dashboard over the store at `store` (default ./peft-runs or $PEFT_TUI_STORE).
 
     `template` is the starting point for new runs and the compare preset (model, data, epochs, ...);
@@ -183,7 +184,7 @@ def create_app(model: str = "minilm", data: str = "synthetic", store: str | Path
     from peft_tui.engine.store import Store
 
     if template is None:
-        template = RunConfig(model=model, data=DataConfig(source=data))
+        template = RunConfig(model=model, data=DataConfig(source=data), trust_remote_code=trust_remote_code)
     st = Store(store_path(str(store) if store is not None else None))
     if ray:
         from peft_tui.engine.launch.ray import require_ray

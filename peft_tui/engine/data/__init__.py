@@ -14,7 +14,7 @@ from __future__ import annotations
 from peft_tui.config import DataConfig
 from peft_tui.engine.data.files import load_file_splits, read_table
 from peft_tui.engine.data.hf import parse_hf_spec
-from peft_tui.engine.data.splits import DataSplits, Split, stratified_sample, stratified_split
+from peft_tui.engine.data.splits import DataSplits, Split, check_split, stratified_sample, stratified_split
 from peft_tui.engine.data.summary import format_summary, summarize, token_lengths
 from peft_tui.engine.data.synthetic import synthetic
 
@@ -34,6 +34,8 @@ def load_splits(cfg: DataConfig, seed: int) -> DataSplits:
         texts, labels = synthetic(cfg.size, seed=SYNTHETIC_SEED, label_noise=cfg.label_noise)
         tr, va, te = stratified_split(labels, [cfg.val_fraction, cfg.test_fraction], seed=SYNTHETIC_SEED)
         full = Split(texts, labels)
-        return DataSplits(full.pick(tr), full.pick(va), full.pick(te), ["negative", "positive"],
-                          f"synthetic(size={cfg.size})")
+        val, test = full.pick(va), full.pick(te)
+        check_split("val", val, labels, cfg.val_fraction, False)
+        check_split("test", test, labels, cfg.test_fraction, False)
+        return DataSplits(full.pick(tr), val, test, ["negative", "positive"], f"synthetic(size={cfg.size})")
     return load_file_splits(cfg, seed)

@@ -18,7 +18,14 @@ from typing import Any
 
 from peft_tui.config import DataConfig
 from peft_tui.engine.data.hf import is_hf_source, read_hf
-from peft_tui.engine.data.splits import DataSplits, Split, stratified_sample, stratified_split
+from peft_tui.engine.data.splits import (
+    DataSplits,
+    Split,
+    check_reuse,
+    check_split,
+    stratified_sample,
+    stratified_split,
+)
 from peft_tui.errors import ConfigError, first_line
 from peft_tui.limits import (
     MAX_JSON_BYTES,
@@ -407,22 +414,43 @@ def load_file_splits(cfg: DataConfig, seed: int) -> DataSplits:
                 "make both files use the same label set"
             )
         extra[which] = Split(xt, _encode(xr, names), xp)
+    _check_distinct_sources(cfg)
     fractions = [0.0 if "val" in extra else cfg.val_fraction, 0.0 if "test" in extra else cfg.test_fraction]
     tr, va, te = stratified_split(labels, fractions, seed)
     full = Split(texts, labels, pairs)
     train = full.pick(tr)
-    val = extra.get("val") or full.pick(va)
-    test = extra.get("test") or full.pick(te)
-    if len(val) == 0:
-        val = test if len(test) else train
-        notes.append("no validation rows: evaluating on " + ("test" if len(test) else "train"))
-    if len(test) == 0:
-        test = val
-        notes.append("no test rows: test metrics are validation metrics")
+    splits = {"val": extra.get("val") or full.pick(va), "test": extra.get("test") or full.pick(te)}
+    for which, fraction in zip(("val", "test"), fractions):  # never evaluated on other rows instead
+        check_split(which, splits[which], labels, fraction, which in extra)
+        note = check_reuse(which, splits[which], full) if which in extra else None
+        notes.extend([note] if note else [])
+    if len(splits["val"]) == 0:
+        notes.append("no validation split (val_fraction=0): the validation figures of this run are not measured")
+    val, test = splits["val"], splits["test"]
     label_names = [str(n) for n in names]
     if class_names and all(isinstance(n, int) and 0 <= n < len(class_names) for n in names):
         label_names = [class_names[n] for n in names]  # a ClassLabel feature names its classes
     return DataSplits(train, val, test, label_names, cfg.source, notes)
+
+
+def _check_distinct_sources(cfg: DataConfig) -> None:
+    """--data, the validation and the test source name three different files (one file given twice would
+    evaluate on training rows, or test on validation rows)."""
+    def same(a: str | None, b: str | None) -> bool:
+        if not a or not b:
+            return False
+        try:
+            return a == b or os.path.samefile(Path(a).expanduser(), Path(b).expanduser())
+        except OSError:
+            return False
+
+    for which, src, other, other_name in (("val", cfg.val_source, cfg.source, "--data"),
+                                          ("test", cfg.test_source, cfg.source, "--data"),
+                                          ("test", cfg.test_source, cfg.val_source, "the validation file")):
+        if same(src, other):
+            name = {"val": "validation", "test": "test"}[which]
+            raise ConfigError(f"the {name} file {shown(str(src))} is {other_name}: its metrics would be measured on "
+                              "the same rows; pass a separate file (or leave it out to split one off)")
 
 
 def _read_source(src: str, what: str, cfg: DataConfig):

@@ -6,6 +6,8 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from peft_tui.errors import ConfigError
+
 
 @dataclass
 class Split:
@@ -64,3 +66,52 @@ def stratified_sample(labels: list[int], n: int, seed: int) -> list[int]:
     if n >= len(labels):
         return list(range(len(labels)))
     return stratified_split(labels, [n / len(labels)], seed)[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# what a split may never silently become: empty, or another split's rows
+# ------------------------------------------------------------------------------------------------
+FIXES = {"val": "pass --val-data FILE", "test": "pass a test file with --set data.test_source=FILE"}
+
+
+def check_split(which: str, split: Split, labels: list[int], fraction: float, explicit: bool) -> None:
+    """Refuse (one line, saying what fixes it) a validation or test split that came out empty: evaluating
+    on training rows or on the other split instead would store metrics that mean something else.
+    `labels`: the rows it was split from; `fraction`: the share asked for; `explicit`: it came from its
+    own source (a file, a dataset's own split). A validation split the user switched off (val_fraction=0,
+    no file) stays empty: the run then has no validation, and says so."""
+    if len(split):
+        return
+    name = {"val": "validation", "test": "test"}[which]
+    if explicit:
+        raise ConfigError(f"the {name} data has no usable rows: {FIXES[which]} with labelled rows")
+    if fraction <= 0:
+        if which == "val":
+            return
+        raise ConfigError("test_fraction=0 leaves no test rows, so the test metrics would be measured on other "
+                          f"rows: keep data.test_fraction above 0, or {FIXES['test']}")
+    counts: dict[int, int] = {}
+    for y in labels:
+        counts[y] = counts.get(y, 0) + 1
+    need = max(3, math.ceil(0.5 / fraction) + 1)  # rows a class needs before it gives one to this split
+    raise ConfigError(
+        f"the {name} split is empty: {len(labels):,} rows in {len(counts):,} classes (at most {max(counts.values()):,} "
+        f"per class), and a class needs about {need} rows to give one to {name} at {which}_fraction={fraction:g} "
+        f"({name} metrics on other rows would mean something else): {FIXES[which]}, use fewer classes, "
+        "or more rows per class")
+
+
+def check_reuse(which: str, split: Split, data: Split) -> str | None:
+    """A separate validation / test source that repeats rows of --data (`data`, before its split):
+    refused when every row is one (a copy of the training file), else a note with how many are (None
+    when none)."""
+    if not len(split):
+        return None
+    no_pairs: list[str | None] = [None] * max(len(data), len(split))
+    seen = set(zip(data.texts, data.pairs or no_pairs))
+    shared = sum((t, p) in seen for t, p in zip(split.texts, split.pairs or no_pairs))
+    name = {"val": "validation", "test": "test"}[which]
+    if shared == len(split):
+        raise ConfigError(f"every {name} row is also a row of --data, so its metrics would be measured on training "
+                          f"rows: {FIXES[which]} holding rows that are not in --data")
+    return f"{shared:,} of {len(split):,} {name} rows also appear in --data" if shared else None

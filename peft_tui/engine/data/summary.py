@@ -16,8 +16,26 @@ def _percentile(sorted_values: list[int], q: float) -> int:
     return int(sorted_values[k])
 
 
+_LENGTHS: dict[tuple, list[int]] = {}  # recent token_lengths results: the summary's are the estimate's too
+_LENGTHS_KEPT = 8
+
+
 def token_lengths(tokenizer, texts: list[str], pairs: list[str] | None = None) -> list[int]:
-    """Untruncated token counts (special tokens included), as the model would see them."""
+    """Untruncated token counts (special tokens included), as the model would see them. Remembered for
+    the same tokenizer (class, source, vocabulary size) and texts, so that a command's data summary and
+    its estimate tokenise the training rows once (AG News, 7,600 rows: about 1.5-3 s each time)."""
+    key = (type(tokenizer).__name__, str(getattr(tokenizer, "name_or_path", "")), len(tokenizer), len(texts),
+           hash(tuple(texts)), None if pairs is None else hash(tuple(pairs)))
+    if key in _LENGTHS:
+        return list(_LENGTHS[key])
+    out = _token_lengths(tokenizer, texts, pairs)
+    if len(_LENGTHS) >= _LENGTHS_KEPT:
+        _LENGTHS.pop(next(iter(_LENGTHS)))
+    _LENGTHS[key] = out
+    return list(out)
+
+
+def _token_lengths(tokenizer, texts: list[str], pairs: list[str] | None) -> list[int]:
     out: list[int] = []
     for i in range(0, len(texts), 1024):
         chunk = texts[i : i + 1024]

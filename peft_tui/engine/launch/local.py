@@ -6,7 +6,8 @@ leaves when the queue has nothing more for it. A thread watches the workers: whe
 the run it had claimed becomes `failed` with that signal as the reason, and a replacement starts while
 queued runs remain. With `detach=True` the workers run in their own session, so they outlive the caller
 (an SSH logout); otherwise in a process group of their own, so a Ctrl-C in the caller's terminal reaches
-the caller alone (which cancels its own runs through the store), and `stop()` or `release()` ends them.
+the caller alone (which cancels its own runs through the store), and `stop()` or `release()` ends them;
+they also watch the caller's pid, so a caller killed outright (SIGKILL) leaves no worker training.
 
     with LocalPool(store.root) as pool:     # or pool = LocalPool(...).start(); ...; pool.stop()
         ids = [store.create_run(c) for c in configs]
@@ -66,13 +67,14 @@ class Slot:
 
 class LocalPool:
     def __init__(self, store_root: str | Path, devices: list[str] | None = None, workers: int | None = None,
-                 detach: bool = False, idle_s: float = IDLE_S):
+                 detach: bool = False, idle_s: float = IDLE_S, trust_remote_code: bool | None = None):
         self.root = Path(store_root)
         self.devices = devices or default_devices()
         n = workers or len(self.devices)
         self.slots = [Slot(self.devices[i % len(self.devices)]) for i in range(n)]
         self.detach = detach
         self.idle_s = idle_s
+        self.trust_remote_code = trust_remote_code  # the user's --trust-remote-code, told to each worker
         self.host = socket.gethostname()
         self.log_path = self.root / "logs" / "workers.log"
         self._store = Store(self.root)
@@ -180,7 +182,10 @@ class LocalPool:
         with open(self.log_path, "ab") as log:
             return subprocess.Popen(
                 [sys.executable, "-m", "peft_tui.engine.launch.worker", "--store", str(self.root), "--device", device,
-                 "--exit-when-idle", "--idle-s", str(self.idle_s)],
+                 "--exit-when-idle", "--idle-s", str(self.idle_s),
+                 *([] if self.detach else ["--parent-pid", str(os.getpid())]),
+                 *([] if self.trust_remote_code is None else
+                   ["--remote-code", "allow" if self.trust_remote_code else "refuse"])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=self.detach,
                 process_group=None if self.detach else 0, close_fds=True,
             )

@@ -1,6 +1,6 @@
 """A worker: one process serving one device, training the runs it claims from the store.
 
-    python -m peft_tui.engine.launch.worker --store PATH [--device D] [--exit-when-idle] [--idle-s S]
+    python -m peft_tui.engine.launch.worker --store PATH [--device D] [--exit-when-idle] [--idle-s S] [--parent-pid P]
 
 It imports the training stack once, then loops: claim the oldest queued run it can serve, train it in a
 child process forked for that run alone, and record how the child ended. A process per run makes the
@@ -13,6 +13,12 @@ SIGUSR1 lets the current run finish, then stops the worker (what a CLI command's
 a run the worker took from another command's queue is not cut short).
 A child killed by a signal (the kernel's out-of-memory killer sends SIGKILL) leaves its run `failed`
 with that signal as the reason, and the worker goes on with the next run.
+With --parent-pid (a command's own, not detached, workers): when that process is gone, even killed by
+SIGKILL, the worker acts as on SIGTERM: its run ends `cancelled` and it claims no other.
+--remote-code refuse|allow: whether the user who started the worker (through a command's pool) gave
+--trust-remote-code. With `refuse`, a claimed run whose stored config asks for the model's own code fails
+at once with the reason: a row of runs.db is data anyone with write access to the store can change.
+(Without the option, a worker started by hand, the stored config decides, as before.)
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from peft_tui.engine.launch.process import (
     worker_id,
 )
 from peft_tui.engine.store import Claim, Store, death_reason
-from peft_tui.errors import OneLineError, first_line
+from peft_tui.errors import ConfigError, OneLineError, first_line
 
 LEAVE_SIGNAL = signal.SIGUSR1  # finish the current run, claim no other
 
@@ -68,9 +74,10 @@ def preload() -> None:
 
 
 class Worker:
-    def __init__(self, store: Store, device: str):
+    def __init__(self, store: Store, device: str, trust_remote_code: bool | None = None):
         self.store = store
         self.device = device
+        self.trust_remote_code = trust_remote_code  # the user's flag (None: not told, the stored config decides)
         self.host = socket.gethostname()
         self.id = worker_id(self.host, os.getpid(), device)
         self.stopping = threading.Event()  # a stop signal came: cancel the current run, claim no other
@@ -86,12 +93,16 @@ class Worker:
     def _on_leave(self, signum: int, frame: Any) -> None:
         self.leaving = True  # an idle worker sees it within POLL_S
 
-    def serve(self, exit_when_idle: bool = False, idle_s: float = 0.0) -> int:
-        """Train queued runs until stopped (or, with `exit_when_idle`, until idle for `idle_s`)."""
+    def serve(self, exit_when_idle: bool = False, idle_s: float = 0.0, parent_pid: int | None = None) -> int:
+        """Train queued runs until stopped (or, with `exit_when_idle`, until idle for `idle_s`; with
+        `parent_pid`, until that process is gone)."""
         started = process_start_time()
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
         signal.signal(LEAVE_SIGNAL, self._on_leave)
+        if parent_pid:
+            threading.Thread(target=self._watch_parent, args=(parent_pid,), name="peft-tui-parent",
+                             daemon=True).start()
         preload()
         ready_since = started  # start-up a run pays is counted from when this worker was free for it
         idle_since = time.time()
@@ -106,6 +117,16 @@ class Worker:
             ready_since = idle_since = time.time()
         return 0
 
+    def _watch_parent(self, parent_pid: int) -> None:
+        """The command that started this worker died (it was not detached): cancel the run and stop, as
+        SIGTERM does. Its death makes this process an orphan, so the parent pid it sees changes."""
+        while not self.stopping.wait(POLL_S):
+            if os.getppid() != parent_pid:
+                sys.stderr.write(f"worker {self.id}: the command that started it (pid {parent_pid}) is gone: "
+                                 "cancelling its run and stopping\n")
+                self._on_signal(signal.SIGTERM, None)
+                return
+
     def _claim(self) -> Claim | None:
         if not self.store.claimable([self.device]):  # a read first: idle workers take no write lock
             return None
@@ -114,11 +135,19 @@ class Worker:
     def _train(self, claim: Claim, startup_from: float) -> None:
         """Train one claimed run in a child process; record how it ended when it could not.
         A run across several processes (config.nproc > 1) is handed to torchrun (launch/ddp.py)."""
+        if claim.config.trust_remote_code and self.trust_remote_code is False:
+            self.store.fail_run(claim.run_id, "its stored config asks to run the model's own Python code "
+                                "(trust_remote_code), and the command that started this worker was not given "
+                                "--trust-remote-code: queue it again from a command given that flag")
+            return
         if claim.config.nproc > 1:
             from peft_tui.engine.launch import ddp
 
             ddp.launch(self.store.root, claim.run_id, claim.config.nproc, local_device(self.device))
             return
+        from peft_tui.engine.models import warm
+
+        warm(claim.config.model)  # the architecture's modules: this run's child and every later one inherit them
         ctx = multiprocessing.get_context("fork")  # after `preload`: the child starts warm
         child = ctx.Process(target=train_one, args=(str(self.store.root), claim, local_device(self.device),
                                                     startup_from, os.getpid()), name=f"peft-tui-run-{claim.run_id}")
@@ -144,12 +173,18 @@ def train_one(root: str, claim: Claim, device: str, startup_from: float, worker_
     store = Store(root)  # never the parent's connection: SQLite connections do not survive a fork
     run_id = claim.run_id
     startup_s = time.time() - startup_from
+    try:  # what stops the run before it can record its own events: recorded here, with the reason
+        check_run_folder(store, run_id)
+        events = JsonlSink(store.events_path(run_id))
+    except (ConfigError, OSError) as e:
+        store.fail_run(run_id, f"its folder cannot be used ({first_line(e, 300)})")
+        return
     if store.heartbeat(run_id, os.getpid(), startup_s=startup_s):
         cancel.set()
     done = threading.Event()
     beat = threading.Thread(target=keep_alive, args=(store, run_id, cancel, done), daemon=True)
     beat.start()
-    sink: Sink = ProcessFigures(fan_out(store, JsonlSink(store.events_path(run_id))), startup_s, device == "cpu")
+    sink: Sink = ProcessFigures(fan_out(store, events), startup_s, device == "cpu")
     config = dataclasses.replace(claim.config, device=device)
     try:
         execute(store, run_id, config, sink, cancel, resume=claim.resume, cache_dir=store.cache_dir)
@@ -161,6 +196,19 @@ def train_one(root: str, claim: Claim, device: str, startup_from: float, worker_
         sink.close()
 
 
+def check_run_folder(store: Store, run_id: int) -> None:
+    """A queued run's folder must still be the folder the store made: not a symbolic link (which would
+    write the run's weights and events wherever it points, maybe into another run), and a folder."""
+    from pathlib import Path
+
+    folder = Path(store.root) / "runs" / str(store.get(run_id)["folder"])
+    if folder.is_symlink():
+        raise ConfigError(f"{folder} was replaced by a symbolic link (to {os.readlink(folder)}); the run never "
+                          "writes through links: remove the link and retry the run")
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file, not the run's folder: move it aside and retry the run")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m peft_tui.engine.launch.worker",
                                      description="Train the runs queued in a store, one process per run.")
@@ -168,13 +216,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="the device this worker serves: cpu or cuda:N")
     parser.add_argument("--exit-when-idle", action="store_true", help="stop when no queued run is left")
     parser.add_argument("--idle-s", type=float, default=0.0, help="with --exit-when-idle: wait this long first")
+    parser.add_argument("--remote-code", choices=("allow", "refuse"), default=None,
+                        help="whether runs may run their model's own code (the starting command's --trust-remote-code)")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="stop (cancelling the current run) when this process, the one that started it, is gone")
     args = parser.parse_args(argv)
     try:
         store = Store(args.store)
     except OneLineError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
-    return Worker(store, args.device).serve(args.exit_when_idle, args.idle_s)
+    trust = None if args.remote_code is None else args.remote_code == "allow"
+    return Worker(store, args.device, trust).serve(args.exit_when_idle, args.idle_s, args.parent_pid)
 
 
 if __name__ == "__main__":

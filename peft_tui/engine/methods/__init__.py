@@ -31,10 +31,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from peft_tui.engine.events import Sink
     from peft_tui.engine.result import RunResult
 
-# run(config, run_id, sink, cancel, out_dir, data) -> RunResult: a whole run, its events included; `data`
-# is the splits when the caller loaded them already, else None. Raises like the trainer (ConfigError,
-# result.Cancelled, ...); `execute` turns that into the run's end.
-RunHook = Callable[["RunConfig", int, "Sink", threading.Event, Path, Optional["DataSplits"]], "RunResult"]
+# run(config, run_id, sink, cancel, out_dir, data, cache_dir) -> RunResult: a whole run, its events included;
+# `data` is the splits when the caller loaded them already, else None; `cache_dir` the store's cache folder
+# (token ids, probe features) or None. Raises like the trainer (ConfigError, result.Cancelled, ...);
+# `execute` turns that into the run's end.
+RunHook = Callable[["RunConfig", int, "Sink", threading.Event, Path, Optional["DataSplits"], Optional[Path]],
+                   "RunResult"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class Method:
     params: dict[str, Param] = {}
     is_baseline: bool = False  # not a fine-tuning of the base model (e.g. TF-IDF + logistic regression)
     run: RunHook | None = None  # set: `execute` calls it instead of the trainer's loop
-    space: dict[str, Any] = {}  # what `peft-tui tune` searches (engine/methods/space.py); {}: not tunable
+    space: dict[str, Any] = {}  # what `peft-tui tune` searches (methods/space.py); {}: not tunable
 
     def check_params(self, values: dict[str, Any]) -> None:
         for key, value in values.items():

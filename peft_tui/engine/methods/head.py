@@ -17,10 +17,10 @@ class Head(Method):
     default_lr = 2e-3  # only used when the head is trained by the standard loop (benchmarks compare it)
     params = {}
 
-    def run(self, config, run_id, sink, cancel, out_dir, data):
+    def run(self, config, run_id, sink, cancel, out_dir, data, cache_dir=None):
         from peft_tui.engine import probe
 
-        return probe.run(config, run_id, sink, cancel, out_dir, data)
+        return probe.run(config, run_id, sink, cancel, out_dir, data, method=self, cache_dir=cache_dir)
 
     def apply(self, model, params):
         from peft_tui.engine.weights import freeze_all_but, head_module_names

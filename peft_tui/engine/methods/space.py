@@ -112,7 +112,7 @@ def apply(base: RunConfig, values: dict[str, Any], space: dict[str, Dim]) -> Run
         if isinstance(dim, Range) and dim.sets:
             from peft_tui.engine.methods import get_method
 
-            factor = get_method(base.method).resolve(params).get(dim.times) or 1
+            factor = get_method(base.method).resolve(params).get(dim.times or "") or 1
             params[dim.sets] = float(option) * float(factor)
     return dataclasses.replace(base, params=params, **top)
 
@@ -126,7 +126,7 @@ def defaults(base: RunConfig, method: Method, space: dict[str, Dim]) -> dict[str
     out: dict[str, Any] = {}
     for key, dim in space.items():
         if isinstance(dim, Range) and dim.sets:
-            ref = resolved.get(dim.times)
+            ref = resolved.get(dim.times or "")
             value = resolved.get(dim.sets) / ref if ref else None
         elif key in resolved:
             value = resolved[key]

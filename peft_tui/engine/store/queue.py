@@ -143,13 +143,15 @@ class Queue(Database):
                              (f"pruned at step {int(step)} by its study", run_id))
             return bool(cur.rowcount)
 
-    def request_resume(self, run_id: int) -> None:
+    def request_resume(self, run_id: int, trust_remote_code: bool = False) -> None:
         """Queue a stopped run (interrupted, failed, diverged, cancelled) again, to continue from its last
         epoch-end checkpoint under the same id. Of several concurrent requests exactly one succeeds; the
-        others raise ConfigError, as does a run that cannot be resumed."""
+        others raise ConfigError, as does a run that cannot be resumed. A stored config asking for the
+        model's own code is refused without `trust_remote_code` (the user's flag; RunConfig.from_stored)."""
         from peft_tui.engine import checkpoint
 
         row = self.get(run_id)
+        RunConfig.from_stored(row["config"], trust_remote_code, f"run {run_id}")
         if row["status"] not in checkpoint.RESUMABLE:
             why = {"done": "it finished", "running": "it is running", "queued": "it is queued"}.get(row["status"])
             raise ConfigError(f"run {run_id} cannot be resumed: {why or row['status']} "
@@ -182,14 +184,15 @@ class Queue(Database):
                 raise ConfigError(f"run {run_id} is already queued or running: another resume claimed it")
             db.execute("DELETE FROM metrics WHERE run_id=? AND step>?", (run_id, after_step))
 
-    def retry(self, run_id: int) -> int:
-        """Queue a new run with the config of a run that has ended. Returns the new run's id."""
+    def retry(self, run_id: int, trust_remote_code: bool = False) -> int:
+        """Queue a new run with the config of a run that has ended (its trust_remote_code: the user's flag,
+        see RunConfig.from_stored). Returns the new run's id."""
         row = self.get(run_id)
         if row["status"] in ACTIVE:
             raise ConfigError(f"run {run_id} is {row['status']}: only a finished run can be retried")
         if row["damaged"]:
             raise ConfigError(f"run {run_id} cannot be retried: {row['damaged']}")
-        config = RunConfig.from_dict(row["config"])
+        config = RunConfig.from_stored(row["config"], trust_remote_code, f"run {run_id}")
         validate(config)  # a stored config is untrusted: it is checked again before it is queued
         return self.create_run(config, estimate=row["estimate"], study=row.get("study"), trial=row.get("trial"))
 

@@ -23,6 +23,7 @@ from textual.widgets import Button, DataTable, Footer, RichLog, Static, TabbedCo
 from peft_tui.config import RunConfig
 from peft_tui.console import literal
 from peft_tui.errors import OneLineError
+from peft_tui.safe import safe_text
 from peft_tui.ui.messages import LogLine, StoreUpdate
 from peft_tui.ui.widgets.charts import (
     AccuracyChart,
@@ -310,7 +311,7 @@ class MainScreen(Screen):
             new = sched.resume(rid) if resume else sched.retry(rid)
         except OneLineError as e:
             self._say(f"{'resume' if resume else 'retry'} refused: {e}", "warning")
-            self.app.call_from_thread(self.notify, str(e), severity="warning", markup=False)
+            self.app.call_from_thread(self.notify, safe_text(e, 300), severity="warning", markup=False)
             return
         self._say(f"resuming run {rid} from its last epoch-end checkpoint" if resume
                   else f"retrying run {rid} as run {new}")
@@ -368,7 +369,7 @@ class MainScreen(Screen):
             self.app.log_line(f"export failed: {e}", "error")
             return
         self.app.log_line(f"exported {len(rows)} rows to {csv_path.resolve()} and {md_path.resolve()}")
-        self.notify(f"exported {len(rows)} rows to {csv_path} and results.md", markup=False)
+        self.notify(safe_text(f"exported {len(rows)} rows to {csv_path} and results.md"), markup=False)
 
     def action_sort(self) -> None:
         key = self.query_one("#results", ResultsTable).cycle_sort(self.app.state)

@@ -50,7 +50,10 @@ def estimate_line(row: dict[str, Any]) -> Text:
     text = Text(f"estimate: peak {e['peak_mb']:,.0f} MB of {row['free_mb']:,.0f} MB free · training "
                 f"{fmt_duration(e['total_s'])} ({fmt_duration(e['total_low_s'])}-{fmt_duration(e['total_high_s'])}) "
                 f"· {e['trainable_params']:,} trainable parameters")
-    if not row["fits"]:
+    if not row.get("fits_time", True):
+        text.append(f" · longer than its {fmt_duration(row['time_limit_s'])} limit: fewer epochs, or max_time",
+                    style="bold red")
+    elif not row["fits"]:
         tips = e.get("suggestions") or []
         text.append(" · will not fit" + (f": {tips[0]}" if tips else ""), style="bold red")
     if e.get("calibration") == "nominal":

@@ -1,0 +1,181 @@
+"""Memory and time of a step, from the shape and the calibration (see the package docstring for the model)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+
+from peft_tui.config import RunConfig
+from peft_tui.engine.estimate.calibrate import ATTENTION_HEAD_DIMS, Calibration
+from peft_tui.engine.estimate.shape import Shape
+
+MB = 1024.0 * 1024.0
+
+
+# the L-BFGS fits of the LP-FT probe over its 13 weight decays: 0.2-0.5 s on MiniLM features (1,680-2,000
+# rows, 1 thread), and about 2 s more the first time a process runs them
+PROBE_FIT_S = 1.5
+
+
+RETENTION_CPU = 1.35  # peak RSS / live bytes of the training step (glibc keeps freed blocks), measured
+
+
+# the same with the base model frozen (LoRA, adapters, BitFit, ...): measured on MiniLM, batch 32, width 128,
+# 1 thread (benchmarks/estimate_accuracy.py): LoRA 1.84, adapters 1.71, BitFit 1.65, full fine-tuning 1.27;
+# smaller frozen-model steps free and re-allocate many mid-size blocks that the allocator keeps
+RETENTION_CPU_FROZEN = 1.65
+
+
+BYTES_PER_TOKEN_ID = 80  # a token id in a Python list (pointer + int object), and the tokenizer's transient copy
+
+
+BYTES_PER_TEXT_TOKEN = 6  # the text itself
+
+
+BYTES_PER_VOCAB_ENTRY = 500  # a loaded fast tokenizer
+
+
+
+
+# ------------------------------------------------------------------------------------------------
+# memory
+# ------------------------------------------------------------------------------------------------
+def activation_bytes(s: Shape, b: int, w: int, device: str, precision: str) -> tuple[float, float]:
+    """(bytes autograd keeps for a batch of b rows of width w, the largest backward temporary)."""
+    w = w + s.prompt_tokens
+    wk = w + s.prefix_tokens  # keys and values
+    h, i, a = s.hidden, s.intermediate, s.heads
+    cuda = device.startswith("cuda")
+    lin = 2 if precision in ("bf16", "fp16") else 4  # linear outputs under autocast
+    mask = 1 if cuda else 4  # dropout: a bool mask on CUDA, a float noise tensor on CPU
+    n_drop = 1 if s.hidden_dropout > 0 else 0
+    scores = b * a * w * wk * 4  # one attention-score tensor (softmax runs in fp32)
+    # CPU has no fused attention kernel with dropout: the plain path keeps the softmax output, the dropout
+    # noise and the dropped probabilities. Fused attention (CUDA; CPU without dropout) keeps its output
+    # and log-sum-exp only.
+    plain = not cuda and s.attention_dropout > 0
+    attention = 3 * scores if plain else b * w * h * lin + b * a * w * 4
+    attention += (b * w * h + 2 * b * wk * h) * lin  # q, k, v for the two products
+    upper = 2 * n_drop * b * w * h * mask + 2 * b * w * h * 4 + s.act_kept * b * w * i * lin  # dropout, norms, act
+    per_layer = {"all": attention + upper, "upper": upper, "none": 0.0}
+    total = sum(per_layer[k] for k in s.keep)
+    total += s.trainable_inputs * b * w * lin
+    if s.embeddings_keep:
+        total += b * w * h * (4 + mask)
+    if all(k == "none" for k in s.keep):
+        return total, 0.0
+    return total, 2 * scores if plain else 2 * b * w * i * lin
+
+
+def eval_bytes(s: Shape, eval_bs: int, w: int, precision: str) -> float:
+    """The live tensors of one layer's forward pass in evaluation: nothing is kept, and attention runs
+    fused (no dropout; except with a prefix, measured), so hidden states and feed-forward activations dominate."""
+    lin = 2 if precision in ("bf16", "fp16") else 4
+    w = w + s.prompt_tokens
+    scores = 2 * eval_bs * s.heads * w * (w + s.prefix_tokens) * 4 if s.prefix_tokens else 0  # no fused path
+    return scores + eval_bs * w * (4 * s.hidden + 2 * s.intermediate) * lin
+
+
+def memory_parts(s: Shape, b: int, w: int, device: str, precision: str, fixed_mb: float) -> dict[str, float]:
+    """The peak's parts in MB for the widest batch (b rows of width w); `fixed_mb`: the process's own."""
+    half = precision in ("bf16", "fp16")
+    weights = s.total * 4 + (s.matrix_params * 2 if half else 0)
+    grads = s.trainable * 4
+    optimizer = s.trainable * 8
+    act, temp = activation_bytes(s, b, w, device, precision)
+    evaluation = eval_bytes(s, max(64, b * 2), w, precision)
+    # the training step's peak: kept activations + the largest temporary + grads (grads are set to None
+    # after each step, so evaluation has none); on CPU the allocator keeps freed blocks of steps of other
+    # widths around, which RETENTION_CPU accounts for
+    frozen = s.trainable < 0.5 * s.total
+    retention = 1.0 if device.startswith("cuda") else RETENTION_CPU_FROZEN if frozen else RETENTION_CPU
+    act_peak = max(0.0, retention * max(act + temp + grads, evaluation) - grads)
+    return {"weights": weights / MB, "grads": grads / MB, "optimizer": optimizer / MB,
+            "activations": act_peak / MB, "overhead": fixed_mb}
+
+
+def fixed_mb(config: RunConfig, mc, lengths: Sequence[int], cal: Calibration) -> float:
+    """The process's own memory: runtime (calibrated), the file reader, the tokenizer and the data held
+    as Python lists (token ids of every split, and the texts)."""
+    d = config.data
+    rows: float = len(lengths)
+    if d.source != "synthetic" and not (d.val_source or d.test_source):
+        rows = rows / max(0.1, 1 - d.val_fraction - d.test_fraction)  # val and test are cut from the same file
+    elif d.source == "synthetic":
+        rows = d.size
+    mean_raw = sum(lengths) / len(lengths)
+    mean_cut = sum(min(n, config.max_length) for n in lengths) / len(lengths)
+    data = rows * (mean_cut * BYTES_PER_TOKEN_ID + mean_raw * BYTES_PER_TEXT_TOKEN + 200)
+    tokenizer = getattr(mc, "vocab_size", 30000) * BYTES_PER_VOCAB_ENTRY
+    reader = cal.reader_mb if d.source != "synthetic" else 0.0
+    return cal.overhead_mb + reader + (data + tokenizer) / MB
+
+
+# ------------------------------------------------------------------------------------------------
+# time
+# ------------------------------------------------------------------------------------------------
+def attention_rate(cal: Calibration, head_dim: int) -> float:
+    """fp32 FLOP/s of attention's batched products at this head size (log-interpolated, clamped)."""
+    lo, hi = ATTENTION_HEAD_DIMS
+    x = min(1.0, max(0.0, math.log(head_dim / lo) / math.log(hi / lo)))
+    return cal.matmul_flops[f"attention_d{lo}"] ** (1 - x) * cal.matmul_flops[f"attention_d{hi}"] ** x
+
+
+def step_seconds(s: Shape, b: int, w: int, cal: Calibration, device: str, precision: str) -> float:
+    """Seconds of one optimizer step on a batch of b rows of width w."""
+    w = w + s.prompt_tokens
+    wk = w + s.prefix_tokens
+    h, i, a = s.hidden, s.intermediate, s.heads
+    tokens = b * w
+    back = sum(1.0 if k == "all" else 0.5 if k == "upper" else 0.0 for k in s.keep) / max(1, s.layers)
+    rate = cal.matmul_flops.get(precision, cal.matmul_flops["fp32"])
+    t = (2 * tokens * s.matrix_params * (1 + back) + 2 * tokens * s.trainable_matrix_params) / rate
+    attention_layers = s.layers + 2 * sum(1 for k in s.keep if k == "all")  # forward + twice as much backward
+    t += 4 * b * w * wk * h * attention_layers / (attention_rate(cal, h // a) * rate / cal.matmul_flops["fp32"])
+
+    e = cal.elementwise_s
+    scores = b * a * w * wk
+    attention = {"add": 6 * tokens * h}  # heads split, q and k scaled, heads merged
+    if not device.startswith("cuda") and s.attention_dropout > 0:  # the plain path (see activation_bytes)
+        attention = {"softmax": scores, "add": scores + 6 * tokens * h, "dropout": scores}
+    upper = {"layernorm": 2 * tokens * h, "add": 2 * tokens * h, "gelu": tokens * i}  # norms, residuals, act
+    if s.hidden_dropout > 0:
+        upper["dropout"] = 2 * tokens * h
+    forward = sum(n * e[op + "_fwd"] for part in (attention, upper) for op, n in part.items())
+    backward_attention = sum(n * (e[op] - e[op + "_fwd"]) for op, n in attention.items())
+    backward_upper = sum(n * (e[op] - e[op + "_fwd"]) for op, n in upper.items())
+    for k in s.keep:
+        t += forward + (backward_upper if k != "none" else 0.0) + (backward_attention if k == "all" else 0.0)
+    return t + s.modules * cal.module_s + s.trainable * cal.adamw_s_per_param
+
+
+def forward_seconds(s: Shape, b: int, w: int, cal: Calibration, device: str, precision: str) -> float:
+    """Seconds of one forward pass without gradients (the features of the LP-FT probe fit): in evaluation
+    mode, so no dropout, and attention takes the fused path."""
+    frozen = replace(s, keep=["none"] * len(s.keep), trainable_matrix_params=0, trainable=0,
+                     attention_dropout=0.0, hidden_dropout=0.0)
+    return step_seconds(frozen, b, w, cal, device, precision)
+
+
+def probe_fit_seconds(config: RunConfig, s: Shape, lengths: Sequence[int], cal: Calibration, device: str,
+                      precision: str) -> float:
+    """`head_init=probe`: the trainer encodes the training rows and the validation rows once before the first
+    step (probe.fit_head; shortest first, in probe.length_sorted_batches); the validation rows are counted
+    as the split's share of the training rows. Then the L-BFGS fits over the weight-decay grid (PROBE_FIT_S).
+    `head_init=auto` counts when it resolves to the probe for this run's number of steps. (Features another
+    run of the store has cached make it shorter; the estimate does not count on that.)"""
+    from peft_tui.engine import probe
+    from peft_tui.engine.methods import get_method
+
+    method = get_method(config.method)
+    steps = -(-len(lengths) // config.batch_size) * config.epochs
+    if probe.resolve_head_init(config.head_init, steps) != "probe" or method.is_baseline or method.run is not None:
+        return 0.0
+    cut = [min(n, config.max_length) for n in lengths]
+    train = sum(forward_seconds(s, len(b), cut[b[-1]], cal, device, precision)
+                for b in probe.length_sorted_batches(cut, probe.ENCODE_BATCH, probe.ENCODE_TOKENS))
+    d = config.data
+    val_share = d.val_fraction / max(1e-9, 1.0 - d.val_fraction - d.test_fraction)
+    val_share = min(val_share, probe.PROBE_VAL_ROWS / max(1, len(lengths)))  # at most PROBE_VAL_ROWS are encoded
+    return train * (1.0 + val_share) + PROBE_FIT_S

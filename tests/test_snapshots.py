@@ -93,8 +93,7 @@ def fill_store(root, clock: Clock) -> Store:
                                     100 * trainable / TOTAL_PARAMS)))
 
     # the baseline as older versions stored it: "100%" trainable and the whole process's RSS
-    base = store.create_run(RunConfig(method="tfidf", model="tfidf+logreg", data=template.data, name="tfidf"),
-                            validate=False)
+    base = store.create_run(RunConfig(method="tfidf", model="tfidf+logreg", data=template.data, name="tfidf"))
     store(RunStarted(base, "tfidf", "tfidf", 0, 1, 9_802, 9_802, "cpu", "fp32", 1680, 2))
     store(RunFinished(base, _result(base, "tfidf", "tfidf", 0.897, 9_802, 1.4, 2210.0, 100.0,
                                     model="tfidf+logreg", steps=0, epochs_done=0)))

@@ -59,6 +59,7 @@ def test_run_json_end_to_end(tmp_path):
     assert sum(isinstance(e, StepLogged) for e in events) == len(losses)
 
 
+@pytest.mark.slow
 def test_compare_table_csv_and_json(tmp_path):
     store, csv_path = tmp_path / "s", tmp_path / "cmp.csv"
     res = invoke("compare", "--methods", "full,lora,adapters", *[a for a in TINY],
@@ -84,6 +85,7 @@ def test_compare_table_csv_and_json(tmp_path):
     assert res.exit_code == 0 and "lora" in res.stdout and "eff" in res.stdout
 
 
+@pytest.mark.slow
 def test_runs_show_methods(tmp_path):
     store = str(tmp_path / "s")
     assert invoke("run", "--method", "bitfit", *TINY, "--store", store, "--json").exit_code == 0
@@ -148,6 +150,7 @@ def test_help_does_not_import_torch():
     assert out.stdout.strip().endswith("CLEAN"), out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_run_detach_leaves_workers_training_in_the_background(tmp_path):
     import time
 
@@ -167,6 +170,7 @@ def test_run_detach_leaves_workers_training_in_the_background(tmp_path):
     assert isinstance(read_events(st.events_path(doc["ids"][0]))[-1], RunFinished)
 
 
+@pytest.mark.slow
 def test_run_from_a_config_file_with_overrides(tmp_path):
     store = tmp_path / "s"
     assert invoke("run", "--method", "adapters", *TINY, "--set", "size=4", "--store", str(store),
@@ -203,6 +207,7 @@ def test_a_method_parameter_in_a_comparison_goes_only_to_methods_that_have_it():
     assert method_sets("full", sets) == ["epochs=1", "data.size=100", "nokey=1"]  # size=4 is not its data size
 
 
+@pytest.mark.slow
 def test_compare_takes_the_run_options_and_a_config_file(tmp_path):
     """--config, --max-length and --set work in compare as in run; `size` sizes the adapters only."""
     store = tmp_path / "s"
@@ -220,6 +225,7 @@ def test_compare_takes_the_run_options_and_a_config_file(tmp_path):
 
 
 # ---------------------------------------------------------------- text from users and files, shown literally
+@pytest.mark.slow
 @given(text=hyp.text(alphabet=hyp.characters(codec="utf-8"), max_size=40))
 @settings(max_examples=200, deadline=None)
 def test_literal_text_is_never_markup_and_has_no_control_characters(text):
@@ -303,6 +309,7 @@ SLOW = ["--model", "tiny", "--set", "data.size=2000", "--batch-size", "8", "--ep
     (["compare", "--methods", "full,lora"], signal.SIGTERM),
     (["sweep", "--method", "lora", "--grid", "r=1,2,4"], signal.SIGINT),
 ])
+@pytest.mark.slow
 def test_a_signal_mid_command_cancels_every_run_it_queued(tmp_path, command, sig):
     """The run in progress ends cancelled, the runs still queued are cancelled (not left queued), the
     workers exit, and the command exits 128 + signal with one line."""

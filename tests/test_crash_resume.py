@@ -39,6 +39,7 @@ def _cancel_at(step: int, cancel: threading.Event):
     return sink
 
 
+@pytest.mark.slow
 def test_resume_matches_an_uninterrupted_run(tmp_path, log_every_step):
     cfg = tiny_config(method="lora", epochs=3)  # 84 training rows, batch 16: 6 steps an epoch
     a = Store(tmp_path / "a")
@@ -76,6 +77,7 @@ def _stopped_run(store, cfg, at_step: int) -> int:
     return rid
 
 
+@pytest.mark.slow
 def test_scheduler_resume_and_refusals(store, log_every_step):
     cfg = tiny_config(method="bitfit", epochs=2)  # 6 steps an epoch
     in_epoch_2 = _stopped_run(store, cfg, 7)
@@ -108,6 +110,7 @@ def test_checkpoint_write_is_atomic(tmp_path):
     assert checkpoint.find(run_dir) == run_dir / "checkpoint.old"
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_is_one_line(tmp_path, log_every_step):
     st = Store(tmp_path / "s")
     cfg = tiny_config(method="bitfit", epochs=2)

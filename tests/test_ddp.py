@@ -61,6 +61,7 @@ def test_one_process_takes_the_whole_batch():
 
 
 # ------------------------------------------------------------------------------------------ torchrun
+@pytest.mark.slow
 def test_two_gloo_processes_train_like_one_and_record_once(tmp_path):
     from peft_tui.engine.trainer import execute
 
@@ -116,6 +117,7 @@ def slow(**kw):
     return tiny_config(method="full", data=DataConfig(size=3000), batch_size=8, epochs=5, nproc=2, **kw)
 
 
+@pytest.mark.slow
 def test_cancel_through_the_store_stops_every_rank(tmp_path):
     store = Store(tmp_path / "s")
     run_id = store.create_run(slow())
@@ -129,6 +131,7 @@ def test_cancel_through_the_store_stops_every_rank(tmp_path):
     assert 0 < row["step"] < row["total_steps"]
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_worker_cancels_its_torchrun_run_and_stops_it(tmp_path):
     store = Store(tmp_path / "s")
     run_id, next_id = store.create_run(slow(name="first")), store.create_run(slow(name="next"))
@@ -141,6 +144,7 @@ def test_sigterm_to_the_worker_cancels_its_torchrun_run_and_stops_it(tmp_path):
     assert store.get(next_id)["status"] == "queued"  # the worker stopped instead of going on
 
 
+@pytest.mark.slow
 def test_more_gpus_than_the_machine_has_fails_the_run_in_one_line(tmp_path):
     store = Store(tmp_path / "s")
     run_id = claim(store, tiny_config(method="full", nproc=2))

@@ -104,6 +104,7 @@ def test_targets_and_placement_match_modules(decoder_folder):
     assert len(target_names(model, "houlsby")) == 4 and len(target_names(model, "pfeiffer")) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,params", [("lora", {"r": 4}), ("adapters", {"size": 8}), ("full", {})])
 def test_methods_train_on_decoder(decoder_folder, method, params, store):
     import torch

@@ -197,6 +197,7 @@ def test_the_runs_table_shows_the_estimate_and_the_eta_switches_to_the_measured_
 
 
 # ---------------------------------------------------------------------------------------- the new-run form
+@pytest.mark.slow
 def test_the_form_shows_the_estimate_as_the_choices_change(tmp_path):
     from peft_tui.ui.app import create_app
     from peft_tui.ui.screens.new_run import NewRunScreen

@@ -80,6 +80,7 @@ class WritesFail:
 @FAULTS
 @given(k=st.integers(1, 9), merge=st.booleans(), existing=st.booleans(),
        error=st.sampled_from(["enospc", "edquot", "efbig", "safetensors"]))
+@pytest.mark.slow
 def test_a_write_failing_for_space_is_one_line_exit_1_and_leaves_nothing(trained, monkeypatch, k, merge, existing,
                                                                           error):
     st_, rid = trained
@@ -103,6 +104,7 @@ def test_a_write_failing_for_space_is_one_line_exit_1_and_leaves_nothing(trained
         shutil.rmtree(out.parent)
 
 
+@pytest.mark.slow
 def test_a_real_file_size_limit_fails_the_export_in_one_line(trained, tmp_path):
     """RLIMIT_FSIZE in the export's own process: the merged model (8 MB) cannot be written past 1 MB, while
     config.json before it can: exit 1, one line, the half-written folder removed."""

@@ -65,6 +65,7 @@ def log_every_step(monkeypatch):
     monkeypatch.setattr(trainer, "LOG_INTERVAL_S", 0.0)
 
 
+@pytest.mark.slow
 def test_nan_loss_is_diverged_with_its_step(store, monkeypatch):
     inject(monkeypatch, [(2, nan)])  # the third training forward gives NaN logits
     cfg = tiny_config(method="full")
@@ -76,6 +77,7 @@ def test_nan_loss_is_diverged_with_its_step(store, monkeypatch):
     assert [s for s, _ in store.series(rid, "train_loss")] == [1, 2]  # nothing logged from the bad step
 
 
+@pytest.mark.slow
 def test_huge_learning_rate_diverges_or_finishes_cleanly(store):
     """lr=0.9 on full fine-tuning: whatever happens, the run ends in a final state with a one-line reason."""
     cfg = tiny_config(method="full", lr=0.9, grad_clip=0.0, epochs=2)
@@ -87,6 +89,7 @@ def test_huge_learning_rate_diverges_or_finishes_cleanly(store):
         assert "at step" in row["error"] and "\n" not in row["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fn", [oom, cuda_oom_runtime], ids=["OutOfMemoryError", "RuntimeError-CUDA-oom"])
 def test_out_of_memory_fails_with_hint_and_releases_the_model(store, monkeypatch, fn):
     refs: list = []

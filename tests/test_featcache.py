@@ -108,6 +108,7 @@ def test_features_are_read_back_for_another_sharing_method(tmp_path, counted):
     assert (s3.encoded, s3.cached) == (0, 32) and counted == [30, 2]
 
 
+@pytest.mark.slow
 def test_shared_methods_give_the_base_features_exactly():
     """What makes sharing sound: at the start each wrapped model gives bit-identical features, and the
     weights fingerprint is the same."""

@@ -47,6 +47,7 @@ def test_warm_imports_the_architecture_and_never_raises():
     assert out.returncode == 0 and out.stdout.split() == ["True"], out.stderr[-500:]
 
 
+@pytest.mark.slow
 def test_a_run_logs_its_start_up(store):
     import re
 

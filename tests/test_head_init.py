@@ -113,6 +113,7 @@ def _null():
     return contextlib.nullcontext()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", method_names())
 def test_every_method_trains_with_probe_init(name, store):
     """Training methods fit the head first (and say so); `head` and the baseline ignore the field."""
@@ -139,6 +140,7 @@ def test_head_init_is_validated_and_kept_in_the_saved_config():
         validate_run(tiny_config(head_init="lp"))
 
 
+@pytest.mark.slow
 def test_resume_does_not_fit_again(tmp_path, monkeypatch):
     import torch
 
@@ -167,6 +169,7 @@ def test_resume_does_not_fit_again(tmp_path, monkeypatch):
     assert torch.isfinite(torch.tensor(result.test_loss))
 
 
+@pytest.mark.slow
 def test_random_keeps_the_seeded_head(tmp_path, monkeypatch):
     """head_init=random: at the first step the classifier is the seeded one; probe changes it."""
     import torch

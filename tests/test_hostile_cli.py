@@ -108,6 +108,7 @@ def set_row(store, run_id: int, **values) -> None:
 
 
 # ============================================================================ class 1: shown literally
+@pytest.mark.slow
 @settings(max_examples=1000, deadline=None)
 @given(text=st.one_of(hostile(12), st.text()), limit=st.one_of(st.none(), st.integers(1, 40)))
 def test_safe_text_leaves_no_control_characters_and_keeps_the_rest(text, limit):
@@ -133,6 +134,7 @@ def test_safe_text_removes_whole_escape_sequences():
     assert safe_lines("one\x1b[2J\ntwo\r") == "one\ntwo "
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=SHARED)
 @given(name=short_hostile(), model=short_hostile(), error=short_hostile(), status=short_hostile(12))
 def test_runs_and_show_print_stored_values_literally(tmp_path, name, model, error, status):
@@ -162,6 +164,7 @@ def test_runs_and_show_print_stored_values_literally(tmp_path, name, model, erro
     store.close()
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None, suppress_health_check=SHARED)
 @given(texts=st.lists(short_hostile(30), min_size=1, max_size=3))
 def test_predict_shows_texts_literally(trained, texts):
@@ -186,6 +189,7 @@ label_strategy = short_hostile(20).map(lambda s: "L" + s)  # a letter first: nev
 @settings(max_examples=15, deadline=None, suppress_health_check=SHARED)
 @given(labels=st.lists(label_strategy, min_size=2, max_size=2, unique_by=safe_text),
        texts=st.lists(hostile(), min_size=1, max_size=3))
+@pytest.mark.slow
 def test_data_summary_shows_labels_literally(tmp_path, labels, texts):
     path = tmp_path / "d.jsonl"
     _jsonl(path, labels, texts)
@@ -253,6 +257,7 @@ def _screen_text(widget) -> str:
     return "\n".join("".join(seg.text for seg in strip) for strip in strips)
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None, suppress_health_check=SHARED)
 @given(values=st.lists(short_hostile(16), min_size=6, max_size=6))
 @example(values=["[/x]"] * 5 + ["[/x]/"])  # a folder name with a trailing slash, which pathlib drops
@@ -459,6 +464,7 @@ PATH_OPTIONS_SHARED = [  # the store option and data loading: commands/common.py
 ]
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=SHARED)
 @given(args=st.sampled_from(PATH_OPTIONS_MINE), name=LONG_NAME, nested=st.booleans())
 def test_a_very_long_path_is_one_line(trained, tmp_path, args, name, nested):
@@ -575,6 +581,7 @@ def test_an_id_beyond_the_store_is_one_line(trained, run_id, command):
 @given(config=st.one_of(st.binary(max_size=60).map(lambda b: b.decode("latin-1")), hostile(), st.just("")),
        result=st.one_of(st.binary(max_size=60).map(lambda b: b.decode("latin-1")), st.just("[1, 2"),
                         st.sampled_from(["1", "[1, 2]", '"text"', "null", "true", "-1e999"])))
+@pytest.mark.slow
 def test_a_damaged_row_does_not_break_runs_or_show(tmp_path, config, result):
     """One row whose config / result is not JSON: `runs` still lists every row, `show` says what it
     cannot read and shows the rest."""

@@ -367,6 +367,7 @@ REAL_NAMES = ["query", "value", "key", "dense", "attention.self.query", "output.
 @given(method=st.sampled_from(["lora", "dora", "ia3", "peft-json"]),
        names=st.lists(st.one_of(st.sampled_from(REAL_NAMES), st.text(alphabet="abcqueryvl._", min_size=1, max_size=12)),
                       min_size=1, max_size=3))
+@pytest.mark.slow
 def test_target_modules_matching_nothing_fail_before_the_model_loads(monkeypatch, tiny_module_paths, method, names):
     def never(*a, **k):
         raise AssertionError("the model was loaded")
@@ -407,6 +408,7 @@ def test_a_damaged_checkpoint_meta_is_one_line(meta, raw):
         shutil.rmtree(folder)
 
 
+@pytest.mark.slow
 def test_resume_with_a_damaged_meta_fails_in_one_line(store):
     from peft_tui.engine.events import StepLogged, fan_out
 
@@ -610,6 +612,7 @@ def leftovers(root: Path) -> list[str]:
     return [str(p.relative_to(root)) for p in root.rglob("*") if ".tmp" in p.name or "checkpoint.tmp-" in p.name]
 
 
+@pytest.mark.slow
 @SLOW
 @given(method=st.sampled_from(["full", "lora", "bitfit", "adapters"]), k=st.integers(1, 7), with_filename=st.booleans())
 def test_a_full_disk_at_any_write_ends_the_run_failed_with_no_leftovers(monkeypatch, method, k, with_filename):
@@ -641,6 +644,7 @@ def test_a_full_disk_at_any_write_ends_the_run_failed_with_no_leftovers(monkeypa
         shutil.rmtree(root.parent)
 
 
+@pytest.mark.slow
 def test_after_a_full_disk_at_the_final_save_the_run_resumes(store, monkeypatch):
     cfg = tiny_config(method="lora", epochs=2)
     rid = store.create_run(cfg)
@@ -653,6 +657,7 @@ def test_after_a_full_disk_at_the_final_save_the_run_resumes(store, monkeypatch)
     assert result is not None and result.steps == 2 * 6 and (store.run_dir(rid) / "adapter").is_dir()
 
 
+@pytest.mark.slow
 def test_a_full_disk_for_the_token_cache_only_skips_the_cache(store, monkeypatch):
     import safetensors.numpy
 
@@ -669,6 +674,7 @@ def test_a_full_disk_for_the_token_cache_only_skips_the_cache(store, monkeypatch
 @SLOW
 @given(method=st.sampled_from(["lora", "full", "adapters"]), merge=st.booleans(), k=st.integers(1, 8),
        existing=st.booleans())
+@pytest.mark.slow
 def test_a_full_disk_during_export_leaves_nothing(trained, monkeypatch, method, merge, k, existing):
     from peft_tui.engine.artifacts import export_run
 
@@ -697,6 +703,7 @@ def _can_mount_tmpfs() -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root and unshare to mount a small tmpfs")
 def test_a_real_full_disk(tmp_path):
     """A full fine-tune on a real 6 MiB file system (a private tmpfs): exit 1, the run `failed` with

@@ -552,6 +552,7 @@ TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Z
                min_size=1, max_size=30).filter(lambda t: t.strip() and "|||" not in t)
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None, suppress_health_check=SHARED)
 @given(texts=st.lists(TEXT, min_size=1, max_size=30), n_extra=st.integers(0, 30), as_json=st.booleans())
 def test_predict_file_streams_every_row_in_order(head_run, tmp_path_factory, texts, n_extra, as_json):

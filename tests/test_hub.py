@@ -68,6 +68,7 @@ def test_an_uncached_hub_id_fails_in_one_line_without_waiting(org, name):
         hub.reachable.cache_clear()
 
 
+@pytest.mark.slow
 def test_a_model_in_the_hub_cache_trains_with_the_hub_unreachable(tmp_path):
     """The hub client's own cache layout (models--org--name/snapshots/<rev>, refs/main), filled with the tiny
     model; the run resolves the id through it and trains, with no network."""

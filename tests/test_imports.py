@@ -13,6 +13,7 @@ import pytest
 ENGINE = pathlib.Path(__file__).resolve().parent.parent / "peft_tui" / "engine"
 
 
+@pytest.mark.slow
 def test_engine_modules_do_not_import_ui_in_a_fresh_process():
     code = (
         "import sys, threading\n"

@@ -32,6 +32,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_a_run_through_ray_ends_done_with_its_metrics_and_weights_here(tmp_path, local_ray):
     store = Store(tmp_path / "s")
     run_id = store.create_run(tiny_config(method="lora", data=DataConfig(size=60), device="auto"))
@@ -53,6 +54,7 @@ def test_a_run_through_ray_ends_done_with_its_metrics_and_weights_here(tmp_path,
     assert row["startup_s"] > 0 and row["result"]["extra"]["worker_startup_s"] == pytest.approx(row["startup_s"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_cancel_reaches_a_run_on_ray(tmp_path, local_ray):
     store = Store(tmp_path / "s")
     run_id = store.create_run(tiny_config(method="full", data=DataConfig(size=3000), batch_size=8, epochs=5))
@@ -82,6 +84,7 @@ def test_without_ray_the_flag_says_how_to_install_it(tmp_path, monkeypatch):
                                                "pip install 'peft-tui[ray]'"]
 
 
+@pytest.mark.slow
 def test_a_two_process_run_goes_through_ray_train(tmp_path, local_ray):
     """nproc=2: Ray Train's TorchTrainer with 2 gloo workers (the module's 2 CPUs); rank 0 reports."""
     store = Store(tmp_path / "s")
@@ -97,6 +100,7 @@ def test_a_two_process_run_goes_through_ray_train(tmp_path, local_ray):
     assert (store.run_dir(run_id) / "adapter" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_the_dashboard_with_ray_trains_its_runs_on_the_cluster(tmp_path, local_ray):
     """`peft-tui launch --ray auto`: a run queued from the form goes to Ray, and the dashboard shows it done."""
     import asyncio

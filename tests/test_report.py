@@ -83,6 +83,7 @@ def test_grid_expansion():
         grid_configs(base, ["r=0,1"])  # a bad value fails before anything runs
 
 
+@pytest.mark.slow
 def test_sweep_and_report_commands(tmp_path):
     from peft_tui.cli import app
 

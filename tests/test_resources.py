@@ -18,6 +18,7 @@ RUNS = 25  # each run here is in-process; the workers fork a process per run any
 WARMUP = 5  # allocator pools, tokenizer and import caches settle in the first runs
 
 
+@pytest.mark.slow
 def test_many_runs_in_one_process_keep_memory_flat(tmp_path):
     st = Store(tmp_path / "s")
     proc = psutil.Process(os.getpid())
@@ -35,6 +36,7 @@ def test_many_runs_in_one_process_keep_memory_flat(tmp_path):
     assert growth < 150, f"memory grew {growth:.0f} MB over {RUNS - WARMUP} runs"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_same_config_and_seed_give_identical_metrics(tmp_path, monkeypatch, method):
     monkeypatch.setattr(trainer, "LOG_INTERVAL_S", 0.0)  # log every step: the loss series is the whole run
@@ -55,6 +57,8 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path, monkeypatch, meth
     assert st.series(rid, "train_loss") != series[0][0]
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("worker_processes")
 def test_peak_memory_is_per_run_a_small_run_after_a_big_one_reports_less(tmp_path):
     """Each run trains in a process of its own, so its peak is its own: in one long-lived process the
     RSS only grows and the small run would report at least the big one's peak."""

@@ -20,6 +20,7 @@ runner = CliRunner()
 TINY = ["--model", "tiny", "--set", "data.size=60", "--epochs", "1", "--batch-size", "16", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_flags_set_the_run_and_the_result_says_what_pooling_was_used(tmp_path):
     store = tmp_path / "s"
     res = runner.invoke(app, ["run", "--method", "lora", *TINY, "--pooling", "max", "--head-init", "random",
@@ -62,6 +63,7 @@ def test_methods_lists_pooling_and_head_start():
     assert res.exit_code == 0 and "head start" in res.output and "|".join(POOLINGS) in res.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling,head_init", [("mean", "random"), ("last", "probe"), ("auto", "probe")])
 def test_the_form_builds_the_run_with_the_chosen_pooling_and_head_start(tmp_path, pooling, head_init):
     pytest.importorskip("textual")

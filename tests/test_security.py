@@ -80,6 +80,7 @@ def test_no_remote_code_unless_the_flag_is_given(monkeypatch, model_folder):
     assert calls and all(c is True for c in calls)
 
 
+@pytest.mark.slow
 def test_cli_flag_is_the_only_way_to_trust_remote_code(monkeypatch, tmp_path):
     """The worker trains from the config the store holds: only the flag puts trust_remote_code in it."""
     base = ["run", "--method", "bitfit", "--model", "tiny", "--set", "data.size=120", "--epochs", "1",
@@ -101,6 +102,7 @@ class _Evil:
         return (open, (self.marker, "w"))  # would create the marker file if unpickled
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_pickled_code_is_refused_not_run(tmp_path, monkeypatch):
     import torch
 

@@ -22,6 +22,7 @@ def run_row(id, name, acc, seed, f1=None, params=1000, time=1.0, mem=100.0):
             "seed": seed}
 
 
+@pytest.mark.slow
 def test_compare_seeds_aggregates(tmp_path):
     csv_path = tmp_path / "t.csv"
     res = runner.invoke(app, ["compare", "--model", "tiny", "--set", "data.size=80", "--epochs", "1",
@@ -48,6 +49,7 @@ def test_compare_seeds_aggregates(tmp_path):
     assert lines[0].endswith("seed,n,accuracy_std,f1_std") and len(lines) == 1 + 4 + 2
 
 
+@pytest.mark.slow
 def test_compare_seeds_human_table_and_bad_value(tmp_path):
     args = ["compare", "--model", "tiny", "--set", "data.size=80", "--epochs", "1", "--methods", "bitfit",
             "--no-baseline", "--device", "cpu", "--store", str(tmp_path / "s")]

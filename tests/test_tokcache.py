@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from conftest import tiny_config
 
 
@@ -44,6 +45,7 @@ def test_damaged_cache_file_is_a_miss(tmp_path, tiny_tokenizer):
     assert cached_tokenize(tmp_path, fp, tokenize, tiny_tokenizer, texts, 8) == tokenize(tiny_tokenizer, texts, 8)
 
 
+@pytest.mark.slow
 def test_run_fills_the_store_cache(store):
     from peft_tui.engine.trainer import execute
 

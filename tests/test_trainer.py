@@ -24,6 +24,7 @@ def run(store, cfg, cancel=None, extra=None):
     return rid, result, events
 
 
+@pytest.mark.slow
 def test_events_and_result(store):
     cfg = tiny_config(method="lora", epochs=2)
     rid, result, events = run(store, cfg)
@@ -43,6 +44,7 @@ def test_events_and_result(store):
     assert store.get(rid)["status"] == "done"
 
 
+@pytest.mark.slow
 def test_eval_every_and_early_stopping(store):
     # a learning rate too small to change anything: validation accuracy never improves
     cfg = tiny_config(method="bitfit", epochs=5, eval_every=2, patience=2, lr=1e-12)
@@ -54,6 +56,7 @@ def test_eval_every_and_early_stopping(store):
     assert result.steps == 6 < 5 * 6
 
 
+@pytest.mark.slow
 def test_cancel_takes_effect_within_one_step(store):
     cancel = threading.Event()
     seen = []
@@ -88,6 +91,7 @@ def test_macro_f1():
     assert abs(macro_f1([0, 0, 1, 1], [0, 1, 1, 1], 2) - (2 / 3 + 0.8) / 2) < 1e-9
 
 
+@pytest.mark.slow
 def test_scheduler_runs_fifo_and_cancels_queued(store):
     finished = []
     sched = Scheduler(store, lambda e: finished.append(e.run_id) if isinstance(e, RunFinished) else None, ["cpu"])
@@ -111,6 +115,7 @@ def test_scheduler_runs_fifo_and_cancels_queued(store):
     assert retry_id not in (a, b, c) and retry["status"] == "done" and retry["method"] == "lora"
 
 
+@pytest.mark.slow
 def test_shutdown_records_cancel_even_when_the_run_outlasts_the_timeout(store):
     """Quitting the dashboard while a run trains in its worker process, with a join timeout far shorter
     than the run, still leaves the run `cancelled` in the store: never `running` for good, nor `failed`."""

@@ -31,6 +31,9 @@ from peft_tui.engine.scheduler import Scheduler
 from peft_tui.engine.store import Store
 from peft_tui.errors import ConfigError
 
+# every test here is about worker processes: the slow tier, with real workers
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("worker_processes")]
+
 ROOT = Path(__file__).resolve().parent.parent
 WAIT_S = 300  # generous: a worker's imports take 5-20 s on a loaded 2-core machine
 

@@ -8,7 +8,6 @@ import builtins
 import json
 import os
 import re
-import signal
 import socket
 import sqlite3
 import threading
@@ -102,27 +101,6 @@ def _write_json(path: Path, obj: Any) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # a write cut short (a full disk) leaves nothing behind
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def death_reason(returncode: int) -> str:
-    """Why a process ended, from its exit status (negative: killed by that signal)."""
-    if returncode >= 0:
-        return f"its process exited with code {returncode} without recording a result"
-    try:
-        name = signal.Signals(-returncode).name
-    except ValueError:
-        name = f"signal {-returncode}"
-    return f"killed by {name} (out of memory?)" if -returncode == signal.SIGKILL else f"killed by {name}"
 
 
 class Database:

@@ -134,7 +134,7 @@ def test_kill_9_during_a_run_then_resume(tmp_path):
     store = tmp_path / "s"
     cmd = [sys.executable, "-m", "peft_tui.cli", "run", "--method", "lora", "--model", "tiny", "--device", "cpu",
            "--set", "data.size=600", "--epochs", "3", "--batch-size", "16", "--store", str(store), "--json"]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    proc = subprocess.Popen(cmd, env={**ENV, "PEFT_TUI_INPROCESS_POOL": "0"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     deadline = time.time() + 180
     row = None
     try:

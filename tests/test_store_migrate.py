@@ -64,9 +64,11 @@ def test_eight_processes_open_one_brand_new_store_at_the_same_moment(tmp_path, a
 
 
 def _old_store(root, rows: int = 50) -> None:
-    """A store as the first version wrote it: the first schema, no queue columns, user_version 0."""
+    """A store as the first version wrote it: the first schema, no queue columns, user_version 0, in WAL mode
+    (every version opened its store in WAL, so readers never block the migration's writer)."""
     root.mkdir()
     db = sqlite3.connect(root / "runs.db")
+    db.execute("PRAGMA journal_mode=WAL")
     db.executescript(SCHEMA)
     cfg = tiny_config(name="old")
     for i in range(rows):

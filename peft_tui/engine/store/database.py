@@ -103,6 +103,21 @@ def _write_json(path: Path, obj: Any) -> None:
         tmp.unlink(missing_ok=True)  # a write cut short (a full disk) leaves nothing behind
 
 
+def _set_wal(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:
+    """WAL mode. Switching a brand-new database to WAL while other processes open it too can answer
+    'database is locked' at once (SQLite does not wait in its busy handler there, to avoid a deadlock):
+    try again for up to `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class Database:
     """The store folder and its database: open (creating or migrating it), read runs and metrics."""
 
@@ -167,7 +182,7 @@ class Database:
                 conn = self._connect_readonly()
             else:
                 conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
+                _set_wal(conn)
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.row_factory = sqlite3.Row
             self._local.conn = conn

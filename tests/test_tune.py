@@ -362,11 +362,14 @@ def test_the_dashboard_tune_view_runs_a_study_and_shows_its_curve_and_final_tabl
             screen = TuneScreen(template, methods=("full",), trials=2, seeds=1)
             app.push_screen(screen)
             deadline = time.monotonic() + WAIT_S
-            while time.monotonic() < deadline and not (screen.doc and screen.doc["state"] == "done"):
+            def table() -> str:
+                return str(screen.query_one("#tune-table", Static).render())
+
+            while time.monotonic() < deadline and not (screen.doc and screen.doc["state"] == "done"
+                                                        and "tuned acc %" in table()):
                 await pilot.pause(0.3)
-            await pilot.pause(0.5)
             assert screen.doc and screen.doc["state"] == "done", screen.doc
-            assert "tuned acc %" in str(screen.query_one("#tune-table", Static).render())
+            assert "tuned acc %" in table()
             assert screen.query_one(BestSoFarChart).plt is not None
             trials = screen.doc["methods"]["full"]["trials"]
             assert [t["trial"] for t in trials] == [0, 1] and all(t["status"] == "done" for t in trials)

@@ -441,3 +441,21 @@ def test_a_study_evaluates_a_trial_several_times_a_run_when_that_is_cheap(tmp_pa
     assert spec.base("lora").eval_every == -(-steps // per_run)
     tiny = studies.new_study(store, configs, trials=2, train_rows=100, val_rows=150)  # evaluations cost too much
     assert tiny.base("lora").eval_every == 0
+
+
+def test_a_study_on_a_file_keeps_one_split_for_its_trials_and_every_final_seed(tmp_path):
+    from peft_tui.engine.data import load_splits
+
+    texts = [f"review number {i} was {'great fun' if i % 2 else 'dull and slow'}" for i in range(200)]
+    path = _write(tmp_path / "d.csv", texts, [i % 2 for i in range(200)])
+    store = Store(tmp_path / "s")
+    configs = bases("lora", data=DataConfig(source=path, limit=160))
+    spec = studies.new_study(store, configs, trials=2, seeds=3, train_rows=110, val_rows=25)
+    data = spec.base("lora").data
+    assert data.split_seed == configs[0].seed
+    first = load_splits(data, configs[0].seed)
+    for seed in spec.final_seeds():  # a final run's seed changes its start, not which rows it tests on
+        other = load_splits(data, seed)
+        assert (other.val.texts, other.test.texts) == (first.val.texts, first.test.texts)
+    moved = load_splits(DataConfig(source=path, limit=160), spec.final_seeds()[0])  # without: another split
+    assert moved.test.texts != first.test.texts

@@ -85,7 +85,7 @@ def replay(trials: list[dict], pruner_name: str, val_rows: int) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     eval_every = trials[0]["eval_every"] if trials else 0
     study = optuna.create_study(direction="maximize", pruner=studies._pruner(pruner_name, eval_every, val_rows))
-    seconds, pruned, kept = 0.0, [], []
+    seconds, steps, pruned, kept = 0.0, 0, [], []
     for tr in trials:
         t = study.ask()
         stop = None
@@ -97,13 +97,20 @@ def replay(trials: list[dict], pruner_name: str, val_rows: int) -> dict:
         if stop is None:
             study.tell(t, tr["final"])
             seconds += tr["seconds"]
+            steps += tr["total_steps"]
             kept.append(tr)
         else:
             study.tell(t, state=TrialState.PRUNED)
             seconds += stop[1]
+            steps += stop[0]
             pruned.append({"trial": tr["trial"], "step": stop[0], "of": tr["total_steps"]})
-    return {"seconds": seconds, "pruned": pruned, "kept": [k["trial"] for k in kept],
+    return {"seconds": seconds, "steps": steps, "pruned": pruned, "kept": [k["trial"] for k in kept],
             "best_kept": max((k["final"] for k in kept), default=None)}
+
+
+def pct(part: float, whole: float) -> str:
+    """The share of `whole` saved, as ' 42%'."""
+    return f"{100 * (1 - part / whole) if whole else 0:5.0f}%"
 
 
 def main() -> int:
@@ -121,19 +128,25 @@ def main() -> int:
     doc: dict = {"study": spec.name, "val_rows": spec.val_rows, "methods": {}}
     total = {"unpruned": 0.0}
     print(f"study {spec.name}: {spec.val_rows} validation rows; replaying {args.pruners} on its unpruned trials\n")
-    print(f"{'method':9} {'pruner':8} {'pruned':>7} {'seconds':>9} {'unpruned':>9} {'saved':>7}  winner kept (best val %)")
+    print("saved: of the training steps (the load-independent cost), and of the run seconds (wall, this machine)")
+    print(f"{'method':9} {'pruner':8} {'pruned':>7} {'steps':>6} {'of':>6} {'saved':>6} {'seconds':>8} {'of':>8} "
+          f"{'saved':>6}  winner kept (best val %)")
     for method in spec.methods:
         trials = trial_runs(store, spec, method)
         if not trials:
             continue
         unpruned = sum(t["seconds"] for t in trials)
+        all_steps = sum(t["total_steps"] for t in trials)
+        total["steps"] = total.get("steps", 0) + all_steps
         winner = max(trials, key=lambda t: (t["final"], -t["trial"]))
         total["unpruned"] += unpruned
         actual = sum(t["actual_s"] for t in trials)
         total["as run"] = total.get("as run", 0.0) + actual
         cut = [t for t in trials if t["pruned_at"] is not None]
-        print(f"{method:9} {'as run':8} {len(cut):>3}/{len(trials):<3} {actual:9.0f} {unpruned:9.0f} "
-              f"{100 * (1 - actual / unpruned) if unpruned else 0:6.0f}%  "
+        ran = sum(t["pruned_at"] if t["pruned_at"] is not None else t["total_steps"] for t in trials)
+        total["as run steps"] = total.get("as run steps", 0) + ran
+        print(f"{method:9} {'as run':8} {len(cut):>3}/{len(trials):<3} {ran:6d} {all_steps:6d} "
+              f"{pct(ran, all_steps)} {actual:8.0f} {unpruned:8.0f} {pct(actual, unpruned)}  "
               f"{'yes' if winner['pruned_at'] is None else 'NO'} (pruned: "
               + (", ".join(f"t{t['trial']} at {t['pruned_at']}/{t['total_steps']} (would end {100 * t['final']:.1f})"
                            for t in cut) or "none") + ")")
@@ -142,17 +155,20 @@ def main() -> int:
         for name in [p.strip() for p in args.pruners.split(",") if p.strip()]:
             r = replay(trials, name, spec.val_rows)
             total[name] = total.get(name, 0.0) + r["seconds"]
+            total[f"{name} steps"] = total.get(f"{name} steps", 0) + r["steps"]
             saved = 1 - r["seconds"] / unpruned if unpruned else 0.0
             doc["methods"][method]["pruners"][name] = {**r, "saved": saved}
             kept = "yes" if winner["trial"] in r["kept"] else "NO"
             best = f"{100 * r['best_kept']:.1f}" if r["best_kept"] is not None else "-"
-            print(f"{method:9} {name:8} {len(r['pruned']):>3}/{len(trials):<3} {r['seconds']:9.0f} {unpruned:9.0f} "
-                  f"{100 * saved:6.0f}%  {kept} ({best} vs {100 * winner['final']:.1f})")
+            print(f"{method:9} {name:8} {len(r['pruned']):>3}/{len(trials):<3} {r['steps']:6d} {all_steps:6d} "
+                  f"{pct(r['steps'], all_steps)} {r['seconds']:8.0f} {unpruned:8.0f} {pct(r['seconds'], unpruned)}  "
+                  f"{kept} ({best} vs {100 * winner['final']:.1f})")
     print()
-    for name, secs in total.items():
-        if name != "unpruned" and total["unpruned"]:
-            print(f"all methods, {name}: {secs:.0f} s against {total['unpruned']:.0f} s unpruned: "
-                  f"{100 * (1 - secs / total['unpruned']):.0f}% saved")
+    for name in ["as run", *[p.strip() for p in args.pruners.split(",") if p.strip()]]:
+        if name in total and total["unpruned"]:
+            print(f"all methods, {name}: {total[name + ' steps']} of {total['steps']} steps "
+                  f"({pct(total[name + ' steps'], total['steps']).strip()} saved), {total[name]:.0f} of "
+                  f"{total['unpruned']:.0f} run seconds ({pct(total[name], total['unpruned']).strip()} saved)")
     doc["total"] = total
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=2))

@@ -15,6 +15,7 @@ SHARED=${SHARED:-../shared/datasets}
 OUT=${OUT:-benchmarks/evidence}
 STORE=${STORE:-$(mktemp -d)/store}
 TRIALS=${TRIALS:-8}
+EXTRA=${EXTRA:-}  # e.g. "--max-length 64" (as word-split options for every study)
 SEEDS=${SEEDS:-3}
 SETS=${*:-imdb ag_news}
 mkdir -p "$OUT" "$STORE"
@@ -49,7 +50,7 @@ for set in $SETS; do
   echo "== $set: tune (store $STORE) $(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg)"
   start=$(date +%s)
   "$EXE" tune --methods full,lora,adapters --trials "$TRIALS" --seeds "$SEEDS" --store "$STORE" --study "$set" \
-    "${args[@]}" --json > "$OUT/tune_$set.json"
+    "${args[@]}" $EXTRA --json > "$OUT/tune_$set.json"
   echo "== $set: tune took $(( $(date +%s) - start )) s; pruned trials to their end:"
   "$PY" benchmarks/pruning.py --store "$STORE" --study "$set" --complete --json "$OUT/pruning_$set.json" \
     | tee "$OUT/pruning_$set.txt"

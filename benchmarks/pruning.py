@@ -78,13 +78,18 @@ def trial_runs(store: Store, spec: studies.StudySpec, method: str) -> list[dict]
     return sorted(out, key=lambda r: r["trial"])
 
 
+PRUNE_FROM_EVAL = studies.PRUNE_FROM_EVAL
+
+
 def replay(trials: list[dict], pruner_name: str, val_rows: int) -> dict:
     import optuna
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     eval_every = trials[0]["eval_every"] if trials else 0
-    study = optuna.create_study(direction="maximize", pruner=studies._pruner(pruner_name, eval_every, val_rows))
+    base, _, first = pruner_name.partition("@")  # behind@1: `behind` judging from the first evaluation on
+    studies.PRUNE_FROM_EVAL = int(first) if first else PRUNE_FROM_EVAL
+    study = optuna.create_study(direction="maximize", pruner=studies._pruner(base, eval_every, val_rows))
     seconds, steps, pruned, kept = 0.0, 0, [], []
     for tr in trials:
         t = study.ask()
@@ -117,7 +122,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", required=True)
     ap.add_argument("--study", required=True)
-    ap.add_argument("--pruners", default="behind,median,halving")
+    ap.add_argument("--pruners", default="behind,behind@1,median,halving",
+                    help="pruners to replay; behind@N: `behind` judging from the N-th evaluation on")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--complete", action="store_true", help="first run each pruned trial again to its end")
     args = ap.parse_args()

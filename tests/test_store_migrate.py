@@ -17,7 +17,7 @@ N_PROCS = 8
 
 def _open(root: str, barrier, results) -> None:
     try:
-        barrier.wait(timeout=30)
+        barrier.wait(timeout=180)  # 8 processes importing on a loaded 2-core machine
         st = Store(root)
         rid = st.create_run(tiny_config(name="p"))
         results.put(("ok", rid))
@@ -45,7 +45,7 @@ def _race(root, n: int = N_PROCS) -> list[tuple[str, object]]:
     procs = [ctx.Process(target=_open, args=(str(root), barrier, results)) for _ in range(n)]
     for p in procs:
         p.start()
-    out = [results.get(timeout=60) for _ in procs]
+    out = [results.get(timeout=300) for _ in procs]
     for p in procs:
         p.join(30)
     return out
@@ -102,7 +102,7 @@ def test_an_old_store_is_migrated_while_another_process_reads_it(tmp_path):
     finally:
         time.sleep(0.05)
         stop.set()
-    counts, errors = results.get(timeout=30)
+    counts, errors = results.get(timeout=120)
     reader.join(30)
     assert [k for k, _ in out] == ["ok"] * 4, out
     assert errors == []

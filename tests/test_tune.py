@@ -375,3 +375,69 @@ def test_the_dashboard_tune_view_runs_a_study_and_shows_its_curve_and_final_tabl
             assert [t["trial"] for t in trials] == [0, 1] and all(t["status"] == "done" for t in trials)
 
     asyncio.run(drive())
+
+
+# ---------------------------------------------------------------- the `behind` pruner (no training)
+curves = st.dictionaries(st.integers(1, 40), st.floats(0, 1), min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(curve=curves, others=st.lists(curves, max_size=6), val_rows=st.integers(1, 5000))
+def test_behind_prunes_only_a_trial_below_the_best_by_more_than_the_noise(curve, others, val_rows):
+    pruned = studies.clearly_behind(curve, others, val_rows)
+    step = max(curve)
+    seen = [c[max(s for s in c if s <= step)] for c in others if any(s <= step for s in c)]
+    if len(curve) < studies.PRUNE_FROM_EVAL or not seen:
+        assert not pruned
+        return
+    best = max(seen)
+    gap = best - curve[step]
+    assert pruned == (gap > studies.noise(best, val_rows))
+    if pruned:  # a trial pruned is behind by more than the noise, and the noise is positive
+        assert gap > 0 and studies.noise(best, val_rows) > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(acc=st.floats(0, 1), rows=st.integers(1, 10_000))
+def test_noise_shrinks_with_more_validation_rows(acc, rows):
+    assert studies.noise(acc, rows) >= studies.noise(acc, rows * 4) > 0
+    assert studies.noise(acc, rows) <= studies.NOISE_Z  # never more than the whole accuracy range twice
+
+
+@settings(max_examples=300, deadline=None)
+@given(train=st.integers(0, 200_000), val=st.integers(0, 50_000), epochs=st.integers(1, 20))
+def test_evaluations_per_run_are_bounded_and_cheap(train, val, epochs):
+    n = studies.evaluations_per_run(train, val, epochs)
+    assert max(1, epochs) <= n <= max(epochs, studies.MAX_EVALS_PER_RUN)
+    if n > epochs and val:  # extra evaluations only while they cost at most EVAL_COST_SHARE of the training
+        assert n * val / 3 <= studies.EVAL_COST_SHARE * epochs * train + 1e-9
+
+
+def test_the_behind_pruner_stops_a_flat_trial_through_optuna_and_spares_a_close_one():
+    optuna = pytest.importorskip("optuna")
+    from optuna.trial import TrialState, create_trial
+
+    study = optuna.create_study(direction="maximize", pruner=studies._pruner("behind", 10, val_rows=400))
+    study.add_trial(create_trial(value=0.9, intermediate_values={10: 0.7, 20: 0.85, 30: 0.9},
+                                 state=TrialState.COMPLETE))
+    flat = study.ask()
+    flat.report(0.3, 10)
+    assert not flat.should_prune()  # its first evaluation is never judged
+    flat.report(0.3, 20)
+    assert flat.should_prune()  # 0.55 behind the best at step 20; the noise on 400 rows is ~0.036
+    close = study.ask()
+    close.report(0.8, 10)
+    close.report(0.83, 20)
+    assert not close.should_prune()  # 0.02 behind: within the noise
+
+
+def test_a_study_evaluates_a_trial_several_times_a_run_when_that_is_cheap(tmp_path):
+    store = Store(tmp_path / "s")
+    configs = bases("lora", data=DataConfig(size=400), epochs=1)
+    spec = studies.new_study(store, configs, trials=2, train_rows=2000, val_rows=200)
+    per_run = studies.evaluations_per_run(2000, 200, 1)
+    assert per_run == 4 and spec.pruner == "behind" and spec.val_rows == 200
+    steps = -(-2000 // configs[0].batch_size)
+    assert spec.base("lora").eval_every == -(-steps // per_run)
+    tiny = studies.new_study(store, configs, trials=2, train_rows=100, val_rows=150)  # evaluations cost too much
+    assert tiny.base("lora").eval_every == 0

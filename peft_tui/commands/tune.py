@@ -80,7 +80,9 @@ def tune(
     resume: Annotated[Optional[str], typer.Option(
         "--resume", metavar="STUDY", help="continue a stopped study (its settings are the stored ones)")] = None,
     study: Annotated[Optional[str], typer.Option("--study", help="name of a new study (default tune-N)")] = None,
-    pruner: Annotated[str, typer.Option("--pruner", help="median, halving or none")] = "median",
+    pruner: Annotated[str, typer.Option(
+        "--pruner", help="behind (stop a trial clearly behind the best: beyond 2 standard errors of the validation "
+        "accuracy), median, halving or none")] = "behind",
     model: ModelOpt = "minilm",
     data: DataOpt = "synthetic",
     sets: SetOpt = None,
@@ -139,6 +141,7 @@ def tune(
         parallel = workers or (2 if ray else _local_devices())
         spec = studies.new_study(st, bases, trials=trials, budget_s=budget_s, seeds=seeds, pruner=pruner,
                                  space=space or [], parallel=parallel, train_rows=len(splits.train.labels),
+                                 val_rows=len(splits.val.labels),
                                  name=study, force=force)
     budget_text = str(spec.trials) if spec.trials is not None else f"{spec.budget_s:.0f} s of"
     say = (lambda line: typer.echo(safe_text(line), err=True)) if as_json else (lambda line: typer.echo(safe_text(line)))

@@ -16,6 +16,10 @@ How it works (Optuna's ask-and-tell form):
   says so the run is cancelled through the store (works across processes and on Ray) and recorded
   `pruned` at its step; a finished run's value is its final validation accuracy: the test split of a
   trial is never read;
+- the default pruner, `behind`, stops a trial only when it is clearly behind: from its second evaluation
+  on, its validation accuracy is below the best other trial's at the same step by more than two standard
+  errors of an accuracy on the validation rows (`clearly_behind`). `median` and `halving` are Optuna's;
+  trials evaluate several times a run (`evaluations_per_run`) as long as that costs little;
 - the budget is --trials per method, or --budget seconds split equally (each method's trials' run
   seconds count against its share);
 - Ctrl-C cancels the study's runs; `--resume NAME` continues: finished trials stay, a trial cut short is
@@ -43,9 +47,12 @@ from peft_tui.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from peft_tui.engine.data import DataSplits
 
-PRUNERS = ("median", "halving", "none")
-EVALS_PER_EPOCH = 3  # trials evaluate this often (eval_every), so a pruner has something to compare
-# (epochs of fewer than 2 * EVALS_PER_EPOCH steps evaluate at their end only: evaluations would cost more than they save)
+PRUNERS = ("behind", "median", "halving", "none")
+DEFAULT_PRUNER = "behind"
+MAX_EVALS_PER_RUN = 8  # a trial evaluates at most this often over its run, so a pruner sees its curve early
+EVAL_COST_SHARE = 0.15  # ... while its evaluations cost at most this share of its training
+PRUNE_FROM_EVAL = 2  # `behind` never judges a trial on its first evaluation (its warm-up may not be over)
+NOISE_Z = 2.0  # `behind`: a gap of fewer standard errors than this is noise, not a trial behind
 POLL_S = 0.3
 STUDY_DIR = "studies"
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
@@ -66,6 +73,7 @@ class StudySpec:
     space: list[str] = field(default_factory=list)  # the --space overrides as typed
     parallel: int = 1
     sampler_seed: int = 0
+    val_rows: int = 0  # the validation split's size: what `behind` takes as noise
     small_data: bool = True
     force: bool = False
     state: str = "searching"  # searching | final | done
@@ -131,11 +139,12 @@ def load_study(store: Store, name: str) -> StudySpec:
 
 
 def new_study(store: Store, bases: list[RunConfig], *, trials: int | None = None, budget_s: float | None = None,
-              seeds: int = 3, pruner: str = "median", space: list[str] | None = None, parallel: int = 1,
-              train_rows: int = 0, name: str | None = None, force: bool = False) -> StudySpec:
+              seeds: int = 3, pruner: str = DEFAULT_PRUNER, space: list[str] | None = None, parallel: int = 1,
+              train_rows: int = 0, val_rows: int = 0, name: str | None = None, force: bool = False) -> StudySpec:
     """Check a study's settings (one line on the first problem), fix each base's evaluation interval so a
-    pruner has several points per epoch, and save the study. `bases`: one config per method, validated;
-    `train_rows`: the training split's size (sets the interval, and whether `epochs` is searched)."""
+    pruner has several points per run, and save the study. `bases`: one config per method, validated;
+    `train_rows`, `val_rows`: the splits' sizes (they set the interval, whether `epochs` is searched, and
+    what `behind` counts as noise)."""
     if (trials is None) == (budget_s is None):
         raise ConfigError("give the budget as --trials N (per method) or --budget TIME (e.g. 2h), not both")
     if trials is not None and not 1 <= trials <= 10_000:
@@ -164,13 +173,15 @@ def new_study(store: Store, bases: list[RunConfig], *, trials: int | None = None
         name = next(f"tune-{i}" for i in range(1, 10**6) if f"tune-{i}" not in taken)
     fixed = []
     for b in bases:
-        steps = math.ceil(train_rows / b.batch_size / max(1, b.nproc))
-        if b.eval_every == 0 and steps >= 2 * EVALS_PER_EPOCH:  # a short epoch: its end is the only evaluation
-            b = dataclasses.replace(b, eval_every=math.ceil(steps / EVALS_PER_EPOCH))
+        per_epoch = math.ceil(train_rows / b.batch_size / max(1, b.nproc))
+        evals = evaluations_per_run(train_rows, val_rows, b.epochs)
+        if b.eval_every == 0 and evals > b.epochs and per_epoch * b.epochs >= 2 * evals:
+            b = dataclasses.replace(b, eval_every=math.ceil(per_epoch * b.epochs / evals))
         fixed.append(dataclasses.replace(b, name=b.method))
     spec = StudySpec(name=name, methods=methods, bases={b.method: b.to_dict() for b in fixed}, trials=trials,
                      budget_s=budget_s, seeds=seeds, pruner=pruner, space=list(space or []), parallel=max(1, parallel),
-                     sampler_seed=bases[0].seed, small_data=0 < train_rows < spaces.SMALL_DATA_ROWS, force=force,
+                     sampler_seed=bases[0].seed, val_rows=val_rows,
+                     small_data=0 < train_rows < spaces.SMALL_DATA_ROWS, force=force,
                      created_at=time.time())
     save(store, spec)
     return spec
@@ -186,9 +197,51 @@ class _Active:
     prune_step: int | None = None
 
 
-def _pruner(name: str, eval_every: int):
+def evaluations_per_run(train_rows: int, val_rows: int, epochs: int) -> int:
+    """How often a trial evaluates over its run: as often as keeps its evaluations (a forward pass over the
+    validation rows, about a third of a training step's cost per row) within EVAL_COST_SHARE of its training,
+    at least once an epoch and at most MAX_EVALS_PER_RUN times."""
+    if train_rows <= 0 or val_rows <= 0:
+        return max(1, epochs)
+    affordable = int(EVAL_COST_SHARE * 3 * epochs * train_rows / val_rows)
+    return max(epochs, min(MAX_EVALS_PER_RUN, affordable))
+
+
+def noise(accuracy: float, val_rows: int) -> float:
+    """NOISE_Z standard errors of an accuracy measured on `val_rows` rows (at least one row's worth)."""
+    n = max(1, val_rows)
+    p = min(1.0, max(0.0, accuracy))
+    return NOISE_Z * math.sqrt(max(p * (1 - p), 1.0 / n) / n)
+
+
+def clearly_behind(curve: dict[int, float], others: list[dict[int, float]], val_rows: int) -> bool:
+    """Whether a trial with validation accuracies `curve` (step -> value) is clearly behind: it has been
+    evaluated at least PRUNE_FROM_EVAL times, and at its last step its accuracy is below the best of the
+    other trials' (each at its own last evaluation up to that step) by more than `noise`."""
+    if len(curve) < PRUNE_FROM_EVAL:
+        return False
+    step = max(curve)
+    value = curve[step]
+    seen = [c[max(s for s in c if s <= step)] for c in others if any(s <= step for s in c)]
+    if not seen:
+        return False
+    best = max(seen)
+    return value + noise(best, val_rows) < best
+
+
+def _pruner(name: str, eval_every: int, val_rows: int):
     import optuna
 
+    if name == "behind":
+        class Behind(optuna.pruners.BasePruner):
+            """`clearly_behind` against every other trial of the method (running, pruned or finished)."""
+
+            def prune(self, study: Any, trial: Any) -> bool:
+                others = [dict(t.intermediate_values) for t in study.get_trials(deepcopy=False)
+                          if t.number != trial.number and t.intermediate_values]
+                return clearly_behind(dict(trial.intermediate_values), others, val_rows)
+
+        return Behind()
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     if name == "halving":
@@ -273,7 +326,7 @@ class Tuner:
                 # a resumed study draws from a fresh stream: never the random values of a trial already asked
                 seed=self.spec.sampler_seed + 1000 * i + n_before, n_startup_trials=max(2, min(10, n // 3)),
                 constant_liar=True)
-            pruner = self._pruner_override or _pruner(self.spec.pruner, base.eval_every)
+            pruner = self._pruner_override or _pruner(self.spec.pruner, base.eval_every, self.spec.val_rows)
             study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler,
                                         pruner=pruner, load_if_exists=True)
             self._studies[method] = study

@@ -94,9 +94,9 @@ class TuneScreen(Screen):
         bases = [dataclasses.replace(self.template, method=m, params={}, lr=None, name=None) for m in self.methods]
         try:
             splits = prepare(bases)
-            self.spec = studies.new_study(store, bases, trials=self.trials, seeds=self.seeds, pruner="median",
+            self.spec = studies.new_study(store, bases, trials=self.trials, seeds=self.seeds,
                                           parallel=getattr(self.app, "worker_count", None) or 1,
-                                          train_rows=len(splits.train.labels))
+                                          train_rows=len(splits.train.labels), val_rows=len(splits.val.labels))
             self.study_name = self.spec.name
             pool = make_pool(store, ray=getattr(self.app, "ray_address", None),
                              workers=getattr(self.app, "worker_count", None))

@@ -76,7 +76,7 @@ QUEUE_COLUMNS = {
     "grade": "TEXT",
 }
 STUDY_COLUMNS = {
-    "study": "TEXT",  # the tuning study this run is a trial of (engine/tune.py), else NULL
+    "study": "TEXT",  # the tuning study this run is a trial of (engine/tune), else NULL
     "trial": "INTEGER",  # its trial number in that study
 }
 # PRAGMA user_version -> the columns that version added. A database at an older version is brought up to
@@ -268,7 +268,7 @@ class Database:
         """A queued run row plus its folder with config.json. Returns the run id. The config was validated
         by whoever submits it (engine/submit.py, the one path). `estimate`: the run's Estimate as a dict
         (engine/estimate), kept so that whoever reads the finished run can grade it; `study`, `trial`: the
-        tuning study (engine/tune.py) this run is a trial of."""
+        tuning study (engine/tune) this run is a trial of."""
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO runs (name, method, model, data, status, config, created_at, queued_at, host, estimate, "

@@ -115,6 +115,19 @@ def test_a_store_whose_runs_were_graded_by_an_older_version_still_shows_their_gr
     assert "measured peak 400 MB: estimate off by +25.0% (outside its range)" in text
 
 
+def test_a_study_summary_grades_its_final_runs(tmp_path):
+    from peft_tui.engine import tune as studies
+
+    st = Store(tmp_path / "s")
+    spec = studies.new_study(st, [tiny(method="lora")], trials=1, seeds=1, pruner="none")
+    rid = st.create_run(tiny(method="lora"), estimate=estimate_dict(peak_mb=500, total_s=10), study=spec.name)
+    finish(st, rid, peak_mb=400, train_s=20)
+    spec.final = {"lora": {"defaults": {"1": rid}}}
+    [final] = studies.summary(st, spec)["methods"]["lora"]["final"]["defaults"]
+    assert final["id"] == rid and final["grade"]["peak_error_pct"] == pytest.approx(25.0)
+    assert final["grade"]["measured_time_s"] == 20.0
+
+
 # ---------------------------------------------------------------------------------------- the fit check
 def test_run_and_compare_refuse_what_will_not_fit_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(planning, "free_memory_mb", lambda device: 50.0)

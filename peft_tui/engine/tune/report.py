@@ -1,6 +1,7 @@
 """Reading a study (no optuna): its runs (`study_runs`), what each cost (`run_seconds`), the values a
 run's config sets for the searched keys (`searched_values`), the whole study as one JSON-able document
-(`summary`), and a method's best configuration written as a config file (`export_config`)."""
+(`summary`, the final runs graded against their estimates), and a method's best configuration written as
+a config file (`export_config`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_tui.config import RunConfig
+from peft_tui.engine.estimate import grade_run
 from peft_tui.engine.methods import space as spaces
 from peft_tui.engine.store import FINAL, Store
 from peft_tui.engine.tune.study import COUNTED, StudySpec, study_dir
@@ -68,7 +70,8 @@ def searched_values(cfg: dict[str, Any], space: dict[str, spaces.Dim]) -> dict[s
 def summary(store: Store, spec: StudySpec) -> dict[str, Any]:
     """The whole study as one JSON-able document: its settings, every trial (status, validation accuracy,
     the step a pruned one stopped at, run seconds, searched values), each method's budget and best trial,
-    and the final runs (store rows) per method: tuned and defaults over the seeds."""
+    and the final runs (store rows, each with its estimate's `grade`) per method: tuned and defaults over the
+    seeds."""
     runs = study_runs(store, spec.name)
     by_id = {r["id"]: r for r in runs}
     methods: dict[str, Any] = {}
@@ -88,7 +91,8 @@ def summary(store: Store, spec: StudySpec) -> dict[str, Any]:
         done = [t for t in trials if t["status"] == "done" and t["val_accuracy"] is not None]
         best = max(done, key=lambda t: (t["val_accuracy"], -t["trial"]), default=None)
         counted = [t for t in trials if t["status"] in COUNTED]
-        final = {kind: [by_id[i] for _, i in sorted(ids.items(), key=lambda kv: int(kv[0])) if i in by_id]
+        final = {kind: [{**by_id[i], "grade": grade_run(by_id[i])}  # the store keeps no grade: read here
+                        for _, i in sorted(ids.items(), key=lambda kv: int(kv[0])) if i in by_id]
                  for kind, ids in spec.final.get(method, {}).items()}
         methods[method] = {
             "space": {k: d.describe() for k, d in space.items()},

@@ -1,12 +1,15 @@
 """What each pruner would have saved on the same trials, and whether it would have kept the winner.
 
-Run a study without pruning first (every trial trains to its end, its validation curve and the time of each
-evaluation are in the store):
+Either run a study without pruning (every trial trains to its end, its validation curve and the time of each
+evaluation are in the store), or run it with a pruner and pass --complete: each pruned trial's stored config
+is then run again to its end (same seed and split: on the CPU the same curve up to where it was pruned), so
+the same trials exist unpruned, at the cost of the pruned trials only:
 
-    peft-tui tune --methods full,lora,adapters --trials 8 --pruner none --store S --study unpruned ...
-    python benchmarks/pruning.py --store S --study unpruned [--pruners behind,median,halving] [--json OUT]
+    peft-tui tune --methods full,lora,adapters --trials 8 --store S --study s1 ...      # pruner: behind
+    python benchmarks/pruning.py --store S --study s1 --complete [--pruners behind,median,halving] [--json OUT]
 
-Each pruner is then replayed through Optuna on those trials in the order they ran (one at a time, as with
+The study's real cost (its trials' run seconds as they ran, pruned ones cut short) is printed against the same
+trials unpruned. Each pruner is then replayed through Optuna on those trials in the order they ran (one at a time, as with
 one worker): a trial reports its evaluations one by one, and where the pruner says stop, the trial costs the
 seconds from its start to that evaluation instead of its whole run. Printed per method and pruner: trials
 pruned, run seconds against the unpruned seconds (saved %), and whether the unpruned winner (best final
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,18 +34,51 @@ from peft_tui.engine import tune as studies  # noqa: E402
 from peft_tui.engine.store import Store  # noqa: E402
 
 
-def trial_runs(store: Store, spec: studies.StudySpec, method: str) -> list[dict]:
-    """The method's finished trials in the order they ran: curve [(step, val acc, seconds since start)]."""
-    out = []
+def rerun_name(method: str, trial: int) -> str:
+    return f"{method}-t{trial}-unpruned"
+
+
+def complete_pruned(store: Store, spec: studies.StudySpec) -> None:
+    """Run each pruned trial's config again to its end (one `peft-tui run --config` each, skipped when done)."""
+    done = {r["name"] for r in store.list() if r["status"] == "done"}
+    exe = str(Path(sys.executable).with_name("peft-tui"))
     for row in studies.study_runs(store, spec.name):
-        if row["method"] != method or row.get("trial") is None or row["status"] != "done":
+        if row.get("trial") is None or row["status"] != "pruned":
+            continue
+        name = rerun_name(row["method"], row["trial"])
+        if name in done:
+            continue
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+            json.dump({**row["config"], "name": name}, fh)
+        print(f"running pruned trial {row['trial']} of {row['method']} to its end ...", flush=True)
+        out = subprocess.run([exe, "run", "--config", fh.name, "--store", str(store.root), "--json", "--force"],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            print(out.stderr[-2000:])
+
+
+def trial_runs(store: Store, spec: studies.StudySpec, method: str) -> list[dict]:
+    """The method's trials in the order they ran, each to its end (a pruned one by its --complete rerun):
+    curve [(step, val acc, seconds since start)]; `actual_s`: what the trial cost in the study itself."""
+    out = []
+    reruns = {r["name"]: r for r in store.list() if r["status"] == "done" and r.get("study") is None}
+    for trial in studies.study_runs(store, spec.name):
+        if trial["method"] != method or trial.get("trial") is None or trial["status"] not in ("done", "pruned"):
+            continue
+        row = trial if trial["status"] == "done" else reruns.get(rerun_name(method, trial["trial"]))
+        if row is None:
+            print(f"{method} trial {trial['trial']} was pruned and has not been run to its end: pass --complete")
             continue
         start = row.get("started_at") or row.get("claimed_at")
         curve = [(s, v, t - start) for s, v, t in store.points(row["id"], "val_accuracy")]
-        out.append({"trial": row["trial"], "seconds": studies.run_seconds(row), "total_steps": row["total_steps"],
+        out.append({"trial": trial["trial"], "seconds": studies.run_seconds(row), "total_steps": row["total_steps"],
+                    "actual_s": studies.run_seconds(trial), "pruned_at": trial["step"] if trial is not row else None,
                     "final": (row["result"] or {}).get("val_accuracy"), "curve": curve,
                     "eval_every": row["config"].get("eval_every", 0)})
     return sorted(out, key=lambda r: r["trial"])
+
+
+PRUNE_FROM_EVAL = studies.PRUNE_FROM_EVAL
 
 
 def replay(trials: list[dict], pruner_name: str, val_rows: int) -> dict:
@@ -49,8 +87,10 @@ def replay(trials: list[dict], pruner_name: str, val_rows: int) -> dict:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     eval_every = trials[0]["eval_every"] if trials else 0
-    study = optuna.create_study(direction="maximize", pruner=studies._pruner(pruner_name, eval_every, val_rows))
-    seconds, pruned, kept = 0.0, [], []
+    base, _, first = pruner_name.partition("@")  # behind@1: `behind` judging from the first evaluation on
+    studies.PRUNE_FROM_EVAL = int(first) if first else PRUNE_FROM_EVAL
+    study = optuna.create_study(direction="maximize", pruner=studies._pruner(base, eval_every, val_rows))
+    seconds, steps, pruned, kept = 0.0, 0, [], []
     for tr in trials:
         t = study.ask()
         stop = None
@@ -62,51 +102,79 @@ def replay(trials: list[dict], pruner_name: str, val_rows: int) -> dict:
         if stop is None:
             study.tell(t, tr["final"])
             seconds += tr["seconds"]
+            steps += tr["total_steps"]
             kept.append(tr)
         else:
             study.tell(t, state=TrialState.PRUNED)
             seconds += stop[1]
+            steps += stop[0]
             pruned.append({"trial": tr["trial"], "step": stop[0], "of": tr["total_steps"]})
-    return {"seconds": seconds, "pruned": pruned, "kept": [k["trial"] for k in kept],
+    return {"seconds": seconds, "steps": steps, "pruned": pruned, "kept": [k["trial"] for k in kept],
             "best_kept": max((k["final"] for k in kept), default=None)}
+
+
+def pct(part: float, whole: float) -> str:
+    """The share of `whole` saved, as ' 42%'."""
+    return f"{100 * (1 - part / whole) if whole else 0:5.0f}%"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", required=True)
     ap.add_argument("--study", required=True)
-    ap.add_argument("--pruners", default="behind,median,halving")
+    ap.add_argument("--pruners", default="behind,behind@1,median,halving",
+                    help="pruners to replay; behind@N: `behind` judging from the N-th evaluation on")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--complete", action="store_true", help="first run each pruned trial again to its end")
     args = ap.parse_args()
     store = Store(args.store)
     spec = studies.load_study(store, args.study)
+    if args.complete:
+        complete_pruned(store, spec)
     doc: dict = {"study": spec.name, "val_rows": spec.val_rows, "methods": {}}
     total = {"unpruned": 0.0}
     print(f"study {spec.name}: {spec.val_rows} validation rows; replaying {args.pruners} on its unpruned trials\n")
-    print(f"{'method':9} {'pruner':8} {'pruned':>7} {'seconds':>9} {'unpruned':>9} {'saved':>7}  winner kept (best val %)")
+    print("saved: of the training steps (the load-independent cost), and of the run seconds (wall, this machine)")
+    print(f"{'method':9} {'pruner':8} {'pruned':>7} {'steps':>6} {'of':>6} {'saved':>6} {'seconds':>8} {'of':>8} "
+          f"{'saved':>6}  winner kept (best val %)")
     for method in spec.methods:
         trials = trial_runs(store, spec, method)
         if not trials:
             continue
         unpruned = sum(t["seconds"] for t in trials)
+        all_steps = sum(t["total_steps"] for t in trials)
+        total["steps"] = total.get("steps", 0) + all_steps
         winner = max(trials, key=lambda t: (t["final"], -t["trial"]))
         total["unpruned"] += unpruned
+        actual = sum(t["actual_s"] for t in trials)
+        total["as run"] = total.get("as run", 0.0) + actual
+        cut = [t for t in trials if t["pruned_at"] is not None]
+        ran = sum(t["pruned_at"] if t["pruned_at"] is not None else t["total_steps"] for t in trials)
+        total["as run steps"] = total.get("as run steps", 0) + ran
+        print(f"{method:9} {'as run':8} {len(cut):>3}/{len(trials):<3} {ran:6d} {all_steps:6d} "
+              f"{pct(ran, all_steps)} {actual:8.0f} {unpruned:8.0f} {pct(actual, unpruned)}  "
+              f"{'yes' if winner['pruned_at'] is None else 'NO'} (pruned: "
+              + (", ".join(f"t{t['trial']} at {t['pruned_at']}/{t['total_steps']} (would end {100 * t['final']:.1f})"
+                           for t in cut) or "none") + ")")
         doc["methods"][method] = {"unpruned_s": unpruned, "winner": winner["trial"], "winner_val": winner["final"],
                                   "trials": len(trials), "pruners": {}}
         for name in [p.strip() for p in args.pruners.split(",") if p.strip()]:
             r = replay(trials, name, spec.val_rows)
             total[name] = total.get(name, 0.0) + r["seconds"]
+            total[f"{name} steps"] = total.get(f"{name} steps", 0) + r["steps"]
             saved = 1 - r["seconds"] / unpruned if unpruned else 0.0
             doc["methods"][method]["pruners"][name] = {**r, "saved": saved}
             kept = "yes" if winner["trial"] in r["kept"] else "NO"
             best = f"{100 * r['best_kept']:.1f}" if r["best_kept"] is not None else "-"
-            print(f"{method:9} {name:8} {len(r['pruned']):>3}/{len(trials):<3} {r['seconds']:9.0f} {unpruned:9.0f} "
-                  f"{100 * saved:6.0f}%  {kept} ({best} vs {100 * winner['final']:.1f})")
+            print(f"{method:9} {name:8} {len(r['pruned']):>3}/{len(trials):<3} {r['steps']:6d} {all_steps:6d} "
+                  f"{pct(r['steps'], all_steps)} {r['seconds']:8.0f} {unpruned:8.0f} {pct(r['seconds'], unpruned)}  "
+                  f"{kept} ({best} vs {100 * winner['final']:.1f})")
     print()
-    for name, secs in total.items():
-        if name != "unpruned" and total["unpruned"]:
-            print(f"all methods, {name}: {secs:.0f} s against {total['unpruned']:.0f} s unpruned: "
-                  f"{100 * (1 - secs / total['unpruned']):.0f}% saved")
+    for name in ["as run", *[p.strip() for p in args.pruners.split(",") if p.strip()]]:
+        if name in total and total["unpruned"]:
+            print(f"all methods, {name}: {total[name + ' steps']} of {total['steps']} steps "
+                  f"({pct(total[name + ' steps'], total['steps']).strip()} saved), {total[name]:.0f} of "
+                  f"{total['unpruned']:.0f} run seconds ({pct(total[name], total['unpruned']).strip()} saved)")
     doc["total"] = total
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=2))

@@ -46,6 +46,15 @@ class DataConfig:
     size: int = 2400  # synthetic only: total examples before the split
     label_noise: float = 0.0  # synthetic only: fraction of labels flipped
     limit: int = 0  # file sources: stratified sample of at most this many rows (0 = all)
+    # file sources: the seed of that sample and of the split (None: the run's seed). A tuning study fixes it,
+    # so its trials and its final runs over several seeds share one split: no row selected on is tested on
+    split_seed: int | None = None
+
+    def split_seed_for(self, run_seed: int) -> int | None:
+        """The seed that picks this data's rows and split for a run seeded `run_seed` (None: fixed, synthetic)."""
+        if self.source == "synthetic":
+            return None
+        return run_seed if self.split_seed is None else self.split_seed
 
     def validate(self) -> None:
         check_types(self)
@@ -61,6 +70,8 @@ class DataConfig:
             raise ConfigError(f"size={self.size} is too small: the synthetic set needs at least 20 examples")
         if not 0.0 <= self.label_noise < 0.5:
             raise ConfigError(f"label_noise={self.label_noise} is out of range: use a fraction in [0, 0.5)")
+        if self.split_seed is not None and not 0 <= self.split_seed <= MAX_INT:
+            raise ConfigError(f"split_seed={self.split_seed} is out of range: use a seed in 0..{MAX_INT} (64 bits)")
         if self.limit < 0:
             raise ConfigError(f"limit={self.limit} is negative: use 0 for all rows or a positive row count")
 

@@ -4,6 +4,7 @@ thread of the test process unless a test needs worker processes or Ray: those ar
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -72,7 +73,7 @@ def test_every_tunable_method_declares_lr_around_its_default_and_methods_shows_i
     assert "num_virtual_tokens" in get_method("prompt").space
     assert get_method("head").space == {} and get_method("tfidf").space == {}
     out = CliRunner().invoke(app, ["methods", "--json"])
-    doc = {d["name"]: d for d in __import__("json").loads(out.stdout)}
+    doc = {d["name"]: d for d in json.loads(out.stdout)}
     assert doc["lora"]["space"]["r"] == "2..32 log"
     assert doc["lora"]["space"]["target_modules"] == "attention|all-linear"
 
@@ -441,3 +442,54 @@ def test_a_study_evaluates_a_trial_several_times_a_run_when_that_is_cheap(tmp_pa
     assert spec.base("lora").eval_every == -(-steps // per_run)
     tiny = studies.new_study(store, configs, trials=2, train_rows=100, val_rows=150)  # evaluations cost too much
     assert tiny.base("lora").eval_every == 0
+
+
+def test_a_study_on_a_file_keeps_one_split_for_its_trials_and_every_final_seed(tmp_path):
+    from peft_tui.engine.data import load_splits
+
+    texts = [f"review number {i} was {'great fun' if i % 2 else 'dull and slow'}" for i in range(200)]
+    path = _write(tmp_path / "d.csv", texts, [i % 2 for i in range(200)])
+    store = Store(tmp_path / "s")
+    configs = bases("lora", data=DataConfig(source=path, limit=160))
+    spec = studies.new_study(store, configs, trials=2, seeds=3, train_rows=110, val_rows=25)
+    data = spec.base("lora").data
+    assert data.split_seed == configs[0].seed
+    first = load_splits(data, configs[0].seed)
+    for seed in spec.final_seeds():  # a final run's seed changes its start, not which rows it tests on
+        other = load_splits(data, seed)
+        assert (other.val.texts, other.test.texts) == (first.val.texts, first.test.texts)
+    moved = load_splits(DataConfig(source=path, limit=160), spec.final_seeds()[0])  # without: another split
+    assert moved.test.texts != first.test.texts
+
+
+def test_runs_lists_a_studys_trials_with_their_study_and_filters_by_study_and_pruned(tmp_path):
+    store = Store(tmp_path / "s")
+    plain = store.create_run(tiny_config(method="lora", name="plain"))
+    trial = store.create_run(tiny_config(method="lora", name="lora-t3"), study="st-1", trial=3)
+    final = store.create_run(tiny_config(method="lora", name="lora-tuned"), study="st-1")
+    assert store.request_cancel(trial) and store.mark_pruned(trial, 5)
+    runner = CliRunner()
+    out = runner.invoke(app, ["runs", "--store", str(store.root)], terminal_width=200)
+    assert out.exit_code == 0, out.output
+    lines = {ln.split("│")[1].strip(): ln for ln in out.output.splitlines() if ln.count("│") > 3}
+    assert "st-1 #3" in lines[str(trial)] and "pruned" in lines[str(trial)]
+    assert "st-1" in lines[str(final)] and "#" not in lines[str(final)].split("│")[5]
+    assert "│ -" in lines[str(plain)]
+    only = runner.invoke(app, ["runs", "--store", str(store.root), "--study", "st-1", "--json"])
+    assert sorted(r["id"] for r in json.loads(only.output)) == [trial, final]
+    pruned = runner.invoke(app, ["runs", "--store", str(store.root), "--status", "pruned", "--json"])
+    assert pruned.exit_code == 0 and [r["id"] for r in json.loads(pruned.output)] == [trial]
+
+
+def test_a_budget_goes_to_the_method_that_has_spent_least_of_its_equal_share(tmp_path, monkeypatch):
+    store = Store(tmp_path / "s")
+    spec = studies.new_study(store, bases("full", "lora", "adapters"), budget_s=300.0, train_rows=100, val_rows=20)
+    assert spec.share_s == 100.0 and spec.trials is None
+    tuner = studies.Tuner(store, spec, pool=None)
+    spent = {"full": 120.0, "lora": 40.0, "adapters": 90.0}
+    monkeypatch.setattr(tuner, "_spent_s", lambda m: spent[m])
+    assert tuner._next_method() == "lora"  # full is over its share; lora spent least of what is left
+    tuner._counted = {"full": 3, "lora": 5, "adapters": 1}
+    assert tuner._next_method() == "adapters"  # fewest trials first among those with budget left
+    spent.update(lora=100.0, adapters=100.5)
+    assert tuner._next_method() is None  # every share spent: the search ends

@@ -11,24 +11,29 @@ from peft_tui.commands.common import handles_errors, open_store, print_json, run
 from peft_tui.commands.options import JsonOpt, StoreOpt
 from peft_tui.errors import ConfigError, OneLineError, StoreError, first_line
 
-# every status a run can have (the store's schema lists them too)
-STATUSES = ("queued", "running", "done", "failed", "diverged", "cancelled", "interrupted")
+# every status a run can have: queued, running and the store's FINAL ones (pruned: a tuning study stopped it)
+STATUSES = ("queued", "running", "done", "failed", "diverged", "cancelled", "interrupted", "pruned")
 
 
 @handles_errors
 def list_runs(
     status: Annotated[Optional[str], typer.Option(
         "--status", help=f"only runs with this status: {', '.join(STATUSES)}")] = None,
+    study: Annotated[Optional[str], typer.Option(
+        "--study", help="only the runs (trials and final runs) of this tuning study")] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List the runs in the store."""
+    """List the runs in the store (a tuning study's runs show it in the study column: NAME #trial, or NAME
+    for its final runs)."""
     if status is not None and status not in STATUSES:
         from peft_tui.safe import safe_text
 
         raise ConfigError(f"unknown status {safe_text(status, 40)!r}: use one of {', '.join(STATUSES)}")
     st = open_store(store)
     rows = st.list(status=status)
+    if study is not None:
+        rows = [r for r in rows if r.get("study") == study]
     if as_json:
         print_json([run_json(st, r) for r in rows])
         return
@@ -41,12 +46,15 @@ def list_runs(
         return "-" if value is None else format(scale * value, fmt)
 
     table = Table(title=literal(f"runs in {st.root}"))
-    for h in ("id", "name", "method", "model", "status", "acc %", "train %", "time s", "error"):
+    studied = any(r.get("study") for r in rows)
+    for h in ("id", "name", "method", "model", *(("study",) if studied else ()), "status", "acc %", "train %",
+              "time s", "error"):
         table.add_column(h)
     for r in rows:
         res = r["result"] or {}
+        tag = (r.get("study") or "-") + (f" #{r['trial']}" if r.get("trial") is not None else "")
         cells = (
-            str(r["id"]), r["name"], r["method"], r["model"], r["status"],
+            str(r["id"]), r["name"], r["method"], r["model"], *((tag,) if studied else ()), r["status"],
             number(res, "accuracy", ".1f", 100), number(res, "trainable_pct", ".2f"),
             number(res, "train_time_s", ".1f"), r["error"] or damaged_note(r),
         )

@@ -373,6 +373,7 @@ def _encode(values: list, names: list) -> list[int]:
 
 
 def load_file_splits(cfg: DataConfig, seed: int) -> DataSplits:
+    seed = seed if cfg.split_seed is None else cfg.split_seed  # a study's runs share one sample and split
     df, class_names, builtin = _read_source(cfg.source, "data", cfg)
     texts, raw, pairs, notes = _columns(df, cfg, cfg.source)
     if cfg.limit and cfg.limit < len(texts):

@@ -224,10 +224,11 @@ def plan(configs: Sequence[RunConfig], calibration_path: str | Path, calibrate: 
             rows.append(None)
             continue
         device = resolve_device(cfg.device)
-        split_seed = None if cfg.data.source == "synthetic" else cfg.seed  # the synthetic split is fixed
-        key = (cfg.model, cfg.data, split_seed, cfg.trust_remote_code)
+        key = (cfg.model, cfg.data, cfg.data.split_seed_for(cfg.seed), cfg.trust_remote_code)
         if key not in inputs:  # the same model and data for every method and seed: read them once
-            same = data is not None and (cfg.data, cfg.seed) == (configs[0].data, configs[0].seed)
+            first = configs[0]
+            same = data is not None and (cfg.data, cfg.data.split_seed_for(cfg.seed)) == (
+                first.data, first.data.split_seed_for(first.seed))
             inputs[key] = inputs_for(cfg, data if same else None)
         model_cfg, lengths = inputs[key]
         cal = calibration(calibration_path, device) if calibrate else read_calibration(calibration_path, device)

@@ -142,6 +142,8 @@ def new_study(store: Store, bases: list[RunConfig], *, trials: int | None = None
         evals = evaluations_per_run(train_rows, val_rows, b.epochs)
         if b.eval_every == 0 and evals > b.epochs and per_epoch * b.epochs >= 2 * evals:
             b = dataclasses.replace(b, eval_every=math.ceil(per_epoch * b.epochs / evals))
+        if b.data.split_seed is None:  # every run of the study (final seeds too) on the trials' split
+            b = dataclasses.replace(b, data=dataclasses.replace(b.data, split_seed=b.seed))
         fixed.append(dataclasses.replace(b, name=b.method))
     spec = StudySpec(name=name, methods=methods, bases={b.method: b.to_dict() for b in fixed}, trials=trials,
                      budget_s=budget_s, seeds=seeds, pruner=pruner, space=list(space or []), parallel=max(1, parallel),

@@ -1,7 +1,7 @@
-"""Where the estimates show and how they are graded: the store keeps each run's estimate and grades it
-when the run finishes, `run`/`compare` refuse what will not fit (exit 2, `--force` overrides), `show`
-and the report print the error, and the dashboard shows estimates in the form, the runs table and the
-ETA. Tiny model and data made here; one short run trains for real."""
+"""Where the estimates show and how they are graded: the store keeps each run's estimate and its result,
+and whoever reads the run grades one against the other (engine.estimate.grade_run); `run`/`compare`
+refuse what will not fit (exit 2, `--force` overrides), `show` and the report print the error, and the
+dashboard shows estimates in the form, the runs table and the ETA. Tiny model and data made here; one short run trains for real."""
 
 from __future__ import annotations
 
@@ -48,28 +48,37 @@ def finish(store: Store, rid: int, peak_mb: float, train_s: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------- the store
-def test_the_store_grades_a_finished_run_against_its_estimate(tmp_path):
+def test_a_reader_grades_a_finished_run_against_the_estimate_it_was_queued_with(tmp_path):
     st = Store(tmp_path / "s")
     rid = st.create_run(tiny(method="lora"), estimate=estimate_dict(peak_mb=500, total_s=10))
     other = st.create_run(tiny(method="lora"))  # queued without one (the dashboard adds it after)
     assert st.get(rid)["estimate"]["peak_mb"] == 500 and st.get(other)["estimate"] is None
     st.set_estimate(other, estimate_dict(peak_mb=300, total_s=30))
+    assert E.grade_run(st.get(rid)) is None  # not finished: nothing measured yet
     finish(st, rid, peak_mb=400, train_s=20)
     finish(st, other, peak_mb=300, train_s=30)
-    g = st.get(rid)["grade"]
+    g = E.grade_run(st.get(rid))
     assert g["peak_error_pct"] == pytest.approx(25.0) and g["peak_in_range"] is False
     assert g["time_error_pct"] == pytest.approx(-50.0) and g["time_in_range"] is False
-    g = st.get(other)["grade"]
+    g = E.grade_run(st.get(other))
     assert g["peak_error_pct"] == pytest.approx(0.0) and g["peak_in_range"] and g["time_error_pct"] == 0.0
-    retried = st.retry(rid)  # the same config: the same estimate, graded again when it finishes
-    assert st.get(retried)["estimate"] == st.get(rid)["estimate"] and st.get(retried)["grade"] is None
+    retried = st.retry(rid)  # the same config: the same estimate, graded once it finishes
+    assert st.get(retried)["estimate"] == st.get(rid)["estimate"] and E.grade_run(st.get(retried)) is None
+    # the store keeps the estimate and the result, never a grade
+    db = sqlite3.connect(st.db_path)
+    assert db.execute("SELECT count(*) FROM runs WHERE grade IS NOT NULL").fetchone()[0] == 0
+    db.close()
+    assert "grade" not in st.get(rid)
 
 
-def test_a_run_without_an_estimate_finishes_ungraded(tmp_path):
+def test_a_run_without_an_estimate_or_with_an_unreadable_one_is_ungraded(tmp_path):
     st = Store(tmp_path / "s")
     rid = st.create_run(tiny(method="lora"))
     finish(st, rid, peak_mb=400, train_s=20)
-    assert st.get(rid)["status"] == "done" and st.get(rid)["grade"] is None
+    assert st.get(rid)["status"] == "done" and E.grade_run(st.get(rid)) is None
+    another_version = st.create_run(tiny(method="lora"), estimate={"peak_mb": "a lot", "future_field": 1})
+    finish(st, another_version, peak_mb=400, train_s=20)
+    assert E.grade_run(st.get(another_version)) is None
 
 
 def test_an_older_store_gains_the_estimate_columns_and_still_opens(tmp_path):
@@ -83,9 +92,40 @@ def test_an_older_store_gains_the_estimate_columns_and_still_opens(tmp_path):
     db.close()
     st = Store(tmp_path / "s")
     old = st.get(1)
-    assert old["result"] == {"accuracy": 0.5} and old["estimate"] is None and old["grade"] is None
+    assert old["result"] == {"accuracy": 0.5} and old["estimate"] is None and E.grade_run(old) is None
     rid = st.create_run(tiny(), estimate=estimate_dict())
     assert st.get(rid)["estimate"]["total_s"] == 10.0
+
+
+def test_a_store_whose_runs_were_graded_by_an_older_version_still_shows_their_grades(tmp_path):
+    """Versions that graded in the store wrote a `grade` column: the row opens, that column is ignored
+    (an unreadable one does not mark the row damaged), and `show` grades the run from its estimate."""
+    st = Store(tmp_path / "store")
+    rid = st.create_run(tiny(method="lora"), estimate=estimate_dict(peak_mb=500, total_s=10))
+    finish(st, rid, peak_mb=400, train_s=20)
+    db = sqlite3.connect(st.db_path)
+    db.execute("UPDATE runs SET grade=? WHERE id=?", ('{"peak_error_pct": 99.0', rid))  # stale and cut short
+    db.commit()
+    db.close()
+    row = Store(tmp_path / "store").get(rid)
+    assert row["damaged"] is None and "grade" not in row
+    doc = json.loads(runner.invoke(cli, ["show", str(rid), "--store", str(tmp_path / "store"), "--json"]).stdout)
+    assert doc["grade"]["peak_error_pct"] == pytest.approx(25.0) and doc["grade"]["measured_time_s"] == 20.0
+    text = runner.invoke(cli, ["show", str(rid), "--store", str(tmp_path / "store")]).stdout
+    assert "measured peak 400 MB: estimate off by +25.0% (outside its range)" in text
+
+
+def test_a_study_summary_grades_its_final_runs(tmp_path):
+    from peft_tui.engine import tune as studies
+
+    st = Store(tmp_path / "s")
+    spec = studies.new_study(st, [tiny(method="lora")], trials=1, seeds=1, pruner="none")
+    rid = st.create_run(tiny(method="lora"), estimate=estimate_dict(peak_mb=500, total_s=10), study=spec.name)
+    finish(st, rid, peak_mb=400, train_s=20)
+    spec.final = {"lora": {"defaults": {"1": rid}}}
+    [final] = studies.summary(st, spec)["methods"]["lora"]["final"]["defaults"]
+    assert final["id"] == rid and final["grade"]["peak_error_pct"] == pytest.approx(25.0)
+    assert final["grade"]["measured_time_s"] == 20.0
 
 
 # ---------------------------------------------------------------------------------------- the fit check
@@ -163,16 +203,18 @@ def test_a_forced_run_trains_stores_its_estimate_and_show_prints_the_error(tmp_p
 
 
 # ---------------------------------------------------------------------------------------- tables and ETA
-def test_results_rows_carry_the_grade():
+def test_results_rows_carry_the_grade_their_reader_computes():
     from peft_tui.report.table import formatted, rows_from_runs
 
-    run = {"id": 1, "name": "a", "method": "lora", "result": {"accuracy": 0.5},
-           "grade": {"peak_error_pct": 12.4, "time_error_pct": -31.6}}
-    ungraded = {**run, "id": 2, "grade": None}
-    headers, body = formatted(rows_from_runs([run, ungraded]))
+    run = {"id": 1, "name": "a", "method": "lora", "estimate": estimate_dict(peak_mb=562, total_s=13.68),
+           "result": {"accuracy": 0.5, "peak_memory_mb": 500.0, "train_time_s": 20.0}}
+    unestimated = {**run, "id": 2, "estimate": None}
+    headers, body = formatted(rows_from_runs([run, unestimated], E.grade_run))
     cells = dict(zip(headers, body[0]))
     assert cells["est mem err %"] == "+12" and cells["est time err %"] == "-32"
     assert dict(zip(headers, body[1]))["est mem err %"] == "-"
+    headers, body = formatted(rows_from_runs([run]))  # a reader that does not grade: the columns stay empty
+    assert dict(zip(headers, body[0]))["est mem err %"] == "-"
 
 
 def test_the_runs_table_shows_the_estimate_and_the_eta_switches_to_the_measured_rate():

@@ -156,7 +156,9 @@ def print_json(doc: Any) -> None:
 
 
 def run_json(st: Store, row: dict) -> dict:
-    """A stored run as `--json` prints it (and `run --config` reads it back)."""
+    """A stored run as `--json` prints it (and `run --config` reads it back), with its grade computed here."""
+    from peft_tui.engine.estimate import grade_run
+
     return {
         "id": row["id"],
         "name": row["name"],
@@ -168,7 +170,7 @@ def run_json(st: Store, row: dict) -> dict:
         "result": row["result"],
         "startup_s": row.get("startup_s"),  # the worker start-up this run paid (launch/worker.py)
         "estimate": row.get("estimate"),  # before the run (engine/estimate.py) ...
-        "grade": row.get("grade"),  # ... and its error against what the run measured
+        "grade": grade_run(row),  # ... and its error against what the run measured
     }
 
 

@@ -19,11 +19,13 @@ def report(
     """A Markdown report of the store's finished runs: table, charts, Pareto front, recommendations.
 
     Example: peft-tui report --out report.md"""
+    from peft_tui.engine.estimate import grade_run
     from peft_tui.report.markdown import build_report
     from peft_tui.safe import safe_lines, safe_text
 
     st = open_store(store)
-    text = safe_lines(build_report(st.list(), source=str(st.root)))  # names and labels from runs, literally
+    # names and labels from runs, literally
+    text = safe_lines(build_report(st.list(), source=str(st.root), grade=grade_run))
     if not out_path:
         typer.echo(text)
         return

@@ -94,7 +94,6 @@ def show(
         doc["files"] = None
         problems.append(f"its files: {first_line(e)}")
     doc["problems"] = problems
-    doc["estimate"], doc["grade"] = row.get("estimate"), row.get("grade")
     if as_json:
         print_json(doc)
         return
@@ -116,7 +115,7 @@ def show(
         out.print("logged points:", literal(", ".join(f"{k} {v}" for k, v in doc["metrics"].items())))
     from peft_tui.console import print_estimate
 
-    print_estimate(row.get("estimate"), row.get("grade"))
+    print_estimate(doc["estimate"], doc["grade"])
 
 
 @handles_errors

@@ -1,6 +1,7 @@
 """The Markdown report of a store's finished runs (`peft-tui report`): per dataset, the comparison
 table, accuracy vs trainable parameters as a plotext chart (text), the Pareto front, and the
-recommendations, each naming its runs. `build_report` is pure: store rows in, text out."""
+recommendations, each naming its runs. `build_report` is pure: store rows in, text out (the caller hands
+in how a run's estimate is graded, engine.estimate.grade_run: a report imports no engine)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from peft_tui.report import recommend as rec
 from peft_tui.report.charts import accuracy_vs_params
 from peft_tui.report.pareto import pareto_front
-from peft_tui.report.table import rows_from_runs, to_markdown
+from peft_tui.report.table import Grader, rows_from_runs, to_markdown
 
 
 def _group_key(run: dict[str, Any]) -> str:
@@ -38,7 +39,7 @@ def group_runs(runs: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any
     return [(_group_title(g), g) for g in groups.values()]
 
 
-def build_report(runs: list[dict[str, Any]], source: str = "", width: int = 90) -> str:
+def build_report(runs: list[dict[str, Any]], source: str = "", width: int = 90, grade: Grader | None = None) -> str:
     groups = group_runs(runs)
     n = sum(len(g) for _, g in groups)
     lines = ["# peft-tui report", "",
@@ -48,7 +49,7 @@ def build_report(runs: list[dict[str, Any]], source: str = "", width: int = 90) 
         lines.append("No finished runs yet: `peft-tui run`, `compare` or `sweep` first.")
         return "\n".join(lines) + "\n"
     for title, group in groups:
-        rows = rows_from_runs(group)
+        rows = rows_from_runs(group, grade)
         models = sorted({r.get("model") for r in group if r.get("model")})
         devices = sorted({(r.get("result") or {}).get("device", "") for r in group} - {""})
         lines += [f"## {title}", "", f"Models: {', '.join(models)}; devices: {', '.join(devices) or '-'}.", ""]

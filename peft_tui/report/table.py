@@ -6,13 +6,16 @@ It rewards methods that reach an accuracy while training few parameters; read it
 never alone (a method at chance level with 10 parameters is "efficient").
 
 The last two columns grade the run's estimate (made before it ran) against what it measured: the error
-of the estimated peak memory and training time, in % of the measured figure (+: over-estimated).
+of the estimated peak memory and training time, in % of the measured figure (+: over-estimated). The
+store keeps no grade: the reader computes it (engine.estimate.grade_run) and hands that function to
+`rows_from_runs`, since a report imports no engine.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from typing import Any
 
 COLUMNS = [
@@ -29,11 +32,11 @@ COLUMNS = [
     ("samples_per_s", "samples/s", lambda v: f"{v:.0f}"),
     ("peak_memory_mb", "peak MB", lambda v: f"{v:.0f}"),
     ("efficiency", "eff", lambda v: f"{v:.1f}"),
-    # the estimate made before the run against what it measured (engine/estimate.py `grade`), in % of the measured
+    # the estimate made before the run against what it measured (engine.estimate `grade_run`), in % of the measured
     ("mem_err_pct", "est mem err %", lambda v: f"{v:+.0f}"),
     ("time_err_pct", "est time err %", lambda v: f"{v:+.0f}"),
 ]
-GRADE_KEYS = {"mem_err_pct": "peak_error_pct", "time_err_pct": "time_error_pct"}  # column -> key of a stored grade
+GRADE_KEYS = {"mem_err_pct": "peak_error_pct", "time_err_pct": "time_error_pct"}  # column -> key of a grade
 
 # one row per method over several seeds (`report.seeds.aggregate`): means, ± the sample standard deviation
 SEED_COLUMNS = [
@@ -61,17 +64,21 @@ def human_count(n: float) -> str:
     return f"{n:.0f}"
 
 
-def rows_from_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Flatten finished runs (store rows with a result) into comparison rows."""
+Grader = Callable[[dict[str, Any]], dict[str, Any] | None]  # a run -> its grade (engine.estimate.grade_run)
+
+
+def rows_from_runs(runs: list[dict[str, Any]], grade: Grader | None = None) -> list[dict[str, Any]]:
+    """Flatten finished runs (store rows with a result) into comparison rows. `grade`: how the reader
+    grades a run's estimate (engine.estimate.grade_run); without it the error columns stay empty."""
     out = []
     for run in runs:
         res = run.get("result")
         if not res:
             continue
         row = {"id": run["id"], "name": run["name"], "method": run["method"]}
-        grade = run.get("grade") or {}
+        graded = (grade(run) if grade else None) or {}
         for key, _, _ in COLUMNS[3:]:
-            row[key] = grade.get(GRADE_KEYS[key]) if key in GRADE_KEYS else res.get(key)
+            row[key] = graded.get(GRADE_KEYS[key]) if key in GRADE_KEYS else res.get(key)
         row["seed"] = res.get("seed") if res.get("seed") is not None else (run.get("config") or {}).get("seed")
         row["device"] = res.get("device", "")
         row["memory_kind"] = res.get("memory_kind", "")

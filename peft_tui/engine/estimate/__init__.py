@@ -6,6 +6,7 @@
     est.peak_mb, est.parts, est.total_s, est.fits(available), est.suggestions, est.to_dict()
     eta(est, steps_done, elapsed_s, total_steps)                # the run's own rate from step 20 on
     grade(est, result)                                          # the estimate against what the run measured
+    grade_run(row)                                              # the same for a stored run, where it is read
 
 No training happens here, and importing this module imports no torch. The classifier is built on the
 meta device (no memory, no weights read) and wrapped by the method's own `apply`, so parameter counts
@@ -89,6 +90,7 @@ from peft_tui.engine.estimate.planning import (  # noqa: F401
     eta,
     free_memory_mb,
     grade,
+    grade_run,
     plan,
     refusal,
     suggest,

@@ -1,5 +1,5 @@
 """The estimate of a run (`estimate`, `suggest`), the plan before queueing (`plan`: will it fit, how long;
-`refusal`), and during and after the run (`eta`, `grade`)."""
+`refusal`), and during and after the run (`eta`, `grade`, and `grade_run` for whoever reads a stored run)."""
 
 from __future__ import annotations
 
@@ -301,3 +301,17 @@ def grade(est: Estimate, measured: Any) -> dict[str, Any]:
         out.update(time_s=est.total_s, measured_time_s=t, time_error_pct=100.0 * (est.total_s - t) / t,
                    time_in_range=est.total_low_s <= t <= est.total_high_s)
     return out
+
+
+def grade_run(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The grade of a stored run (a store row, or its `--json` document): the estimate it was queued with
+    against its result, computed where the run is read (the store keeps both, never the grade). None
+    until it has both, when neither figure was measured, or when the estimate was written by a version
+    this one cannot read."""
+    est, result = run.get("estimate"), run.get("result")
+    if not est or not result:
+        return None
+    try:
+        return grade(Estimate.from_dict(est), result) or None
+    except (ValueError, TypeError, KeyError, AttributeError):  # an estimate or result of another version
+        return None

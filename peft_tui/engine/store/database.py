@@ -71,10 +71,12 @@ QUEUE_COLUMNS = {
     "startup_s": "REAL",  # worker start-up paid by this run (see launch/worker.py)
     "events_offset": "INTEGER DEFAULT 0",  # where this attempt's events begin in events.jsonl
     "estimate": "TEXT",  # JSON engine.estimate.Estimate, written by whoever queued the run (see `set_estimate`)
-    "grade": "TEXT",  # JSON engine.estimate.grade: that estimate against what the finished run measured
+    # written by versions that graded runs in the store; no longer written or read: the grade is computed
+    # where a run is read (engine.estimate.grade_run), from `estimate` and `result`
+    "grade": "TEXT",
 }
 STUDY_COLUMNS = {
-    "study": "TEXT",  # the tuning study this run is a trial of (engine/tune.py), else NULL
+    "study": "TEXT",  # the tuning study this run is a trial of (engine/tune), else NULL
     "trial": "INTEGER",  # its trial number in that study
 }
 # PRAGMA user_version -> the columns that version added. A database at an older version is brought up to
@@ -265,8 +267,8 @@ class Database:
                    study: str | None = None, trial: int | None = None) -> int:
         """A queued run row plus its folder with config.json. Returns the run id. The config was validated
         by whoever submits it (engine/submit.py, the one path). `estimate`: the run's Estimate as a dict
-        (engine/estimate.py), kept to be graded when the run finishes; `study`, `trial`: the tuning study
-        (engine/tune.py) this run is a trial of."""
+        (engine/estimate), kept so that whoever reads the finished run can grade it; `study`, `trial`: the
+        tuning study (engine/tune) this run is a trial of."""
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO runs (name, method, model, data, status, config, created_at, queued_at, host, estimate, "
@@ -284,7 +286,7 @@ class Database:
 
     def set_estimate(self, run_id: int, estimate: dict[str, Any]) -> None:
         """Record the estimate of a run queued without one (the dashboard queues first, through its
-        scheduler). The run is graded against it when it finishes."""
+        scheduler). Readers grade the finished run against it."""
         with self._tx() as db:
             db.execute("UPDATE runs SET estimate=? WHERE id=?", (json.dumps(estimate), run_id))
 
@@ -345,7 +347,8 @@ class Database:
         hide the row: it is returned with `damaged` saying what is wrong (None for a sound row)."""
         d = dict(row)
         d["damaged"] = None
-        for key, empty in (("config", {}), ("result", None), ("estimate", None), ("grade", None)):
+        d.pop("grade", None)  # an older version's stored grade: readers compute it (engine.estimate.grade_run)
+        for key, empty in (("config", {}), ("result", None), ("estimate", None)):
             try:
                 d[key] = json.loads(d[key]) if d.get(key) else empty
             except ValueError as e:

@@ -1,5 +1,6 @@
 """The recorder: the store as a sink of engine events. Each event becomes a short write (the run's row,
-its metrics); a finished run's result is graded against the estimate it was queued with."""
+its metrics). A finished run's result is recorded as measured: the grade of the estimate it was queued
+with is computed by whoever reads the run (engine.estimate.grade_run), never stored."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import os
 import socket
 import sqlite3
-from typing import Any
 
 from peft_tui.engine.events import (
     EvalLogged,
@@ -21,16 +21,6 @@ from peft_tui.engine.events import (
 )
 from peft_tui.engine.store.database import Database, _now, _write_json
 from peft_tui.errors import StoreError, first_line
-
-
-def _graded(estimate_json: str | None, result: dict[str, Any]) -> str | None:
-    """The grade (JSON) of a run's stored estimate against its result; None without a readable estimate."""
-    from peft_tui.engine.estimate import Estimate, grade
-
-    try:
-        return json.dumps(grade(Estimate.from_dict(json.loads(estimate_json)), result)) if estimate_json else None
-    except (ValueError, TypeError, KeyError):  # an estimate written by another version
-        return None
 
 
 class Recorder(Database):
@@ -79,11 +69,9 @@ class Recorder(Database):
         elif isinstance(event, RunFinished):
             result = event.result_dict()
             with self._tx() as db:
-                row = db.execute("SELECT estimate FROM runs WHERE id=?", (event.run_id,)).fetchone()
                 db.execute(
-                    "UPDATE runs SET status='done', result=?, grade=?, finished_at=?, heartbeat=?, step=total_steps "
-                    "WHERE id=?",
-                    (json.dumps(result, default=str), _graded(row[0] if row else None, result), t, t, event.run_id),
+                    "UPDATE runs SET status='done', result=?, finished_at=?, heartbeat=?, step=total_steps WHERE id=?",
+                    (json.dumps(result, default=str), t, t, event.run_id),
                 )
             _write_json(self.run_dir(event.run_id) / "result.json", result)
         elif isinstance(event, RunFailed):

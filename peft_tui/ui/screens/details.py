@@ -13,6 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from peft_tui.console import grade_lines
+from peft_tui.engine.estimate import grade_run
 from peft_tui.report.table import human_count
 from peft_tui.safe import safe_lines, safe_text
 from peft_tui.ui.state import LabState, estimate_text, eta_text, fmt_duration, is_baseline, shown_result
@@ -38,7 +39,7 @@ def describe(row: dict[str, Any], folder: str | None) -> Text:
         lines.append(Text(f"folder: {safe_text(folder)}"))
     if row.get("estimate"):  # before the run, and (once it finished) against what it measured
         lines.append(Text(f"estimate before the run: {estimate_text(row['estimate'])}"))
-        lines += [Text(f"  {line}") for line in grade_lines(row.get("grade") or {})]
+        lines += [Text(f"  {line}") for line in grade_lines(grade_run(row) or {})]
     res = shown_result(row)
     if res:
         lines += [Text(""), Text("result", style="bold")]

@@ -11,6 +11,7 @@ from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist
 
 from peft_tui.console import literal
+from peft_tui.engine.estimate import grade_run
 from peft_tui.report.table import COLUMNS, formatted, rows_from_runs, sort_rows
 from peft_tui.safe import safe_text
 from peft_tui.ui.state import (
@@ -166,7 +167,7 @@ class ResultsTable(DataTable):
     def sync(self, state: LabState) -> None:
         runs = [{**r, "result": shown_result(r)} for r in state.runs.values()
                 if r["status"] == "done" and r.get("result")]
-        self.rows_data = sort_rows(rows_from_runs(sorted(runs, key=lambda r: r["id"])), self.sort_key,
+        self.rows_data = sort_rows(rows_from_runs(sorted(runs, key=lambda r: r["id"]), grade_run), self.sort_key,
                                    self.descending)
         cursor = self.cursor_row
         _, body = formatted(self.rows_data)

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peft_tui.engine import tune as studies  # noqa: E402
 from peft_tui.engine.store import Store  # noqa: E402
+from peft_tui.engine.tune import pruning  # noqa: E402
 
 
 def rerun_name(method: str, trial: int) -> str:
@@ -78,7 +79,7 @@ def trial_runs(store: Store, spec: studies.StudySpec, method: str) -> list[dict]
     return sorted(out, key=lambda r: r["trial"])
 
 
-PRUNE_FROM_EVAL = studies.PRUNE_FROM_EVAL
+PRUNE_FROM_EVAL = pruning.PRUNE_FROM_EVAL
 
 
 def replay(trials: list[dict], pruner_name: str, val_rows: int) -> dict:
@@ -88,7 +89,7 @@ def replay(trials: list[dict], pruner_name: str, val_rows: int) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     eval_every = trials[0]["eval_every"] if trials else 0
     base, _, first = pruner_name.partition("@")  # behind@1: `behind` judging from the first evaluation on
-    studies.PRUNE_FROM_EVAL = int(first) if first else PRUNE_FROM_EVAL
+    pruning.PRUNE_FROM_EVAL = int(first) if first else PRUNE_FROM_EVAL  # read by clearly_behind at each call
     study = optuna.create_study(direction="maximize", pruner=studies._pruner(base, eval_every, val_rows))
     seconds, steps, pruned, kept = 0.0, 0, [], []
     for tr in trials:

@@ -1,7 +1,7 @@
 """`peft-tui tune`: search each method's hyperparameters on an equal budget (Optuna TPE, with pruning),
 then run each method's best configuration and its defaults over several seeds and compare them.
 
-The study lives in the store (engine/tune.py); its trials are ordinary queued runs tagged with the
+The study lives in the store (engine/tune); its trials are ordinary queued runs tagged with the
 study, trained by the same workers as any run (--workers, --ray). Ctrl-C cancels the study's runs and
 exits 130; `peft-tui tune --resume NAME` continues without repeating a finished trial.
 """

@@ -1,5 +1,5 @@
 """The report of a tuning study (`peft-tui tune`, the dashboard's tune view), from the study's summary
-document (engine/tune.py `summary`). Pure functions: no store, no engine, no UI.
+document (engine/tune `summary`). Pure functions: no store, no engine, no UI.
 
 - `final_rows`: per method, the tuned configuration and the defaults over the final seeds (mean ± sample
   std of test accuracy, report.seeds), with the budget the method's search got;

@@ -2,7 +2,7 @@
 dashboard's model and data) or follows one already in the store, and shows per method the best validation
 accuracy so far over trials (pruned trials marked x, failed ones !), then the final table when the study ends.
 
-The study runs in a thread worker through the engine (engine/tune.py) with its own pool of workers;
+The study runs in a thread worker through the engine (engine/tune) with its own pool of workers;
 the screen reads the study's summary from the store every second and draws it. Its trials are ordinary
 runs: they show in the main screen's queue, grouped by study, and can be cancelled there like any run.
 """

@@ -120,8 +120,8 @@ def _plan(store: Store, configs: Sequence[RunConfig], data: DataSplits | None,
 
 def create(store: Store, planned: Sequence[Planned], ids: list[int] | None = None,
            study: str | None = None, trial: int | None = None) -> list[int]:
-    """Queue the checked configs, each with its estimate (graded when it is read: engine.estimate.grade_run). Each id is appended to
-    `ids` as soon as it is queued, so an interrupt in between knows what to cancel."""
+    """Queue the checked configs, each with its estimate (graded by whoever reads the run: estimate.grade_run).
+    Each id is appended to `ids` as soon as it is queued, so an interrupt in between knows what to cancel."""
     ids = [] if ids is None else ids
     for p in planned:
         ids.append(store.create_run(p.config, estimate=p.estimate, study=study, trial=trial))

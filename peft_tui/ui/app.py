@@ -104,7 +104,7 @@ class PeftLab(App):
 
     @work(thread=True, group="submit", exit_on_error=False)
     def submit(self, configs: list[RunConfig]) -> None:
-        """Queue `configs` in order, each with its estimate (graded when it finishes; a run that will not
+        """Queue `configs` in order, each with its estimate (graded when the run is read; a run that will not
         fit is queued with a warning); a config the scheduler refuses is logged and skipped."""
         rows = []
         for cfg in configs:

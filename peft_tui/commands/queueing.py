@@ -1,12 +1,21 @@
 """How the training commands (train.py, tune.py) queue their runs and see them through: the one submit path
 (engine/submit.py) with its warnings, the pool that trains them (local workers or Ray), progress from the
 store, and Ctrl-C / SIGTERM cancelling every run the command queued (exit 130 or 143). `--detach` leaves
-the workers training in the background and returns at once with the run ids."""
+the workers training in the background and returns at once with the run ids.
+
+A command makes its pool as soon as its configs are parsed (`command_pool`), and local worker processes
+start at once (LocalPool.prewarm): their imports of torch, transformers and peft (seconds) overlap the
+command's own data load, summary and estimate instead of following them. Whatever stops the command
+before its runs are queued (a refused config or estimate, bad data, Ctrl-C) releases those workers at
+once; a worker still importing leaves on the spot."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import typer
@@ -17,8 +26,49 @@ from peft_tui.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft_tui.engine.data import DataSplits
+    from peft_tui.engine.launch.local import LocalPool
+    from peft_tui.engine.launch.ray import RayPool
     from peft_tui.engine.store import Store
     from peft_tui.engine.submit import Planned
+
+
+@dataclass
+class CommandPool:
+    """The pool that trains one command's runs, and the ids of the runs it queued (filled in as each is
+    queued: a Ray pool serves those alone). `handed`: train_runs or start_detached has taken it over."""
+
+    pool: LocalPool | RayPool
+    ids: list[int] = field(default_factory=list)
+    detach: bool = False
+    handed: bool = False
+
+
+@contextlib.contextmanager
+def command_pool(st: Store, configs: list[RunConfig], workers: int | None, ray: str | None = None,
+                 detach: bool = False) -> Iterator[CommandPool]:
+    """The pool for the command's runs, made right after its configs are parsed, its local worker
+    processes started now (not a Ray pool, nor the fast tests' in-process one) so that they import while
+    the command loads its data and estimates. The command does that work inside the `with`, then hands the
+    pool to `train_runs` or `start_detached`. An error or interrupt before that releases the workers at
+    once and goes on (the command's one line, its exit code)."""
+    from peft_tui.engine.launch.local import LocalPool
+    from peft_tui.engine.methods import validate
+    from peft_tui.engine.submit import make_pool
+
+    for cfg in configs:  # a config refused for its own values starts no worker
+        validate(cfg)
+    no_detached_ray(detach, ray)
+    ids: list[int] = []
+    launch = CommandPool(make_pool(st, ray=ray, workers=workers, detach=detach, run_ids=ids,
+                                   trust_remote_code=any(c.trust_remote_code for c in configs)), ids, detach)
+    try:
+        if isinstance(launch.pool, LocalPool):
+            launch.pool.prewarm()
+        yield launch
+    except BaseException:
+        if not launch.handed:
+            launch.pool.release()  # a worker still importing exits at once, an idle one within a poll
+        raise
 
 
 def no_detached_ray(detach: bool, ray: str | None) -> None:
@@ -51,17 +101,17 @@ def queue(st: Store, planned: list[Planned], resume_id: int | None, ids: list[in
     create(st, planned, ids)
 
 
-def train_runs(st: Store, planned: list[Planned], workers: int | None, show_progress: bool,
-               resume_id: int | None = None, ray: str | None = None) -> list[int]:
-    """Queue the runs, have local worker processes train them, and stream their progress until every
-    one has ended (a failure does not stop the rest). Returns the run ids. On Ctrl-C or SIGTERM: every
-    run queued here is cancelled, the workers leave, and the command exits 130 or 143 with one line."""
+def train_runs(st: Store, planned: list[Planned], launch: CommandPool, show_progress: bool,
+               resume_id: int | None = None) -> list[int]:
+    """Queue the runs, have the command's pool (`command_pool`) train them, and stream their progress
+    until every one has ended (a failure does not stop the rest). Returns the run ids. On Ctrl-C or
+    SIGTERM: every run queued here is cancelled, the workers leave, and the command exits 130 or 143
+    with one line."""
     from peft_tui.console import ProgressSink
     from peft_tui.engine.launch.client import interrupts, watch
-    from peft_tui.engine.submit import make_pool
 
-    ids: list[int] = []
-    pool = make_pool(st, ray=ray, workers=workers, run_ids=ids, trust_remote_code=trusted(planned))
+    launch.handed = True
+    ids, pool = launch.ids, launch.pool
     with interrupts() as stopped:
         try:
             queue(st, planned, resume_id, ids)
@@ -81,15 +131,13 @@ def train_runs(st: Store, planned: list[Planned], workers: int | None, show_prog
     return ids
 
 
-def start_detached(st: Store, planned: list[Planned], workers: int | None, as_json: bool,
+def start_detached(st: Store, planned: list[Planned], launch: CommandPool, as_json: bool,
                    resume_id: int | None = None) -> None:
-    """Queue the runs and leave them to workers in their own session (they outlive this shell and leave
-    when the queue is empty); print the run ids."""
-    from peft_tui.engine.submit import make_pool
-
-    pool = make_pool(st, workers=workers, detach=True, trust_remote_code=trusted(planned))
-    ids: list[int] = []
+    """Queue the runs and leave them to the command's detached pool (`command_pool(detach=True)`: workers
+    in their own session, which outlive this shell and leave when the queue is empty); print the run ids."""
+    pool, ids = launch.pool, launch.ids
     queue(st, planned, resume_id, ids)
+    launch.handed = True  # queued: from here the workers are theirs, whatever happens to this command
     pool.start()
     pool.stop(cancel=False)
     pids = sorted(pool.pids())

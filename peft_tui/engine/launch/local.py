@@ -1,8 +1,9 @@
 """A pool of worker processes on this machine: one per device (CPU: one; a GPU box: one per GPU,
 pinned with CUDA_VISIBLE_DEVICES; `workers=N` to change it).
 
-The pool starts a worker for a slot when the store holds queued runs that slot can serve; a worker
-leaves when the queue has nothing more for it. A thread watches the workers: when one dies by a signal,
+The pool starts a worker for a slot when the store holds queued runs that slot can serve (or at once,
+with `prewarm()`, so that a command's workers pay their imports while it loads its data); a worker
+leaves when the queue has nothing more for it (after `idle_s`). A thread watches the workers: when one dies by a signal,
 the run it had claimed becomes `failed` with that signal as the reason, and a replacement starts while
 queued runs remain. With `detach=True` the workers run in their own session, so they outlive the caller
 (an SSH logout); otherwise in a process group of their own, so a Ctrl-C in the caller's terminal reaches
@@ -99,6 +100,21 @@ class LocalPool:
     def wake(self) -> None:
         """Start workers now for queued runs (called after submitting, instead of waiting for the watcher)."""
         self._tend()
+
+    def prewarm(self) -> LocalPool:
+        """Start a worker in every empty slot now, before any run is queued, so that its imports (torch,
+        transformers, peft: seconds) overlap the caller's own work before it queues (data load, estimate).
+        Such a worker waits `idle_s` after its imports for a run, then leaves cleanly (exit 0) if none came;
+        `start()` then fills only the slots left empty. Returns the pool (not started)."""
+        with self._lock:
+            self._reap_locked()
+            if self._stop.is_set():
+                return self
+            now = time.monotonic()
+            for s in self.slots:
+                if s.proc is None and now >= s.not_before:
+                    s.proc = self._spawn(s.device)
+        return self
 
     def stop(self, cancel: bool = True, timeout: float = 30.0) -> None:
         """Stop watching. With `cancel`, SIGTERM every worker (its run ends `cancelled`) and wait for them;

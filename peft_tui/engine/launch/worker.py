@@ -83,14 +83,19 @@ class Worker:
         self.stopping = threading.Event()  # a stop signal came: cancel the current run, claim no other
         self.leaving = False  # LEAVE_SIGNAL came: no claim after the current run
         self._child: multiprocessing.process.BaseProcess | None = None
+        self._preloading = True  # until its imports are done: nothing claimed, nothing to clean up
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._preloading:  # a prewarmed worker its command no longer needs: leave now, not after the imports
+            os._exit(0)
         self.stopping.set()
         child = self._child
         if child is not None and child.pid is not None and child.exitcode is None:
             os.kill(child.pid, signal.SIGTERM)  # the run ends cancelled
 
     def _on_leave(self, signum: int, frame: Any) -> None:
+        if self._preloading:
+            os._exit(0)
         self.leaving = True  # an idle worker sees it within POLL_S
 
     def serve(self, exit_when_idle: bool = False, idle_s: float = 0.0, parent_pid: int | None = None) -> int:
@@ -104,6 +109,7 @@ class Worker:
             threading.Thread(target=self._watch_parent, args=(parent_pid,), name="peft-tui-parent",
                              daemon=True).start()
         preload()
+        self._preloading = False
         ready_since = started  # start-up a run pays is counted from when this worker was free for it
         idle_since = time.time()
         while not (self.stopping.is_set() or self.leaving):

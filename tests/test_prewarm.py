@@ -32,6 +32,14 @@ def wait_for(condition, timeout: float, what: str, every: float = 0.1):
     raise AssertionError(f"not within {timeout} s: {what}")
 
 
+def importing(*pids: int) -> bool:
+    """Each process has mapped torch's library: inside its imports (`preload`), or past them."""
+    try:
+        return all("libtorch" in "".join(m.path for m in psutil.Process(pid).memory_maps()) for pid in pids)
+    except psutil.NoSuchProcess:
+        return False
+
+
 def gone(pid: int) -> bool:
     """The process has exited (a zombie not yet reaped counts as gone: it runs nothing)."""
     try:
@@ -40,14 +48,15 @@ def gone(pid: int) -> bool:
         return True
 
 
-def test_a_prewarmed_worker_runs_before_any_run_is_queued_then_trains_the_run(tmp_path):
-    store = Store(tmp_path / "s")
-    pool = LocalPool(store.root, devices=["cpu"], idle_s=120).prewarm()
+def test_a_prewarmed_worker_runs_before_the_store_exists_then_trains_the_run_queued_later(tmp_path):
+    root = tmp_path / "s"
+    pool = LocalPool(root, devices=["cpu"], idle_s=120).prewarm()
     try:
         [pid] = pool.pids()
-        assert store.list() == [] and psutil.Process(pid).is_running()
         assert psutil.Process(pid).cmdline()[2] == "peft_tui.engine.launch.worker"
-        # the worker is importing (or idle, waiting) with nothing queued; now the command queues its run
+        wait_for(lambda: importing(pid), 120, "the worker imports torch", every=0.05)
+        assert not root.exists()  # it creates nothing: the command makes the store once its inputs pass
+        store = Store(root)  # now the command opens the store and queues its run
         rid = store.create_run(tiny_config(method="lora"))
         pool.start()
         assert list(pool.pids()) == [pid]  # the watcher's first look started no second worker
@@ -63,11 +72,16 @@ def test_a_prewarmed_worker_runs_before_any_run_is_queued_then_trains_the_run(tm
     finally:
         pool.release()
     assert gone(pid)
+    assert "Traceback" not in pool.log_path.read_text()  # its output went to the store's log (once there)
 
 
-def test_a_prewarmed_worker_with_no_run_leaves_cleanly_and_is_not_replaced(tmp_path):
-    store = Store(tmp_path / "s")
-    pool = LocalPool(store.root, devices=["cpu"], idle_s=0.5).prewarm().start()
+@pytest.mark.parametrize("store_made", [True, False])
+def test_a_prewarmed_worker_with_no_run_leaves_cleanly_and_is_not_replaced(tmp_path, store_made):
+    """No run came (or not even a store: its command died before making it): it leaves by itself, exit 0."""
+    root = tmp_path / "s"
+    if store_made:
+        Store(root)
+    pool = LocalPool(root, devices=["cpu"], idle_s=0.5).prewarm().start()
     try:
         [proc] = [s.proc for s in pool.slots]
         assert proc is not None and proc.poll() is None
@@ -77,15 +91,18 @@ def test_a_prewarmed_worker_with_no_run_leaves_cleanly_and_is_not_replaced(tmp_p
         assert pool.pids() == {} and all(s.proc is None and s.failures == 0 for s in pool.slots)
         log = pool.log_path.read_text() if pool.log_path.exists() else ""
         assert "ended" not in log, log  # the pool recorded no failed worker
+        assert root.exists() == store_made  # and nothing was created
     finally:
         pool.stop()
 
 
-@pytest.mark.parametrize("refusal, message", [
-    (["--max-time", "0.001"], "above its 0 s limit"),  # the estimate refuses it (after the data load)
-    (["--data", "BAD_CSV"], "column 'label' not found"),  # the data refuses it
+@pytest.mark.parametrize("refusal, message, store_made", [
+    (["--max-time", "0.001"], "above its 0 s limit", True),  # the estimate refuses it (in the store)
+    (["--data", "BAD_CSV"], "column 'label' not found", False),  # the data refuses it: no store made
+    (["--model", "no/such/model"], "does not exist", False),
 ])
-def test_a_command_refused_after_the_prewarm_leaves_no_worker(tmp_path, monkeypatch, refusal, message):
+def test_a_command_refused_after_the_prewarm_leaves_no_worker(tmp_path, monkeypatch, refusal, message,
+                                                             store_made):
     bad = tmp_path / "bad.csv"
     bad.write_text("text,lbl\nhello,1\nbye,0\n")
     started: list[int] = []
@@ -104,7 +121,9 @@ def test_a_command_refused_after_the_prewarm_leaves_no_worker(tmp_path, monkeypa
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert len(started) == 1  # a worker was started before the refusal...
     assert all(gone(pid) for pid in started)  # ...and had left when the command returned
-    assert Store(tmp_path / "s").list() == []  # nothing queued
+    assert (tmp_path / "s").exists() == store_made
+    if store_made:
+        assert Store(tmp_path / "s").list() == []  # nothing queued
 
 
 @pytest.mark.parametrize("stop", [ConfigError("refused"), KeyboardInterrupt()])
@@ -112,21 +131,15 @@ def test_command_pool_stops_its_importing_workers_at_once_on_any_error(tmp_path,
     """A worker still importing torch when the command stops leaves on the spot (exit 0), not after."""
     from peft_tui.commands.queueing import command_pool
 
-    store = Store(tmp_path / "s")
-    with pytest.raises(type(stop)), command_pool(store, [tiny_config()], workers=2) as launch:
-        procs = [s.proc for s in launch.pool.slots]
+    root = tmp_path / "s"
+    with pytest.raises(type(stop)), command_pool(str(root), [tiny_config()], workers=2) as launch:
+        assert launch.prewarmed is not None
+        procs = [s.proc for s in launch.prewarmed.slots]
         assert len(procs) == 2 and all(p is not None and p.poll() is None for p in procs)
-
-        def importing():  # torch's library mapped: inside `preload`, its handlers installed
-            try:
-                return all("libtorch" in "".join(m.path for m in psutil.Process(p.pid).memory_maps())
-                           for p in procs)
-            except psutil.NoSuchProcess:
-                return False
-        wait_for(importing, 120, "the workers import torch", every=0.02)
+        wait_for(lambda: importing(*(p.pid for p in procs)), 120, "the workers import torch", every=0.02)
         t0 = time.monotonic()
         raise stop
     took = time.monotonic() - t0
     assert all(p.returncode == 0 for p in procs), [p.returncode for p in procs]
     assert took < 5.0, f"the workers took {took:.1f} s to leave"  # the release waits 10 s at most
-    assert launch.pool.pids() == {}
+    assert launch.prewarmed.pids() == {} and not root.exists()

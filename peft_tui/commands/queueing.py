@@ -12,6 +12,7 @@ once; a worker still importing leaves on the spot."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -34,40 +35,60 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class CommandPool:
-    """The pool that trains one command's runs, and the ids of the runs it queued (filled in as each is
-    queued: a Ray pool serves those alone). `handed`: train_runs or start_detached has taken it over."""
+    """The pool of one command's runs, made before the command checks its inputs (`command_pool`): local
+    worker processes are started at once (`prewarmed`); a Ray pool, or the fast tests' in-process one, is
+    made when the runs are handed over (`take`). `ids`: the runs the command queued, filled in as each is
+    queued (a Ray pool serves those alone). `handed`: train_runs or start_detached owns the pool now."""
 
-    pool: LocalPool | RayPool
+    workers: int | None
+    ray: str | None
+    detach: bool
+    trust_remote_code: bool
+    prewarmed: LocalPool | None = None
+    pool: LocalPool | RayPool | None = None
     ids: list[int] = field(default_factory=list)
-    detach: bool = False
     handed: bool = False
+
+    def take(self, st: Store) -> LocalPool | RayPool:
+        """The pool that trains the runs queued in `st`: the prewarmed one, else one made now."""
+        from peft_tui.engine.submit import make_pool
+
+        if self.pool is None:
+            self.pool = self.prewarmed or make_pool(st, ray=self.ray, workers=self.workers, detach=self.detach,
+                                                    run_ids=self.ids, trust_remote_code=self.trust_remote_code)
+        return self.pool
 
 
 @contextlib.contextmanager
-def command_pool(st: Store, configs: list[RunConfig], workers: int | None, ray: str | None = None,
+def command_pool(store: str | None, configs: list[RunConfig], workers: int | None, ray: str | None = None,
                  detach: bool = False) -> Iterator[CommandPool]:
-    """The pool for the command's runs, made right after its configs are parsed, its local worker
-    processes started now (not a Ray pool, nor the fast tests' in-process one) so that they import while
-    the command loads its data and estimates. The command does that work inside the `with`, then hands the
-    pool to `train_runs` or `start_detached`. An error or interrupt before that releases the workers at
-    once and goes on (the command's one line, its exit code)."""
-    from peft_tui.engine.launch.local import LocalPool
+    """The pool for a command's runs, made right after its configs are parsed and checked for their own
+    values: local worker processes (not Ray, nor the fast tests' in-process pool) start now, before the
+    store is opened (`store`: the --store value), so that they import while the command loads its data
+    and estimates; they create nothing until the command has created the store (LocalPool.prewarm). The
+    command does that work inside the `with`, then hands the pool to `train_runs` or `start_detached`.
+    An error or interrupt before that releases the workers at once and goes on (the command's one line,
+    its exit code); a refused command leaves no store behind, as before."""
+    from peft_tui.config import store_path
     from peft_tui.engine.methods import validate
-    from peft_tui.engine.submit import make_pool
+    from peft_tui.engine.submit import INPROCESS_ENV
 
     for cfg in configs:  # a config refused for its own values starts no worker
         validate(cfg)
     no_detached_ray(detach, ray)
-    ids: list[int] = []
-    launch = CommandPool(make_pool(st, ray=ray, workers=workers, detach=detach, run_ids=ids,
-                                   trust_remote_code=any(c.trust_remote_code for c in configs)), ids, detach)
+    launch = CommandPool(workers, ray, detach, any(c.trust_remote_code for c in configs))
     try:
-        if isinstance(launch.pool, LocalPool):
-            launch.pool.prewarm()
+        # the local pool engine/submit.make_pool would make (under its in-process test switch: none)
+        if not ray and (detach or os.environ.get(INPROCESS_ENV) != "1"):
+            from peft_tui.engine.launch.local import LocalPool
+
+            launch.prewarmed = LocalPool(store_path(store), workers=workers, detach=detach,
+                                         trust_remote_code=launch.trust_remote_code)
+            launch.prewarmed.prewarm()
         yield launch
     except BaseException:
-        if not launch.handed:
-            launch.pool.release()  # a worker still importing exits at once, an idle one within a poll
+        if not launch.handed and (launch.pool or launch.prewarmed) is not None:
+            (launch.pool or launch.prewarmed).release()  # a worker still importing exits at once
         raise
 
 
@@ -111,7 +132,7 @@ def train_runs(st: Store, planned: list[Planned], launch: CommandPool, show_prog
     from peft_tui.engine.launch.client import interrupts, watch
 
     launch.handed = True
-    ids, pool = launch.ids, launch.pool
+    ids, pool = launch.ids, launch.take(st)
     with interrupts() as stopped:
         try:
             queue(st, planned, resume_id, ids)
@@ -135,7 +156,7 @@ def start_detached(st: Store, planned: list[Planned], launch: CommandPool, as_js
                    resume_id: int | None = None) -> None:
     """Queue the runs and leave them to the command's detached pool (`command_pool(detach=True)`: workers
     in their own session, which outlive this shell and leave when the queue is empty); print the run ids."""
-    pool, ids = launch.pool, launch.ids
+    pool, ids = launch.take(st), launch.ids
     queue(st, planned, resume_id, ids)
     launch.handed = True  # queued: from here the workers are theirs, whatever happens to this command
     pool.start()

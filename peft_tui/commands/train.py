@@ -106,9 +106,9 @@ def run(
     from peft_tui.engine.submit import prepare
 
     cfg = run_config(ctx, sets)
-    st = open_store(store, writable=True)
-    with command_pool(st, [cfg], workers, ray, detach) as launch:  # its workers import while we prepare
+    with command_pool(store, [cfg], workers, ray, detach) as launch:  # its workers import while we prepare
         splits = prepare([cfg])
+        st = open_store(store, writable=True)
         planned = fit_check(st, [cfg], splits, force, ray)
         if detach:
             start_detached(st, planned, launch, as_json)
@@ -185,9 +185,9 @@ def compare(
         configs = [dataclasses.replace(cfg, seed=cfg.seed + i) for cfg in configs for i in range(seeds)]
     if csv_path:
         check_output_path(csv_path, "--csv")
-    st = open_store(store, writable=True)
-    with command_pool(st, configs, workers, ray, detach) as launch:  # its workers import while we prepare
+    with command_pool(store, configs, workers, ray, detach) as launch:  # its workers import while we prepare
         splits = prepare(configs)  # validates every config once (the largest seed included)
+        st = open_store(store, writable=True)
         planned = fit_check(st, configs, splits, force, ray)
         if detach:
             start_detached(st, planned, launch, as_json)
@@ -266,9 +266,9 @@ def sweep(
     base = run_config(ctx, sets)
     validate(base)
     configs = grid_configs(base, grid)
-    st = open_store(store, writable=True)
-    with command_pool(st, configs, workers, ray, detach) as launch:  # its workers import while we prepare
+    with command_pool(store, configs, workers, ray, detach) as launch:  # its workers import while we prepare
         splits = prepare(configs)
+        st = open_store(store, writable=True)
         planned = fit_check(st, configs, splits, force, ray)
         if detach:
             start_detached(st, planned, launch, as_json)
@@ -313,7 +313,7 @@ def resume(
 
     st = open_store(store, writable=True)
     stored = RunConfig.from_stored(st.get(run_id)["config"], trust_remote_code, f"run {run_id}")
-    with command_pool(st, [stored], workers, ray, detach) as launch:
+    with command_pool(store, [stored], workers, ray, detach) as launch:
         planned = check(st, [stored], estimate=False, devices=[] if ray else None)  # validated, servable here
         if detach:
             start_detached(st, planned, launch, as_json, resume_id=run_id)

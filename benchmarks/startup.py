@@ -44,6 +44,7 @@ from pathlib import Path
 
 EXE = str(Path(sys.executable).with_name("peft-tui"))
 CLI = [sys.executable, "-m", "peft_tui.cli"]  # the `run` benchmark: the tree on PYTHONPATH, else the installed one
+NEUTRAL_CWD = tempfile.gettempdir()  # `python -m` puts its cwd first on sys.path: not a checkout's root
 
 
 def wall(cmd: list[str], env: dict | None = None) -> float:
@@ -143,7 +144,8 @@ def run_to_first_step(store: str, data: str, method: str, timeout: float = 900.0
     before = max((r["id"] for r in Store(store).list()), default=0) if (Path(store) / "runs.db").exists() else 0
     t0 = time.time()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                            start_new_session=True)
+                            start_new_session=True, cwd=NEUTRAL_CWD)
+    born = psutil.Process(proc.pid).create_time()  # the spawn below is timed against this (same clock)
     st, rid, events = None, None, {}
     spawned: float | None = None  # when the command's first worker process was created
     deadline = time.time() + timeout
@@ -201,7 +203,7 @@ def run_to_first_step(store: str, data: str, method: str, timeout: float = 900.0
     }
     print(f"  (run {rid}; {events.get('ready', 'no ready line')}; worker start-up recorded "
           f"{row['startup_s'] or 0:.2f}s; worker process spawned "
-          + (f"{spawned - t0:.2f}s after the command started)" if spawned else "at an unseen time)"))
+          + (f"{spawned - born:.2f}s after the command started)" if spawned else "at an unseen time)"))
     return out
 
 
@@ -234,7 +236,7 @@ for n, a, b in zip(names, t, t[1:]):
 def replay(store: str, data: str, method: str) -> list[tuple[str, float]]:
     """The command's own steps before queueing, each timed, in a fresh process."""
     out = subprocess.run([sys.executable, "-c", REPLAY, data, method, store], capture_output=True, text=True,
-                         timeout=600, env={k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"})
+                         cwd=NEUTRAL_CWD, timeout=600, env={k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"})
     if out.returncode:
         raise SystemExit(f"replay failed: {out.stderr[-800:]}")
     return [(line.split("\t")[0], float(line.split("\t")[1])) for line in out.stdout.strip().splitlines()]
@@ -246,9 +248,9 @@ def run_main(argv: list[str]) -> int:
     ap.add_argument("--method", default="lora")
     ap.add_argument("--repeat", type=int, default=2, help="1: fresh store only; 2: then the same store again")
     a = ap.parse_args(argv)
-    import peft_tui
-
-    print(f"load average {os.getloadavg()[0]:.2f} (2-core CPU; wall time); measuring {Path(peft_tui.__file__).parent}")
+    tree = subprocess.run([sys.executable, "-c", "import peft_tui; print(peft_tui.__file__)"], cwd=NEUTRAL_CWD,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    print(f"load average {os.getloadavg()[0]:.2f} (2-core CPU; wall time); the command runs {Path(tree).parent}")
     store = tempfile.mkdtemp(prefix="bench-first-step-")
     for i in range(a.repeat):
         label = "fresh store (cold caches)" if i == 0 else "same store again (token cache warm)"

@@ -1,14 +1,15 @@
 """A pool of worker processes on this machine: one per device (CPU: one; a GPU box: one per GPU,
 pinned with CUDA_VISIBLE_DEVICES; `workers=N` to change it).
 
-The pool starts a worker for a slot when the store holds queued runs that slot can serve (or at once,
-with `prewarm()`, so that a command's workers pay their imports while it loads its data); a worker
-leaves when the queue has nothing more for it (after `idle_s`). A thread watches the workers: when one dies by a signal,
-the run it had claimed becomes `failed` with that signal as the reason, and a replacement starts while
-queued runs remain. With `detach=True` the workers run in their own session, so they outlive the caller
-(an SSH logout); otherwise in a process group of their own, so a Ctrl-C in the caller's terminal reaches
-the caller alone (which cancels its own runs through the store), and `stop()` or `release()` ends them;
-they also watch the caller's pid, so a caller killed outright (SIGKILL) leaves no worker training.
+The pool starts a worker for a slot when the store holds queued runs that slot can serve (or at once, with
+`prewarm()`, so that a command's workers pay their imports while it checks and loads its data); a worker
+leaves when the queue has nothing more for it (after `idle_s`). A thread watches the workers: when one
+dies by a signal, the run it had claimed becomes `failed` with that signal as the reason, and a
+replacement starts while queued runs remain. With `detach=True` the workers run in their own session, so
+they outlive the caller (an SSH logout); otherwise in a process group of their own, so a Ctrl-C in the
+caller's terminal reaches the caller alone (which cancels its own runs through the store), and `stop()` or
+`release()` ends them; they also watch the caller's pid, so a caller killed outright (SIGKILL) leaves no
+worker training.
 
     with LocalPool(store.root) as pool:     # or pool = LocalPool(...).start(); ...; pool.stop()
         ids = [store.create_run(c) for c in configs]
@@ -190,7 +191,7 @@ class LocalPool:
             rc = s.proc.returncode
             if rc == 0:
                 s.failures = 0
-            elif self._store_exists():  # (none: a prewarmed worker stopped before the store was made, holding nothing)
+            elif self._store_exists():  # (no store: a prewarmed worker stopped before it was made held nothing)
                 wid = worker_id(self.host, s.proc.pid, s.device)
                 reason = death_reason(rc) if rc < 0 else f"its worker exited with code {rc} (see {self.log_path})"
                 failed = self._store.fail_worker_runs(wid, reason)
@@ -206,7 +207,7 @@ class LocalPool:
             env["CUDA_VISIBLE_DEVICES"] = _physical_gpu(device)
             # a run over several GPUs (--gpus N) widens its ranks' view to the pool's other GPUs (ddp.py)
             env[POOL_GPUS_ENV] = ",".join(dict.fromkeys(_physical_gpu(d) for d in self.devices if d.startswith("cuda")))
-        if prewarmed:  # its output joins the log once the store exists (worker.await_store)
+        if prewarmed and not self._store_exists():  # its output joins the log once there is one (worker.await_store)
             log: Any = contextlib.nullcontext(subprocess.DEVNULL)
         else:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)

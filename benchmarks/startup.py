@@ -18,6 +18,9 @@
                split into validation and test, as benchmarks/real_data.py), head_init=random (the
                probe fit excluded), fp32. The command is interrupted once the first step is logged.
                Twice by default: a fresh store (cold token cache) and the same store again (warm).
+               The command is `python -m peft_tui.cli` of this interpreter, so PYTHONPATH picks the
+               tree measured (its path is printed). Also printed: when the command's worker process
+               was spawned, counted from the command's start (a prewarmed pool spawns it at once).
 
 Usage: python benchmarks/startup.py [--repeat 5]
        python benchmarks/startup.py run [--data FILE] [--method lora] [--repeat 2]
@@ -40,6 +43,8 @@ import time
 from pathlib import Path
 
 EXE = str(Path(sys.executable).with_name("peft-tui"))
+CLI = [sys.executable, "-m", "peft_tui.cli"]  # the `run` benchmark: the tree on PYTHONPATH, else the installed one
+NEUTRAL_CWD = tempfile.gettempdir()  # `python -m` puts its cwd first on sys.path: not a checkout's root
 
 
 def wall(cmd: list[str], env: dict | None = None) -> float:
@@ -129,22 +134,33 @@ def run_to_first_step(store: str, data: str, method: str, timeout: float = 900.0
     Returns the breakdown (seconds)."""
     import json
 
+    import psutil
+
     from peft_tui.engine.store import Store
 
-    args = [EXE, "run", "--method", method, "--data", data, "--epochs", "1", "--head-init", "random",
+    args = [*CLI, "run", "--method", method, "--data", data, "--epochs", "1", "--head-init", "random",
             "--precision", "fp32", "--store", store, *(AG_SPLIT if data == AG_NEWS else [])]
     env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}  # as a user runs it
     before = max((r["id"] for r in Store(store).list()), default=0) if (Path(store) / "runs.db").exists() else 0
     t0 = time.time()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                            start_new_session=True)
+                            start_new_session=True, cwd=NEUTRAL_CWD)
+    born = psutil.Process(proc.pid).create_time()  # the spawn below is timed against this (same clock)
     st, rid, events = None, None, {}
+    spawned: float | None = None  # when the command's first worker process was created
     deadline = time.time() + timeout
     try:
         while time.time() < deadline and "first_step" not in events:
             if proc.poll() is not None:
                 raise SystemExit(f"peft-tui run ended early: {proc.stderr.read().decode()[-800:]}")
             time.sleep(0.05)
+            if spawned is None:
+                try:
+                    kids = [c for c in psutil.Process(proc.pid).children()
+                            if "peft_tui.engine.launch.worker" in c.cmdline()]
+                    spawned = min((c.create_time() for c in kids), default=None)
+                except psutil.Error:
+                    pass
             if st is None:
                 if not (Path(store) / "runs.db").exists():
                     continue
@@ -186,7 +202,8 @@ def run_to_first_step(store: str, data: str, method: str, timeout: float = 900.0
         "TOTAL to first step": events["first_step"] - t0,
     }
     print(f"  (run {rid}; {events.get('ready', 'no ready line')}; worker start-up recorded "
-          f"{row['startup_s'] or 0:.2f}s)")
+          f"{row['startup_s'] or 0:.2f}s; worker process spawned "
+          + (f"{spawned - born:.2f}s after the command started)" if spawned else "at an unseen time)"))
     return out
 
 
@@ -207,7 +224,7 @@ splits = preflight(cfg)
 t.append(time.perf_counter())
 data_summary(cfg, splits)
 t.append(time.perf_counter())
-fit_check(Store(store), [cfg], splits, force=True)
+fit_check(Store(store), [cfg], splits, force=True, ray=None)
 t.append(time.perf_counter())
 names = ["imports (cli, commands, engine entry points)", "preflight + data load (torch, model check)",
          "data summary (tokenizer, token lengths)", "estimate (fit check)"]
@@ -219,7 +236,7 @@ for n, a, b in zip(names, t, t[1:]):
 def replay(store: str, data: str, method: str) -> list[tuple[str, float]]:
     """The command's own steps before queueing, each timed, in a fresh process."""
     out = subprocess.run([sys.executable, "-c", REPLAY, data, method, store], capture_output=True, text=True,
-                         timeout=600, env={k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"})
+                         cwd=NEUTRAL_CWD, timeout=600, env={k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"})
     if out.returncode:
         raise SystemExit(f"replay failed: {out.stderr[-800:]}")
     return [(line.split("\t")[0], float(line.split("\t")[1])) for line in out.stdout.strip().splitlines()]
@@ -231,7 +248,9 @@ def run_main(argv: list[str]) -> int:
     ap.add_argument("--method", default="lora")
     ap.add_argument("--repeat", type=int, default=2, help="1: fresh store only; 2: then the same store again")
     a = ap.parse_args(argv)
-    print(f"load average {os.getloadavg()[0]:.2f} (2-core CPU; wall time)")
+    tree = subprocess.run([sys.executable, "-c", "import peft_tui; print(peft_tui.__file__)"], cwd=NEUTRAL_CWD,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    print(f"load average {os.getloadavg()[0]:.2f} (2-core CPU; wall time); the command runs {Path(tree).parent}")
     store = tempfile.mkdtemp(prefix="bench-first-step-")
     for i in range(a.repeat):
         label = "fresh store (cold caches)" if i == 0 else "same store again (token cache warm)"

@@ -1,12 +1,22 @@
 """How the training commands (train.py, tune.py) queue their runs and see them through: the one submit path
 (engine/submit.py) with its warnings, the pool that trains them (local workers or Ray), progress from the
 store, and Ctrl-C / SIGTERM cancelling every run the command queued (exit 130 or 143). `--detach` leaves
-the workers training in the background and returns at once with the run ids."""
+the workers training in the background and returns at once with the run ids.
+
+A command makes its pool as soon as its configs are parsed (`command_pool`), and local worker processes
+start at once (LocalPool.prewarm): their imports of torch, transformers and peft (seconds) overlap the
+command's own data load, summary and estimate instead of following them. Whatever stops the command
+before its runs are queued (a refused config or estimate, bad data, Ctrl-C) releases those workers at
+once; a worker still importing leaves on the spot."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import typer
@@ -17,8 +27,69 @@ from peft_tui.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft_tui.engine.data import DataSplits
+    from peft_tui.engine.launch.local import LocalPool
+    from peft_tui.engine.launch.ray import RayPool
     from peft_tui.engine.store import Store
     from peft_tui.engine.submit import Planned
+
+
+@dataclass
+class CommandPool:
+    """The pool of one command's runs, made before the command checks its inputs (`command_pool`): local
+    worker processes are started at once (`prewarmed`); a Ray pool, or the fast tests' in-process one, is
+    made when the runs are handed over (`take`). `ids`: the runs the command queued, filled in as each is
+    queued (a Ray pool serves those alone). `handed`: train_runs or start_detached owns the pool now."""
+
+    workers: int | None
+    ray: str | None
+    detach: bool
+    trust_remote_code: bool
+    prewarmed: LocalPool | None = None
+    pool: LocalPool | RayPool | None = None
+    ids: list[int] = field(default_factory=list)
+    handed: bool = False
+
+    def take(self, st: Store) -> LocalPool | RayPool:
+        """The pool that trains the runs queued in `st`: the prewarmed one, else one made now."""
+        from peft_tui.engine.submit import make_pool
+
+        if self.pool is None:
+            self.pool = self.prewarmed or make_pool(st, ray=self.ray, workers=self.workers, detach=self.detach,
+                                                    run_ids=self.ids, trust_remote_code=self.trust_remote_code)
+        return self.pool
+
+
+@contextlib.contextmanager
+def command_pool(store: str | None, configs: list[RunConfig], workers: int | None, ray: str | None = None,
+                 detach: bool = False) -> Iterator[CommandPool]:
+    """The pool for a command's runs, made right after its configs are parsed and checked for their own
+    values: local worker processes (not Ray, nor the fast tests' in-process pool) start now, before the
+    store is opened (`store`: the --store value), so that they import while the command loads its data
+    and estimates; they create nothing until the command has created the store (LocalPool.prewarm). The
+    command does that work inside the `with`, then hands the pool to `train_runs` or `start_detached`.
+    An error or interrupt before that releases the workers at once and goes on (the command's one line,
+    its exit code); a refused command leaves no store behind, as before."""
+    from peft_tui.config import store_path
+    from peft_tui.engine.methods import validate
+    from peft_tui.engine.submit import INPROCESS_ENV
+
+    for cfg in configs:  # a config refused for its own values starts no worker
+        validate(cfg)
+    no_detached_ray(detach, ray)
+    launch = CommandPool(workers, ray, detach, any(c.trust_remote_code for c in configs))
+    try:
+        # the local pool engine/submit.make_pool would make (under its in-process test switch: none)
+        if not ray and (detach or os.environ.get(INPROCESS_ENV) != "1"):
+            from peft_tui.engine.launch.local import LocalPool
+
+            launch.prewarmed = LocalPool(store_path(store), workers=workers, detach=detach,
+                                         trust_remote_code=launch.trust_remote_code)
+            launch.prewarmed.prewarm()
+        yield launch
+    except BaseException:
+        if not launch.handed and (launch.pool or launch.prewarmed) is not None:
+            (launch.pool or launch.prewarmed).release()  # a worker still importing exits at once
+        raise
 
 
 def no_detached_ray(detach: bool, ray: str | None) -> None:
@@ -51,17 +122,17 @@ def queue(st: Store, planned: list[Planned], resume_id: int | None, ids: list[in
     create(st, planned, ids)
 
 
-def train_runs(st: Store, planned: list[Planned], workers: int | None, show_progress: bool,
-               resume_id: int | None = None, ray: str | None = None) -> list[int]:
-    """Queue the runs, have local worker processes train them, and stream their progress until every
-    one has ended (a failure does not stop the rest). Returns the run ids. On Ctrl-C or SIGTERM: every
-    run queued here is cancelled, the workers leave, and the command exits 130 or 143 with one line."""
+def train_runs(st: Store, planned: list[Planned], launch: CommandPool, show_progress: bool,
+               resume_id: int | None = None) -> list[int]:
+    """Queue the runs, have the command's pool (`command_pool`) train them, and stream their progress
+    until every one has ended (a failure does not stop the rest). Returns the run ids. On Ctrl-C or
+    SIGTERM: every run queued here is cancelled, the workers leave, and the command exits 130 or 143
+    with one line."""
     from peft_tui.console import ProgressSink
     from peft_tui.engine.launch.client import interrupts, watch
-    from peft_tui.engine.submit import make_pool
 
-    ids: list[int] = []
-    pool = make_pool(st, ray=ray, workers=workers, run_ids=ids, trust_remote_code=trusted(planned))
+    launch.handed = True
+    ids, pool = launch.ids, launch.take(st)
     with interrupts() as stopped:
         try:
             queue(st, planned, resume_id, ids)
@@ -81,15 +152,13 @@ def train_runs(st: Store, planned: list[Planned], workers: int | None, show_prog
     return ids
 
 
-def start_detached(st: Store, planned: list[Planned], workers: int | None, as_json: bool,
+def start_detached(st: Store, planned: list[Planned], launch: CommandPool, as_json: bool,
                    resume_id: int | None = None) -> None:
-    """Queue the runs and leave them to workers in their own session (they outlive this shell and leave
-    when the queue is empty); print the run ids."""
-    from peft_tui.engine.submit import make_pool
-
-    pool = make_pool(st, workers=workers, detach=True, trust_remote_code=trusted(planned))
-    ids: list[int] = []
+    """Queue the runs and leave them to the command's detached pool (`command_pool(detach=True)`: workers
+    in their own session, which outlive this shell and leave when the queue is empty); print the run ids."""
+    pool, ids = launch.take(st), launch.ids
     queue(st, planned, resume_id, ids)
+    launch.handed = True  # queued: from here the workers are theirs, whatever happens to this command
     pool.start()
     pool.stop(cancel=False)
     pids = sorted(pool.pids())

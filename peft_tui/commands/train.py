@@ -1,8 +1,9 @@
 """Training commands: `run`, `compare`, `sweep`, `resume`.
 
-A command never trains in its own process: it checks its configs (`preflight`, which also loads the data
-for the summary), queues the runs in the store, starts local worker processes (engine/launch/local.py, one
-per device, `--workers N`) and streams their progress from the store into the progress bars, then prints
+A command never trains in its own process: it starts its local worker processes first (engine/launch/
+local.py, one per device, `--workers N`; queueing.command_pool), so that they import torch while it checks
+its configs (`preflight`, which also loads the data for the summary), queues the runs in the store, and
+streams their progress from the store into the progress bars, then prints
 the table. Ctrl-C or SIGTERM cancels every run the command queued (the one training ends `cancelled`
 within a step) and exits 130 or 143. `--detach` leaves the workers training in the background and returns
 at once with the run ids. The TF-IDF baseline of `compare` is a run like any other (method "tfidf").
@@ -61,7 +62,7 @@ from peft_tui.commands.options import (
     WorkersOpt,
     run_config,
 )
-from peft_tui.commands.queueing import fit_check, method_sets, no_detached_ray, start_detached, train_runs
+from peft_tui.commands.queueing import command_pool, fit_check, method_sets, start_detached, train_runs
 from peft_tui.config import RunConfig
 from peft_tui.errors import ConfigError
 
@@ -105,15 +106,15 @@ def run(
     from peft_tui.engine.submit import prepare
 
     cfg = run_config(ctx, sets)
-    splits = prepare([cfg])
-    st = open_store(store, writable=True)
-    no_detached_ray(detach, ray)
-    planned = fit_check(st, [cfg], splits, force, ray)
-    if detach:
-        start_detached(st, planned, workers, as_json)
-        return
-    print_data_summary(cfg, splits, to_stderr=as_json)
-    [run_id] = train_runs(st, planned, workers, show_progress=not as_json, ray=ray)
+    with command_pool(store, [cfg], workers, ray, detach) as launch:  # its workers import while we prepare
+        splits = prepare([cfg])
+        st = open_store(store, writable=True)
+        planned = fit_check(st, [cfg], splits, force, ray)
+        if detach:
+            start_detached(st, planned, launch, as_json)
+            return
+        print_data_summary(cfg, splits, to_stderr=as_json)
+        [run_id] = train_runs(st, planned, launch, show_progress=not as_json)
     row = st.get(run_id)
     if as_json:
         print_json(run_json(st, row))
@@ -182,17 +183,17 @@ def compare(
         configs.append(baseline_config(first))
     if seeds > 1:
         configs = [dataclasses.replace(cfg, seed=cfg.seed + i) for cfg in configs for i in range(seeds)]
-    splits = prepare(configs)  # validates every config once (the largest seed included)
-    no_detached_ray(detach, ray)
     if csv_path:
         check_output_path(csv_path, "--csv")
-    st = open_store(store, writable=True)
-    planned = fit_check(st, configs, splits, force, ray)
-    if detach:
-        start_detached(st, planned, workers, as_json)
-        return
-    print_data_summary(first, splits, to_stderr=as_json)
-    rows_db = [st.get(rid) for rid in train_runs(st, planned, workers, show_progress=not as_json, ray=ray)]
+    with command_pool(store, configs, workers, ray, detach) as launch:  # its workers import while we prepare
+        splits = prepare(configs)  # validates every config once (the largest seed included)
+        st = open_store(store, writable=True)
+        planned = fit_check(st, configs, splits, force, ray)
+        if detach:
+            start_detached(st, planned, launch, as_json)
+            return
+        print_data_summary(first, splits, to_stderr=as_json)
+        rows_db = [st.get(rid) for rid in train_runs(st, planned, launch, show_progress=not as_json)]
     from peft_tui.report.recommend import recommend
     from peft_tui.report.seeds import aggregate
     from peft_tui.report.table import SEED_COLUMNS, rows_from_runs, to_csv, to_markdown
@@ -265,16 +266,16 @@ def sweep(
     base = run_config(ctx, sets)
     validate(base)
     configs = grid_configs(base, grid)
-    splits = prepare(configs)
-    no_detached_ray(detach, ray)
-    st = open_store(store, writable=True)
-    planned = fit_check(st, configs, splits, force, ray)
-    if detach:
-        start_detached(st, planned, workers, as_json)
-        return
-    print_data_summary(base, splits, to_stderr=as_json)
-    typer.echo(f"sweep: {len(configs)} run(s): {', '.join(c.display_name for c in configs)}", err=as_json)
-    rows_db = [st.get(rid) for rid in train_runs(st, planned, workers, show_progress=not as_json, ray=ray)]
+    with command_pool(store, configs, workers, ray, detach) as launch:  # its workers import while we prepare
+        splits = prepare(configs)
+        st = open_store(store, writable=True)
+        planned = fit_check(st, configs, splits, force, ray)
+        if detach:
+            start_detached(st, planned, launch, as_json)
+            return
+        print_data_summary(base, splits, to_stderr=as_json)
+        typer.echo(f"sweep: {len(configs)} run(s): {', '.join(c.display_name for c in configs)}", err=as_json)
+        rows_db = [st.get(rid) for rid in train_runs(st, planned, launch, show_progress=not as_json)]
     rows = rows_from_runs(rows_db)
     front = pareto_front(rows)
     if as_json:
@@ -311,13 +312,13 @@ def resume(
     from peft_tui.engine.submit import check
 
     st = open_store(store, writable=True)
-    no_detached_ray(detach, ray)
     stored = RunConfig.from_stored(st.get(run_id)["config"], trust_remote_code, f"run {run_id}")
-    planned = check(st, [stored], estimate=False, devices=[] if ray else None)  # validated, and servable here
-    if detach:
-        start_detached(st, planned, workers, as_json, resume_id=run_id)
-        return
-    train_runs(st, planned, workers, show_progress=not as_json, resume_id=run_id, ray=ray)
+    with command_pool(store, [stored], workers, ray, detach) as launch:
+        planned = check(st, [stored], estimate=False, devices=[] if ray else None)  # validated, servable here
+        if detach:
+            start_detached(st, planned, launch, as_json, resume_id=run_id)
+            return
+        train_runs(st, planned, launch, show_progress=not as_json, resume_id=run_id)
     row = st.get(run_id)
     if as_json:
         print_json(run_json(st, row))

@@ -1,13 +1,15 @@
 """A pool of worker processes on this machine: one per device (CPU: one; a GPU box: one per GPU,
 pinned with CUDA_VISIBLE_DEVICES; `workers=N` to change it).
 
-The pool starts a worker for a slot when the store holds queued runs that slot can serve; a worker
-leaves when the queue has nothing more for it. A thread watches the workers: when one dies by a signal,
-the run it had claimed becomes `failed` with that signal as the reason, and a replacement starts while
-queued runs remain. With `detach=True` the workers run in their own session, so they outlive the caller
-(an SSH logout); otherwise in a process group of their own, so a Ctrl-C in the caller's terminal reaches
-the caller alone (which cancels its own runs through the store), and `stop()` or `release()` ends them;
-they also watch the caller's pid, so a caller killed outright (SIGKILL) leaves no worker training.
+The pool starts a worker for a slot when the store holds queued runs that slot can serve (or at once, with
+`prewarm()`, so that a command's workers pay their imports while it checks and loads its data); a worker
+leaves when the queue has nothing more for it (after `idle_s`). A thread watches the workers: when one
+dies by a signal, the run it had claimed becomes `failed` with that signal as the reason, and a
+replacement starts while queued runs remain. With `detach=True` the workers run in their own session, so
+they outlive the caller (an SSH logout); otherwise in a process group of their own, so a Ctrl-C in the
+caller's terminal reaches the caller alone (which cancels its own runs through the store), and `stop()` or
+`release()` ends them; they also watch the caller's pid, so a caller killed outright (SIGKILL) leaves no
+worker training.
 
     with LocalPool(store.root) as pool:     # or pool = LocalPool(...).start(); ...; pool.stop()
         ids = [store.create_run(c) for c in configs]
@@ -21,6 +23,7 @@ ranks see the worker's GPU and the pool's next ones (ddp.gpus_for_run).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -30,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from peft_tui.engine.launch.ddp import POOL_GPUS_ENV
 from peft_tui.engine.launch.process import worker_id
@@ -77,7 +80,7 @@ class LocalPool:
         self.trust_remote_code = trust_remote_code  # the user's --trust-remote-code, told to each worker
         self.host = socket.gethostname()
         self.log_path = self.root / "logs" / "workers.log"
-        self._store = Store(self.root)
+        self._db: Store | None = None  # opened on first need: a prewarmed pool must not create the store
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -99,6 +102,32 @@ class LocalPool:
     def wake(self) -> None:
         """Start workers now for queued runs (called after submitting, instead of waiting for the watcher)."""
         self._tend()
+
+    def prewarm(self) -> LocalPool:
+        """Start a worker in every empty slot now, before any run is queued and even before the store
+        exists, so that its imports (torch, transformers, peft: seconds) overlap the caller's own work
+        before it queues (its checks, data load, estimate). Such a worker (worker.py --await-store) creates
+        nothing: it waits up to `idle_s` for the caller to create the store, then up to `idle_s` for a
+        run, and leaves cleanly (exit 0) if none came; `stop()` or `release()` before that ends it at once.
+        `start()` then fills only the slots left empty. Returns the pool (not started)."""
+        with self._lock:
+            self._reap_locked()
+            if self._stop.is_set():
+                return self
+            now = time.monotonic()
+            for s in self.slots:
+                if s.proc is None and now >= s.not_before:
+                    s.proc = self._spawn(s.device, prewarmed=True)
+        return self
+
+    @property
+    def _store(self) -> Store:
+        if self._db is None:
+            self._db = Store(self.root)
+        return self._db
+
+    def _store_exists(self) -> bool:
+        return (self.root / "runs.db").exists()
 
     def stop(self, cancel: bool = True, timeout: float = 30.0) -> None:
         """Stop watching. With `cancel`, SIGTERM every worker (its run ends `cancelled`) and wait for them;
@@ -147,7 +176,7 @@ class LocalPool:
     def _tend(self) -> None:
         with self._lock:
             self._reap_locked()
-            if self._stop.is_set():
+            if self._stop.is_set() or not self._store_exists():  # no store yet: nothing queued
                 return
             now = time.monotonic()
             for s in self.slots:
@@ -160,33 +189,38 @@ class LocalPool:
             if s.proc is None or s.proc.poll() is None:
                 continue
             rc = s.proc.returncode
-            if rc != 0:
+            if rc == 0:
+                s.failures = 0
+            elif self._store_exists():  # (no store: a prewarmed worker stopped before it was made held nothing)
                 wid = worker_id(self.host, s.proc.pid, s.device)
                 reason = death_reason(rc) if rc < 0 else f"its worker exited with code {rc} (see {self.log_path})"
                 failed = self._store.fail_worker_runs(wid, reason)
                 self._log(f"worker {wid} ended: {death_reason(rc)}; runs failed: {failed or 'none'}")
                 s.failures += 1
                 s.not_before = time.monotonic() + RESTART_BACKOFF_S * min(s.failures, 6)
-            else:
-                s.failures = 0
             s.proc = None
 
-    def _spawn(self, device: str) -> subprocess.Popen:
+    def _spawn(self, device: str, prewarmed: bool = False) -> subprocess.Popen:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
         if device.startswith("cuda"):
             env["CUDA_VISIBLE_DEVICES"] = _physical_gpu(device)
             # a run over several GPUs (--gpus N) widens its ranks' view to the pool's other GPUs (ddp.py)
             env[POOL_GPUS_ENV] = ",".join(dict.fromkeys(_physical_gpu(d) for d in self.devices if d.startswith("cuda")))
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
+        if prewarmed and not self._store_exists():  # its output joins the log once there is one (worker.await_store)
+            log: Any = contextlib.nullcontext(subprocess.DEVNULL)
+        else:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_path, "ab")
+        with log as out:
             return subprocess.Popen(
                 [sys.executable, "-m", "peft_tui.engine.launch.worker", "--store", str(self.root), "--device", device,
                  "--exit-when-idle", "--idle-s", str(self.idle_s),
                  *([] if self.detach else ["--parent-pid", str(os.getpid())]),
+                 *(["--await-store"] if prewarmed else []),
                  *([] if self.trust_remote_code is None else
                    ["--remote-code", "allow" if self.trust_remote_code else "refuse"])],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=self.detach,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=self.detach,
                 process_group=None if self.detach else 0, close_fds=True,
             )
 

@@ -15,6 +15,10 @@ A child killed by a signal (the kernel's out-of-memory killer sends SIGKILL) lea
 with that signal as the reason, and the worker goes on with the next run.
 With --parent-pid (a command's own, not detached, workers): when that process is gone, even killed by
 SIGKILL, the worker acts as on SIGTERM: its run ends `cancelled` and it claims no other.
+--await-store (a worker a command started before its checks, LocalPool.prewarm): import first, then wait
+up to --idle-s for the command to create the store, which it does only once its runs' inputs are checked
+(a refused command leaves no store behind); until then it writes nothing (its output joins the store's
+workers.log once the store is there), and a stop or leave signal ends it at once with exit 0.
 --remote-code refuse|allow: whether the user who started the worker (through a command's pool) gave
 --trust-remote-code. With `refuse`, a claimed run whose stored config asks for the model's own code fails
 at once with the reason: a row of runs.db is data anyone with write access to the store can change.
@@ -83,14 +87,19 @@ class Worker:
         self.stopping = threading.Event()  # a stop signal came: cancel the current run, claim no other
         self.leaving = False  # LEAVE_SIGNAL came: no claim after the current run
         self._child: multiprocessing.process.BaseProcess | None = None
+        self._preloading = True  # until its imports are done: nothing claimed, nothing to clean up
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._preloading:  # a prewarmed worker its command no longer needs: leave now, not after the imports
+            os._exit(0)
         self.stopping.set()
         child = self._child
         if child is not None and child.pid is not None and child.exitcode is None:
             os.kill(child.pid, signal.SIGTERM)  # the run ends cancelled
 
     def _on_leave(self, signum: int, frame: Any) -> None:
+        if self._preloading:
+            os._exit(0)
         self.leaving = True  # an idle worker sees it within POLL_S
 
     def serve(self, exit_when_idle: bool = False, idle_s: float = 0.0, parent_pid: int | None = None) -> int:
@@ -104,6 +113,7 @@ class Worker:
             threading.Thread(target=self._watch_parent, args=(parent_pid,), name="peft-tui-parent",
                              daemon=True).start()
         preload()
+        self._preloading = False
         ready_since = started  # start-up a run pays is counted from when this worker was free for it
         idle_since = time.time()
         while not (self.stopping.is_set() or self.leaving):
@@ -209,6 +219,33 @@ def check_run_folder(store: Store, run_id: int) -> None:
         raise ConfigError(f"{folder} is a file, not the run's folder: move it aside and retry the run")
 
 
+def await_store(root: str, wait_s: float, parent_pid: int | None) -> bool:
+    """--await-store: pay the imports, then wait up to `wait_s` for the store at `root` to be created by the
+    command that started this worker (while that command lives), and send this process's output to the
+    store's workers.log. A stop or leave signal until then ends the process at once (it holds nothing).
+    False: the store never came."""
+    from pathlib import Path
+
+    def leave(*_: Any) -> None:
+        os._exit(0)
+
+    for sig in (*STOP_SIGNALS, LEAVE_SIGNAL):
+        signal.signal(sig, leave)
+    preload()
+    deadline = time.monotonic() + wait_s
+    while not (Path(root) / "runs.db").exists():
+        if time.monotonic() >= deadline or (parent_pid and os.getppid() != parent_pid):
+            return False
+        time.sleep(POLL_S)
+    log = Path(root) / "logs" / "workers.log"  # LocalPool.log_path
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m peft_tui.engine.launch.worker",
                                      description="Train the runs queued in a store, one process per run.")
@@ -220,7 +257,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="whether runs may run their model's own code (the starting command's --trust-remote-code)")
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="stop (cancelling the current run) when this process, the one that started it, is gone")
+    parser.add_argument("--await-store", action="store_true",
+                        help="import first, then wait up to --idle-s for the store to be created (a prewarmed worker)")
     args = parser.parse_args(argv)
+    if args.await_store and not await_store(args.store, args.idle_s, args.parent_pid):
+        return 0
     try:
         store = Store(args.store)
     except OneLineError as e:

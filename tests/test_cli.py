@@ -74,6 +74,9 @@ def test_compare_table_csv_and_json(tmp_path):
     assert by["tfidf"]["accuracy"] > 0.4
     for row in doc["table"]:
         assert row["efficiency"] == pytest.approx(100 * row["accuracy"] / (row["trainable_params"] / 1e6))
+    for m in ("full", "lora", "adapters"):  # each trained run's estimate is graded when the table reads it
+        assert isinstance(by[m]["mem_err_pct"], float) and isinstance(by[m]["time_err_pct"], float), by[m]
+    assert by["tfidf"]["mem_err_pct"] is None  # the baseline has no estimate
     lines = csv_path.read_text().splitlines()
     assert lines[0].startswith("id,name,method,pooling,accuracy,f1") and len(lines) == 5
     # the pooling each run really used: the tiny BERT's own ([CLS] through its pooler); none for TF-IDF

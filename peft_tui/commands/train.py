@@ -10,7 +10,7 @@ at once with the run ids. The TF-IDF baseline of `compare` is a run like any oth
 
 Before queueing, each run's peak memory and time are estimated (engine/estimate.py, from the store's
 cached calibration): a run that will not fit the device's free memory is refused (exit 2) unless
-`--force`, and every run is queued with its estimate, which the store grades when the run finishes.
+`--force`, and every run is queued with its estimate, graded against what it measured when the run is read.
 """
 
 from __future__ import annotations
@@ -120,9 +120,10 @@ def run(
         print_json(run_json(st, row))
     elif row["status"] == "done":
         from peft_tui.console import print_comparison
+        from peft_tui.engine.estimate import grade_run
         from peft_tui.report.table import rows_from_runs
 
-        print_comparison(rows_from_runs([row]), title=f"run {run_id}")
+        print_comparison(rows_from_runs([row], grade_run), title=f"run {run_id}")
         typer.echo(f"stored in {st.run_dir(run_id)}")
     exit_if_failed([row], quiet=as_json)
 
@@ -194,11 +195,12 @@ def compare(
             return
         print_data_summary(first, splits, to_stderr=as_json)
         rows_db = [st.get(rid) for rid in train_runs(st, planned, launch, show_progress=not as_json)]
+    from peft_tui.engine.estimate import grade_run
     from peft_tui.report.recommend import recommend
     from peft_tui.report.seeds import aggregate
     from peft_tui.report.table import SEED_COLUMNS, rows_from_runs, to_csv, to_markdown
 
-    rows = rows_from_runs(rows_db)
+    rows = rows_from_runs(rows_db, grade_run)
     agg = aggregate(rows) if seeds > 1 else None
     if csv_path:
         write_output(csv_path, to_csv(rows, agg), "--csv")
@@ -257,6 +259,7 @@ def sweep(
     accuracy against trainable parameters.
 
     Example: peft-tui sweep --method lora --grid r=1,2,4,8,16 --grid lr=1e-3,2e-3"""
+    from peft_tui.engine.estimate import grade_run
     from peft_tui.engine.methods import validate
     from peft_tui.engine.submit import prepare
     from peft_tui.engine.sweep import grid_configs
@@ -276,7 +279,7 @@ def sweep(
         print_data_summary(base, splits, to_stderr=as_json)
         typer.echo(f"sweep: {len(configs)} run(s): {', '.join(c.display_name for c in configs)}", err=as_json)
         rows_db = [st.get(rid) for rid in train_runs(st, planned, launch, show_progress=not as_json)]
-    rows = rows_from_runs(rows_db)
+    rows = rows_from_runs(rows_db, grade_run)
     front = pareto_front(rows)
     if as_json:
         print_json({"runs": [run_json(st, r) for r in rows_db], "table": rows,

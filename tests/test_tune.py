@@ -493,3 +493,19 @@ def test_a_budget_goes_to_the_method_that_has_spent_least_of_its_equal_share(tmp
     assert tuner._next_method() == "adapters"  # fewest trials first among those with budget left
     spent.update(lora=100.0, adapters=100.5)
     assert tuner._next_method() is None  # every share spent: the search ends
+
+
+@settings(max_examples=300, deadline=None)
+@given(vals=st.lists(st.floats(0, 1), min_size=1, max_size=8), rows=st.integers(0, 3000), where=st.integers(0, 7))
+def test_the_defaults_are_kept_unless_a_trial_beats_them_beyond_the_noise(vals, rows, where):
+    from peft_tui.engine.tune.report import keep_defaults
+
+    d = where % len(vals)  # which trial ran the defaults
+    done = [{"trial": i, "val_accuracy": v, "values": {"lr": 1.0 if i == d else 2.0 + i}} for i, v in enumerate(vals)]
+    best = max(done, key=lambda t: (t["val_accuracy"], -t["trial"]))
+    kept = keep_defaults(best, done, {"lr": 1.0}, rows)
+    gap = best["val_accuracy"] - vals[d]
+    if best["trial"] == d or rows == 0 or gap > studies.noise(vals[d], rows):
+        assert kept is None
+    else:
+        assert kept[0]["trial"] == d and f"on {rows} rows" in kept[1]

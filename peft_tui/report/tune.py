@@ -66,6 +66,7 @@ def final_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         row["best_trial"] = best["trial"] if best else None
         row["best_val"] = best["val_accuracy"] if best else None
         row["best_values"] = best["values"] if best else {}
+        row["kept_defaults"] = best.get("kept_defaults") if best else None
         row["defaults_values"] = m.get("defaults_values", {})
         out.append(row)
     return out
@@ -149,6 +150,8 @@ def to_text(doc: dict[str, Any], chart: bool = True, color: bool = False) -> str
         parts = [f"{k}={_value(val)}" + ("*" if r["defaults_values"].get(k) != val else "")
                  for k, val in r["best_values"].items()]
         won = " (the defaults won: no trial beat them on validation)" if "*" not in "".join(parts) else ""
+        if r.get("kept_defaults"):
+            won = f" (the defaults kept: {r['kept_defaults']})"
         lines.append(f"  {r['name']} (trial {r['best_trial']}, val {_pct(r['best_val'])}%): {', '.join(parts)}{won}")
     noise = v["within_noise_of_best"]
     if noise is None:

@@ -13,6 +13,7 @@ from peft_tui.config import RunConfig
 from peft_tui.engine.estimate import grade_run
 from peft_tui.engine.methods import space as spaces
 from peft_tui.engine.store import FINAL, Store
+from peft_tui.engine.tune.pruning import noise
 from peft_tui.engine.tune.study import COUNTED, StudySpec, study_dir
 
 
@@ -67,6 +68,23 @@ def searched_values(cfg: dict[str, Any], space: dict[str, spaces.Dim]) -> dict[s
     return out
 
 
+def keep_defaults(best: dict[str, Any] | None, done: list[dict[str, Any]], defaults_values: dict[str, Any],
+                  val_rows: int) -> tuple[dict[str, Any], str] | None:
+    """The defaults trial and why, when the best trial beats it on validation by no more than the noise of an
+    accuracy on `val_rows` rows (pruning.noise): selecting the maximum of a few noisy scores picks noise, and
+    the defaults are the better bet until a trial is clearly ahead. None: keep `best` (no defaults trial
+    finished, it is the best, or the study's validation size is unknown)."""
+    defaults = next((t for t in sorted(done, key=lambda t: t["trial"]) if t["values"] == defaults_values), None)
+    if best is None or defaults is None or best is defaults or val_rows <= 0:
+        return None
+    margin = noise(defaults["val_accuracy"], val_rows)
+    gap = best["val_accuracy"] - defaults["val_accuracy"]
+    if gap > margin:
+        return None
+    return defaults, (f"trial {best['trial']} beat the defaults by {100 * gap:.1f} points on validation, within the "
+                      f"noise ({100 * margin:.1f} points on {val_rows} rows)")
+
+
 def summary(store: Store, spec: StudySpec) -> dict[str, Any]:
     """The whole study as one JSON-able document: its settings, every trial (status, validation accuracy,
     the step a pruned one stopped at, run seconds, searched values), each method's budget and best trial,
@@ -90,6 +108,10 @@ def summary(store: Store, spec: StudySpec) -> dict[str, Any]:
             })
         done = [t for t in trials if t["status"] == "done" and t["val_accuracy"] is not None]
         best = max(done, key=lambda t: (t["val_accuracy"], -t["trial"]), default=None)
+        defaults_values = searched_values(spec.bases[method], space)
+        kept = keep_defaults(best, done, defaults_values, spec.val_rows)
+        if kept is not None:
+            best = {**kept[0], "kept_defaults": kept[1]}
         counted = [t for t in trials if t["status"] in COUNTED]
         final = {kind: [{**by_id[i], "grade": grade_run(by_id[i])}  # the store keeps no grade: read here
                         for _, i in sorted(ids.items(), key=lambda kv: int(kv[0])) if i in by_id]
@@ -99,7 +121,7 @@ def summary(store: Store, spec: StudySpec) -> dict[str, Any]:
             "trials": trials, "trials_run": len(counted), "pruned": sum(t["status"] == "pruned" for t in trials),
             "failed": sum(t["status"] in ("failed", "diverged") for t in trials),
             "seconds": round(sum(t["seconds"] for t in counted), 2),
-            "best": best, "defaults_values": searched_values(spec.bases[method], space),
+            "best": best, "defaults_values": defaults_values,
             "final": final,
         }
     return {"study": spec.name, "state": spec.state, "settings": {

@@ -172,12 +172,13 @@ class RunConfig:
             raise ConfigError(f"config key 'data' must be a table of data settings, not {type(raw_data).__name__}")
         unknown_data = set(raw_data) - {f.name for f in fields(DataConfig)}
         if unknown_data:
-            raise ConfigError(f"unknown data config keys: {', '.join(sorted(map(str, unknown_data)))}")
+            raise ConfigError(f"unknown data config keys: {_keys(unknown_data)}; the data keys are "
+                              f"{', '.join(f.name for f in fields(DataConfig))}")
         data = DataConfig(**raw_data)
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ConfigError(f"unknown config keys: {', '.join(sorted(map(str, unknown)))}")
+            raise ConfigError(f"unknown config keys: {_keys(unknown)}; the keys are {', '.join(sorted(known))}")
         config = cls(data=data, **d)
         check_types(data)
         check_types(config)
@@ -264,6 +265,13 @@ def check_types(obj: Any) -> None:
             raise ConfigError(f"{f.name}={_short(v)} is too large: it must fit in 64 bits{example}")
         if base == "float" and isinstance(v, float) and not math.isfinite(v):
             raise ConfigError(f"{f.name}={v!r} is not a finite number: use a real value{example}")
+
+
+def _keys(keys: set[Any]) -> str:
+    """Keys from a file, shown as repr() (a newline or a control character in a key stays on one line), at
+    most five."""
+    shown = sorted(_short(str(k), 40) for k in keys)
+    return ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
 
 
 def _short(value: Any, limit: int = 60) -> str:

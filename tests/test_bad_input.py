@@ -303,5 +303,5 @@ def test_validate_one_line(kw, needle):
 
 
 def test_from_dict_unknown_key():
-    with pytest.raises(ConfigError, match="unknown config keys: bogus"):
+    with pytest.raises(ConfigError, match="unknown config keys: 'bogus'"):
         RunConfig.from_dict({"bogus": 1})

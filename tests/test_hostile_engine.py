@@ -428,6 +428,7 @@ def test_resume_with_a_damaged_meta_fails_in_one_line(store):
 @given(doc=st.dictionaries(st.sampled_from(["method", "model", "params", "data", "epochs", "seed", "lr", "name",
                                             "trust_remote_code", "max_length", "config"]), json_values, max_size=5),
        depth=st.sampled_from([0, 0, 50, 5000]))
+@example(doc={"data": {"\n": None}}, depth=0)  # a key with a newline: the error stayed two lines
 def test_random_nested_config_files_give_a_config_or_one_line(doc, depth):
     text = json.dumps(doc) if depth == 0 else "[" * depth + "]" * depth
     path = temp_file(text.encode(), ".json")

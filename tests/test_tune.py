@@ -235,11 +235,34 @@ def test_poisoned_test_labels_do_not_change_which_trial_wins(tmp_path):
     assert acc_dirty == pytest.approx(1 - acc_clean)
 
 
-def _tune_cli(store: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "peft_tui.cli", "tune", "--store", str(store), *TINY, "--set", "data.size=200",
-         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+def _tune_cli(store: Path, *args: str, env: dict | None = None, hold_run: int | None = None,
+              mark: Path | None = None) -> subprocess.Popen:
+    """`peft-tui tune` in a process of its own. With `hold_run`, that run trains until it is cancelled (its
+    epochs are raised where it starts) and `mark` is written as it starts: a test can then interrupt a trial
+    that is certainly running, whatever the machine's speed."""
+    argv = ["tune", "--store", str(store), *TINY, "--set", "data.size=200", *args]
+    if hold_run is None:
+        command = [sys.executable, "-m", "peft_tui.cli", *argv]
+    else:
+        command = [sys.executable, "-c", _HOLD_RUN.format(run=hold_run, mark=str(mark), argv=argv)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+_HOLD_RUN = """
+import dataclasses, pathlib, sys
+from peft_tui.engine import trainer
+train = trainer.train
+def held(config, run_id, *args, **kwargs):
+    if run_id == {run}:
+        config = dataclasses.replace(config, epochs=10**6)
+        pathlib.Path({mark!r}).touch()
+    return train(config, run_id, *args, **kwargs)
+trainer.train = held
+sys.argv = ["peft-tui", *{argv!r}]
+from peft_tui.cli import main
+main()
+"""
 
 
 def _wait(condition, what: str, timeout: float = WAIT_S):
@@ -257,10 +280,11 @@ def test_resume_after_sigint_repeats_no_finished_trial(tmp_path):
     store_path = tmp_path / "s"
     args = ["--methods", "full", "--trials", "3", "--seeds", "1", "--pruner", "none", "--study", "st",
             "--set", "epochs=2", "--space", "epochs=2"]
-    proc = _tune_cli(store_path, *args, env={"PEFT_TUI_INPROCESS_POOL": "1"})
+    mark = tmp_path / "trial-2-started"
+    proc = _tune_cli(store_path, *args, env={"PEFT_TUI_INPROCESS_POOL": "1"}, hold_run=2, mark=mark)
     store = _wait(lambda: (store_path / "runs.db").exists() and Store(store_path), "the store")
-    _wait(lambda: [r for r in store.list() if r["status"] == "done"], "a finished trial")
-    _wait(lambda: [r for r in store.list() if r["status"] == "running"], "the next trial to start")
+    _wait(mark.exists, "the second trial to start (it then trains until interrupted)")
+    assert [r["status"] for r in store.list()] == ["done", "running"]
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 130, err

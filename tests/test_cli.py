@@ -305,7 +305,7 @@ def test_a_failing_baseline_is_a_failed_row_and_one_line(tmp_path):
 
 
 # ---------------------------------------------------------------- Ctrl-C / SIGTERM in compare and sweep
-SLOW = ["--model", "tiny", "--set", "data.size=2000", "--batch-size", "8", "--epochs", "5", "--device", "cpu"]
+SLOW = ["--model", "tiny", "--set", "data.size=2000", "--batch-size", "8", "--epochs", "50", "--device", "cpu"]
 
 
 @pytest.mark.parametrize("command, sig", [

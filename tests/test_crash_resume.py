@@ -133,7 +133,7 @@ def test_kill_9_during_a_run_then_resume(tmp_path):
     that queued it exits 1 with one line, and `resume` continues from the last checkpoint."""
     store = tmp_path / "s"
     cmd = [sys.executable, "-m", "peft_tui.cli", "run", "--method", "lora", "--model", "tiny", "--device", "cpu",
-           "--set", "data.size=600", "--epochs", "3", "--batch-size", "16", "--store", str(store), "--json"]
+           "--set", "data.size=600", "--epochs", "8", "--batch-size", "16", "--store", str(store), "--json"]
     proc = subprocess.Popen(cmd, env={**ENV, "PEFT_TUI_INPROCESS_POOL": "0"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     deadline = time.time() + 180
     row = None
@@ -170,9 +170,9 @@ def test_kill_9_during_a_run_then_resume(tmp_path):
     res = CliRunner().invoke(app, ["resume", "1", "--store", str(store), "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert doc["status"] == "done" and doc["result"]["steps"] == 3 * 27
+    assert doc["status"] == "done" and doc["result"]["steps"] == 8 * 27
     steps = [s for s, _ in st.series(1, "train_loss")]
-    assert steps == sorted(set(steps)) and steps[-1] == 3 * 27  # continuous: no repeats, counts on
+    assert steps == sorted(set(steps)) and steps[-1] == 8 * 27  # continuous: no repeats, counts on
     assert st.integrity() == "ok"
 
 

@@ -311,7 +311,9 @@ def test_two_workers_run_trials_side_by_side(tmp_path, worker_processes):
     from peft_tui.engine.submit import make_pool, prepare
 
     store = Store(tmp_path / "s")
-    configs = bases("full", data=DataConfig(size=200), epochs=2)
+    # trials of a few hundred steps: long enough that one worker cannot finish the first and claim the second
+    # before the other worker has finished importing, on a fast machine too
+    configs = bases("full", data=DataConfig(size=1200), epochs=2, batch_size=8)
     splits = prepare(configs)
     spec = studies.new_study(store, configs, trials=2, seeds=1, pruner="none", parallel=2, space=["epochs=2"],
                              train_rows=len(splits.train.labels))

@@ -3,6 +3,7 @@ thread of the test process unless a test needs worker processes or Ray: those ar
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -304,6 +305,30 @@ def test_resume_after_sigint_repeats_no_finished_trial(tmp_path):
     assert all(finished[i]["status"] == "done" for i in finished)
     # the trial cut short was asked again with the same values
     assert str({**cut[0]["config"], "name": None}) in configs
+
+
+@pytest.mark.slow
+def test_detach_runs_the_study_in_the_background_and_returns_at_once(tmp_path):
+    store_path = tmp_path / "s"
+    res = CliRunner().invoke(app, ["tune", "--store", str(store_path), *TINY, "--set", "data.size=200", "--methods",
+                                   "full", "--trials", "2", "--seeds", "1", "--pruner", "none", "--study", "bg",
+                                   "--detach", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["study"] == "bg" and doc["status"] == "started" and doc["pid"] > 0
+    result, log = Path(doc["result"]), Path(doc["log"])
+    assert result.parent == log.parent == store_path / "logs"
+    try:  # the background tune writes its JSON when the study ends
+        final = _wait(lambda: result.stat().st_size and json.loads(result.read_text()), "the study's final JSON")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(doc["pid"], signal.SIGTERM)  # a failed wait leaves nothing training
+    assert final["study"] == "bg" and final["state"] == "done", log.read_text()[-2000:]
+    trials = final["methods"]["full"]["trials"]
+    assert len(trials) == 2 and all(t["status"] == "done" for t in trials)
+    assert "study bg" in log.read_text()  # its progress went to the log
+    store = Store(store_path)
+    assert {r["status"] for r in store.list()} == {"done"} and len(store.list()) >= 3  # 2 trials + final runs
 
 
 @pytest.mark.slow

@@ -3,14 +3,19 @@ then run each method's best configuration and its defaults over several seeds an
 
 The study lives in the store (engine/tune); its trials are ordinary queued runs tagged with the
 study, trained by the same workers as any run (--workers, --ray). Ctrl-C cancels the study's runs and
-exits 130; `peft-tui tune --resume NAME` continues without repeating a finished trial.
+exits 130; `peft-tui tune --resume NAME` continues without repeating a finished trial. `--detach` creates
+the study, then runs that same `--resume` in a process of its own session (it outlives the shell) and
+returns at once.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import subprocess
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -106,6 +111,9 @@ def tune(
     workers: WorkersOpt = None,
     ray: RayOpt = None,
     force: ForceOpt = False,
+    detach: Annotated[bool, typer.Option(
+        "--detach", help="create the study, run it in the background (it outlives this shell) and return at once; "
+        "its log and final JSON go to the store's logs folder")] = False,
 ) -> None:
     """Tune each method on an equal budget (Optuna TPE, pruning on validation accuracy), then compare each
     method's best configuration with its defaults over --seeds seeds.
@@ -169,6 +177,9 @@ def tune(
         say(f"  trial {event['trial']} ({event['method']}) {what} | "
             + progress_line(event["method"], m, str(spec.trials) if spec.trials is not None else "-"))
 
+    if detach:
+        run_in_background(st.root, spec.name, workers, ray, any(b.trust_remote_code for b in bases), as_json)
+        return
     pool = make_pool(st, ray=ray, workers=workers, trust_remote_code=any(b.trust_remote_code for b in bases))
     tuner = studies.Tuner(st, spec, pool, data=splits, on_progress=progress)
     from peft_tui.engine.launch.client import interrupts
@@ -204,3 +215,26 @@ def _local_devices() -> int:
     from peft_tui.engine.launch.local import default_devices
 
     return len(default_devices())
+
+
+def run_in_background(root: Path, study: str, workers: int | None, ray: str | None, trust_remote_code: bool,
+                      as_json: bool) -> None:
+    """`peft-tui tune --resume STUDY --json` in a new session (no terminal hang-up reaches it), its stderr
+    (progress, errors) in logs/tune-STUDY.log and its final JSON in logs/tune-STUDY.json. The study is
+    already in the store, so a background tune that is stopped resumes like any other."""
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log, result = logs / f"tune-{study}.log", logs / f"tune-{study}.json"
+    argv = [sys.executable, "-m", "peft_tui.cli", "tune", "--resume", study, "--store", str(root), "--json",
+            *(["--workers", str(workers)] if workers else []), *(["--ray", ray] if ray else []),
+            *(["--trust-remote-code"] if trust_remote_code else [])]
+    with open(log, "ab") as err, open(result, "wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if as_json:
+        print_json({"study": study, "status": "started", "pid": proc.pid, "log": str(log), "result": str(result)})
+    else:
+        typer.echo(safe_text(f"study {study} runs in the background (pid {proc.pid}; log: {log}; its final JSON: "
+                             f"{result})"))
+        typer.echo(safe_text(f"follow it with `peft-tui launch --store {root}` or `peft-tui runs --study {study}`; "
+                             f"stopped, it continues with `peft-tui tune --resume {study}`"))

@@ -1,10 +1,13 @@
 """Memory: samples for one run (CUDA: torch allocator + NVML device use; CPU: process RSS via psutil),
-and releasing what a run held once it ends."""
+releasing what a run held once it ends, and a GPU's free and total memory for packing several runs on
+it (`device_memory`, `parse_runs_per_gpu`: the training commands' --runs-per-gpu)."""
 
 from __future__ import annotations
 
 import os
 import sys
+
+from peft_tui.errors import ConfigError
 
 
 def process_peak_mb() -> float:
@@ -113,3 +116,71 @@ def release_memory() -> None:
                 torch.cuda.empty_cache()
         except RuntimeError:  # a CUDA context broken by the run's own error: nothing more to give back
             pass
+
+
+# ------------------------------------------------------------------------------------------------
+# several runs on one GPU (--runs-per-gpu): how many, and how much memory the GPU has
+# ------------------------------------------------------------------------------------------------
+AUTO_RUNS_PER_GPU = 8  # `auto`: as many runs as fit by their estimates, at most this many
+MAX_RUNS_PER_GPU = 64  # the largest N `--runs-per-gpu N` takes
+
+
+def parse_runs_per_gpu(value: object) -> int | str:
+    """`--runs-per-gpu`: "auto" (as many runs as fit on a GPU by their estimates, at most
+    AUTO_RUNS_PER_GPU) or a whole number N from 1 to MAX_RUNS_PER_GPU (at most N, each only if it fits).
+    Raises ConfigError (one line, with how to fix) for anything else."""
+    import re
+
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = repr(value)
+    word = text.strip()
+    if word.lower() == "auto":
+        return "auto"
+    if re.fullmatch(r"[0-9]+", word, flags=re.ASCII) and 1 <= int(word) <= MAX_RUNS_PER_GPU:
+        return int(word)
+    raise ConfigError(f"--runs-per-gpu {text!r} is not auto or a whole number from 1 to {MAX_RUNS_PER_GPU}: "
+                      "pass e.g. --runs-per-gpu 4, or --runs-per-gpu auto (as many as fit)")
+
+
+def device_memory(device: str) -> tuple[int, int] | None:
+    """(free, total) bytes of the GPU `device` ("cuda:N", numbered as the worker pool numbers this
+    machine's GPUs), or None on CPU or when it cannot be read.
+
+    Read through NVML, which creates no CUDA context: a worker reads it before it forks a run, and a
+    forked child cannot use a context its parent made. Only a process whose CUDA is already initialised
+    asks torch (torch.cuda.mem_get_info). The GPU NVML reads is this process's CUDA_VISIBLE_DEVICES
+    entry (a pool's worker sees its one GPU), else index N. Tests replace this function to fake a GPU
+    (tests/test_packing.py: monkeypatch `peft_tui.engine.memory.device_memory`); the store's claim
+    looks it up here at each call."""
+    if not device.startswith("cuda"):
+        return None
+    index = int(device.split(":")[1]) if ":" in device else 0
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_initialized():
+                free, total = torch.cuda.mem_get_info(0 if len(visible) == 1 else index)
+                return int(free), int(total)
+        except Exception:  # noqa: BLE001 - a broken context: try NVML
+            pass
+    target = visible[0] if len(visible) == 1 else visible[index] if index < len(visible) else str(index)
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            if target.isdigit():
+                handle = pynvml.nvmlDeviceGetHandleByIndex(int(target))
+            else:
+                handle = pynvml.nvmlDeviceGetHandleByUUID(target)
+            info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            return int(info.free), int(info.total)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no NVML (driver-less container, CPU box), a MIG slice: unknown
+        return None

@@ -1,5 +1,10 @@
 """A pool of worker processes on this machine: one per device (CPU: one; a GPU box: one per GPU,
-pinned with CUDA_VISIBLE_DEVICES; `workers=N` to change it).
+pinned with CUDA_VISIBLE_DEVICES; `workers=N` to change it). With `runs_per_gpu` ("auto" or N) a GPU gets
+N worker slots (auto: AUTO_RUNS_PER_GPU, 8), and each of its workers claims a run only when the run's
+estimated peak memory fits beside the runs already on that GPU (store/queue.py, the fit check): several
+small runs train on one GPU at once, and a run that does not fit waits in the queue instead of running
+out of memory. A GPU slot's worker is started only while queued runs could be claimed there now and no
+idle worker of that GPU is there to take them. The CPU keeps one worker.
 
 The pool starts a worker for a slot when the store holds queued runs that slot can serve (or at once, with
 `prewarm()`, so that a command's workers pay their imports while it checks and loads its data); a worker
@@ -38,6 +43,7 @@ from typing import Any, Self
 from peft_tui.engine.launch.ddp import POOL_GPUS_ENV
 from peft_tui.engine.launch.process import worker_id
 from peft_tui.engine.launch.worker import LEAVE_SIGNAL
+from peft_tui.engine.memory import AUTO_RUNS_PER_GPU, parse_runs_per_gpu
 from peft_tui.engine.store import Store, death_reason
 
 TEND_S = 0.5  # how often the pool looks at its workers and the queue
@@ -70,11 +76,19 @@ class Slot:
 
 class LocalPool:
     def __init__(self, store_root: str | Path, devices: list[str] | None = None, workers: int | None = None,
-                 detach: bool = False, idle_s: float = IDLE_S, trust_remote_code: bool | None = None):
+                 detach: bool = False, idle_s: float = IDLE_S, trust_remote_code: bool | None = None,
+                 runs_per_gpu: int | str | None = None):
         self.root = Path(store_root)
         self.devices = devices or default_devices()
-        n = workers or len(self.devices)
-        self.slots = [Slot(self.devices[i % len(self.devices)]) for i in range(n)]
+        # "auto" or N: the GPU fit check at each claim and N slots per GPU (None: one slot per device, as before)
+        self.runs_per_gpu = None if runs_per_gpu is None else parse_runs_per_gpu(runs_per_gpu)
+        if workers:
+            self.slots = [Slot(self.devices[i % len(self.devices)]) for i in range(workers)]
+        else:
+            per_gpu = (1 if self.runs_per_gpu is None else AUTO_RUNS_PER_GPU if self.runs_per_gpu == "auto"
+                       else int(self.runs_per_gpu))
+            self.slots = [Slot(d) for k in range(per_gpu) for d in self.devices  # GPUs in turn
+                          if k == 0 or d.startswith("cuda")]
         self.detach = detach
         self.idle_s = idle_s
         self.trust_remote_code = trust_remote_code  # the user's --trust-remote-code, told to each worker
@@ -103,8 +117,8 @@ class LocalPool:
         """Start workers now for queued runs (called after submitting, instead of waiting for the watcher)."""
         self._tend()
 
-    def prewarm(self) -> LocalPool:
-        """Start a worker in every empty slot now, before any run is queued and even before the store
+    def prewarm(self, runs: int | None = None) -> LocalPool:
+        """Start a worker in every empty slot (with `runs`: in at most that many, the devices in turn) now, before any run is queued and even before the store
         exists, so that its imports (torch, transformers, peft: seconds) overlap the caller's own work
         before it queues (its checks, data load, estimate). Such a worker (worker.py --await-store) creates
         nothing: it waits up to `idle_s` for the caller to create the store, then up to `idle_s` for a
@@ -116,8 +130,9 @@ class LocalPool:
                 return self
             now = time.monotonic()
             for s in self.slots:
-                if s.proc is None and now >= s.not_before:
+                if s.proc is None and now >= s.not_before and (runs is None or runs > 0):
                     s.proc = self._spawn(s.device, prewarmed=True)
+                    runs = None if runs is None else runs - 1
         return self
 
     @property
@@ -179,9 +194,21 @@ class LocalPool:
             if self._stop.is_set() or not self._store_exists():  # no store yet: nothing queued
                 return
             now = time.monotonic()
-            for s in self.slots:
-                if s.proc is None and now >= s.not_before and self._store.claimable([s.device]):
-                    s.proc = self._spawn(s.device)
+            if self.runs_per_gpu is None:
+                for s in self.slots:
+                    if s.proc is None and now >= s.not_before and self._store.claimable([s.device]):
+                        s.proc = self._spawn(s.device)
+                return
+            busy = self._store.busy_workers()
+            for device in dict.fromkeys(s.device for s in self.slots):
+                mine = [s for s in self.slots if s.device == device]
+                idle = sum(1 for s in mine if s.proc is not None
+                           and worker_id(self.host, s.proc.pid, device) not in busy)
+                wanted = len(self._store.claimable([device], self.runs_per_gpu, self.host)) - idle
+                for s in mine:  # only as many new workers as there are runs that may start there now
+                    if wanted > 0 and s.proc is None and now >= s.not_before:
+                        s.proc = self._spawn(device)
+                        wanted -= 1
 
     def _reap_locked(self) -> None:
         """Workers that ended: a signal or an error fails the run they held; a clean exit frees the slot."""
@@ -218,6 +245,7 @@ class LocalPool:
                  "--exit-when-idle", "--idle-s", str(self.idle_s),
                  *([] if self.detach else ["--parent-pid", str(os.getpid())]),
                  *(["--await-store"] if prewarmed else []),
+                 *(["--runs-per-gpu", str(self.runs_per_gpu)] if self.runs_per_gpu is not None else []),
                  *([] if self.trust_remote_code is None else
                    ["--remote-code", "allow" if self.trust_remote_code else "refuse"])],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=self.detach,

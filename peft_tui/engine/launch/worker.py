@@ -1,6 +1,7 @@
 """A worker: one process serving one device, training the runs it claims from the store.
 
     python -m peft_tui.engine.launch.worker --store PATH [--device D] [--exit-when-idle] [--idle-s S] [--parent-pid P]
+        [--runs-per-gpu auto|N]
 
 It imports the training stack once, then loops: claim the oldest queued run it can serve, train it in a
 child process forked for that run alone, and record how the child ended. A process per run makes the
@@ -23,6 +24,9 @@ workers.log once the store is there), and a stop or leave signal ends it at once
 --trust-remote-code. With `refuse`, a claimed run whose stored config asks for the model's own code fails
 at once with the reason: a row of runs.db is data anyone with write access to the store can change.
 (Without the option, a worker started by hand, the stored config decides, as before.)
+--runs-per-gpu auto|N (a pool packing several workers on one GPU, LocalPool): on a CUDA device, claim a run
+only when its estimated peak memory fits beside the runs already training there (store/queue.py), at most
+N at once; a run that does not fit yet stays queued. No effect on the CPU.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from peft_tui.engine.launch.process import (
     keep_alive,
     worker_id,
 )
+from peft_tui.engine.memory import parse_runs_per_gpu
 from peft_tui.engine.store import Claim, Store, death_reason
 from peft_tui.errors import ConfigError, OneLineError, first_line
 
@@ -78,10 +83,12 @@ def preload() -> None:
 
 
 class Worker:
-    def __init__(self, store: Store, device: str, trust_remote_code: bool | None = None):
+    def __init__(self, store: Store, device: str, trust_remote_code: bool | None = None,
+                 runs_per_gpu: int | str | None = None):
         self.store = store
         self.device = device
         self.trust_remote_code = trust_remote_code  # the user's flag (None: not told, the stored config decides)
+        self.runs_per_gpu = runs_per_gpu  # "auto" or N: the GPU fit check at each claim (None: claims as before)
         self.host = socket.gethostname()
         self.id = worker_id(self.host, os.getpid(), device)
         self.stopping = threading.Event()  # a stop signal came: cancel the current run, claim no other
@@ -138,9 +145,10 @@ class Worker:
                 return
 
     def _claim(self) -> Claim | None:
-        if not self.store.claimable([self.device]):  # a read first: idle workers take no write lock
+        # a read first: idle workers (and those waiting for room on their GPU) take no write lock
+        if not self.store.claimable([self.device], self.runs_per_gpu, self.host):
             return None
-        return self.store.claim(self.id, os.getpid(), self.host, [self.device])
+        return self.store.claim(self.id, os.getpid(), self.host, [self.device], self.runs_per_gpu)
 
     def _train(self, claim: Claim, startup_from: float) -> None:
         """Train one claimed run in a child process; record how it ended when it could not.
@@ -257,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="whether runs may run their model's own code (the starting command's --trust-remote-code)")
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="stop (cancelling the current run) when this process, the one that started it, is gone")
+    parser.add_argument("--runs-per-gpu", default=None, metavar="auto|N",
+                        help="on a GPU, claim a run only when it fits beside the runs there, at most N (auto: 8)")
     parser.add_argument("--await-store", action="store_true",
                         help="import first, then wait up to --idle-s for the store to be created (a prewarmed worker)")
     args = parser.parse_args(argv)
@@ -268,7 +278,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: {e}\n")
         return 2
     trust = None if args.remote_code is None else args.remote_code == "allow"
-    return Worker(store, args.device, trust).serve(args.exit_when_idle, args.idle_s, args.parent_pid)
+    try:
+        per_gpu = None if args.runs_per_gpu is None else parse_runs_per_gpu(args.runs_per_gpu)
+    except ConfigError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    return Worker(store, args.device, trust, per_gpu).serve(args.exit_when_idle, args.idle_s, args.parent_pid)
 
 
 if __name__ == "__main__":

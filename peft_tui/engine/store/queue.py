@@ -1,6 +1,17 @@
 """The queue: a run is created `queued`; a worker claims the oldest one it can serve in one transaction,
 its heartbeat keeps it alive, and cancel, prune, resume, retry, remove, reap and unstick move it on. Each is
-one short write transaction, so any process on the store may call it."""
+one short write transaction, so any process on the store may call it.
+
+Several runs on one GPU (`runs_per_gpu`, the training commands' --runs-per-gpu): a worker on a CUDA device
+claims a run only when that run's estimated peak memory (its stored estimate's `peak_mb`, which on CUDA
+includes the run's own CUDA context) plus the estimates of the runs this host already trains on that
+device fit within the device's total memory less PACK_MARGIN, and within its free memory (NVML, read by
+engine/memory.device_memory) less that margin; at most N runs (auto: AUTO_RUNS_PER_GPU) at once. A run
+that does not fit stays queued, and runs queued after it wait behind it on that device (first in, first
+out: a large run is not starved by smaller ones). A device with none of this host's runs always takes
+the next run (nothing waits forever), except a run estimated above the device's whole memory, which is
+failed at the claim with the reason. A run without an estimate trains alone on its device. Without
+`runs_per_gpu` (a worker started by hand, a pool without the option), claims are as before."""
 
 from __future__ import annotations
 
@@ -11,12 +22,12 @@ import shutil
 import signal
 import socket
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from peft_tui.config import RunConfig
-from peft_tui.engine.methods import validate
+from peft_tui.engine.methods import get_method, validate
 from peft_tui.engine.store.database import Database, _now
 from peft_tui.errors import ConfigError, first_line
 
@@ -25,6 +36,8 @@ FINAL = ("done", "failed", "diverged", "cancelled", "interrupted", "pruned")  # 
 REAPED = "its process (pid {pid}) ended without recording a result"  # what `reap` knows of a death
 STALE_AFTER_S = 300.0  # a worker on another host that sent no heartbeat for this long is dead
 QUIET_S = 600.0  # a queued run is stuck when nothing trained or was submitted on the store for this long
+PACK_MARGIN = 0.05  # packing runs on a GPU leaves this share of its memory free (allocator cache, estimate error)
+MB = 1024.0 * 1024.0
 
 
 @dataclass(frozen=True)
@@ -66,35 +79,134 @@ def serves(wanted: str, device: str) -> bool:
     return wanted == "cuda" and device.startswith("cuda")
 
 
+def estimated_mb(config_json: str | None, estimate_json: str | None) -> float | None:
+    """A stored run's estimated peak memory in MB: its estimate's `peak_mb`; 0 for a baseline (it trains
+    on the CPU); None when it has no estimate."""
+    try:
+        est = json.loads(estimate_json) if estimate_json else None
+        peak = est.get("peak_mb") if isinstance(est, dict) else None
+        if isinstance(peak, (int, float)) and not isinstance(peak, bool) and peak >= 0:
+            return float(peak)
+        if get_method(json.loads(config_json or "{}").get("method")).is_baseline:
+            return 0.0
+    except (ValueError, AttributeError, ConfigError):
+        pass
+    return None
+
+
+def fit_verdict(need_mb: float | None, running_mb: Sequence[float | None], memory_mb: Sequence[float] | None,
+                runs_per_gpu: int | str, device: str) -> tuple[str, str]:
+    """May a run estimated at `need_mb` (None: no estimate) start on the GPU `device` now, beside runs
+    estimated at `running_mb`, with (free, total) MB `memory_mb` (None: unknown)? ("claim", ""),
+    ("wait", why) or ("fail", the one-line reason: it can never fit there)."""
+    from peft_tui.engine.memory import AUTO_RUNS_PER_GPU
+
+    if need_mb is not None and memory_mb is not None and need_mb > memory_mb[1]:
+        return "fail", (f"it needs about {need_mb:,.0f} MB at peak by its estimate, more than {device} has in all "
+                        f"({memory_mb[1]:,.0f} MB): lower --batch-size or --max-length, or use a method that trains "
+                        "fewer weights (`peft-tui plan` shows what fits)")
+    if not running_mb:
+        return "claim", ""  # an empty device takes the next run: nothing waits forever
+    limit = AUTO_RUNS_PER_GPU if runs_per_gpu == "auto" else int(runs_per_gpu)
+    if len(running_mb) >= limit:
+        return "wait", f"{device} trains {len(running_mb)} run(s), the most --runs-per-gpu {runs_per_gpu} allows"
+    if memory_mb is None:  # N: the user's word; auto: one at a time, as nothing can be checked
+        return ("claim", "") if runs_per_gpu != "auto" else ("wait", f"the memory of {device} cannot be read")
+    if need_mb is None or any(r is None for r in running_mb):
+        return "wait", "a run without an estimate trains alone"
+    free, total = memory_mb
+    margin = total * PACK_MARGIN
+    if need_mb + sum(r or 0.0 for r in running_mb) > total - margin:
+        return "wait", f"the estimates of the runs on {device} would pass its {total:,.0f} MB less the margin"
+    if need_mb > free - margin:
+        return "wait", f"{device} has {free:,.0f} MB free"
+    return "claim", ""
+
+
+class _Gpus:
+    """What each GPU of this host holds now, for the fit check of one claim (or one look at the queue):
+    the estimates of the runs on it and its memory, updated as rows are taken in turn."""
+
+    def __init__(self, query: Callable[[str, tuple], Iterable[Any]], host: str, runs_per_gpu: int | str):
+        self.query, self.host, self.runs_per_gpu = query, host, runs_per_gpu
+        self._held: dict[str, tuple[builtins.list[float | None], builtins.list[float] | None]] = {}
+
+    def verdict(self, row: Any, device: str) -> tuple[str, str]:
+        from peft_tui.engine import memory as gpu  # looked up at each claim: tests fake a GPU here
+
+        if device not in self._held:
+            running = [estimated_mb(r["config"], r["estimate"]) for r in self.query(
+                "SELECT config, estimate FROM runs WHERE status='running' AND host=? AND device=?", (self.host, device))]
+            read = gpu.device_memory(device)
+            self._held[device] = (running, None if read is None else [read[0] / MB, read[1] / MB])
+        running, memory = self._held[device]
+        need = estimated_mb(row["config"], row["estimate"])
+        verdict = fit_verdict(need, running, memory, self.runs_per_gpu, device)
+        if verdict[0] == "claim":  # the rows after this one see it on the device
+            running.append(need)
+            if memory is not None:
+                memory[0] -= need or 0.0
+        return verdict
+
+
 class Queue(Database):
     """The queue's operations on the runs table."""
 
-    def claimable(self, devices: Sequence[str]) -> builtins.list[int]:
-        """Queued runs a worker on one of `devices` could claim, oldest first."""
+    def claimable(self, devices: Sequence[str], runs_per_gpu: int | str | None = None,
+                  host: str | None = None) -> builtins.list[int]:
+        """Queued runs a worker on one of `devices` could claim now, oldest first (with `runs_per_gpu`:
+        those the GPU fit check lets through now, see the module's doc; `host`: this machine's name)."""
         rows = self._query(
-            "SELECT id, config FROM runs WHERE status='queued' AND queued_at IS NOT NULL ORDER BY queued_at, id"
+            "SELECT id, config, estimate FROM runs WHERE status='queued' AND queued_at IS NOT NULL "
+            "ORDER BY queued_at, id"
         )
-        return [r["id"] for r in rows if self._device_for(r["config"], devices) is not None]
+        if runs_per_gpu is None:
+            return [r["id"] for r in rows if self._devices_for(r["config"], devices)]
+        gpus = _Gpus(self._query, host or socket.gethostname(), runs_per_gpu)
+        blocked: set[str] = set()
+        return [r["id"] for r in rows if self._place(r, devices, gpus, blocked)[0] is not None]
 
     @staticmethod
-    def _device_for(config_json: str, devices: Sequence[str]) -> str | None:
+    def _devices_for(config_json: str, devices: Sequence[str]) -> builtins.list[str]:
+        """The devices of `devices` that can serve the run, in order."""
         try:
             wanted = str(json.loads(config_json).get("device", "auto"))
         except (ValueError, AttributeError):
-            return devices[0] if devices else None  # claimed, then failed with the reason
-        return next((d for d in devices if serves(wanted, d)), None)
+            return list(devices[:1])  # claimed, then failed with the reason
+        return [d for d in devices if serves(wanted, d)]
 
-    def claim(self, worker_id: str, pid: int, host: str, devices: Sequence[str]) -> Claim | None:
+    def _place(self, row: Any, devices: Sequence[str], gpus: _Gpus | None,
+               blocked: set[str]) -> tuple[str | None, str | None]:
+        """(the device that takes `row` now, the reason to fail it there, or None): the first device that
+        serves it where it fits (a GPU where it must wait is `blocked` for the rows after it)."""
+        for d in self._devices_for(row["config"], devices):
+            if gpus is None or not d.startswith("cuda"):
+                return d, None
+            if d in blocked:
+                continue
+            verdict, why = gpus.verdict(row, d)
+            if verdict == "wait":
+                blocked.add(d)
+                continue
+            return d, why if verdict == "fail" else None
+        return None, None
+
+    def claim(self, worker_id: str, pid: int, host: str, devices: Sequence[str],
+              runs_per_gpu: int | str | None = None) -> Claim | None:
         """Claim the oldest queued run that a worker on one of `devices` can serve, in one transaction:
         two workers never get the same run. A queued row whose config cannot be read is failed on the
-        way. None when there is nothing to claim."""
+        way. With `runs_per_gpu` ("auto" or N), a run on a GPU is claimed only when it fits beside the
+        runs already there (see the module's doc); one that never can is failed on the way with the
+        reason. None when there is nothing to claim."""
         with self._tx() as db:
             rows = db.execute(
-                "SELECT id, config, resume, queued_at FROM runs WHERE status='queued' AND queued_at IS NOT NULL "
-                "ORDER BY queued_at, id"
+                "SELECT id, config, estimate, resume, queued_at FROM runs WHERE status='queued' "
+                "AND queued_at IS NOT NULL ORDER BY queued_at, id"
             ).fetchall()
+            gpus = None if runs_per_gpu is None else _Gpus(lambda q, a: db.execute(q, a).fetchall(), host, runs_per_gpu)
+            blocked: set[str] = set()
             for r in rows:
-                device = self._device_for(r["config"], devices)
+                device, failure = self._place(r, devices, gpus, blocked)
                 if device is None:
                     continue
                 t = _now()
@@ -104,6 +216,11 @@ class Queue(Database):
                     db.execute("UPDATE runs SET status='failed', error=?, finished_at=? WHERE id=?",
                                (f"its stored config cannot be read ({first_line(e)})", t, r["id"]))
                     continue
+                if failure is not None:  # it can never fit this GPU: failed now rather than waiting forever
+                    db.execute("UPDATE runs SET status='failed', error=?, finished_at=?, worker=?, host=?, device=?, "
+                               "claimed_at=?, heartbeat=? WHERE id=? AND status='queued'",
+                               (failure, t, worker_id, host, device, t, t, r["id"]))
+                    continue
                 db.execute(
                     "UPDATE runs SET status='running', worker=?, pid=?, host=?, device=?, claimed_at=?, heartbeat=?, "
                     "startup_s=NULL, cancel_requested=0, error=NULL WHERE id=? AND status='queued'",
@@ -111,6 +228,10 @@ class Queue(Database):
                 )
                 return Claim(r["id"], config, bool(r["resume"]), device, r["queued_at"])
         return None
+
+    def busy_workers(self) -> builtins.set[str]:
+        """The ids of the workers training a run now."""
+        return {r["worker"] for r in self._query("SELECT worker FROM runs WHERE status='running'") if r["worker"]}
 
     def heartbeat(self, run_id: int, pid: int, startup_s: float | None = None) -> bool:
         """Called about twice a second by the process training a run: records that process and that it

@@ -250,7 +250,7 @@ def test_prewarm_starts_no_more_workers_than_runs(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- --runs-per-gpu's values
-VALID = re.compile(r"\s*(auto|0*([1-9]|[1-5][0-9]|6[0-4]))\s*", re.IGNORECASE | re.ASCII)
+VALID = re.compile(r"auto|0*([1-9]|[1-5][0-9]|6[0-4])", re.IGNORECASE | re.ASCII)
 
 
 @pytest.mark.parametrize("text, value", [("auto", "auto"), ("AUTO", "auto"), ("1", 1), ("8", 8),
@@ -260,7 +260,7 @@ def test_runs_per_gpu_good_values(text, value):
 
 
 @settings(max_examples=150, deadline=None)
-@given(hyp.one_of(hyp.sampled_from(["0", "-1", "abc", "1.5", "65", "", " ", "+2", "2e1", "0x4", "１", "auto8"]),
+@given(hyp.one_of(hyp.sampled_from(["0", "-1", "abc", "1.5", "65", "", " ", "+2", "2e1", "0x4", "１", "auto8", " 2", "1\xa0"]),
                   hyp.text(max_size=12), hyp.integers().map(str), hyp.floats().map(str)))
 def test_runs_per_gpu_bad_values_are_refused_in_one_line(text):
     if VALID.fullmatch(text):
@@ -271,3 +271,73 @@ def test_runs_per_gpu_bad_values_are_refused_in_one_line(text):
     message = str(e.value)
     assert "\n" not in message and message.startswith("--runs-per-gpu ")
     assert "pass e.g. --runs-per-gpu 4, or --runs-per-gpu auto" in message
+
+
+# ---------------------------------------------------------------- the option on the training commands
+COMMANDS = (["run"], ["compare", "--methods", "lora"], ["sweep", "--grid", "r=1,2"], ["tune", "--methods", "lora"],
+            ["resume", "1"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(command=hyp.sampled_from(COMMANDS),
+       text=hyp.one_of(hyp.sampled_from(["0", "-1", "abc", "1.5", "65", ""]), hyp.text(max_size=8)))
+def test_bad_runs_per_gpu_is_refused_in_one_line_by_every_training_command(tmp_path_factory, command, text):
+    from typer.testing import CliRunner
+
+    from peft_tui.cli import app
+
+    if VALID.fullmatch(text):
+        return
+    store = tmp_path_factory.mktemp("s")
+    res = CliRunner().invoke(app, [*command, f"--runs-per-gpu={text}", "--store", str(store / "s")])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1, res.output
+    assert lines[0].startswith("error: Invalid value for '--runs-per-gpu'") and "--runs-per-gpu auto" in lines[0]
+    assert not (store / "s").exists()  # refused before anything was made
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c[0] not in ("tune", "resume")])
+@pytest.mark.parametrize("text, value", [("2", 2), ("auto", "auto")])
+def test_runs_per_gpu_reaches_the_commands_pool(tmp_path, monkeypatch, command, text, value):
+    from typer.testing import CliRunner
+
+    from peft_tui.cli import app
+    from peft_tui.commands import train
+
+    seen = []
+
+    def command_pool(store, configs, workers, ray=None, detach=False, runs_per_gpu=None):
+        seen.append(runs_per_gpu)
+        raise ConfigError("stopped here by the test")
+
+    monkeypatch.setattr(train, "command_pool", command_pool)
+    res = CliRunner().invoke(app, [*command, "--model", "tiny", "--runs-per-gpu", text, "--store", str(tmp_path)])
+    assert seen == [value] and "stopped here by the test" in res.output and res.exit_code == 2
+
+
+def test_command_pool_packs_the_gpus_it_prewarms(tmp_path, monkeypatch):
+    from peft_tui.commands.queueing import command_pool
+    from peft_tui.engine.launch import local
+
+    monkeypatch.setenv("PEFT_TUI_INPROCESS_POOL", "0")
+    monkeypatch.setattr(local, "default_devices", lambda: ["cuda:0"])
+    monkeypatch.setattr(local.LocalPool, "_spawn", lambda self, device, prewarmed=False: FakeProc())
+    configs = [tiny_config(name=f"r{i}") for i in range(3)]
+    with command_pool(str(tmp_path / "s"), configs, None, runs_per_gpu="auto") as launch:
+        pool = launch.prewarmed
+        assert pool is not None and pool.runs_per_gpu == "auto" and len(pool.slots) == AUTO_RUNS_PER_GPU
+        assert sum(1 for s in pool.slots if s.proc is not None) == 3  # one per run, not eight
+    with pytest.raises(ConfigError, match="drop it with --ray"):
+        with command_pool(str(tmp_path / "s"), configs, None, ray="auto", runs_per_gpu=2):
+            pass
+
+
+def test_tune_runs_as_many_trials_at_once_as_the_gpus_take(monkeypatch):
+    from peft_tui.commands import tune
+    from peft_tui.engine.launch import local
+
+    monkeypatch.setattr(local, "default_devices", lambda: ["cuda:0", "cuda:1"])
+    assert tune._local_devices() == 2
+    assert tune._local_devices(3) == 6
+    assert tune._local_devices("auto") == 2 * AUTO_RUNS_PER_GPU

@@ -24,6 +24,21 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document o
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", min=1, help="worker processes training runs side by side (default: one per device; "
     "CPU: 1, a GPU box: one per GPU)")]
+def _runs_per_gpu(value: str) -> int | str:
+    """--runs-per-gpu's parser: a bad value is a usage error (one line, exit 2)."""
+    from peft_tui.engine.memory import parse_runs_per_gpu
+
+    try:
+        return parse_runs_per_gpu(value)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e).removeprefix("--runs-per-gpu ")) from None
+
+
+RunsPerGpuOpt = Annotated[Optional[str], typer.Option(
+    "--runs-per-gpu", parser=_runs_per_gpu, metavar="auto|N",
+    help="let each GPU train up to N runs at once (auto: as many as fit, at most 8); a worker takes a run only "
+    "when its estimated peak memory fits beside the runs already on that GPU, else the run waits in the queue "
+    "(default: one run per GPU; no effect on the CPU)")]
 DetachOpt = Annotated[bool, typer.Option(
     "--detach", help="queue the runs, leave the workers training them in the background (they outlive this "
     "shell) and return at once; follow them with `peft-tui launch` or `peft-tui show ID`")]

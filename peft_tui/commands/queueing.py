@@ -44,6 +44,7 @@ class CommandPool:
     ray: str | None
     detach: bool
     trust_remote_code: bool
+    runs_per_gpu: int | str | None = None  # --runs-per-gpu: several runs on one GPU (LocalPool)
     prewarmed: LocalPool | None = None
     pool: LocalPool | RayPool | None = None
     ids: list[int] = field(default_factory=list)
@@ -55,13 +56,14 @@ class CommandPool:
 
         if self.pool is None:
             self.pool = self.prewarmed or make_pool(st, ray=self.ray, workers=self.workers, detach=self.detach,
-                                                    run_ids=self.ids, trust_remote_code=self.trust_remote_code)
+                                                    run_ids=self.ids, trust_remote_code=self.trust_remote_code,
+                                                    runs_per_gpu=self.runs_per_gpu)
         return self.pool
 
 
 @contextlib.contextmanager
 def command_pool(store: str | None, configs: list[RunConfig], workers: int | None, ray: str | None = None,
-                 detach: bool = False) -> Iterator[CommandPool]:
+                 detach: bool = False, runs_per_gpu: int | str | None = None) -> Iterator[CommandPool]:
     """The pool for a command's runs, made right after its configs are parsed and checked for their own
     values: local worker processes (not Ray, nor the fast tests' in-process pool) start now, before the
     store is opened (`store`: the --store value), so that they import while the command loads its data
@@ -76,15 +78,17 @@ def command_pool(store: str | None, configs: list[RunConfig], workers: int | Non
     for cfg in configs:  # a config refused for its own values starts no worker
         validate(cfg)
     no_detached_ray(detach, ray)
-    launch = CommandPool(workers, ray, detach, any(c.trust_remote_code for c in configs))
+    if ray and runs_per_gpu is not None:
+        raise ConfigError("--runs-per-gpu packs this machine's GPUs: drop it with --ray (Ray places each run itself)")
+    launch = CommandPool(workers, ray, detach, any(c.trust_remote_code for c in configs), runs_per_gpu)
     try:
         # the local pool engine/submit.make_pool would make (under its in-process test switch: none)
         if not ray and (detach or os.environ.get(INPROCESS_ENV) != "1"):
             from peft_tui.engine.launch.local import LocalPool
 
             launch.prewarmed = LocalPool(store_path(store), workers=workers, detach=detach,
-                                         trust_remote_code=launch.trust_remote_code)
-            launch.prewarmed.prewarm()
+                                         trust_remote_code=launch.trust_remote_code, runs_per_gpu=runs_per_gpu)
+            launch.prewarmed.prewarm(None if runs_per_gpu is None else len(configs))
         yield launch
     except BaseException:
         if not launch.handed and (launch.pool or launch.prewarmed) is not None:

@@ -52,6 +52,7 @@ from peft_tui.commands.options import (
     PoolingOpt,
     PrecisionOpt,
     RayOpt,
+    RunsPerGpuOpt,
     SeedOpt,
     SetOpt,
     StoreOpt,
@@ -97,6 +98,7 @@ def run(
     store: StoreOpt = None,
     as_json: JsonOpt = False,
     workers: WorkersOpt = None,
+    runs_per_gpu: RunsPerGpuOpt = None,
     detach: DetachOpt = False,
     ray: RayOpt = None,
     gpus: GpusOpt = None,
@@ -106,7 +108,7 @@ def run(
     from peft_tui.engine.submit import prepare
 
     cfg = run_config(ctx, sets)
-    with command_pool(store, [cfg], workers, ray, detach) as launch:  # its workers import while we prepare
+    with command_pool(store, [cfg], workers, ray, detach, runs_per_gpu) as launch:  # its workers import while we prepare
         splits = prepare([cfg])
         st = open_store(store, writable=True)
         planned = fit_check(st, [cfg], splits, force, ray)
@@ -159,6 +161,7 @@ def compare(
     store: StoreOpt = None,
     as_json: JsonOpt = False,
     workers: WorkersOpt = None,
+    runs_per_gpu: RunsPerGpuOpt = None,
     detach: DetachOpt = False,
     ray: RayOpt = None,
     gpus: GpusOpt = None,
@@ -186,7 +189,7 @@ def compare(
         configs = [dataclasses.replace(cfg, seed=cfg.seed + i) for cfg in configs for i in range(seeds)]
     if csv_path:
         check_output_path(csv_path, "--csv")
-    with command_pool(store, configs, workers, ray, detach) as launch:  # its workers import while we prepare
+    with command_pool(store, configs, workers, ray, detach, runs_per_gpu) as launch:  # its workers import while we prepare
         splits = prepare(configs)  # validates every config once (the largest seed included)
         st = open_store(store, writable=True)
         planned = fit_check(st, configs, splits, force, ray)
@@ -250,6 +253,7 @@ def sweep(
     store: StoreOpt = None,
     as_json: JsonOpt = False,
     workers: WorkersOpt = None,
+    runs_per_gpu: RunsPerGpuOpt = None,
     detach: DetachOpt = False,
     ray: RayOpt = None,
     gpus: GpusOpt = None,
@@ -269,7 +273,7 @@ def sweep(
     base = run_config(ctx, sets)
     validate(base)
     configs = grid_configs(base, grid)
-    with command_pool(store, configs, workers, ray, detach) as launch:  # its workers import while we prepare
+    with command_pool(store, configs, workers, ray, detach, runs_per_gpu) as launch:  # its workers import while we prepare
         splits = prepare(configs)
         st = open_store(store, writable=True)
         planned = fit_check(st, configs, splits, force, ray)
@@ -306,6 +310,7 @@ def resume(
     store: StoreOpt = None,
     as_json: JsonOpt = False,
     workers: WorkersOpt = None,
+    runs_per_gpu: RunsPerGpuOpt = None,
     detach: DetachOpt = False,
     ray: RayOpt = None,
     trust_remote_code: TrustOpt = False,
@@ -316,7 +321,7 @@ def resume(
 
     st = open_store(store, writable=True)
     stored = RunConfig.from_stored(st.get(run_id)["config"], trust_remote_code, f"run {run_id}")
-    with command_pool(store, [stored], workers, ray, detach) as launch:
+    with command_pool(store, [stored], workers, ray, detach, runs_per_gpu) as launch:
         planned = check(st, [stored], estimate=False, devices=[] if ray else None)  # validated, servable here
         if detach:
             start_detached(st, planned, launch, as_json, resume_id=run_id)

@@ -37,6 +37,7 @@ from peft_tui.commands.options import (
     PoolingOpt,
     PrecisionOpt,
     RayOpt,
+    RunsPerGpuOpt,
     SeedOpt,
     SetOpt,
     StoreOpt,
@@ -109,6 +110,7 @@ def tune(
     store: StoreOpt = None,
     as_json: JsonOpt = False,
     workers: WorkersOpt = None,
+    runs_per_gpu: RunsPerGpuOpt = None,
     ray: RayOpt = None,
     force: ForceOpt = False,
     detach: Annotated[bool, typer.Option(
@@ -146,7 +148,7 @@ def tune(
 
         parse_overrides(space or [], bases)  # a bad range is refused before any data loads
         splits = prepare(bases)
-        parallel = workers or (2 if ray else _local_devices())
+        parallel = workers or (2 if ray else _local_devices(runs_per_gpu))
         spec = studies.new_study(st, bases, trials=trials, budget_s=budget_s, seeds=seeds, pruner=pruner,
                                  space=space or [], parallel=parallel, train_rows=len(splits.train.labels),
                                  val_rows=len(splits.val.labels),
@@ -178,9 +180,11 @@ def tune(
             + progress_line(event["method"], m, str(spec.trials) if spec.trials is not None else "-"))
 
     if detach:
-        run_in_background(st.root, spec.name, workers, ray, any(b.trust_remote_code for b in bases), as_json)
+        run_in_background(st.root, spec.name, workers, ray, any(b.trust_remote_code for b in bases), as_json,
+                          runs_per_gpu)
         return
-    pool = make_pool(st, ray=ray, workers=workers, trust_remote_code=any(b.trust_remote_code for b in bases))
+    pool = make_pool(st, ray=ray, workers=workers, trust_remote_code=any(b.trust_remote_code for b in bases),
+                     runs_per_gpu=runs_per_gpu)
     tuner = studies.Tuner(st, spec, pool, data=splits, on_progress=progress)
     from peft_tui.engine.launch.client import interrupts
 
@@ -211,14 +215,17 @@ def tune(
         typer.echo(safe_lines(to_text(doc, color=sys.stdout.isatty())))
 
 
-def _local_devices() -> int:
+def _local_devices(runs_per_gpu: int | str | None = None) -> int:
+    """Runs this machine's workers train at once: one per device, or with --runs-per-gpu N (auto: 8) per GPU."""
     from peft_tui.engine.launch.local import default_devices
+    from peft_tui.engine.memory import AUTO_RUNS_PER_GPU
 
-    return len(default_devices())
+    per_gpu = AUTO_RUNS_PER_GPU if runs_per_gpu == "auto" else int(runs_per_gpu or 1)
+    return sum(per_gpu if d.startswith("cuda") else 1 for d in default_devices())
 
 
 def run_in_background(root: Path, study: str, workers: int | None, ray: str | None, trust_remote_code: bool,
-                      as_json: bool) -> None:
+                      as_json: bool, runs_per_gpu: int | str | None = None) -> None:
     """`peft-tui tune --resume STUDY --json` in a new session (no terminal hang-up reaches it), its stderr
     (progress, errors) in logs/tune-STUDY.log and its final JSON in logs/tune-STUDY.json. The study is
     already in the store, so a background tune that is stopped resumes like any other."""
@@ -227,7 +234,8 @@ def run_in_background(root: Path, study: str, workers: int | None, ray: str | No
     log, result = logs / f"tune-{study}.log", logs / f"tune-{study}.json"
     argv = [sys.executable, "-m", "peft_tui.cli", "tune", "--resume", study, "--store", str(root), "--json",
             *(["--workers", str(workers)] if workers else []), *(["--ray", ray] if ray else []),
-            *(["--trust-remote-code"] if trust_remote_code else [])]
+            *(["--trust-remote-code"] if trust_remote_code else []),
+            *(["--runs-per-gpu", str(runs_per_gpu)] if runs_per_gpu is not None else [])]
     with open(log, "ab") as err, open(result, "wb") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})

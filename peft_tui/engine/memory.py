@@ -137,11 +137,10 @@ def parse_runs_per_gpu(value: object) -> int | str:
         text = value
     else:
         text = repr(value)
-    word = text.strip()
-    if word.lower() == "auto":
+    if text.lower() == "auto":
         return "auto"
-    if re.fullmatch(r"[0-9]+", word, flags=re.ASCII) and 1 <= int(word) <= MAX_RUNS_PER_GPU:
-        return int(word)
+    if re.fullmatch(r"[0-9]+", text, flags=re.ASCII) and 1 <= int(text) <= MAX_RUNS_PER_GPU:
+        return int(text)
     raise ConfigError(f"--runs-per-gpu {text!r} is not auto or a whole number from 1 to {MAX_RUNS_PER_GPU}: "
                       "pass e.g. --runs-per-gpu 4, or --runs-per-gpu auto (as many as fit)")
 

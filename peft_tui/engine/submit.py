@@ -142,7 +142,7 @@ def submit(store: Store, configs: Sequence[RunConfig], *, force: bool = False, d
 
 def make_pool(store: Store, *, ray: str | None = None, workers: int | None = None, detach: bool = False,
               devices: list[str] | None = None, run_ids: list[int] | None = None,
-              trust_remote_code: bool | None = None) -> LocalPool | RayPool:
+              trust_remote_code: bool | None = None, runs_per_gpu: int | str | None = None) -> LocalPool | RayPool:
     """Who trains the store's queued runs (not started): a Ray cluster (`ray`: "auto" or an address; with
     `run_ids`, only those runs), else worker processes on this machine, one per device or `workers`.
     Under PEFT_TUI_INPROCESS_POOL=1 (the fast test tier) runs train in a thread of this process instead."""
@@ -157,4 +157,5 @@ def make_pool(store: Store, *, ray: str | None = None, workers: int | None = Non
     from peft_tui.engine.launch.local import LocalPool
 
     # trust_remote_code: the user's flag, told to each worker (None: the stored configs decide, as before)
-    return LocalPool(store.root, devices, workers=workers, detach=detach, trust_remote_code=trust_remote_code)
+    return LocalPool(store.root, devices, workers=workers, detach=detach, trust_remote_code=trust_remote_code,
+                     runs_per_gpu=runs_per_gpu)  # --runs-per-gpu: several runs on one GPU

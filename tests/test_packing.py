@@ -341,3 +341,55 @@ def test_tune_runs_as_many_trials_at_once_as_the_gpus_take(monkeypatch):
     assert tune._local_devices() == 2
     assert tune._local_devices(3) == 6
     assert tune._local_devices("auto") == 2 * AUTO_RUNS_PER_GPU
+
+
+# ---------------------------------------------------------------- CUDA width buckets (batching.py)
+def up8(n: int) -> int:
+    return -(-n // 8) * 8
+
+
+@settings(max_examples=300, deadline=None)
+@given(longest=hyp.integers(1, 2048), data=hyp.data())
+def test_cuda_width_holds_the_batch_stays_within_the_split_and_takes_few_values(longest, data):
+    import math
+
+    from peft_tui.engine.batching import cuda_width
+
+    width = data.draw(hyp.integers(1, longest))
+    w = cuda_width(width, longest)
+    assert w >= width and w % 8 == 0  # holds the longest row, tensor-core friendly
+    assert up8(width) <= w <= up8(longest)  # never narrower than before buckets, never wider than the split's widest
+    assert w <= max(16, 1.5 * width + 8)  # at most about a third of a row is padding
+    sizes = {cuda_width(n, longest) for n in range(1, longest + 1)}
+    assert len(sizes) <= 2 * math.log2(max(longest, 2)) + 2  # few shapes for the GPU libraries
+
+
+def test_cuda_width_sizes_for_max_length_128_and_the_measuring_switch(monkeypatch):
+    from peft_tui.engine.batching import cuda_width
+
+    assert sorted({cuda_width(n, 128) for n in range(1, 129)}) == [16, 24, 32, 48, 64, 96, 128]
+    assert sorted({cuda_width(n, 100) for n in range(1, 101)}) == [16, 24, 32, 48, 64, 96, 104]
+    monkeypatch.setenv("PEFT_TUI_CUDA_BUCKETS", "0")  # as before: the next multiple of 8
+    assert [cuda_width(n, 128) for n in (1, 9, 33, 97)] == [8, 16, 40, 104]
+
+
+def test_collate_buckets_on_cuda_and_stays_exact_on_the_cpu(monkeypatch):
+    import random
+
+    import torch
+
+    from peft_tui.engine.batching import collate, length_grouped_batches
+
+    rng = random.Random(0)
+    ids = [[1] * rng.randint(2, 120) for _ in range(400)]
+    labels = [0] * len(ids)
+    batches = length_grouped_batches([len(s) for s in ids], 8, random.Random(1))
+    cpu = [collate(ids, labels, b, 0, "cpu")[0].shape[1] for b in batches]
+    assert cpu == [max(len(ids[i]) for i in b) for b in batches]  # exact widths on the CPU
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self)  # no GPU here: the tensors stay put
+    cuda = [collate(ids, labels, b, 0, "cuda:0") for b in batches]
+    widths = [x.shape[1] for x, _, _ in cuda]
+    assert set(widths) <= {16, 24, 32, 48, 64, 96, 120} and len(set(widths)) <= 7
+    assert len(set(cpu)) == 50  # ...where exact widths gave 50 shapes
+    for (x, m, _), b in zip(cuda, batches):  # the padding is masked out
+        assert m.sum(1).tolist() == [len(ids[i]) for i in b] and int(x[m == 0].sum()) == 0

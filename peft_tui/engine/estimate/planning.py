@@ -81,14 +81,15 @@ class Eta:
 # ------------------------------------------------------------------------------------------------
 def batch_widths(lengths: Sequence[int], batch_size: int, max_length: int, seed: int, cuda: bool) -> list[tuple[int, int]]:
     """(rows, width) of each batch of the first epoch, as the trainer cuts them for this seed."""
-    from peft_tui.engine.batching import PAD_MULTIPLE_CUDA, length_grouped_batches
+    from peft_tui.engine.batching import cuda_width, length_grouped_batches
 
     cut = [min(n, max_length) for n in lengths]
+    longest = max(cut, default=0)
     out = []
     for batch in length_grouped_batches(cut, batch_size, random.Random(seed)):
         w = max(cut[i] for i in batch)
         if cuda:
-            w = -(-w // PAD_MULTIPLE_CUDA) * PAD_MULTIPLE_CUDA
+            w = cuda_width(w, longest)
         out.append((len(batch), w))
     return out
 

@@ -2,8 +2,11 @@
 # One prepared GPU check: CUDA paths of the engine (bf16 / fp16 autocast, NVML memory in events,
 # LoRA vs full memory and throughput on a roberta-base-size random config), then runs as processes:
 # two runs queued on one GPU (each its own process and peak memory), a torchrun (NCCL) run with
-# --gpus 1 (and 2 where there are two GPUs), and a run through a local Ray instance using the GPU.
-# Prints tables. On a machine without an NVIDIA GPU it says so and exits 0; without Ray, the Ray
+# --gpus 1 (and 2 where there are two GPUs), and a run through a local Ray instance using the GPU;
+# then many small runs on one GPU: runs per hour of GPU_CHECK_PACK_RUNS (default 8) LoRA runs at
+# --runs-per-gpu 1, 2, 4, 8 and auto, and of a seven-method compare at 1 and auto; and bf16 against fp32
+# with the CUDA width buckets on and off (PEFT_TUI_CUDA_BUCKETS=0: multiples of 8, as before), each run
+# in a fresh process (a process keeps the plans of the shapes it met). Prints tables. On a machine without an NVIDIA GPU it says so and exits 0; without Ray, the Ray
 # part says so and is skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -116,4 +119,63 @@ else:
     device = (row["result"] or {}).get("device")
     print(f"  ray.init {started:.1f} s; trained on {device}: {'PASS' if str(device).startswith('cuda') else 'FAIL'}")
     ray.shutdown()
+PY
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PY" - <<'PY'
+import os, subprocess, sys, tempfile, time
+from peft_tui.engine.store import Store
+
+RUNS = int(os.environ.get("GPU_CHECK_PACK_RUNS", "8"))
+SMALL = ["--model", "minilm", "--epochs", "1", "--set", "data.size=2400", "--device", "cuda", "--json"]
+
+def cli(*args, env=None):
+    """One peft-tui command in a process of its own (its own pool of workers): (store rows, wall s, error)."""
+    root = tempfile.mkdtemp(prefix="gpu-check-pack-")
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "peft_tui.cli", *args, "--store", root], capture_output=True,
+                       text=True, env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - t0
+    rows = Store(root).list()
+    err = "" if p.returncode == 0 else (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]
+    return rows, wall, err
+
+def at_once(rows):
+    """The most runs that trained at the same moment (from their claim and finish times)."""
+    marks = sorted([(r["claimed_at"], 1) for r in rows if r["claimed_at"] and r["finished_at"]]
+                   + [(r["finished_at"], -1) for r in rows if r["claimed_at"] and r["finished_at"]])
+    best = now = 0
+    for _, step in marks:
+        now += step
+        best = max(best, now)
+    return best
+
+# (d) many small runs on one GPU: the same queue at --runs-per-gpu 1, 2, 4, 8 and auto
+print(f"\n{'queue':30} {'per GPU':>7} {'done':>5} {'at once':>7} {'wall s':>7} {'runs/h':>7} {'vs 1':>5} "
+      f"{'est. peak MB':>12}  errors")
+for label, methods, seeds, settings in (
+        (f"{RUNS} x lora (seeds)", "lora", RUNS, ("1", "2", "4", "8", "auto")),
+        ("compare, 7 methods", "full,lora,adapters,dora,ia3,bitfit,prefix", 1, ("1", "auto"))):
+    base = None
+    for per_gpu in settings:
+        rows, wall, err = cli("compare", "--methods", methods, "--seeds", str(seeds), "--no-baseline",
+                              "--precision", "bf16", "--runs-per-gpu", per_gpu, *SMALL)
+        done = sum(r["status"] == "done" for r in rows)
+        per_hour = done / wall * 3600 if wall > 0 else 0.0
+        base = base or per_hour
+        peaks = [r["estimate"]["peak_mb"] for r in rows if r.get("estimate")]
+        errors = sorted({r["error"] for r in rows if r["status"] != "done" and r["error"]} | ({err} if err else set()))
+        print(f"{label:30} {per_gpu:>7} {done:5} {at_once(rows):7} {wall:7.1f} {per_hour:7.0f} "
+              f"{per_hour / base if base else 0:5.2f} {max(peaks, default=0):12.0f}  {'; '.join(errors)[:160]}")
+
+# (e) bf16 against fp32, with the CUDA width buckets (default) and without (multiples of 8, as before)
+print(f"\n{'method':8} {'prec':5} {'buckets':7} {'status':8} {'samples/s':>9} {'train s':>7} {'wall s':>7} {'acc %':>6}")
+for method in ("full", "lora"):
+    for prec in ("fp32", "bf16"):
+        for buckets in ("1", "0"):
+            rows, wall, err = cli("run", "--method", method, "--precision", prec, *SMALL,
+                                  env={"PEFT_TUI_CUDA_BUCKETS": buckets})
+            row = rows[0] if rows else {"status": "none", "result": None, "error": err}
+            r = row["result"] or {}
+            print(f"{method:8} {prec:5} {'on' if buckets == '1' else 'off':7} {row['status']:8} "
+                  f"{r.get('samples_per_s') or 0:9.0f} {r.get('train_time_s') or 0:7.1f} {wall:7.1f} "
+                  f"{100 * (r.get('accuracy') or 0):6.1f}  {row['error'] or err}")
 PY

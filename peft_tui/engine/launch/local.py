@@ -118,8 +118,9 @@ class LocalPool:
         self._tend()
 
     def prewarm(self, runs: int | None = None) -> LocalPool:
-        """Start a worker in every empty slot (with `runs`: in at most that many, the devices in turn) now, before any run is queued and even before the store
-        exists, so that its imports (torch, transformers, peft: seconds) overlap the caller's own work
+        """Start a worker in every empty slot now (with `runs`: in at most that many, the devices in turn;
+        a command passes its number of runs when packing GPUs), before any run is queued and even before
+        the store exists, so that its imports (torch, transformers, peft: seconds) overlap the caller's own work
         before it queues (its checks, data load, estimate). Such a worker (worker.py --await-store) creates
         nothing: it waits up to `idle_s` for the caller to create the store, then up to `idle_s` for a
         run, and leaves cleanly (exit 0) if none came; `stop()` or `release()` before that ends it at once.

@@ -88,7 +88,10 @@ def command_pool(store: str | None, configs: list[RunConfig], workers: int | Non
 
             launch.prewarmed = LocalPool(store_path(store), workers=workers, detach=detach,
                                          trust_remote_code=launch.trust_remote_code, runs_per_gpu=runs_per_gpu)
-            launch.prewarmed.prewarm(None if runs_per_gpu is None else len(configs))
+            if runs_per_gpu is None:
+                launch.prewarmed.prewarm()
+            else:  # a GPU has many slots: no more importing workers than the command has runs
+                launch.prewarmed.prewarm(runs=len(configs))
         yield launch
     except BaseException:
         if not launch.handed and (launch.pool or launch.prewarmed) is not None:

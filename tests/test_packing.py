@@ -393,3 +393,19 @@ def test_collate_buckets_on_cuda_and_stays_exact_on_the_cpu(monkeypatch):
     assert len(set(cpu)) == 50  # ...where exact widths gave 50 shapes
     for (x, m, _), b in zip(cuda, batches):  # the padding is masked out
         assert m.sum(1).tolist() == [len(ids[i]) for i in b] and int(x[m == 0].sum()) == 0
+
+
+def test_tune_detach_hands_runs_per_gpu_to_its_background_tune(tmp_path, monkeypatch):
+    from peft_tui.commands import tune
+
+    argv = []
+
+    class Popen:
+        pid = 4242
+
+        def __init__(self, args, **kw):
+            argv.extend(args)
+
+    monkeypatch.setattr(tune.subprocess, "Popen", Popen)
+    tune.run_in_background(tmp_path, "s1", None, None, False, True, runs_per_gpu="auto")
+    assert argv[argv.index("--runs-per-gpu") + 1] == "auto" and argv[argv.index("--resume") + 1] == "s1"

@@ -18,7 +18,7 @@ Memory, from its parts (MB, adding up to `peak_mb`):
   copy: the stored weights already are fp32.
 - grads: fp32, trainable parameters only. optimizer: AdamW's two fp32 states per trainable parameter.
 - activations: what autograd keeps for the backward pass of the widest batch (the batch size x the
-  longest row after truncation, padded to a multiple of 8 on CUDA), per layer from the hidden size,
+  longest row after truncation, padded on CUDA to its width bucket, batching.cuda_width), per layer from the hidden size,
   feed-forward size and heads: attention scores (CPU with attention dropout: softmax output, dropout
   noise, dropped probabilities; fused attention keeps none), q/k/v, norm inputs, dropout noise, the
   feed-forward activation; plus the input of every module whose weights train, and of every learned

@@ -560,3 +560,14 @@ def test_the_defaults_are_kept_unless_a_trial_beats_them_beyond_the_noise(vals, 
         assert kept is None
     else:
         assert kept[0]["trial"] == d and f"on {rows} rows" in kept[1]
+
+
+def test_progress_line_says_when_the_defaults_are_kept_over_a_higher_trial():
+    from peft_tui.report.tune import progress_line
+
+    best = {"trial": 0, "val_accuracy": 0.862}
+    plain = progress_line("full", {"trials_run": 4, "pruned": 1, "best": best}, "6")
+    assert plain == "full: 4/6 trials (1 pruned), best val 86.2% (trial 0)"
+    kept = progress_line("full", {"trials_run": 4, "pruned": 0, "best": {**best, "kept_defaults": "trial 3 ..."}},
+                         "6")
+    assert kept == "full: 4/6 trials, defaults kept at val 86.2% (trial 0; a higher trial is within the noise)"

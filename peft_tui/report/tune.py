@@ -116,7 +116,10 @@ def progress_line(method: str, m: dict[str, Any], budget: str) -> str:
     text = f"{method}: {m['trials_run']}/{budget} trials"
     if m["pruned"]:
         text += f" ({m['pruned']} pruned)"
-    if best:
+    if best and best.get("kept_defaults"):  # a higher trial within the noise: the defaults stay the pick
+        text += f", defaults kept at val {_pct(best['val_accuracy'])}% (trial {best['trial']}; a higher trial is " \
+                "within the noise)"
+    elif best:
         text += f", best val {_pct(best['val_accuracy'])}% (trial {best['trial']})"
     return text
 

@@ -23,6 +23,8 @@ from peft_tui.errors import ConfigError, OneLineError, disk_full_at, first_line
 from peft_tui.safe import safe_lines, safe_text
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     from peft_tui.engine.data import DataSplits
     from peft_tui.engine.store import Store
 
@@ -211,17 +213,22 @@ def exit_if_failed(rows: list[dict], quiet: bool) -> None:
         raise typer.Exit(EXIT_FAILED)
 
 
-def data_summary(cfg: RunConfig, data: DataSplits) -> dict:
-    """The pre-training summary of loaded splits, token counts from the config's tokenizer."""
-    from peft_tui.engine import models
+def data_summary(cfg: RunConfig, data: DataSplits, cache_dir: Path | None = None) -> dict:
+    """The pre-training summary of loaded splits, token counts as the config's tokenizer makes them: read
+    from the store's cache (`cache_dir`) when this data was counted before, else counted (the embedded
+    tokenizer without importing torch: engine/estimate/lengths.py) and kept there."""
     from peft_tui.engine.data import summarize
+    from peft_tui.engine.estimate.lengths import cached_lengths
 
-    tokenizer = models.load_tokenizer(cfg.model, cfg.trust_remote_code)
-    return summarize(data, tokenizer, cfg.max_length)
+    def count(texts: list[str], pairs: list[str] | None) -> list[int]:
+        return cached_lengths(cache_dir, cfg.model, cfg.trust_remote_code, texts, pairs)
+
+    return summarize(data, max_length=cfg.max_length, count=count)
 
 
-def print_data_summary(cfg: RunConfig, data: DataSplits, to_stderr: bool = False) -> None:
+def print_data_summary(cfg: RunConfig, data: DataSplits, to_stderr: bool = False,
+                       cache_dir: Path | None = None) -> None:
     """The summary before training (on stderr when stdout carries JSON)."""
     from peft_tui.engine.data import format_summary
 
-    typer.echo(safe_lines(format_summary(data_summary(cfg, data))), err=to_stderr)  # labels shown literally
+    typer.echo(safe_lines(format_summary(data_summary(cfg, data, cache_dir))), err=to_stderr)  # labels shown literally

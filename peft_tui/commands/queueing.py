@@ -15,7 +15,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -130,9 +130,10 @@ def queue(st: Store, planned: list[Planned], resume_id: int | None, ids: list[in
 
 
 def train_runs(st: Store, planned: list[Planned], launch: CommandPool, show_progress: bool,
-               resume_id: int | None = None) -> list[int]:
+               resume_id: int | None = None, describe: Callable[[], None] | None = None) -> list[int]:
     """Queue the runs, have the command's pool (`command_pool`) train them, and stream their progress
-    until every one has ended (a failure does not stop the rest). Returns the run ids. On Ctrl-C or
+    until every one has ended (a failure does not stop the rest). `describe`: what the command prints once
+    its runs are queued (the data summary), while the workers claim and load them. Returns the run ids. On Ctrl-C or
     SIGTERM: every run queued here is cancelled, the workers leave, and the command exits 130 or 143
     with one line."""
     from peft_tui.console import ProgressSink
@@ -144,6 +145,8 @@ def train_runs(st: Store, planned: list[Planned], launch: CommandPool, show_prog
         try:
             queue(st, planned, resume_id, ids)
             pool.start()
+            if describe is not None:
+                describe()
             with ProgressSink(enabled=None if show_progress else False) as progress:
                 signum = watch(st, ids, progress)
         except KeyboardInterrupt:  # before the watching began

@@ -2,9 +2,11 @@
 
 A command never trains in its own process: it starts its local worker processes first (engine/launch/
 local.py, one per device, `--workers N`; queueing.command_pool), so that they import torch while it checks
-its configs (`preflight`, which also loads the data for the summary), queues the runs in the store, and
-streams their progress from the store into the progress bars, then prints
-the table. Ctrl-C or SIGTERM cancels every run the command queued (the one training ends `cancelled`
+its configs (`prepare`: the values, the model, the data loaded), estimates them and queues the runs in the
+store. Queue first, describe after: the data summary is printed once the runs are queued, while a worker
+claims and loads them; then the command streams their progress from the store into the progress bars and
+prints the table. On a store that has seen the model, method and data before, none of this imports torch
+(the model check, the token counts and the model's shape are kept in the store's cache). Ctrl-C or SIGTERM cancels every run the command queued (the one training ends `cancelled`
 within a step) and exits 130 or 143. `--detach` leaves the workers training in the background and returns
 at once with the run ids. The TF-IDF baseline of `compare` is a run like any other (method "tfidf").
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -66,9 +70,11 @@ from peft_tui.commands.options import (
 from peft_tui.commands.queueing import command_pool, fit_check, method_sets, start_detached, train_runs
 from peft_tui.config import RunConfig
 from peft_tui.errors import ConfigError
+from peft_tui.safe import safe_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    pass
+    from peft_tui.engine.data import DataSplits
+    from peft_tui.engine.store import Store
 
 
 @handles_errors
@@ -109,14 +115,14 @@ def run(
 
     cfg = run_config(ctx, sets)
     with command_pool(store, [cfg], workers, ray, detach, runs_per_gpu) as launch:  # its workers import while we prepare
-        splits = prepare([cfg])
+        splits = prepare([cfg], cache_dir=cache_of(store))
         st = open_store(store, writable=True)
         planned = fit_check(st, [cfg], splits, force, ray)
         if detach:
             start_detached(st, planned, launch, as_json)
             return
-        print_data_summary(cfg, splits, to_stderr=as_json)
-        [run_id] = train_runs(st, planned, launch, show_progress=not as_json)
+        [run_id] = train_runs(st, planned, launch, show_progress=not as_json,
+                              describe=summary_of(cfg, splits, st, as_json))
     row = st.get(run_id)
     if as_json:
         print_json(run_json(st, row))
@@ -190,14 +196,14 @@ def compare(
     if csv_path:
         check_output_path(csv_path, "--csv")
     with command_pool(store, configs, workers, ray, detach, runs_per_gpu) as launch:  # its workers import while we prepare
-        splits = prepare(configs)  # validates every config once (the largest seed included)
+        splits = prepare(configs, cache_dir=cache_of(store))  # validates every config once (the largest seed included)
         st = open_store(store, writable=True)
         planned = fit_check(st, configs, splits, force, ray)
         if detach:
             start_detached(st, planned, launch, as_json)
             return
-        print_data_summary(first, splits, to_stderr=as_json)
-        rows_db = [st.get(rid) for rid in train_runs(st, planned, launch, show_progress=not as_json)]
+        rows_db = [st.get(rid) for rid in train_runs(st, planned, launch, show_progress=not as_json,
+                                                     describe=summary_of(first, splits, st, as_json))]
     from peft_tui.engine.estimate import grade_run
     from peft_tui.report.recommend import recommend
     from peft_tui.report.seeds import aggregate
@@ -274,15 +280,16 @@ def sweep(
     validate(base)
     configs = grid_configs(base, grid)
     with command_pool(store, configs, workers, ray, detach, runs_per_gpu) as launch:  # its workers import while we prepare
-        splits = prepare(configs)
+        splits = prepare(configs, cache_dir=cache_of(store))
         st = open_store(store, writable=True)
         planned = fit_check(st, configs, splits, force, ray)
         if detach:
             start_detached(st, planned, launch, as_json)
             return
-        print_data_summary(base, splits, to_stderr=as_json)
-        typer.echo(f"sweep: {len(configs)} run(s): {', '.join(c.display_name for c in configs)}", err=as_json)
-        rows_db = [st.get(rid) for rid in train_runs(st, planned, launch, show_progress=not as_json)]
+        describe = summary_of(base, splits, st, as_json,
+                              f"sweep: {len(configs)} run(s): {', '.join(c.display_name for c in configs)}")
+        rows_db = [st.get(rid) for rid in train_runs(st, planned, launch, show_progress=not as_json,
+                                                     describe=describe)]
     rows = rows_from_runs(rows_db, grade_run)
     front = pareto_front(rows)
     if as_json:
@@ -337,6 +344,32 @@ def resume(
 
 
 # ---------------------------------------------------------------- helpers of these commands
+def cache_of(store: str | None) -> Path:
+    """The store's cache folder (read before the store is opened: nothing is created here)."""
+    from peft_tui.config import store_path
+
+    return store_path(store) / "cache"
+
+
+def summary_of(cfg: RunConfig, splits: DataSplits, st: Store, as_json: bool,
+               more: str | None = None) -> Callable[[], None]:
+    """What a command prints once its runs are queued, while its workers claim and load them: the data
+    summary (token counts from the store's cache: engine/estimate/lengths.py), then `more`. The summary
+    only describes: a failure to make it is one warning line, and the runs go on."""
+
+    def describe() -> None:
+        try:
+            print_data_summary(cfg, splits, to_stderr=as_json, cache_dir=None if st.readonly else st.cache_dir)
+        except Exception as e:  # noqa: BLE001 - the runs are queued and training: say it and go on
+            from peft_tui.errors import first_line
+
+            typer.echo(safe_text(f"warning: no data summary ({first_line(e, 200)})"), err=True)
+        if more:
+            typer.echo(more, err=as_json)
+
+    return describe
+
+
 def baseline_config(like: RunConfig) -> RunConfig:
     """The TF-IDF + logistic regression row on the same data and split seed as `like`."""
     return RunConfig(method="tfidf", model="tfidf+logreg", data=like.data, seed=like.seed, name="tfidf")

@@ -9,14 +9,28 @@ from contextlib import AbstractContextManager
 
 from peft_tui.errors import ConfigError
 
+# a machine without any of these has no GPU a run could use: `auto` is the CPU without importing torch
+GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
+def has_gpu_node() -> bool:
+    import os
+
+    return any(os.path.exists(p) for p in GPU_NODES)
+
 
 def resolve_device(device: str) -> str:
-    """`auto` -> cuda:0 when a GPU is usable, else cpu; `cuda` / `cuda:N` checked against this machine."""
-    import torch
-
+    """`auto` -> cuda:0 when a GPU is usable, else cpu; `cuda` / `cuda:N` checked against this machine.
+    torch is imported only where a GPU may be involved (a command checking a CPU run stays light)."""
     if device == "auto":
+        if not has_gpu_node():
+            return "cpu"
+        import torch
+
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
+        import torch
+
         if not torch.cuda.is_available():
             raise ConfigError(f"device {device!r} asked for, but this machine has no usable CUDA GPU: use --device cpu")
         idx = int(device.split(":")[1]) if ":" in device else 0
@@ -51,15 +65,17 @@ def resolve_precision(precision: str, device: str) -> str:
     Measured (benchmarks/precision.py, MiniLM full fine-tune): on a 16-core AMX Xeon bf16 autocast was
     1.07x faster on ~18-token texts and 1.26x on ~124-token texts; on a 2-core AVX512-BF16 Xeon without
     AMX it was slower than fp32 (README, Performance), so CPUs without AMX keep fp32."""
+    if not device.startswith("cuda"):  # the CPU: no torch needed to decide
+        if precision == "auto":
+            return "bf16" if cpu_has_amx() else "fp32"
+        if precision == "fp16":
+            raise ConfigError("precision fp16 needs a CUDA GPU: use bf16 or fp32 on CPU")
+        return precision
     import torch
 
     if precision == "auto":
-        if device.startswith("cuda"):
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_amx() else "fp32"
-    if precision == "fp16" and not device.startswith("cuda"):
-        raise ConfigError("precision fp16 needs a CUDA GPU: use bf16 or fp32 on CPU")
-    if precision == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise ConfigError("this GPU does not support bf16: use fp16 or fp32")
     return precision
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peft_tui.config import RunConfig
-from peft_tui.engine.methods import validate
+from peft_tui.engine.methods import get_method, validate
 from peft_tui.engine.store import Store, serves
 from peft_tui.errors import ConfigError, OneLineError, first_line
 
@@ -44,12 +45,15 @@ class Planned:
     run_id: int | None = None  # once queued (Scheduler.submit)
 
 
-def prepare(configs: Sequence[RunConfig], load_data: bool = True) -> DataSplits:
+def prepare(configs: Sequence[RunConfig], load_data: bool = True, cache_dir: Path | None = None) -> DataSplits:
     """Validate each config (the only time before a worker reads it back), check the device, precision and
     model location of each distinct model/device pair, and load the data of configs[0] (for the summary
-    and the estimate; the others share it or load their own in `plan`). Raises ConfigError (one line)."""
-    from peft_tui.engine.trainer import preflight
+    and the estimate; the others share it or load their own in `plan`). Raises ConfigError (one line).
 
+    `cache_dir`: the store's cache (read only: `check` keeps what passed there once the store is open).
+    A model, method and max_length whose files passed the full check before (`models.check_model_files`:
+    the config, the safetensors headers, the skeleton on the meta device, the method's targets) are not
+    checked again while its files are unchanged: a command then imports no torch to check them."""
     for cfg in configs:
         validate(cfg)
     seen: set[tuple] = set()
@@ -58,9 +62,75 @@ def prepare(configs: Sequence[RunConfig], load_data: bool = True) -> DataSplits:
         if key not in seen and key != (configs[0].model, configs[0].device, configs[0].precision,
                                        configs[0].trust_remote_code, configs[0].method, configs[0].max_length):
             seen.add(key)
-            preflight(cfg, load_data=False)
-    data = preflight(configs[0], load_data=load_data)
+            _preflight(cfg, False, cache_dir)
+    data = _preflight(configs[0], load_data, cache_dir)
     return data  # type: ignore[return-value]  # None only without load_data
+
+
+CHECK_FORMAT = "peft-tui-model-check-v1"
+_passed: set[str] = set()  # model checks passed in this process, kept in the store by `check`
+
+
+def _model_check_key(cfg: RunConfig, params: dict) -> str | None:
+    """What the full model check depends on: the model's files (name, size, modification time), the
+    method and its parameters, max_length, the flag, and the library versions. None for a hub id."""
+    import hashlib
+    import json
+
+    from peft_tui.engine import models
+    from peft_tui.engine.estimate.shape import _versions
+
+    folder = models.minilm_path() if cfg.model in ("minilm", "tiny") else models._model_folder(cfg.model)
+    if folder is None:
+        return None
+    h = hashlib.sha256(f"{CHECK_FORMAT}\0{cfg.model}\0{folder}\0{cfg.method}\0{cfg.max_length}\0"
+                       f"{cfg.trust_remote_code}\0{_versions()}\0".encode())
+    h.update(json.dumps(params, sort_keys=True, default=repr).encode())
+    try:
+        for p in sorted(folder.iterdir()):
+            if p.suffix in (".json", ".safetensors") and p.is_file():
+                st = p.stat()
+                h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    except OSError:
+        return None
+    return h.hexdigest()[:40]
+
+
+def _preflight(cfg: RunConfig, load_data: bool, cache_dir: Path | None) -> DataSplits | None:
+    """trainer.preflight, with the model files' check skipped when `cache_dir` says it passed before."""
+    key = None
+    method = get_method(cfg.method)
+    if cache_dir is not None and not method.is_baseline:
+        from peft_tui.engine import models
+        from peft_tui.engine.device import resolve_device, resolve_precision
+
+        device = resolve_device(cfg.device)
+        resolve_precision(cfg.precision, device)
+        models.check_model_name(cfg.model)
+        key = _model_check_key(cfg, method.resolve(cfg.params))
+        if key is not None and (Path(cache_dir) / f"checked-{key}").exists():
+            from peft_tui.engine.data import load_splits
+
+            return load_splits(cfg.data, cfg.seed) if load_data else None
+    from peft_tui.engine.trainer import preflight  # imports torch (the model check builds a skeleton)
+
+    data = preflight(cfg, load_data=load_data)
+    if key is not None:
+        _passed.add(key)
+    return data
+
+
+def remember_checks(cache_dir: Path) -> None:
+    """Keep the model checks this process passed since the last call in the store's cache (`prepare`
+    reads them)."""
+    keys = sorted(_passed)
+    _passed.clear()
+    for key in keys:
+        try:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            (Path(cache_dir) / f"checked-{key}").touch()
+        except OSError:  # a read-only or full store: checked again next time
+            return
 
 
 def check(store: Store, configs: Sequence[RunConfig], *, force: bool = False, data: DataSplits | None = None,
@@ -74,7 +144,7 @@ def check(store: Store, configs: Sequence[RunConfig], *, force: bool = False, da
     from peft_tui.engine.launch.local import default_devices
 
     if data is None and estimate:  # with `inputs`, `plan` reads the data once for many calls
-        data = prepare(configs, load_data=inputs is None) or None
+        data = prepare(configs, load_data=inputs is None, cache_dir=store.cache_dir) or None
     elif data is None:
         for cfg in configs:
             validate(cfg)
@@ -83,6 +153,8 @@ def check(store: Store, configs: Sequence[RunConfig], *, force: bool = False, da
         if devices and not any(serves(cfg.device, d) for d in devices):
             raise ConfigError(f"device {cfg.device!r} is not on this machine (workers serve "
                               f"{', '.join(devices)}): pass --device auto")
+    if not store.readonly:
+        remember_checks(store.cache_dir)
     if not estimate:
         return [Planned(cfg, None) for cfg in configs]
     rows, warning = _plan(store, configs, data, inputs)
@@ -108,7 +180,8 @@ def _plan(store: Store, configs: Sequence[RunConfig], data: DataSplits | None,
     from peft_tui.engine.estimate import NotEstimable, plan
 
     try:
-        return plan(configs, store.root / "calibration.json", calibrate=False, data=data, inputs=inputs), None
+        return plan(configs, store.root / "calibration.json", calibrate=False, data=data, inputs=inputs,
+                    cache_dir=None if store.readonly else store.cache_dir), None
     except NotEstimable as e:  # the one failure that may go on: the run itself will tell
         return [None] * len(configs), f"no estimate ({first_line(e, 200)}): queued without the fit check"
     except OneLineError:

@@ -4,6 +4,7 @@ much `max_length` truncates. A plain dict (JSON-ready) for the CLI and the dashb
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from peft_tui.engine.data.splits import DataSplits, Split
 
@@ -47,10 +48,12 @@ def _token_lengths(tokenizer, texts: list[str], pairs: list[str] | None) -> list
     return out
 
 
-def summarize(data: DataSplits, tokenizer=None, max_length: int | None = None) -> dict:
-    """Rows per class and split; with a tokenizer, token length percentiles (p50/p90/p99/max) and
-    the share of examples that `max_length` truncates, over all splits together. A plain dict
-    (JSON-ready) for the CLI and the dashboard."""
+def summarize(data: DataSplits, tokenizer=None, max_length: int | None = None,
+              count: Callable[[list[str], list[str] | None], list[int]] | None = None) -> dict:
+    """Rows per class and split; with a tokenizer (or `count(texts, pairs)`, the token counts of a split:
+    the store's cache of them), token length percentiles (p50/p90/p99/max) and the share of examples that
+    `max_length` truncates, over all splits together. A plain dict (JSON-ready) for the CLI and the
+    dashboard."""
     def counts(s: Split) -> dict[str, int]:
         out = {n: 0 for n in data.label_names}
         for y in s.labels:
@@ -66,14 +69,14 @@ def summarize(data: DataSplits, tokenizer=None, max_length: int | None = None) -
         "per_class": {k: counts(v) for k, v in splits.items()},
         "notes": list(data.notes),
     }
-    if tokenizer is not None:
+    if tokenizer is not None or count is not None:
         seen: set[int] = set()
         lengths: list[int] = []
         for s in splits.values():  # a split reused for another (no test rows) counts once
             if id(s) in seen:
                 continue
             seen.add(id(s))
-            lengths.extend(token_lengths(tokenizer, s.texts, s.pairs))
+            lengths.extend(count(s.texts, s.pairs) if count is not None else token_lengths(tokenizer, s.texts, s.pairs))
         lengths.sort()
         doc["tokens"] = {
             "p50": _percentile(lengths, 50),

@@ -1,6 +1,7 @@
 """Will it fit, and how long will it take: a run's peak memory and time, estimated before it starts.
 
     model_config, lengths = inputs_for(config)                  # the model's config, the rows' token lengths
+    inputs_for(config, data, cache_dir=store.cache_dir)        # ModelFacts + lengths kept in the store's cache
     cal = calibration(store_root / "calibration.json", device)  # measured once per machine, then read
     est = estimate(config, model_config, lengths, device, cal, free_mb=available)
     est.peak_mb, est.parts, est.total_s, est.fits(available), est.suggestions, est.to_dict()
@@ -8,7 +9,10 @@
     grade(est, result)                                          # the estimate against what the run measured
     grade_run(row)                                              # the same for a stored run, where it is read
 
-No training happens here, and importing this module imports no torch. The classifier is built on the
+No training happens here, and importing this module imports no torch. With the store's cache
+(`plan(..., cache_dir=...)`), the token counts (lengths.py) and the wrapped model's shape (`shape_of`) are
+kept there, so a command estimating a model, method and data seen before imports neither torch nor
+transformers (see tests/test_first_step.py). The classifier is built on the
 meta device (no memory, no weights read) and wrapped by the method's own `apply`, so parameter counts
 are exact, and what trains (and from which layer on) is read from the wrapped model.
 
@@ -100,9 +104,12 @@ from peft_tui.engine.estimate.shape import (  # noqa: F401
     ATTENTION_INPUTS,
     LAYER_INDEX,
     SHARED_INPUT,
+    ModelFacts,
     NotEstimable,
     Shape,
     inputs_for,
     model_config,
+    model_facts,
     model_shape,
+    shape_of,
 )

@@ -49,6 +49,25 @@ def machine_key(device: str) -> str:
     return f"{name} | torch {torch.__version__} | v{CALIBRATION_VERSION}"
 
 
+_NO_ENTRY = "\0none"  # a key no calibration file holds
+
+
+def _cpu_key_without_torch(cached: dict) -> str | None:
+    """The CPU entry of `cached` that `machine_key("cpu")` would name, found without importing torch (a
+    command estimating a run stays light): this machine's CPU count, torch's installed version and this
+    module's version must match. None when two entries do (two thread settings: torch is asked);
+    _NO_ENTRY when none does (machine_key could match none either)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        return None
+    head, tail = f"cpu x{os.cpu_count()} threads=", f" | torch {torch_version} | v{CALIBRATION_VERSION}"
+    keys = [k for k in cached if isinstance(k, str) and k.startswith(head) and k.endswith(tail)]
+    return keys[0] if len(keys) == 1 else _NO_ENTRY if not keys else None
+
+
 def read_calibration(path: str | Path, device: str = "cpu") -> Calibration | None:
     """The cached calibration for `device` in `path`, or None (no file, or measured on another machine,
     torch or version of this module). Reads a small JSON file: no measuring."""
@@ -57,7 +76,12 @@ def read_calibration(path: str | Path, device: str = "cpu") -> Calibration | Non
         cached = json.loads(path.read_text()) if path.exists() else {}
     except (OSError, ValueError):
         return None  # unreadable: measured again by `calibration`
-    entry = cached.get(machine_key(device)) if isinstance(cached, dict) else None
+    entry = None
+    if isinstance(cached, dict):
+        key: str | None = None  # None: machine_key names the entry
+        if device == "cpu" and "torch" not in sys.modules:
+            key = _cpu_key_without_torch(cached)
+        entry = cached.get(machine_key(device) if key is None else key)
     try:
         return Calibration(**entry) if isinstance(entry, dict) else None
     except TypeError:  # written by another version

@@ -8,12 +8,13 @@ import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from peft_tui.config import ConfigError, RunConfig
 from peft_tui.engine.estimate.calibrate import NOMINAL_CPU, Calibration, _bf16_ok, calibration, read_calibration
 from peft_tui.engine.estimate.cost import MB, fixed_mb, memory_parts, probe_fit_seconds, step_seconds
-from peft_tui.engine.estimate.shape import inputs_for, model_shape
+from peft_tui.engine.estimate.shape import inputs_for, shape_of
 
 ETA_SWITCH_STEPS = 20  # after this many steps the ETA uses the run's own rate
 
@@ -121,11 +122,12 @@ def estimate(config: RunConfig, model_config, lengths: Sequence[int], device: st
 
         choice, precision_reason = pick(cal.precision)
         precision = choice or precision
-    s = model_shape(config, model_config)
+    s, vocab = shape_of(config, model_config)  # ModelFacts: read from the store's cache when built before
     cuda = device.startswith("cuda")
     batches = batch_widths(lengths, config.batch_size, config.max_length, config.seed, cuda)
     widest = max(w for _, w in batches)
-    fixed = cal.overhead_mb if cuda else fixed_mb(config, model_config, lengths, cal)  # data stays in host RAM
+    vocab_cfg = SimpleNamespace(vocab_size=vocab) if vocab is not None else None
+    fixed = cal.overhead_mb if cuda else fixed_mb(config, vocab_cfg, lengths, cal)  # data stays in host RAM
     parts = memory_parts(s, config.batch_size, widest, device, precision, fixed)
     peak = sum(parts.values())
     cut = [min(n, config.max_length) for n in lengths]
@@ -169,6 +171,7 @@ def suggest(config: RunConfig, model_config, lengths: Sequence[int], device: str
             out.append(f"bf16 would need about {e.peak_mb:,.0f} MB: --precision bf16")
     if config.method == "full":
         e = estimate(dataclasses.replace(config, method="lora", params={}), model_config, lengths, device, cal)
+        # (with ModelFacts, LoRA's shape is read from the cache or built once: the refusal path only)
         if e.fits(free_mb):
             out.append(f"lora would need about {e.peak_mb:,.0f} MB: --method lora")
     n = min(config.max_length, current.width) // 2
@@ -207,14 +210,16 @@ def time_limit(config: RunConfig) -> float:
 
 
 def plan(configs: Sequence[RunConfig], calibration_path: str | Path, calibrate: bool = True,
-         data=None, inputs: dict | None = None) -> list[dict[str, Any] | None]:
+         data=None, inputs: dict | None = None, cache_dir: Path | None = None) -> list[dict[str, Any] | None]:
     """Per config: {"method", "device", "free_mb", "fits", "fits_memory", "fits_time", "time_limit_s",
     "estimate": Estimate.to_dict()}, or None for a
     baseline (nothing to estimate). Model config and token lengths are read once per model, data and seed.
     `calibrate`: measure the machine (seconds) when `calibration_path` has no calibration for the device
     yet; else use the nominal figures (the estimate's `calibration` then says "nominal"). `data`: the
     DataSplits of `configs[0]`, already loaded. `inputs`: a dict the caller keeps to reuse the model
-    configs and token lengths across calls (the dashboard estimates as the form changes)."""
+    configs and token lengths across calls (the dashboard estimates as the form changes). `cache_dir`: the
+    store's cache, where token counts and model shapes are kept (`inputs_for`): with it, a command on a
+    model, method and data the store has seen imports no torch to estimate."""
     from peft_tui.engine.device import resolve_device
     from peft_tui.engine.methods import get_method
 
@@ -230,7 +235,7 @@ def plan(configs: Sequence[RunConfig], calibration_path: str | Path, calibrate: 
             first = configs[0]
             same = data is not None and (cfg.data, cfg.data.split_seed_for(cfg.seed)) == (
                 first.data, first.data.split_seed_for(first.seed))
-            inputs[key] = inputs_for(cfg, data if same else None)
+            inputs[key] = inputs_for(cfg, data if same else None, cache_dir)
         model_cfg, lengths = inputs[key]
         cal = calibration(calibration_path, device) if calibrate else read_calibration(calibration_path, device)
         available = free_memory_mb(device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from peft_tui.config import ConfigError, RunConfig
@@ -51,16 +51,138 @@ def model_config(name: str, num_labels: int, trust_remote_code: bool = False):
     return mc
 
 
-def inputs_for(config: RunConfig, data=None):
+def inputs_for(config: RunConfig, data=None, cache_dir: Path | None = None):
     """(model config, token lengths of the training rows, untruncated) for `estimate`. `data`: the
-    config's DataSplits when already loaded (`trainer.preflight` returns them), else loaded here."""
-    from peft_tui.engine.data import load_splits, token_lengths
-    from peft_tui.engine.models import load_tokenizer
+    config's DataSplits when already loaded (`trainer.preflight` returns them), else loaded here.
+    With `cache_dir` (the store's cache) and a model whose files are here (the embedded MiniLM, `tiny`, a
+    local folder), neither transformers nor torch is imported when the store has seen this model, method
+    and data before: the lengths and the shape are read from the cache (`ModelFacts`, `shape_of`)."""
+    from peft_tui.engine.data import load_splits
+    from peft_tui.engine.estimate.lengths import cached_lengths
 
     data = data if data is not None else load_splits(config.data, config.seed)
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    lengths = token_lengths(tokenizer, data.train.texts, data.train.pairs)
-    return model_config(config.model, data.num_labels, config.trust_remote_code), lengths
+    facts = model_facts(config, data.num_labels, cache_dir) if cache_dir is not None else None
+    if facts is None:
+        from peft_tui.engine.models import load_tokenizer
+
+        tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+        lengths = cached_lengths(None, config.model, config.trust_remote_code, data.train.texts, data.train.pairs,
+                                 tokenizer=tokenizer)
+        return model_config(config.model, data.num_labels, config.trust_remote_code), lengths
+    lengths = cached_lengths(cache_dir, config.model, config.trust_remote_code, data.train.texts, data.train.pairs)
+    return facts, lengths
+
+
+# ------------------------------------------------------------------------------------------------
+# the shape without torch: what a model, a method and its parameters make, kept in the store's cache
+# ------------------------------------------------------------------------------------------------
+SHAPE_FORMAT = "peft-tui-shape-v1"
+
+
+@dataclass
+class ModelFacts:
+    """A model known by its files (no transformers config built): `key` names them (the config and the
+    pooling files, the library versions), `cache_dir` is where shapes built from them are kept, and
+    `real()` builds the transformers config when a shape is not cached yet (imports transformers)."""
+
+    name: str
+    num_labels: int
+    trust_remote_code: bool
+    key: str
+    cache_dir: Path
+    _real: object = None
+
+    def real(self):
+        if self._real is None:
+            self._real = model_config(self.name, self.num_labels, self.trust_remote_code)
+        return self._real
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in ("torch", "transformers", "peft"):
+        try:
+            out.append(f"{dist}={version(dist)}")
+        except PackageNotFoundError:
+            out.append(f"{dist}=none")
+    return ",".join(out)
+
+
+def model_facts(config: RunConfig, num_labels: int, cache_dir: Path) -> ModelFacts | None:
+    """`config.model` by its files (None for a hub id, whose config is fetched: `model_config`). Only the
+    size a folder's config.json describes is checked here (by arithmetic, as `model_config` does)."""
+    import hashlib
+
+    from peft_tui.engine import models
+
+    folder = models.minilm_path() if config.model in ("minilm", "tiny") else models._model_folder(config.model)
+    if folder is None:
+        return None
+    h = hashlib.sha256(f"{SHAPE_FORMAT}\0{config.model}\0{num_labels}\0{config.trust_remote_code}\0".encode())
+    h.update(_versions().encode())
+    if config.model == "tiny":
+        h.update(repr(sorted(models.TINY.items())).encode())
+        names: tuple[str, ...] = ("tokenizer.json", "vocab.txt")  # its vocabulary size comes from the embedded tokenizer
+    else:
+        models.check_config_size(models.read_config_json(folder, config.model), config.model)
+        names = ("config.json", "modules.json", "1_Pooling/config.json", "config_sentence_transformers.json")
+    for name in names:
+        p = folder / name
+        if p.is_file():
+            h.update(name.encode() + b"\0" + p.read_bytes())
+    return ModelFacts(config.model, num_labels, config.trust_remote_code, h.hexdigest(), Path(cache_dir))
+
+
+def _shape_key(config: RunConfig, facts: ModelFacts) -> str:
+    """The model's key, the method with its resolved parameters, the pooling asked for, and the code that
+    builds the shape (this module and the method's own module: a change there is a new shape)."""
+    import hashlib
+    import inspect
+    import json
+
+    from peft_tui.engine.methods import get_method
+
+    method = get_method(config.method)
+    params = method.resolve(config.params)
+    h = hashlib.sha256(f"{facts.key}\0{config.method}\0{config.pooling}\0".encode())
+    h.update(json.dumps(params, sort_keys=True, default=repr).encode())
+    for source in (__file__, inspect.getsourcefile(type(method).apply) or ""):
+        try:
+            h.update(Path(source).read_bytes())
+        except (OSError, TypeError):
+            h.update(b"?")
+    return h.hexdigest()
+
+
+def shape_of(config: RunConfig, mc) -> tuple[Shape, int | None]:
+    """(the wrapped model's Shape, the vocabulary size) for `estimate`: from the store's cache when `mc` is
+    `ModelFacts` and this shape was built before, else built (`model_shape`, on the meta device: torch,
+    transformers and the method's library) and, for `ModelFacts`, kept for the next command."""
+    import json
+    import os
+
+    if not isinstance(mc, ModelFacts):
+        return model_shape(config, mc), getattr(mc, "vocab_size", None)
+    path = mc.cache_dir / f"shape-{_shape_key(config, mc)[:40]}.json"
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("format") == SHAPE_FORMAT:
+            return Shape(**doc["shape"]), doc.get("vocab_size")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        pass  # not kept yet, or damaged: built again
+    real = mc.real()
+    s = model_shape(config, real)
+    vocab = getattr(real, "vocab_size", None)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"format": SHAPE_FORMAT, "shape": asdict(s), "vocab_size": vocab}))
+        os.replace(tmp, path)
+    except OSError:  # a read-only or full store: built again next time
+        tmp.unlink(missing_ok=True)
+    return s, vocab
 
 
 # ------------------------------------------------------------------------------------------------

@@ -50,6 +50,14 @@ from peft_tui.engine.events import (
 )
 from peft_tui.engine.result import Cancelled, RunResult, efficiency
 
+
+def final_linear(model):
+    """weights.final_linear, imported when called: weights imports torch, and the estimate reads this
+    module's constants in a command that imports no torch (engine/estimate/cost.py)."""
+    from peft_tui.engine.weights import final_linear as find
+
+    return find(model)
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -323,9 +331,6 @@ def fit_head(model, ids: dict, labels: dict, num_labels: int, pad_id: int, devic
     `features`), and fit its final classifier layer on them as the probe does (weight decay chosen on
     "val"; DEFAULT_WEIGHT_DECAY when "val" is empty). `ids` / `labels`: split -> token sequences / labels.
     Returns (fit, L-BFGS iterations, how the features were obtained)."""
-    from peft_tui.engine.weights import final_linear  # imports torch: not at module level (the estimate reads
-    # this module's constants in a command that imports no torch)
-
     layer = final_linear(model)
     rows = choice_rows(len(ids["val"]))
     ids = {"train": ids["train"], "val": [ids["val"][i] for i in rows]}
@@ -373,8 +378,6 @@ def run(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, out
     tokenizer = models.load_tokenizer(config.model, config.trust_remote_code)
     shared = config.method in SHARES_BASE_FEATURES
     model = models.build_model(config, method, params, data.num_labels, device, fingerprint=shared)
-    from peft_tui.engine.weights import final_linear
-
     layer = final_linear(model)
     trainable, total = count_parameters(model)
 

@@ -431,12 +431,30 @@ def tokenizer_loads():
     models.load_tokenizer = real
 
 
-def test_the_flag_reaches_the_loader(tokenizer_loads):
+@pytest.fixture(scope="module")
+def plain_model(tmp_path_factory):
+    """A local model folder with no code of its own (the embedded models count tokens without the loader:
+    engine/estimate/lengths.py)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from peft_tui.engine.models import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("plain") / "m"
+    tok = load_tokenizer("tiny")
+    tok.save_pretrained(folder)
+    BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=64)).save_pretrained(folder)
+    return folder
+
+
+def test_the_flag_reaches_the_loader(tokenizer_loads, plain_model):
     seen = tokenizer_loads
-    assert runner.invoke(app, ["data", "--model", "tiny", "--trust-remote-code", "--json"]).exit_code == 0
-    assert seen[-1] is True
-    assert runner.invoke(app, ["data", "--model", "tiny", "--json"]).exit_code == 0
-    assert seen[-1] is False
+    before = len(seen)
+    assert runner.invoke(app, ["data", "--model", str(plain_model), "--trust-remote-code", "--json"]).exit_code == 0
+    assert len(seen) > before and seen[-1] is True
+    before = len(seen)
+    assert runner.invoke(app, ["data", "--model", str(plain_model), "--json"]).exit_code == 0
+    assert len(seen) > before and seen[-1] is False
 
 
 def test_trust_remote_code_from_a_config_file_is_ignored(tmp_path):

@@ -107,6 +107,15 @@ def config_params(dims: dict[str, int]) -> int:
     return (dims.get("vocab", 0) + dims.get("positions", 0)) * h + dims.get("layers", 0) * (4 * h * h + 2 * h * inter)
 
 
+def approx(n: int) -> str:
+    """A whole number of any size in a few characters: 12,345, 1.23e+09, or 1e+400 (past a float's range)."""
+    if n < 10**6:
+        return f"{n:,}"
+    if n < 10**300:
+        return f"{float(n):.3g}"
+    return f"1e+{int(n.bit_length() * 0.30103)}"  # str(n) is refused past 4,300 digits
+
+
 def check_config_size(raw: dict[str, Any], name: str, memory_bytes: int | None = None) -> int:
     """Refuse, in one line and before anything is built or allocated, a model config that describes more
     layers than MAX_LAYERS or weights larger than this machine's memory (`memory_bytes`, default: the
@@ -123,9 +132,9 @@ def check_config_size(raw: dict[str, Any], name: str, memory_bytes: int | None =
         memory_bytes = psutil.virtual_memory().total
     need = params * BYTES_PER_PARAM
     if need > memory_bytes:
-        shape = ", ".join(f"{k} {v:,}" for k, v in dims.items())
-        raise ConfigError(f"model {name!r}: its config.json describes about {params:.3g} parameters ({shape}), "
-                          f"{need / 2**30:,.3g} GiB of weights, more than this machine's {memory_bytes / 2**30:,.0f} "
+        shape = ", ".join(f"{k} {approx(v)}" for k, v in dims.items())
+        raise ConfigError(f"model {name!r}: its config.json describes about {approx(params)} parameters ({shape}), "
+                          f"{approx(need // 2**30)} GiB of weights, more than this machine's {memory_bytes / 2**30:,.0f} "
                           "GiB of memory: pick a smaller model or fix config.json")
     written = [k for keys in SIZE_KEYS.values() for k in keys if isinstance(raw.get(k), float)]
     if written:  # transformers' own check would fail with a long trace

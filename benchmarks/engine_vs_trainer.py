@@ -162,7 +162,13 @@ def main() -> None:
                          "at the defaults and with --head-init random")
     ap.add_argument("--trainer-only", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    a.passthrough = [x for x in sys.argv[1:] if x not in ("--whole",)]
+    a.passthrough = []  # what the Trainer's own process is given, less --whole and --methods (it gets one)
+    argv = iter(sys.argv[1:])
+    for x in argv:
+        if x == "--methods":
+            next(argv, None)
+        elif x != "--whole" and not x.startswith("--methods="):
+            a.passthrough.append(x)
     data = data_config(a)
     if a.trainer_only:
         cfg = RunConfig(method=a.methods, model=a.model, data=data, epochs=a.epochs, precision="fp32",

@@ -137,7 +137,8 @@ def main() -> int:
     print(f"study {spec.name}: {spec.val_rows} validation rows; replaying {args.pruners} on its unpruned trials\n")
     print("saved: of the training steps (the load-independent cost), and of the run seconds (wall, this machine)")
     print(f"{'method':9} {'pruner':8} {'pruned':>7} {'steps':>6} {'of':>6} {'saved':>6} {'seconds':>8} {'of':>8} "
-          f"{'saved':>6}  winner kept (best val %)")
+          f"{'saved':>6}  winner kept (best val %; a lost winner within noise: the kept best is within "
+          f"{pruning.NOISE_Z:g} standard errors of it)")
     for method in spec.methods:
         trials = trial_runs(store, spec, method)
         if not trials:
@@ -166,6 +167,11 @@ def main() -> int:
             saved = 1 - r["seconds"] / unpruned if unpruned else 0.0
             doc["methods"][method]["pruners"][name] = {**r, "saved": saved}
             kept = "yes" if winner["trial"] in r["kept"] else "NO"
+            if kept == "NO" and r["best_kept"] is not None:  # lost: by more than the validation set can tell?
+                gap = winner["final"] - r["best_kept"]
+                within = gap <= pruning.noise(winner["final"], spec.val_rows)
+                kept = f"NO, {'within' if within else 'beyond'} noise"
+                doc["methods"][method]["pruners"][name]["kept_within_noise"] = within
             best = f"{100 * r['best_kept']:.1f}" if r["best_kept"] is not None else "-"
             print(f"{method:9} {name:8} {len(r['pruned']):>3}/{len(trials):<3} {r['steps']:6d} {all_steps:6d} "
                   f"{pct(r['steps'], all_steps)} {r['seconds']:8.0f} {unpruned:8.0f} {pct(r['seconds'], unpruned)}  "

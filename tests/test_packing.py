@@ -275,7 +275,7 @@ def test_runs_per_gpu_bad_values_are_refused_in_one_line(text):
 
 # ---------------------------------------------------------------- the option on the training commands
 COMMANDS = (["run"], ["compare", "--methods", "lora"], ["sweep", "--grid", "r=1,2"], ["tune", "--methods", "lora"],
-            ["resume", "1"])
+            ["resume", "1"], ["launch"])
 
 
 @settings(max_examples=40, deadline=None)
@@ -297,7 +297,7 @@ def test_bad_runs_per_gpu_is_refused_in_one_line_by_every_training_command(tmp_p
     assert not (store / "s").exists()  # refused before anything was made
 
 
-@pytest.mark.parametrize("command", [c for c in COMMANDS if c[0] not in ("tune", "resume")])
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c[0] not in ("tune", "resume", "launch")])
 @pytest.mark.parametrize("text, value", [("2", 2), ("auto", "auto")])
 def test_runs_per_gpu_reaches_the_commands_pool(tmp_path, monkeypatch, command, text, value):
     from typer.testing import CliRunner
@@ -409,3 +409,43 @@ def test_tune_detach_hands_runs_per_gpu_to_its_background_tune(tmp_path, monkeyp
     monkeypatch.setattr(tune.subprocess, "Popen", Popen)
     tune.run_in_background(tmp_path, "s1", None, None, False, True, runs_per_gpu="auto")
     assert argv[argv.index("--runs-per-gpu") + 1] == "auto" and argv[argv.index("--resume") + 1] == "s1"
+
+
+# ---------------------------------------------------------------- the dashboard's pool
+@pytest.mark.parametrize("text, value", [("2", 2), ("auto", "auto"), (None, None)])
+def test_the_dashboard_hands_runs_per_gpu_to_its_pool(tmp_path, monkeypatch, text, value):
+    """launch --runs-per-gpu -> create_app -> the app's Scheduler -> engine/submit.make_pool."""
+    from typer.testing import CliRunner
+
+    from peft_tui.cli import app
+    from peft_tui.engine import scheduler as scheduler_mod
+    from peft_tui.ui import app as app_mod
+
+    made = {}
+
+    def run(self):  # the dashboard is not drawn: its scheduler is started as on the first queued run
+        self.scheduler.shutdown(cancel_running=True, timeout=5.0)
+
+    def make_pool(store, **kw):
+        made.update(kw)
+        from peft_tui.engine.launch.inprocess import InProcessPool
+
+        return InProcessPool(store.root, kw.get("devices"))
+
+    monkeypatch.setattr(app_mod.PeftLab, "run", run)
+    monkeypatch.setattr(scheduler_mod, "make_pool", make_pool)
+    args = ["launch", "--model", "tiny", "--store", str(tmp_path / "s")]
+    res = CliRunner().invoke(app, args + (["--runs-per-gpu", text] if text else []))
+    assert res.exit_code == 0, res.output
+    assert made["runs_per_gpu"] == value
+
+
+def test_the_dashboard_refuses_runs_per_gpu_with_ray_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from peft_tui.cli import app
+
+    res = CliRunner().invoke(app, ["launch", "--ray", "auto", "--runs-per-gpu", "2", "--store", str(tmp_path / "s")])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [
+        "error: --runs-per-gpu packs this machine's GPUs: drop it with --ray (Ray places each run itself)"]

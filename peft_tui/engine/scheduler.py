@@ -25,14 +25,14 @@ POLL_S = 0.2  # how often events are read back from the runs this scheduler foll
 class Scheduler:
     def __init__(self, store: Store, sink: Callable[[Event], None] | None = None, devices: list[str] | None = None,
                  *, workers: int | None = None, detach: bool = False, ray: str | None = None,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, runs_per_gpu: int | str | None = None):
         self.store = store
         self.trust_remote_code = trust_remote_code  # the user's flag: stored configs never decide it
         self.devices = devices or default_devices()
         self.ray = ray
         # a Ray cluster trains the queue (launch/ray.py); else worker processes on this machine
         self.pool = make_pool(store, ray=ray, workers=workers, detach=detach, devices=self.devices,
-                              trust_remote_code=trust_remote_code).start()
+                              trust_remote_code=trust_remote_code, runs_per_gpu=runs_per_gpu).start()
         self._watcher = Watcher(store, sink)
         self._cond = threading.Condition()
         self._stop = threading.Event()

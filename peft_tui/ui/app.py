@@ -37,13 +37,15 @@ class PeftLab(App):
     ENABLE_COMMAND_PALETTE = False  # its footer slot is worth more to the keys at 80 columns
 
     def __init__(self, store, template: RunConfig, devices: list[str] | None = None, poll_s: float = 1.0,
-                 chart_interval_s: float = 2.0, workers: int | None = None, ray: str | None = None):
+                 chart_interval_s: float = 2.0, workers: int | None = None, ray: str | None = None,
+                 runs_per_gpu: int | str | None = None):
         super().__init__()
         self.store = store
         self.template = template
         self.devices = devices
         self.worker_count = workers  # worker processes for this dashboard's runs (None: one per device)
         self.ray_address = ray  # a Ray cluster address ("auto"): the cluster trains the runs instead
+        self.runs_per_gpu = runs_per_gpu  # --runs-per-gpu: runs a GPU may train at once (None: one)
         self.poll_s = poll_s
         self.chart_interval_s = chart_interval_s
         self.state = LabState()
@@ -83,7 +85,8 @@ class PeftLab(App):
                 from peft_tui.engine.scheduler import Scheduler
 
                 self._scheduler = Scheduler(self.store, self._sink, self.devices, workers=self.worker_count,
-                                            ray=self.ray_address, trust_remote_code=self.template.trust_remote_code)
+                                            ray=self.ray_address, trust_remote_code=self.template.trust_remote_code,
+                                            runs_per_gpu=self.runs_per_gpu)
             return self._scheduler
 
     @property
@@ -176,7 +179,7 @@ class PeftLab(App):
 def create_app(model: str = "minilm", data: str = "synthetic", store: str | Path | None = None, *,
                template: RunConfig | None = None, devices: list[str] | None = None,
                poll_s: float = 1.0, workers: int | None = None, ray: str | None = None,
-               trust_remote_code: bool = False) -> PeftLab:
+               trust_remote_code: bool = False, runs_per_gpu: int | str | None = None) -> PeftLab:
     """The dashboard over the store at `store` (default ./peft-runs or $PEFT_TUI_STORE).
 
     `template` is the starting point for new runs and the compare preset (model, data, epochs, ...);
@@ -190,4 +193,4 @@ def create_app(model: str = "minilm", data: str = "synthetic", store: str | Path
         from peft_tui.engine.launch.ray import require_ray
 
         require_ray()  # before the screen opens: one line saying how to install it
-    return PeftLab(st, template, devices=devices, poll_s=poll_s, workers=workers, ray=ray)
+    return PeftLab(st, template, devices=devices, poll_s=poll_s, workers=workers, ray=ray, runs_per_gpu=runs_per_gpu)

@@ -99,7 +99,8 @@ class TuneScreen(Screen):
                                           train_rows=len(splits.train.labels), val_rows=len(splits.val.labels))
             self.study_name = self.spec.name
             pool = make_pool(store, ray=getattr(self.app, "ray_address", None),
-                             workers=getattr(self.app, "worker_count", None))
+                             workers=getattr(self.app, "worker_count", None),
+                             runs_per_gpu=getattr(self.app, "runs_per_gpu", None))
             pool.start()
             try:
                 studies.Tuner(store, self.spec, pool, data=splits).run(self.stop_event)

@@ -66,6 +66,9 @@ def trained_store(root, method: str):
 # The fast tier: the CLI's commands and the dashboard train their runs in a thread of the test process
 # (engine/launch/inprocess.py) instead of worker processes; tests marked `slow` start real processes.
 os.environ.setdefault("PEFT_TUI_INPROCESS_POOL", "1")
+# no test leaves workers warm after its command (PEFT_TUI_KEEP_WARM, engine/launch/local.py): tests of
+# keep-warm turn it on for themselves (tests/test_keep_warm.py); set at import, so subprocesses inherit it
+os.environ["PEFT_TUI_KEEP_WARM"] = "0"
 
 
 @pytest.fixture()

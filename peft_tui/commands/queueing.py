@@ -7,7 +7,12 @@ A command makes its pool as soon as its configs are parsed (`command_pool`), and
 start at once (LocalPool.prewarm): their imports of torch, transformers and peft (seconds) overlap the
 command's own data load, summary and estimate instead of following them. Whatever stops the command
 before its runs are queued (a refused config or estimate, bad data, Ctrl-C) releases those workers at
-once; a worker still importing leaves on the spot."""
+once; a worker still importing leaves on the spot.
+
+Workers kept warm (issue 19): when a command's runs have all ended (not on Ctrl-C, SIGTERM or an error),
+its local workers stay idle up to PEFT_TUI_KEEP_WARM seconds (default 60; 0: they leave with the
+command) for the next command on the same store, whose pool takes such a worker over instead of starting
+one that pays the imports again (engine/launch/local.py, LocalPool.linger)."""
 
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ class CommandPool:
     detach: bool
     trust_remote_code: bool
     runs_per_gpu: int | str | None = None  # --runs-per-gpu: several runs on one GPU (LocalPool)
+    keep_warm_s: float = 0.0  # PEFT_TUI_KEEP_WARM: how long its local workers stay after its runs ended
     prewarmed: LocalPool | None = None
     pool: LocalPool | RayPool | None = None
     ids: list[int] = field(default_factory=list)
@@ -72,6 +78,7 @@ def command_pool(store: str | None, configs: list[RunConfig], workers: int | Non
     An error or interrupt before that releases the workers at once and goes on (the command's one line,
     its exit code); a refused command leaves no store behind, as before."""
     from peft_tui.config import store_path
+    from peft_tui.engine.launch.local import keep_warm_s
     from peft_tui.engine.methods import validate
     from peft_tui.engine.submit import INPROCESS_ENV
 
@@ -80,7 +87,8 @@ def command_pool(store: str | None, configs: list[RunConfig], workers: int | Non
     no_detached_ray(detach, ray)
     if ray and runs_per_gpu is not None:
         raise ConfigError("--runs-per-gpu packs this machine's GPUs: drop it with --ray (Ray places each run itself)")
-    launch = CommandPool(workers, ray, detach, any(c.trust_remote_code for c in configs), runs_per_gpu)
+    launch = CommandPool(workers, ray, detach, any(c.trust_remote_code for c in configs), runs_per_gpu,
+                         keep_warm_s=keep_warm_s())  # a bad PEFT_TUI_KEEP_WARM: one line, before any worker starts
     try:
         # the local pool engine/submit.make_pool would make (under its in-process test switch: none)
         if not ray and (detach or os.environ.get(INPROCESS_ENV) != "1"):
@@ -135,12 +143,14 @@ def train_runs(st: Store, planned: list[Planned], launch: CommandPool, show_prog
     until every one has ended (a failure does not stop the rest). `describe`: what the command prints once
     its runs are queued (the data summary), while the workers claim and load them. Returns the run ids. On Ctrl-C or
     SIGTERM: every run queued here is cancelled, the workers leave, and the command exits 130 or 143
-    with one line."""
+    with one line. When every run ended by itself, local workers stay warm for `launch.keep_warm_s`
+    (LocalPool.linger); on an interrupt or an error they leave as before."""
     from peft_tui.console import ProgressSink
     from peft_tui.engine.launch.client import interrupts, watch
 
     launch.handed = True
     ids, pool = launch.ids, launch.take(st)
+    ended = False  # every run ended by itself: the workers may stay warm
     with interrupts() as stopped:
         try:
             queue(st, planned, resume_id, ids)
@@ -149,12 +159,17 @@ def train_runs(st: Store, planned: list[Planned], launch: CommandPool, show_prog
                 describe()
             with ProgressSink(enabled=None if show_progress else False) as progress:
                 signum = watch(st, ids, progress)
+            ended = signum is None
         except KeyboardInterrupt:  # before the watching began
             for run_id in ids:
                 st.request_cancel(run_id)
             signum = stopped.signum or signal.SIGINT
         finally:
-            pool.release()
+            linger = getattr(pool, "linger", None)  # local workers only (LocalPool), not Ray's
+            if ended and linger is not None:
+                linger(launch.keep_warm_s)  # 0 (or --trust-remote-code): release, as before
+            else:
+                pool.release()
     if signum:
         cancelled = ", ".join(str(i) for i in ids if st.get(i)["status"] == "cancelled") or "none"
         sys.stderr.write(f"stopped by {signal.Signals(signum).name}: runs cancelled: {cancelled}\n")

@@ -22,6 +22,16 @@ worker training.
         watch(store, ids, sink)
         pool.release()                      # workers leave once their current run (maybe another's) ends
 
+Kept warm across commands (issue 19): a command whose runs all ended calls `linger(KEEP_WARM)` instead
+of `release()`: its workers stay idle up to KEEP_WARM seconds (env PEFT_TUI_KEEP_WARM, default 60, 0: off)
+serving any queued run of the store, then leave (worker.py, keep-warm). Each is recorded under the store
+(workers/HOST-PID.json). The next pool on the store (`prewarm()` or `start()`, not detached) takes such a
+worker over for its device instead of starting one that pays the imports again: same host, python and
+package folder, same --runs-per-gpu, and not a pool given --trust-remote-code (a kept worker was told
+`refuse`; one that does not fit is told to leave, so that it claims none of this pool's runs). The pool
+watches a taken-over worker by its pid: when it dies, its run becomes `failed` with the reason and the
+slot starts a worker as usual (no run is left queued); `release()` and `stop()` signal it as their own.
+
 A run with config.nproc > 1 is still claimed by one worker, which hands it to torchrun (worker.py); its
 ranks see the worker's GPU and the pool's next ones (ddp.gpus_for_run).
 """
@@ -29,6 +39,8 @@ ranks see the worker's GPU and the pool's next ones (ddp.gpus_for_run).
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import math
 import os
 import signal
 import socket
@@ -36,21 +48,50 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 from peft_tui.engine.launch.ddp import POOL_GPUS_ENV
 from peft_tui.engine.launch.process import worker_id
-from peft_tui.engine.launch.worker import LEAVE_SIGNAL
+from peft_tui.engine.launch.worker import (
+    LEAVE_SIGNAL,
+    PACKAGE_PARENT,
+    WARM_DIR,
+    forget_warm,
+    process_alive,
+    read_warm,
+    warm_path,
+    write_warm,
+)
 from peft_tui.engine.memory import AUTO_RUNS_PER_GPU, parse_runs_per_gpu
 from peft_tui.engine.store import Store, death_reason
+from peft_tui.errors import ConfigError
 
 TEND_S = 0.5  # how often the pool looks at its workers and the queue
 IDLE_S = 30.0  # a worker with nothing to do waits this long before it leaves (its imports are paid)
 RESTART_BACKOFF_S = 5.0  # after a worker failed, wait before starting that slot again
 GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
-PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])  # the folder holding peft_tui/
+KEEP_WARM_ENV = "PEFT_TUI_KEEP_WARM"
+KEEP_WARM_S = 60.0  # a command's workers stay idle this long after it, for the next command on the store
+
+
+def keep_warm_s(environ: Any = None) -> float:
+    """PEFT_TUI_KEEP_WARM as seconds (unset or blank: KEEP_WARM_S; 0: workers leave with their command).
+    Anything but a finite number >= 0 is a one-line ConfigError saying what to write."""
+    raw = (os.environ if environ is None else environ).get(KEEP_WARM_ENV, "")
+    if not raw.strip():
+        return KEEP_WARM_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{KEEP_WARM_ENV}={raw!r} is not a number of seconds: write {KEEP_WARM_ENV}=60 "
+                          f"(a command's workers stay idle 60 s for the next command on the store) or "
+                          f"{KEEP_WARM_ENV}=0 (they leave with their command)")
+    return value
 
 
 def default_devices() -> list[str]:
@@ -67,11 +108,29 @@ def default_devices() -> list[str]:
 
 
 @dataclass
+class Warm:
+    """A worker kept warm by an earlier command, taken over by this pool (it is not this process's child)."""
+
+    pid: int
+    create_time: float
+    record: Path
+
+
+@dataclass
 class Slot:
     device: str
     proc: subprocess.Popen | None = None
+    adopted: Warm | None = None  # a kept-warm worker serving this slot instead of `proc`
     failures: int = 0
     not_before: float = 0.0  # no start before this time (backoff after a failure)
+
+    @property
+    def empty(self) -> bool:
+        return self.proc is None and self.adopted is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else self.adopted.pid if self.adopted is not None else None
 
 
 class LocalPool:
@@ -98,9 +157,12 @@ class LocalPool:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._adopt_done = False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> LocalPool:
+        with self._lock:
+            self._adopt_locked()
         self._thread = threading.Thread(target=self._watch, name="peft-tui-pool", daemon=True)
         self._thread.start()
         self.wake()
@@ -129,12 +191,102 @@ class LocalPool:
             self._reap_locked()
             if self._stop.is_set():
                 return self
+            self._adopt_locked()
             now = time.monotonic()
             for s in self.slots:
-                if s.proc is None and now >= s.not_before and (runs is None or runs > 0):
+                if not s.empty:  # a worker kept warm by an earlier command took it (its imports are paid)
+                    runs = None if runs is None else runs - 1
+                elif now >= s.not_before and (runs is None or runs > 0):
                     s.proc = self._spawn(s.device, prewarmed=True)
                     runs = None if runs is None else runs - 1
         return self
+
+    # ------------------------------------------------------------------ keep-warm
+    def linger(self, keep_warm_s: float, timeout: float = 10.0) -> None:
+        """The command ended normally: stop watching and leave every worker of this pool (its own and
+        those it took over) idle up to `keep_warm_s` seconds for the next command on the store, no longer
+        tied to this process (their records under the store say so: worker.py). A detached pool, one
+        given --trust-remote-code, or `keep_warm_s` 0: `release()`, as before."""
+        if self.detach or self.trust_remote_code or keep_warm_s <= 0 or not self._store_exists():
+            self.release(timeout)
+            return
+        self._end_watch(timeout)
+        with self._lock:
+            self._reap_locked()
+            with self._records_locked():
+                for s in self.slots:
+                    if s.proc is not None:
+                        pid, created = s.proc.pid, _create_time(s.proc.pid)
+                        record = warm_path(self.root, self.host, pid)
+                        if created is None:
+                            continue
+                        write_warm(record, {
+                            "state": "warm", "pid": pid, "create_time": created, "host": self.host,
+                            "device": s.device, "python": sys.executable, "package": PACKAGE_PARENT,
+                            "runs_per_gpu": _text(self.runs_per_gpu), "remote_code": self.trust_remote_code,
+                            "keep_warm_s": keep_warm_s,
+                            "since": time.time()})
+                    elif s.adopted is not None:
+                        old = read_warm(s.adopted.record)
+                        if old is not None and old.get("owner_pid") == os.getpid():
+                            write_warm(s.adopted.record, {**old, "state": "warm", "owner_pid": None,
+                                                          "owner_create_time": None, "keep_warm_s": keep_warm_s,
+                                                          "since": time.time()})
+                            self._log(f"worker {worker_id(self.host, s.adopted.pid, s.device)} handed back, "
+                                      f"kept warm for {keep_warm_s:g} s")
+            for s in self.slots:  # this process no longer answers for them
+                if s.proc is not None:
+                    self._log(f"worker {worker_id(self.host, s.proc.pid, s.device)} kept warm for "
+                              f"{keep_warm_s:g} s")
+                s.proc = s.adopted = None
+
+    def _adopt_locked(self) -> None:
+        """Take over the workers kept warm on this store that fit this pool, one per empty slot of their
+        device; tell those that do not fit to leave (they would claim this pool's runs). Once per pool."""
+        if self._adopt_done or self.detach or not self._store_exists():
+            return
+        self._adopt_done = True
+        folder = self.root / WARM_DIR
+        if not folder.is_dir():
+            return
+        with self._records_locked():
+            for path in sorted(folder.glob("*.json")):
+                r = read_warm(path)
+                if r is None or r.get("state") != "warm" or r.get("host") != self.host:
+                    continue
+                pid, created = r.get("pid"), r.get("create_time")
+                if not isinstance(pid, int) or not isinstance(created, float) or not process_alive(pid, created):
+                    forget_warm(path)  # killed outright: its record stayed
+                    continue
+                slot = next((s for s in self.slots if s.empty and s.device == r.get("device")), None)
+                fits = (r.get("python") == sys.executable and r.get("package") == PACKAGE_PARENT
+                        and r.get("runs_per_gpu") == _text(self.runs_per_gpu)
+                        and r.get("remote_code") == self.trust_remote_code and not self.trust_remote_code)
+                if slot is None or not fits:
+                    if not fits:
+                        with contextlib.suppress(OSError):
+                            os.kill(pid, LEAVE_SIGNAL)
+                        self._log(f"worker {worker_id(self.host, pid, str(r.get('device')))} kept warm does not "
+                                  "fit this command (python, package, --runs-per-gpu or --trust-remote-code): "
+                                  "told to leave")
+                    continue
+                me = _create_time(os.getpid())
+                write_warm(path, {**r, "state": "adopted", "owner_pid": os.getpid(), "owner_create_time": me,
+                                  "since": time.time()})
+                slot.adopted = Warm(pid, created, path)
+                self._log(f"worker {worker_id(self.host, pid, slot.device)} kept warm: taken over by pid {os.getpid()}")
+
+    @contextlib.contextmanager
+    def _records_locked(self) -> Iterator[None]:
+        """The records of kept workers change under this lock (two commands never take over the same one)."""
+        folder = self.root / WARM_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     @property
     def _store(self) -> Store:
@@ -168,18 +320,27 @@ class LocalPool:
             live = [s.proc for s in self.slots if s.proc is not None and s.proc.poll() is None]
             for proc in live:
                 proc.send_signal(sig)
+            adopted = [s.adopted for s in self.slots if s.adopted is not None]
+            for w in adopted:  # kept warm by an earlier command, taken over here: treated as our own
+                if process_alive(w.pid, w.create_time):
+                    with contextlib.suppress(OSError):
+                        os.kill(w.pid, sig)
             deadline = time.monotonic() + timeout
             for proc in live:
                 try:
                     proc.wait(max(0.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     pass
+            while any(process_alive(w.pid, w.create_time) for w in adopted) and time.monotonic() < deadline:
+                time.sleep(0.05)  # not our child: no wait() to block on
             self._reap_locked()
 
     def pids(self) -> dict[int, str]:
-        """Live workers: pid -> device."""
+        """Live workers (its own and those it took over): pid -> device."""
         with self._lock:
-            return {s.proc.pid: s.device for s in self.slots if s.proc is not None and s.proc.poll() is None}
+            return {s.pid: s.device for s in self.slots if s.pid is not None and (
+                s.proc.poll() is None if s.proc is not None else
+                s.adopted is not None and process_alive(s.adopted.pid, s.adopted.create_time))}
 
     # ------------------------------------------------------------------ watching
     def _watch(self) -> None:
@@ -197,23 +358,36 @@ class LocalPool:
             now = time.monotonic()
             if self.runs_per_gpu is None:
                 for s in self.slots:
-                    if s.proc is None and now >= s.not_before and self._store.claimable([s.device]):
+                    if s.empty and now >= s.not_before and self._store.claimable([s.device]):
                         s.proc = self._spawn(s.device)
                 return
             busy = self._store.busy_workers()
             for device in dict.fromkeys(s.device for s in self.slots):
                 mine = [s for s in self.slots if s.device == device]
-                idle = sum(1 for s in mine if s.proc is not None
-                           and worker_id(self.host, s.proc.pid, device) not in busy)
+                idle = sum(1 for s in mine if s.pid is not None
+                           and worker_id(self.host, s.pid, device) not in busy)
                 wanted = len(self._store.claimable([device], self.runs_per_gpu, self.host)) - idle
                 for s in mine:  # only as many new workers as there are runs that may start there now
-                    if wanted > 0 and s.proc is None and now >= s.not_before:
+                    if wanted > 0 and s.empty and now >= s.not_before:
                         s.proc = self._spawn(device)
                         wanted -= 1
 
     def _reap_locked(self) -> None:
-        """Workers that ended: a signal or an error fails the run they held; a clean exit frees the slot."""
+        """Workers that ended: a signal or an error fails the run they held; a clean exit frees the slot.
+        A worker taken over (not our child: its exit status is unknown) that is gone fails the run it held."""
         for s in self.slots:
+            w = s.adopted
+            if w is not None and not process_alive(w.pid, w.create_time):
+                wid = worker_id(self.host, w.pid, s.device)
+                reason = (f"its worker (pid {w.pid}, kept warm from an earlier command) ended while training it, "
+                          f"without recording a result (killed? see {self.log_path})")
+                failed = self._store.fail_worker_runs(wid, reason) if self._store_exists() else []
+                self._log(f"worker {wid} (kept warm) ended; runs failed: {failed or 'none'}")
+                forget_warm(w.record)
+                s.adopted = None
+                if failed:
+                    s.failures += 1
+                    s.not_before = time.monotonic() + RESTART_BACKOFF_S * min(s.failures, 6)
             if s.proc is None or s.proc.poll() is None:
                 continue
             rc = s.proc.returncode
@@ -260,6 +434,19 @@ class LocalPool:
                 fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
         except OSError:
             pass
+
+
+def _create_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def _text(runs_per_gpu: int | str | None) -> str | None:
+    return None if runs_per_gpu is None else str(runs_per_gpu)
 
 
 def _physical_gpu(device: str) -> str:

@@ -20,6 +20,13 @@ SIGKILL, the worker acts as on SIGTERM: its run ends `cancelled` and it claims n
 up to --idle-s for the command to create the store, which it does only once its runs' inputs are checked
 (a refused command leaves no store behind); until then it writes nothing (its output joins the store's
 workers.log once the store is there), and a stop or leave signal ends it at once with exit 0.
+Keep-warm (LocalPool.linger): when the command that started it ends normally, its pool writes this
+worker's record under the store (workers/HOST-PID.json, state `warm`, with how long to stay: KEEP_WARM
+seconds). From then on the worker no longer follows that command's pid: it stays idle up to that many
+seconds, training any queued run of the store, and leaves after that idle time, at once when the store's
+database is gone or replaced, or when the record is removed. The next command on the store takes it over
+(state `adopted`, with that command's pid: when that command dies without handing it back, the worker acts
+as on SIGTERM) instead of starting an importing worker. A worker told `--remote-code allow` never lingers.
 --remote-code refuse|allow: whether the user who started the worker (through a command's pool) gave
 --trust-remote-code. With `refuse`, a claimed run whose stored config asks for the model's own code fails
 at once with the reason: a row of runs.db is data anyone with write access to the store can change.
@@ -32,7 +39,9 @@ N at once; a run that does not fit yet stays queued. No effect on the CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import multiprocessing
 import os
 import signal
@@ -40,6 +49,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from peft_tui.engine.events import JsonlSink, Sink, fan_out
@@ -63,6 +73,57 @@ def local_device(device: str) -> str:
     that GPU as cuda:0, whatever its number on the machine."""
     visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
     return "cuda:0" if device.startswith("cuda") and len(visible) == 1 else device
+
+
+WARM_DIR = "workers"  # under the store: one record per worker kept warm (see the module's doc)
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])  # the folder holding peft_tui/ (a record must match it)
+
+
+def warm_path(root: str | Path, host: str, pid: int) -> Path:
+    """The record of the worker `pid` of `host` kept warm on the store at `root`."""
+    return Path(root) / WARM_DIR / f"{host}-{pid}.json"
+
+
+def read_warm(path: Path) -> dict[str, Any] | None:
+    """A worker's keep-warm record, or None (none, or unreadable: written whole with os.replace)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_warm(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)
+
+
+def forget_warm(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def file_id(path: Path) -> tuple[int, int] | None:
+    """Which file `path` is now (device, inode), None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def process_alive(pid: int, create_time: float | None) -> bool:
+    """The process `pid` runs, and is the one created at `create_time` (a reused pid is not it)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and (
+            create_time is None or abs(proc.create_time() - create_time) < 0.01)
+    except psutil.Error:
+        return False
 
 
 def process_start_time() -> float:
@@ -95,6 +156,12 @@ class Worker:
         self.leaving = False  # LEAVE_SIGNAL came: no claim after the current run
         self._child: multiprocessing.process.BaseProcess | None = None
         self._preloading = True  # until its imports are done: nothing claimed, nothing to clean up
+        # kept warm (LocalPool.linger): its command ended, it stays idle up to keep_warm_s, counted from
+        # its last run or from warm_since (when its record last changed: written, taken over, handed back)
+        self.lingering = False
+        self.keep_warm_s = 0.0
+        self.warm_since = 0.0
+        self.warm_record = warm_path(store.root, self.host, os.getpid())
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._preloading:  # a prewarmed worker its command no longer needs: leave now, not after the imports
@@ -110,14 +177,15 @@ class Worker:
         self.leaving = True  # an idle worker sees it within POLL_S
 
     def serve(self, exit_when_idle: bool = False, idle_s: float = 0.0, parent_pid: int | None = None) -> int:
-        """Train queued runs until stopped (or, with `exit_when_idle`, until idle for `idle_s`; with
-        `parent_pid`, until that process is gone)."""
+        """Train queued runs until stopped (or, with `exit_when_idle`, until idle for `idle_s`, or for its
+        keep-warm time once kept warm; with `parent_pid`, until that process is gone, unless it kept this
+        worker warm: see the module's doc)."""
         started = process_start_time()
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
         signal.signal(LEAVE_SIGNAL, self._on_leave)
         if parent_pid:
-            threading.Thread(target=self._watch_parent, args=(parent_pid,), name="peft-tui-parent",
+            threading.Thread(target=self._watch_owner, args=(parent_pid,), name="peft-tui-owner",
                              daemon=True).start()
         preload()
         self._preloading = False
@@ -126,7 +194,8 @@ class Worker:
         while not (self.stopping.is_set() or self.leaving):
             claim = self._claim()
             if claim is None:
-                if exit_when_idle and time.time() - idle_since >= idle_s:
+                limit = self.keep_warm_s if self.lingering else idle_s
+                if exit_when_idle and time.time() - max(idle_since, self.warm_since) >= limit:
                     break
                 self.stopping.wait(POLL_S)
                 continue
@@ -134,15 +203,52 @@ class Worker:
             ready_since = idle_since = time.time()
         return 0
 
-    def _watch_parent(self, parent_pid: int) -> None:
-        """The command that started this worker died (it was not detached): cancel the run and stop, as
-        SIGTERM does. Its death makes this process an orphan, so the parent pid it sees changes."""
+    def _record(self) -> dict[str, Any] | None:
+        """Its keep-warm record (never for a worker told --remote-code allow: such a worker never lingers)."""
+        return None if self.trust_remote_code else read_warm(self.warm_record)
+
+    def _watch_owner(self, parent_pid: int) -> None:
+        """Whoever answers for this worker is gone: cancel the run and stop, as SIGTERM does. That is the
+        command that started it (its death makes this process an orphan, so the parent pid it sees
+        changes) unless that command kept it warm (its record, written before the command ended), then
+        the command that took it over, if any. Kept warm, it also leaves when the store's database is
+        gone or replaced, or its record removed. A record that changes restarts its idle time."""
+        database = Path(self.store.root) / "runs.db"
+        db_file = file_id(database)
+        seen: tuple[Any, ...] | None = None
         while not self.stopping.wait(POLL_S):
-            if os.getppid() != parent_pid:
-                sys.stderr.write(f"worker {self.id}: the command that started it (pid {parent_pid}) is gone: "
-                                 "cancelling its run and stopping\n")
+            record = self._record()
+            if record is None:
+                if self.lingering:
+                    self._say("its keep-warm record is gone: leaving after its current run")
+                    self.leaving = True
+                    return
+                if os.getppid() != parent_pid and self._record() is None:  # (the record is written first)
+                    self._say(f"the command that started it (pid {parent_pid}) is gone: cancelling its run and "
+                              "stopping")
+                    self._on_signal(signal.SIGTERM, None)
+                    return
+                continue
+            if file_id(database) != db_file:
+                self._say(f"the store's database {database} is gone or replaced: cancelling its run and stopping")
                 self._on_signal(signal.SIGTERM, None)
                 return
+            state = (record.get("state"), record.get("owner_pid"), record.get("keep_warm_s"))
+            if state != seen:
+                seen = state
+                self.keep_warm_s = float(record.get("keep_warm_s") or 0.0)
+                self.warm_since = time.time()
+                self.lingering = True
+            owner = record.get("owner_pid")
+            if (record.get("state") == "adopted" and isinstance(owner, int)
+                    and not process_alive(owner, record.get("owner_create_time")) and self._record() == record):
+                self._say(f"the command that took it over (pid {owner}) is gone: cancelling its run and stopping")
+                self._on_signal(signal.SIGTERM, None)
+                return
+
+    def _say(self, line: str) -> None:
+        sys.stderr.write(f"worker {self.id}: {line}\n")
+        sys.stderr.flush()
 
     def _claim(self) -> Claim | None:
         # a read first: idle workers (and those waiting for room on their GPU) take no write lock
@@ -217,8 +323,6 @@ def train_one(root: str, claim: Claim, device: str, startup_from: float, worker_
 def check_run_folder(store: Store, run_id: int) -> None:
     """A queued run's folder must still be the folder the store made: not a symbolic link (which would
     write the run's weights and events wherever it points, maybe into another run), and a folder."""
-    from pathlib import Path
-
     folder = Path(store.root) / "runs" / str(store.get(run_id)["folder"])
     if folder.is_symlink():
         raise ConfigError(f"{folder} was replaced by a symbolic link (to {os.readlink(folder)}); the run never "
@@ -232,8 +336,6 @@ def await_store(root: str, wait_s: float, parent_pid: int | None) -> bool:
     command that started this worker (while that command lives), and send this process's output to the
     store's workers.log. A stop or leave signal until then ends the process at once (it holds nothing).
     False: the store never came."""
-    from pathlib import Path
-
     def leave(*_: Any) -> None:
         os._exit(0)
 
@@ -242,7 +344,8 @@ def await_store(root: str, wait_s: float, parent_pid: int | None) -> bool:
     preload()
     deadline = time.monotonic() + wait_s
     while not (Path(root) / "runs.db").exists():
-        if time.monotonic() >= deadline or (parent_pid and os.getppid() != parent_pid):
+        if time.monotonic() >= deadline or (parent_pid and os.getppid() != parent_pid
+                                            and read_warm(warm_path(root, socket.gethostname(), os.getpid())) is None):
             return False
         time.sleep(POLL_S)
     log = Path(root) / "logs" / "workers.log"  # LocalPool.log_path
@@ -270,6 +373,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--await-store", action="store_true",
                         help="import first, then wait up to --idle-s for the store to be created (a prewarmed worker)")
     args = parser.parse_args(argv)
+    try:
+        return serve(args)
+    finally:  # a worker kept warm leaves no record behind (one killed outright: the next pool removes it)
+        forget_warm(warm_path(args.store, socket.gethostname(), os.getpid()))
+
+
+def serve(args: argparse.Namespace) -> int:
     if args.await_store and not await_store(args.store, args.idle_s, args.parent_pid):
         return 0
     try:

@@ -1,0 +1,239 @@
+"""Workers kept warm across commands (issue 19; engine/launch/local.py LocalPool.linger, worker.py): a
+command whose runs ended leaves its worker idle up to PEFT_TUI_KEEP_WARM seconds, and the next command on
+the store has its run claimed by that worker instead of starting one that imports torch again.
+
+The commands run as real `python -m peft_tui.cli` processes (the first one exits before the second
+starts, as in a shell). conftest.py sets PEFT_TUI_KEEP_WARM=0 for every other test; each test here sets
+its own value in the commands' environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from peft_tui.cli import app
+from peft_tui.engine.launch.local import KEEP_WARM_ENV, KEEP_WARM_S, keep_warm_s
+from peft_tui.engine.store import Store
+from peft_tui.errors import ConfigError
+
+REPO = str(Path(__file__).resolve().parents[1])
+TINY = ["--method", "lora", "--model", "tiny", "--set", "data.size=120", "--epochs", "1", "--batch-size", "16",
+        "--device", "cpu"]
+LONG = ["--method", "lora", "--model", "tiny", "--set", "data.size=4000", "--epochs", "30", "--batch-size", "8",
+        "--device", "cpu"]  # long enough to be caught training (the tiny model: about 20 steps a second)
+
+
+def wait_for(condition, timeout: float, what: str, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def workers_of(root: Path) -> set[int]:
+    """The live worker processes serving the store at `root` (not the run processes they fork)."""
+    found: dict[int, int] = {}
+    for p in psutil.process_iter(["pid", "ppid", "cmdline", "status"]):
+        cmd = p.info["cmdline"] or []
+        if ("peft_tui.engine.launch.worker" in cmd and str(root) in cmd
+                and p.info["status"] != psutil.STATUS_ZOMBIE):
+            found[p.info["pid"]] = p.info["ppid"]
+    return {pid for pid, ppid in found.items() if ppid not in found}
+
+
+def records(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((root / "workers").glob("*.json"))]
+
+
+def cli(root: Path, args: list[str], keep_warm: str, wait: bool = True):
+    env = {**os.environ, "PEFT_TUI_INPROCESS_POOL": "0", KEEP_WARM_ENV: keep_warm,
+           "PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)}
+    cmd = [sys.executable, "-m", "peft_tui.cli", "run", *args, "--store", str(root)]
+    if wait:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO, start_new_session=True)
+
+
+def run_row(root: Path, run_id: int) -> dict:
+    return Store(root).get(run_id)
+
+
+def worker_pid(row: dict) -> int:
+    return int(row["worker"].split(":")[1])
+
+
+@pytest.fixture()
+def store_root(tmp_path):
+    """The store the commands use; whatever worker still serves it at the end is stopped."""
+    root = tmp_path / "s"
+    yield root
+    for pid in workers_of(root):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    wait_for(lambda: not workers_of(root), 30, "the test's workers leave")
+
+
+def warm_worker(root: Path, keep_warm: str) -> int:
+    """Run one command to its end with keep-warm on; returns the pid of the worker it left warm."""
+    res = cli(root, TINY, keep_warm)
+    assert res.returncode == 0, res.stderr[-2000:]
+    [row] = Store(root).list()
+    assert row["status"] == "done", row["error"]
+    pid = worker_pid(row)
+    assert workers_of(root) == {pid}  # its command has exited; its worker has not
+    [record] = records(root)
+    assert record["state"] == "warm" and record["pid"] == pid and record["keep_warm_s"] == float(keep_warm)
+    return pid
+
+
+# ---------------------------------------------------------------------------- the environment variable
+def test_keep_warm_values():
+    assert keep_warm_s({}) == KEEP_WARM_S == 60.0
+    assert keep_warm_s({KEEP_WARM_ENV: "  "}) == 60.0  # blank: unset
+    assert keep_warm_s({KEEP_WARM_ENV: "0"}) == 0.0
+    assert keep_warm_s({KEEP_WARM_ENV: " 2.5 "}) == 2.5
+    assert keep_warm_s({KEEP_WARM_ENV: "1e3"}) == 1000.0
+
+
+def not_seconds(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return bool(text.strip())
+    return not (value >= 0 and value != float("inf"))
+
+
+BAD = st.one_of(
+    st.floats(max_value=-1e-9, allow_nan=False).map(repr),  # negative
+    st.sampled_from(["nan", "inf", "-inf", "+Infinity", "NaN", "1e999", "-0.5", "60s", "1,5", "sixty", "off"]),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
+            max_size=30).filter(not_seconds),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=BAD)
+def test_a_bad_keep_warm_value_is_one_line_and_exit_2(tmp_path, value):
+    with pytest.raises(ConfigError):
+        keep_warm_s({KEEP_WARM_ENV: value})
+    root = tmp_path / "never"
+    res = CliRunner().invoke(app, ["run", *TINY, "--store", str(root)], env={KEEP_WARM_ENV: value})
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1, res.output
+    assert lines[0].startswith(f"error: {KEEP_WARM_ENV}=") and f"write {KEEP_WARM_ENV}=60" in lines[0]
+    assert f"{KEEP_WARM_ENV}=0" in lines[0]
+    assert not root.exists()  # refused before any worker or store
+
+
+# ---------------------------------------------------------------------------- real worker processes
+@pytest.mark.slow
+def test_the_next_command_is_served_by_the_worker_the_first_one_kept_warm(store_root):
+    root = store_root
+    pid = warm_worker(root, "60")
+    res = cli(root, TINY, "60")
+    assert res.returncode == 0, res.stderr[-2000:]
+    first, second = sorted(Store(root).list(), key=lambda r: r["id"])
+    assert second["status"] == "done", second["error"]
+    assert second["worker"] == first["worker"] == f"{socket.gethostname()}:{pid}:cpu"  # the same worker claimed it
+    assert second["claimed_at"] - second["queued_at"] < 2.0  # at once: no process start, no imports
+    assert workers_of(root) == {pid}  # the second command started no worker of its own
+    log = (root / "logs" / "workers.log").read_text()
+    assert f"worker {second['worker']} kept warm: taken over by pid" in log
+    [record] = records(root)  # handed back, warm again, for the next command
+    assert record["state"] == "warm" and record["pid"] == pid and record["owner_pid"] is None
+    # its store deleted, a kept worker leaves promptly (it does not wait out its 60 s)
+    t0 = time.monotonic()
+    shutil.rmtree(root)
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 15,
+             "the kept worker leaves once its store is deleted")
+    assert time.monotonic() - t0 < 15
+
+
+@pytest.mark.slow
+def test_a_kept_worker_leaves_after_keep_warm_idle_seconds(store_root):
+    root = store_root
+    pid = warm_worker(root, "3")
+    ended = time.monotonic()  # the command has just exited
+    wait_for(lambda: not workers_of(root), 30, "the kept worker leaves after 3 s idle")
+    lingered = time.monotonic() - ended
+    assert 2.5 <= lingered < 30, lingered  # it stayed about its 3 s (from when it saw its record), then left
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert records(root) == []  # it removed its record
+
+
+@pytest.mark.slow
+def test_keep_warm_0_leaves_no_process_after_the_command(store_root):
+    root = store_root
+    res = cli(root, TINY, "0")
+    assert res.returncode == 0, res.stderr[-2000:]
+    [row] = Store(root).list()
+    assert row["status"] == "done", row["error"]
+    assert workers_of(root) == set()  # gone when the command returned (it waits for them)
+    assert records(root) == []
+
+
+@pytest.mark.slow
+def test_a_kept_worker_killed_mid_run_fails_that_run_and_the_next_command_gets_its_run_done(store_root):
+    root = store_root
+    pid = warm_worker(root, "60")
+    proc = cli(root, LONG, "60", wait=False)
+    try:
+        row = wait_for(lambda: next((r for r in Store(root).list() if r["id"] == 2 and (r["step"] or 0) >= 1), None),
+                       300, "run 2 trains")
+        assert worker_pid(row) == pid  # the kept worker claimed it
+        os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=120)  # the command sees its run end and exits
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    row = run_row(root, 2)
+    assert row["status"] == "failed"
+    assert f"its worker (pid {pid}, kept warm from an earlier command)" in row["error"] or \
+        "ended without recording a result" in row["error"], row["error"]
+    assert not any(r["status"] in ("queued", "running") for r in Store(root).list())  # the store is consistent
+    res = cli(root, TINY, "0")  # the next command: its record is stale, it starts a worker of its own
+    assert res.returncode == 0, res.stderr[-2000:]
+    row = run_row(root, 3)
+    assert row["status"] == "done", row["error"]
+    assert worker_pid(row) != pid
+    assert records(root) == []  # the dead worker's record was removed
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_the_next_command_cancels_its_run_on_the_kept_worker_which_then_leaves(store_root):
+    root = store_root
+    pid = warm_worker(root, "60")
+    proc = cli(root, LONG, "60", wait=False)
+    try:
+        row = wait_for(lambda: next((r for r in Store(root).list() if r["id"] == 2 and (r["step"] or 0) >= 1), None),
+                       300, "run 2 trains")
+        assert worker_pid(row) == pid
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the command's terminal (the worker is not in its group)
+        assert proc.wait(timeout=120) == 130, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    row = run_row(root, 2)
+    assert row["status"] == "cancelled", (row["status"], row["error"])
+    wait_for(lambda: not workers_of(root), 30, "the kept worker leaves after an interrupted command")
+    assert records(root) == []

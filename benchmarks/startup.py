@@ -23,6 +23,12 @@
                The command is `python -m peft_tui.cli` of this interpreter, so PYTHONPATH picks the
                tree measured (its path is printed). Also printed: when the command's worker process
                was spawned, counted from the command's start (a prewarmed pool spawns it at once).
+               With workers kept warm (PEFT_TUI_KEEP_WARM unset or > 0, the default 60 s), each command
+               is ended by cancelling its run through the store instead (the command then ends normally,
+               so its worker stays warm), and the second command on the same store is served by the
+               worker the first one kept (no process start, no imports: printed with the worker's pid);
+               then the kept worker is told to leave and the same store is timed once more with
+               PEFT_TUI_KEEP_WARM=0 (a fresh worker, as before keep-warm) for comparison.
 
 Usage: python benchmarks/startup.py [--repeat 5]
        python benchmarks/startup.py run [--data FILE] [--method lora] [--repeat 2]
@@ -131,18 +137,24 @@ AG_NEWS = "/work/shared/datasets/ag_news/ag_news_test.csv"
 AG_SPLIT = ["--set", f"data.val_fraction={2800 / 7600:.6f}", "--set", f"data.test_fraction={2800 / 7600:.6f}"]
 
 
-def run_to_first_step(store: str, data: str, method: str, timeout: float = 900.0) -> dict[str, float]:
-    """Start `peft-tui run` and follow its run in the store until the first StepLogged; then interrupt it.
-    Returns the breakdown (seconds)."""
+def run_to_first_step(store: str, data: str, method: str, timeout: float = 900.0, keep_warm: str | None = None,
+                      previous_worker: str | None = None) -> tuple[dict[str, float], str]:
+    """Start `peft-tui run` and follow its run in the store until the first StepLogged; then interrupt it
+    (keep-warm on: cancel the run through the store, so that the command ends normally and its worker stays
+    warm). Returns the breakdown (seconds) and the id of the worker that claimed the run."""
     import json
 
     import psutil
 
+    from peft_tui.engine.launch.local import KEEP_WARM_ENV
     from peft_tui.engine.store import Store
 
     args = [*CLI, "run", "--method", method, "--data", data, "--epochs", "1", "--head-init", "random",
             "--precision", "fp32", "--store", store, *(AG_SPLIT if data == AG_NEWS else [])]
     env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}  # as a user runs it
+    if keep_warm is not None:
+        env[KEEP_WARM_ENV] = keep_warm
+    warm = keep_warm != "0"
     before = max((r["id"] for r in Store(store).list()), default=0) if (Path(store) / "runs.db").exists() else 0
     t0 = time.time()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
@@ -187,6 +199,12 @@ def run_to_first_step(store: str, data: str, method: str, timeout: float = 900.0
                     events["first_step"] = e["t"] - e["elapsed_s"]  # the first step began `elapsed_s` before
                     events["first_step_end"] = e["t"]
     finally:
+        if proc.poll() is None and warm and st is not None and rid is not None and "first_step" in events:
+            st.request_cancel(rid)  # the run ends `cancelled`, the command ends normally: its worker stays warm
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                pass
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)  # the command cancels its run and its worker leaves
             try:
@@ -203,10 +221,36 @@ def run_to_first_step(store: str, data: str, method: str, timeout: float = 900.0
         "RunStarted to first step": events["first_step"] - events["started"],
         "TOTAL to first step": events["first_step"] - t0,
     }
+    kept = previous_worker is not None and row["worker"] == previous_worker
     print(f"  (run {rid}; {events.get('ready', 'no ready line')}; worker start-up recorded "
-          f"{row['startup_s'] or 0:.2f}s; worker process spawned "
-          + (f"{spawned - born:.2f}s after the command started)" if spawned else "at an unseen time)"))
-    return out
+          f"{row['startup_s'] or 0:.2f}s; claimed by worker {row['worker']}"
+          + (", the one the previous command kept warm" if kept else "") + "; worker process spawned "
+          + (f"{spawned - born:.2f}s after the command started)" if spawned else "by the command: none seen)"))
+    return out, row["worker"]
+
+
+def dismiss_kept_workers(store: str, timeout: float = 60.0) -> list[int]:
+    """Tell the workers kept warm on `store` to leave (worker.py's leave signal) and wait for them."""
+    import json
+
+    import psutil
+
+    from peft_tui.engine.launch.worker import LEAVE_SIGNAL, WARM_DIR
+
+    pids = []
+    for path in (Path(store) / WARM_DIR).glob("*.json"):
+        try:
+            pid = int(json.loads(path.read_text())["pid"])
+            os.kill(pid, LEAVE_SIGNAL)
+            pids.append(pid)
+        except (OSError, ValueError, KeyError):
+            pass
+    deadline = time.monotonic() + timeout
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    return pids
 
 
 REPLAY = r"""
@@ -253,13 +297,28 @@ def run_main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     tree = subprocess.run([sys.executable, "-c", "import peft_tui; print(peft_tui.__file__)"], cwd=NEUTRAL_CWD,
                           capture_output=True, text=True, check=True).stdout.strip()
-    print(f"load average {os.getloadavg()[0]:.2f} (2-core CPU; wall time); the command runs {Path(tree).parent}")
+    from peft_tui.engine.launch.local import KEEP_WARM_ENV, keep_warm_s
+
+    warm = keep_warm_s() > 0
+    print(f"load average {os.getloadavg()[0]:.2f} (2-core CPU; wall time); the command runs {Path(tree).parent}; "
+          f"workers kept warm: {f'{keep_warm_s():g} s' if warm else 'off'} ({KEEP_WARM_ENV})")
     store = tempfile.mkdtemp(prefix="bench-first-step-")
+    worker = None
     for i in range(a.repeat):
-        label = "fresh store (cold caches)" if i == 0 else "same store again (token cache warm)"
+        label = ("fresh store (cold caches)" if i == 0 else "same store again (token cache warm"
+                 + (", the worker kept warm by the previous command)" if warm else ")"))
         print(f"peft-tui run -> first step, {label}:")
-        for name, secs in run_to_first_step(store, a.data, a.method).items():
+        breakdown, worker = run_to_first_step(store, a.data, a.method, previous_worker=worker)
+        for name, secs in breakdown.items():
             print(f"  {name:40} {secs:6.2f} s")
+    if warm and a.repeat > 1:  # the same store with a worker started by the command (as before keep-warm)
+        dismissed = dismiss_kept_workers(store)
+        print(f"peft-tui run -> first step, same store again, {KEEP_WARM_ENV}=0 (kept workers {dismissed} told "
+              "to leave first: the command starts its own):")
+        breakdown, _ = run_to_first_step(store, a.data, a.method, keep_warm="0", previous_worker=worker)
+        for name, secs in breakdown.items():
+            print(f"  {name:40} {secs:6.2f} s")
+    dismiss_kept_workers(store)
     print("the command's steps, replayed in a fresh process on the same store (its caches warm):")
     for name, value in replay(store, a.data, a.method):
         print(f"  {name:48} {float(value):6.2f} s" if value.replace(".", "").isdigit() else f"  {name:48} {value}")

@@ -222,7 +222,7 @@ class LocalPool:
                             continue
                         write_warm(record, {
                             "state": "warm", "pid": pid, "create_time": created, "host": self.host,
-                            "device": s.device, "python": sys.executable, "package": PACKAGE_PARENT,
+                            "device": s.device, "gpus": self._gpu_view(s.device), "python": sys.executable, "package": PACKAGE_PARENT,
                             "runs_per_gpu": _text(self.runs_per_gpu), "remote_code": self.trust_remote_code,
                             "keep_warm_s": keep_warm_s,
                             "since": time.time()})
@@ -259,7 +259,8 @@ class LocalPool:
                     forget_warm(path)  # killed outright: its record stayed
                     continue
                 slot = next((s for s in self.slots if s.empty and s.device == r.get("device")), None)
-                fits = (r.get("python") == sys.executable and r.get("package") == PACKAGE_PARENT
+                fits = (slot is None or r.get("gpus") == self._gpu_view(slot.device)) and (
+                        r.get("python") == sys.executable and r.get("package") == PACKAGE_PARENT
                         and r.get("runs_per_gpu") == _text(self.runs_per_gpu)
                         and r.get("remote_code") == self.trust_remote_code and not self.trust_remote_code)
                 if slot is None or not fits:
@@ -267,7 +268,7 @@ class LocalPool:
                         with contextlib.suppress(OSError):
                             os.kill(pid, LEAVE_SIGNAL)
                         self._log(f"worker {worker_id(self.host, pid, str(r.get('device')))} kept warm does not "
-                                  "fit this command (python, package, --runs-per-gpu or --trust-remote-code): "
+                                  "fit this command (python, package folder, GPUs, --runs-per-gpu or --trust-remote-code): "
                                   "told to leave")
                     continue
                 me = _create_time(os.getpid())
@@ -275,6 +276,13 @@ class LocalPool:
                                   "since": time.time()})
                 slot.adopted = Warm(pid, created, path)
                 self._log(f"worker {worker_id(self.host, pid, slot.device)} kept warm: taken over by pid {os.getpid()}")
+
+    def _gpu_view(self, device: str) -> str | None:
+        """The GPUs a worker of `device` is shown (CUDA_VISIBLE_DEVICES, then the pool's for --gpus N)."""
+        if not device.startswith("cuda"):
+            return None
+        return f"{_physical_gpu(device)}/" + ",".join(
+            dict.fromkeys(_physical_gpu(d) for d in self.devices if d.startswith("cuda")))
 
     @contextlib.contextmanager
     def _records_locked(self) -> Iterator[None]:

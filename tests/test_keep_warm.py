@@ -208,8 +208,9 @@ def test_a_kept_worker_killed_mid_run_fails_that_run_and_the_next_command_gets_i
             os.killpg(proc.pid, signal.SIGKILL)
     row = run_row(root, 2)
     assert row["status"] == "failed"
-    assert f"its worker (pid {pid}, kept warm from an earlier command)" in row["error"] or \
-        "ended without recording a result" in row["error"], row["error"]
+    # the command's pool saw the worker it took over die (no other process opened the store meanwhile)
+    assert row["error"].startswith(f"its worker (pid {pid}, kept warm from an earlier command) ended while "
+                                   "training it, without recording a result"), row["error"]
     assert not any(r["status"] in ("queued", "running") for r in Store(root).list())  # the store is consistent
     res = cli(root, TINY, "0")  # the next command: its record is stale, it starts a worker of its own
     assert res.returncode == 0, res.stderr[-2000:]
@@ -237,3 +238,64 @@ def test_ctrl_c_of_the_next_command_cancels_its_run_on_the_kept_worker_which_the
     assert row["status"] == "cancelled", (row["status"], row["error"])
     wait_for(lambda: not workers_of(root), 30, "the kept worker leaves after an interrupted command")
     assert records(root) == []
+
+
+# ---------------------------------------------------------------------------- the pool's side, no worker started
+def test_linger_releases_instead_when_keep_warm_is_off_detached_or_trusting(tmp_path, monkeypatch):
+    from peft_tui.engine.launch.local import LocalPool
+
+    Store(tmp_path / "s")
+    released = []
+    monkeypatch.setattr(LocalPool, "release", lambda self, timeout=10.0: released.append(self))
+    pools = [LocalPool(tmp_path / "s", devices=["cpu"], trust_remote_code=False),  # keep-warm 0
+             LocalPool(tmp_path / "s", devices=["cpu"], detach=True),
+             LocalPool(tmp_path / "s", devices=["cpu"], trust_remote_code=True)]
+    pools[0].linger(0.0)
+    pools[1].linger(60.0)
+    pools[2].linger(60.0)
+    assert released == pools
+    assert not (tmp_path / "s" / "workers").exists() or records(tmp_path / "s") == []  # nothing kept
+
+
+def test_a_pool_takes_over_a_kept_worker_and_fails_its_run_when_it_dies(tmp_path):
+    """A stand-in process (not a worker: nothing imports torch) recorded as kept warm: the next pool counts
+    it as its CPU worker (starts none), removes a dead worker's record, and when the one it took over dies
+    while holding a run, that run is failed with the reason."""
+    from conftest import tiny_config
+
+    from peft_tui.engine.launch.local import LocalPool
+    from peft_tui.engine.launch.process import worker_id
+    from peft_tui.engine.launch.worker import PACKAGE_PARENT, warm_path, write_warm
+
+    root = tmp_path / "s"
+    store = Store(root)
+    host = socket.gethostname()
+    stand_in = subprocess.Popen(["sleep", "60"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        for proc, created in ((stand_in, psutil.Process(stand_in.pid).create_time()), (dead, 1.0)):
+            write_warm(warm_path(root, host, proc.pid), {
+                "state": "warm", "pid": proc.pid, "create_time": created, "host": host, "device": "cpu",
+                "gpus": None, "python": sys.executable, "package": PACKAGE_PARENT, "runs_per_gpu": None,
+                "remote_code": False, "keep_warm_s": 60.0, "since": time.time()})
+        pool = LocalPool(root, devices=["cpu"], trust_remote_code=False).prewarm()
+        assert pool.pids() == {stand_in.pid: "cpu"}  # taken over: no worker process started
+        assert all(s.proc is None for s in pool.slots)
+        [record] = records(root)  # the dead one's record is removed
+        assert record["pid"] == stand_in.pid and record["state"] == "adopted" and record["owner_pid"] == os.getpid()
+        rid = store.create_run(tiny_config(method="lora"))
+        wid = worker_id(host, stand_in.pid, "cpu")
+        assert store.claim(wid, stand_in.pid, host, ["cpu"]) is not None  # as the kept worker would
+        stand_in.kill()
+        stand_in.wait()
+        pool.wake()  # the watcher's look: the worker it took over is gone
+        row = store.get(rid)
+        assert row["status"] == "failed"
+        assert row["error"].startswith(f"its worker (pid {stand_in.pid}, kept warm from an earlier command)")
+        assert pool.pids() == {} and records(root) == []  # nothing queued: no worker started in its place
+        assert pool.slots[0].not_before > time.monotonic()  # a slot whose worker died waits before restarting
+    finally:
+        if stand_in.poll() is None:
+            stand_in.kill()
+        stand_in.wait()

@@ -241,14 +241,15 @@ class LocalPool:
                 s.proc = s.adopted = None
 
     def _adopt_locked(self) -> None:
-        """Take over the workers kept warm on this store that fit this pool, one per empty slot of their
-        device; tell those that do not fit to leave (they would claim this pool's runs). Once per pool."""
+        """Take over the idle workers kept warm on this store that fit this pool, one per empty slot of
+        their device; tell those that do not fit to leave (they would claim this pool's runs). Once per pool."""
         if self._adopt_done or self.detach or not self._store_exists():
             return
         self._adopt_done = True
         folder = self.root / WARM_DIR
         if not folder.is_dir():
             return
+        busy = self._store.busy_workers()
         with self._records_locked():
             for path in sorted(folder.glob("*.json")):
                 r = read_warm(path)
@@ -258,6 +259,8 @@ class LocalPool:
                 if not isinstance(pid, int) or not isinstance(created, float) or not process_alive(pid, created):
                     forget_warm(path)  # killed outright: its record stayed
                     continue
+                if worker_id(self.host, pid, str(r.get("device"))) in busy:
+                    continue  # training another command's run: not the idle worker this pool needs
                 slot = next((s for s in self.slots if s.empty and s.device == r.get("device")), None)
                 fits = (slot is None or r.get("gpus") == self._gpu_view(slot.device)) and (
                         r.get("python") == sys.executable and r.get("package") == PACKAGE_PARENT

@@ -257,33 +257,48 @@ def test_linger_releases_instead_when_keep_warm_is_off_detached_or_trusting(tmp_
     assert not (tmp_path / "s" / "workers").exists() or records(tmp_path / "s") == []  # nothing kept
 
 
+def stand_in_worker(root: Path) -> subprocess.Popen:
+    """A process that looks like a CPU worker of the store at `root` (its command line) and does nothing."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "peft_tui.engine.launch.worker",
+                             "--store", str(root), "--device", "cpu"])
+
+
+def record_warm(root: Path, pid: int, created: float) -> None:
+    from peft_tui.engine.launch.worker import PACKAGE_PARENT, warm_path, write_warm
+
+    host = socket.gethostname()
+    write_warm(warm_path(root, host, pid), {
+        "state": "warm", "pid": pid, "create_time": created, "host": host, "device": "cpu", "gpus": None,
+        "python": sys.executable, "package": PACKAGE_PARENT, "runs_per_gpu": None, "remote_code": False,
+        "keep_warm_s": 60.0, "since": time.time()})
+
+
 def test_a_pool_takes_over_a_kept_worker_and_fails_its_run_when_it_dies(tmp_path):
-    """A stand-in process (not a worker: nothing imports torch) recorded as kept warm: the next pool counts
-    it as its CPU worker (starts none), removes a dead worker's record, and when the one it took over dies
-    while holding a run, that run is failed with the reason."""
+    """A stand-in process (nothing imports torch) recorded as kept warm: the next pool counts it as its CPU
+    worker (starts none); it removes the record of a dead worker and of a live process that is no worker
+    of this store (never signalled); when the one it took over dies holding a run, that run is failed."""
     from conftest import tiny_config
 
     from peft_tui.engine.launch.local import LocalPool
     from peft_tui.engine.launch.process import worker_id
-    from peft_tui.engine.launch.worker import PACKAGE_PARENT, warm_path, write_warm
 
     root = tmp_path / "s"
     store = Store(root)
     host = socket.gethostname()
-    stand_in = subprocess.Popen(["sleep", "60"])
+    stand_in = stand_in_worker(root)
+    other = subprocess.Popen(["sleep", "60"])  # a live process, but not a worker: a forged record
     dead = subprocess.Popen(["true"])
     dead.wait()
     try:
-        for proc, created in ((stand_in, psutil.Process(stand_in.pid).create_time()), (dead, 1.0)):
-            write_warm(warm_path(root, host, proc.pid), {
-                "state": "warm", "pid": proc.pid, "create_time": created, "host": host, "device": "cpu",
-                "gpus": None, "python": sys.executable, "package": PACKAGE_PARENT, "runs_per_gpu": None,
-                "remote_code": False, "keep_warm_s": 60.0, "since": time.time()})
+        for proc in (stand_in, other):
+            record_warm(root, proc.pid, psutil.Process(proc.pid).create_time())
+        record_warm(root, dead.pid, 1.0)
         pool = LocalPool(root, devices=["cpu"], trust_remote_code=False).prewarm()
         assert pool.pids() == {stand_in.pid: "cpu"}  # taken over: no worker process started
         assert all(s.proc is None for s in pool.slots)
-        [record] = records(root)  # the dead one's record is removed
+        [record] = records(root)  # the dead one's record and the forged one are removed
         assert record["pid"] == stand_in.pid and record["state"] == "adopted" and record["owner_pid"] == os.getpid()
+        assert other.poll() is None  # the forged record's process was not signalled
         rid = store.create_run(tiny_config(method="lora"))
         wid = worker_id(host, stand_in.pid, "cpu")
         assert store.claim(wid, stand_in.pid, host, ["cpu"]) is not None  # as the kept worker would
@@ -296,6 +311,38 @@ def test_a_pool_takes_over_a_kept_worker_and_fails_its_run_when_it_dies(tmp_path
         assert pool.pids() == {} and records(root) == []  # nothing queued: no worker started in its place
         assert pool.slots[0].not_before > time.monotonic()  # a slot whose worker died waits before restarting
     finally:
-        if stand_in.poll() is None:
-            stand_in.kill()
-        stand_in.wait()
+        for proc in (stand_in, other):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def test_a_taken_over_worker_that_does_not_claim_is_not_waited_on(tmp_path, monkeypatch):
+    """No run waits on a kept worker that does not claim it: after the grace time the slot starts one."""
+    from conftest import tiny_config
+
+    from peft_tui.engine.launch import local
+
+    root = tmp_path / "s"
+    store = Store(root)
+    stand_in = stand_in_worker(root)
+    started: list[subprocess.Popen] = []
+    monkeypatch.setattr(local, "TAKEN_OVER_GRACE_S", 0.3)
+    monkeypatch.setattr(local.LocalPool, "_spawn", lambda self, device, prewarmed=False: started.append(
+        subprocess.Popen(["sleep", "60"])) or started[-1])  # no real worker: only that one is started
+    try:
+        record_warm(root, stand_in.pid, psutil.Process(stand_in.pid).create_time())
+        pool = local.LocalPool(root, devices=["cpu"], trust_remote_code=False).prewarm()
+        assert pool.pids() == {stand_in.pid: "cpu"} and started == []
+        store.create_run(tiny_config(method="lora"))  # queued; the stand-in never claims it
+
+        def replaced():
+            pool.wake()
+            return started
+        wait_for(replaced, 10, "the pool starts a worker in place of the one that does not claim")
+        assert pool.pids() == {started[0].pid: "cpu"}
+        assert stand_in.poll() is None  # left alone (it was not ours to stop)
+    finally:
+        for proc in (stand_in, *started):
+            proc.kill()
+            proc.wait()

@@ -72,6 +72,7 @@ from peft_tui.errors import ConfigError
 TEND_S = 0.5  # how often the pool looks at its workers and the queue
 IDLE_S = 30.0  # a worker with nothing to do waits this long before it leaves (its imports are paid)
 RESTART_BACKOFF_S = 5.0  # after a worker failed, wait before starting that slot again
+TAKEN_OVER_GRACE_S = 10.0  # a worker taken over that leaves a run it could claim queued this long is not waited on
 GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
 KEEP_WARM_ENV = "PEFT_TUI_KEEP_WARM"
 KEEP_WARM_S = 60.0  # a command's workers stay idle this long after it, for the next command on the store
@@ -121,6 +122,7 @@ class Slot:
     device: str
     proc: subprocess.Popen | None = None
     adopted: Warm | None = None  # a kept-warm worker serving this slot instead of `proc`
+    unclaimed_since: float | None = None  # since when `adopted` is idle while a run it could claim is queued
     failures: int = 0
     not_before: float = 0.0  # no start before this time (backoff after a failure)
 
@@ -256,8 +258,9 @@ class LocalPool:
                 if r is None or r.get("state") != "warm" or r.get("host") != self.host:
                     continue
                 pid, created = r.get("pid"), r.get("create_time")
-                if not isinstance(pid, int) or not isinstance(created, float) or not process_alive(pid, created):
-                    forget_warm(path)  # killed outright: its record stayed
+                if (not isinstance(pid, int) or not isinstance(created, float) or not process_alive(pid, created)
+                        or not self._serves_this_store(pid, str(r.get("device")))):
+                    forget_warm(path)  # killed outright (its record stayed), or not a worker of this store at all
                     continue
                 if worker_id(self.host, pid, str(r.get("device"))) in busy:
                     continue  # training another command's run: not the idle worker this pool needs
@@ -268,6 +271,7 @@ class LocalPool:
                         and r.get("remote_code") == self.trust_remote_code and not self.trust_remote_code)
                 if slot is None or not fits:
                     if not fits:
+                        forget_warm(path)
                         with contextlib.suppress(OSError):
                             os.kill(pid, LEAVE_SIGNAL)
                         self._log(f"worker {worker_id(self.host, pid, str(r.get('device')))} kept warm does not "
@@ -279,6 +283,22 @@ class LocalPool:
                                   "since": time.time()})
                 slot.adopted = Warm(pid, created, path)
                 self._log(f"worker {worker_id(self.host, pid, slot.device)} kept warm: taken over by pid {os.getpid()}")
+
+    def _serves_this_store(self, pid: int, device: str) -> bool:
+        """The process `pid` is a worker (worker.py) of this store for `device`: a record under the store is
+        data anyone who can write there may change, so no other process is signalled or waited on."""
+        import psutil
+
+        try:
+            proc = psutil.Process(pid)
+            cmd, cwd = proc.cmdline(), proc.cwd()
+        except psutil.Error:
+            return False
+        def value(flag: str) -> str | None:
+            return cmd[cmd.index(flag) + 1] if flag in cmd[:-1] else None
+        store = value("--store")
+        return ("peft_tui.engine.launch.worker" in cmd and store is not None and value("--device") == device
+                and (Path(cwd) / store).resolve() == self.root.resolve())
 
     def _gpu_view(self, device: str) -> str | None:
         """The GPUs a worker of `device` is shown (CUDA_VISIBLE_DEVICES, then the pool's for --gpus N)."""
@@ -367,6 +387,7 @@ class LocalPool:
             if self._stop.is_set() or not self._store_exists():  # no store yet: nothing queued
                 return
             now = time.monotonic()
+            self._check_taken_over_locked(now)
             if self.runs_per_gpu is None:
                 for s in self.slots:
                     if s.empty and now >= s.not_before and self._store.claimable([s.device]):
@@ -382,6 +403,25 @@ class LocalPool:
                     if wanted > 0 and s.empty and now >= s.not_before:
                         s.proc = self._spawn(device)
                         wanted -= 1
+
+    def _check_taken_over_locked(self, now: float) -> None:
+        """A worker taken over claims within a poll (0.5 s) what it can; one that leaves such a run queued
+        for TAKEN_OVER_GRACE_S is no longer counted (the slot starts a worker): no run waits on it."""
+        busy: set[str] | None = None
+        for s in self.slots:
+            w = s.adopted
+            if w is None:
+                continue
+            busy = self._store.busy_workers() if busy is None else busy
+            if (worker_id(self.host, w.pid, s.device) in busy
+                    or not self._store.claimable([s.device], self.runs_per_gpu, self.host)):
+                s.unclaimed_since = None
+            elif s.unclaimed_since is None:
+                s.unclaimed_since = now
+            elif now - s.unclaimed_since >= TAKEN_OVER_GRACE_S:
+                self._log(f"worker pid {w.pid} (kept warm) left a run it could claim queued for "
+                          f"{TAKEN_OVER_GRACE_S:g} s: starting a worker in its place")
+                s.adopted, s.unclaimed_since = None, None
 
     def _reap_locked(self) -> None:
         """Workers that ended: a signal or an error fails the run they held; a clean exit frees the slot.

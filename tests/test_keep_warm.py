@@ -240,6 +240,30 @@ def test_ctrl_c_of_the_next_command_cancels_its_run_on_the_kept_worker_which_the
     assert records(root) == []
 
 
+@pytest.mark.slow
+def test_a_kept_worker_whose_new_command_is_killed_outright_cancels_its_run_and_leaves(store_root):
+    """As with the command's own workers: the command that took the worker over dies by SIGKILL (it hands
+    nothing back), so the worker cancels that command's run and stops instead of training on."""
+    root = store_root
+    pid = warm_worker(root, "60")
+    proc = cli(root, LONG, "60", wait=False)
+    try:
+        row = wait_for(lambda: next((r for r in Store(root).list() if r["id"] == 2 and (r["step"] or 0) >= 1), None),
+                       300, "run 2 trains")
+        assert worker_pid(row) == pid
+        assert records(root)[0]["owner_pid"] == proc.pid  # taken over by that command
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    wait_for(lambda: run_row(root, 2)["status"] == "cancelled", 60, "run 2 ends cancelled")
+    wait_for(lambda: not workers_of(root), 30, "the kept worker leaves")
+    assert records(root) == []
+    log = (root / "logs" / "workers.log").read_text()
+    assert f"the command that took it over (pid {proc.pid}) is gone: cancelling its run and stopping" in log
+
+
 # ---------------------------------------------------------------------------- the pool's side, no worker started
 def test_linger_releases_instead_when_keep_warm_is_off_detached_or_trusting(tmp_path, monkeypatch):
     from peft_tui.engine.launch.local import LocalPool

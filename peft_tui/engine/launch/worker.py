@@ -42,6 +42,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -236,12 +237,14 @@ class Worker:
             state = (record.get("state"), record.get("owner_pid"), record.get("keep_warm_s"))
             if state != seen:
                 seen = state
-                self.keep_warm_s = float(record.get("keep_warm_s") or 0.0)
+                keep = record.get("keep_warm_s")  # (a record is data: a damaged value means 0, leave when idle)
+                self.keep_warm_s = float(keep) if isinstance(keep, (int, float)) and 0 <= keep < math.inf else 0.0
                 self.warm_since = time.time()
                 self.lingering = True
-            owner = record.get("owner_pid")
+            owner, owner_created = record.get("owner_pid"), record.get("owner_create_time")
             if (record.get("state") == "adopted" and isinstance(owner, int)
-                    and not process_alive(owner, record.get("owner_create_time")) and self._record() == record):
+                    and not process_alive(owner, owner_created if isinstance(owner_created, float) else None)
+                    and self._record() == record):
                 self._say(f"the command that took it over (pid {owner}) is gone: cancelling its run and stopping")
                 self._on_signal(signal.SIGTERM, None)
                 return

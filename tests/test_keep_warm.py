@@ -370,3 +370,27 @@ def test_a_taken_over_worker_that_does_not_claim_is_not_waited_on(tmp_path, monk
         for proc in (stand_in, *started):
             proc.kill()
             proc.wait()
+
+
+def test_a_process_is_known_by_its_birth_across_a_moved_boot_time(monkeypatch):
+    """psutil reads the boot time again on every create_time call, and /proc/stat's btime moves by whole
+    seconds when the clock is adjusted: a record written a moment earlier still names the same process
+    (a 0.01 s tolerance failed a CI run here), while a pid born later is not it."""
+    import psutil
+
+    from peft_tui.engine.launch.worker import CREATE_TIME_SLACK_S, process_alive
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        born = psutil.Process(proc.pid).create_time()
+        real = psutil.Process.create_time
+        monkeypatch.setattr(psutil.Process, "create_time", lambda self, *a, **k: real(self, *a, **k) + 1.0)
+        assert process_alive(proc.pid, born)  # the boot time moved by a second between the two reads
+        monkeypatch.setattr(psutil.Process, "create_time", real)
+        assert process_alive(proc.pid, born)
+        assert not process_alive(proc.pid, born - CREATE_TIME_SLACK_S - 5)  # another process, once on this pid
+        assert not process_alive(proc.pid, born + 60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not process_alive(proc.pid, born)  # gone

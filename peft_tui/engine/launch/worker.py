@@ -115,14 +115,21 @@ def file_id(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+# psutil's create_time is the process's ticks since boot plus the boot time, which it reads again on every
+# call (/proc/stat btime = the wall clock less the uptime: whole seconds that move when the clock is adjusted).
+# Two reads of one process can differ by a second; a reused pid is born far later (the pid space wraps first).
+CREATE_TIME_SLACK_S = 1.5
+
+
 def process_alive(pid: int, create_time: float | None) -> bool:
-    """The process `pid` runs, and is the one created at `create_time` (a reused pid is not it)."""
+    """The process `pid` runs, and is the one created at `create_time`, give or take CREATE_TIME_SLACK_S
+    (a reused pid is not it)."""
     import psutil
 
     try:
         proc = psutil.Process(pid)
         return proc.status() != psutil.STATUS_ZOMBIE and (
-            create_time is None or abs(proc.create_time() - create_time) < 0.01)
+            create_time is None or abs(proc.create_time() - create_time) < CREATE_TIME_SLACK_S)
     except psutil.Error:
         return False
 

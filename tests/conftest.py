@@ -40,6 +40,19 @@ def store(tmp_path):
     return Store(tmp_path / "store")
 
 
+def wait_for(condition, timeout: float, what: str, every: float = 0.1):
+    """Poll `condition` until it returns a true value (returned), failing after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
 def tiny_config(**kw):
     from peft_tui.config import DataConfig, RunConfig
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -34,16 +35,6 @@ TINY = ["--method", "lora", "--model", "tiny", "--set", "data.size=120", "--epoc
         "--device", "cpu"]
 LONG = ["--method", "lora", "--model", "tiny", "--set", "data.size=4000", "--epochs", "30", "--batch-size", "8",
         "--device", "cpu"]  # long enough to be caught training (the tiny model: about 20 steps a second)
-
-
-def wait_for(condition, timeout: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def workers_of(root: Path) -> set[int]:
@@ -198,8 +189,7 @@ def test_a_kept_worker_killed_mid_run_fails_that_run_and_the_next_command_gets_i
     pid = warm_worker(root, "60")
     proc = cli(root, LONG, "60", wait=False)
     try:
-        row = wait_for(lambda: next((r for r in Store(root).list() if r["id"] == 2 and (r["step"] or 0) >= 1), None),
-                       300, "run 2 trains")
+        row = training(root, 2)
         assert worker_pid(row) == pid  # the kept worker claimed it
         os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=120)  # the command sees its run end and exits
@@ -226,8 +216,7 @@ def test_ctrl_c_of_the_next_command_cancels_its_run_on_the_kept_worker_which_the
     pid = warm_worker(root, "60")
     proc = cli(root, LONG, "60", wait=False)
     try:
-        row = wait_for(lambda: next((r for r in Store(root).list() if r["id"] == 2 and (r["step"] or 0) >= 1), None),
-                       300, "run 2 trains")
+        row = training(root, 2)
         assert worker_pid(row) == pid
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the command's terminal (the worker is not in its group)
         assert proc.wait(timeout=120) == 130, proc.stderr.read() if proc.stderr else ""
@@ -248,8 +237,7 @@ def test_a_kept_worker_whose_new_command_is_killed_outright_cancels_its_run_and_
     pid = warm_worker(root, "60")
     proc = cli(root, LONG, "60", wait=False)
     try:
-        row = wait_for(lambda: next((r for r in Store(root).list() if r["id"] == 2 and (r["step"] or 0) >= 1), None),
-                       300, "run 2 trains")
+        row = training(root, 2)
         assert worker_pid(row) == pid
         assert records(root)[0]["owner_pid"] == proc.pid  # taken over by that command
         os.killpg(proc.pid, signal.SIGKILL)
@@ -281,10 +269,19 @@ def test_linger_releases_instead_when_keep_warm_is_off_detached_or_trusting(tmp_
     assert not (tmp_path / "s" / "workers").exists() or records(tmp_path / "s") == []  # nothing kept
 
 
+def training(root: Path, run_id: int) -> dict:
+    """The row of `run_id` once it has taken a step."""
+    return wait_for(lambda: next((r for r in Store(root).list() if r["id"] == run_id and (r["step"] or 0) >= 1),
+                                 None), 300, f"run {run_id} trains")
+
+
+UNTIL_KILLED = "import sys; sys.stdin.read()"  # a process that lives until the test kills it (stdin stays open)
+
+
 def stand_in_worker(root: Path) -> subprocess.Popen:
     """A process that looks like a CPU worker of the store at `root` (its command line) and does nothing."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "peft_tui.engine.launch.worker",
-                             "--store", str(root), "--device", "cpu"])
+    return subprocess.Popen([sys.executable, "-c", UNTIL_KILLED, "peft_tui.engine.launch.worker",
+                             "--store", str(root), "--device", "cpu"], stdin=subprocess.PIPE)
 
 
 def record_warm(root: Path, pid: int, created: float) -> None:
@@ -310,7 +307,7 @@ def test_a_pool_takes_over_a_kept_worker_and_fails_its_run_when_it_dies(tmp_path
     store = Store(root)
     host = socket.gethostname()
     stand_in = stand_in_worker(root)
-    other = subprocess.Popen(["sleep", "60"])  # a live process, but not a worker: a forged record
+    other = subprocess.Popen([sys.executable, "-c", UNTIL_KILLED], stdin=subprocess.PIPE)  # a live process, but not a worker: a forged record
     dead = subprocess.Popen(["true"])
     dead.wait()
     try:
@@ -353,7 +350,7 @@ def test_a_taken_over_worker_that_does_not_claim_is_not_waited_on(tmp_path, monk
     started: list[subprocess.Popen] = []
     monkeypatch.setattr(local, "TAKEN_OVER_GRACE_S", 0.3)
     monkeypatch.setattr(local.LocalPool, "_spawn", lambda self, device, prewarmed=False: started.append(
-        subprocess.Popen(["sleep", "60"])) or started[-1])  # no real worker: only that one is started
+        subprocess.Popen([sys.executable, "-c", UNTIL_KILLED], stdin=subprocess.PIPE)) or started[-1])  # no real worker: only that one is started
     try:
         record_warm(root, stand_in.pid, psutil.Process(stand_in.pid).create_time())
         pool = local.LocalPool(root, devices=["cpu"], trust_remote_code=False).prewarm()
@@ -380,7 +377,7 @@ def test_a_process_is_known_by_its_birth_across_a_moved_boot_time(monkeypatch):
 
     from peft_tui.engine.launch.worker import CREATE_TIME_SLACK_S, process_alive
 
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    proc = subprocess.Popen([sys.executable, "-c", UNTIL_KILLED], stdin=subprocess.PIPE)
     try:
         born = psutil.Process(proc.pid).create_time()
         real = psutil.Process.create_time

@@ -8,7 +8,7 @@ import time
 
 import psutil
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, wait_for
 from typer.testing import CliRunner
 
 from peft_tui.cli import app
@@ -20,16 +20,6 @@ from peft_tui.errors import ConfigError
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("worker_processes")]
 
 TINY = ["--model", "tiny", "--set", "data.size=120", "--epochs", "1", "--batch-size", "16", "--device", "cpu"]
-
-
-def wait_for(condition, timeout: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def importing(*pids: int) -> bool:

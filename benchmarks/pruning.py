@@ -111,7 +111,18 @@ def replay(trials: list[dict], pruner_name: str, val_rows: int) -> dict:
             steps += stop[0]
             pruned.append({"trial": tr["trial"], "step": stop[0], "of": tr["total_steps"]})
     return {"seconds": seconds, "steps": steps, "pruned": pruned, "kept": [k["trial"] for k in kept],
-            "best_kept": max((k["final"] for k in kept), default=None)}
+            "best_kept": max((k["final"] for k in kept), default=None), "outcome": outcome(kept, val_rows)}
+
+
+def outcome(trials: list[dict], val_rows: int) -> int | None:
+    """The trial whose configuration the study's final runs would use, as report.keep_defaults decides: the
+    best finished trial where it beats the defaults trial (trial 0, the first asked) on validation by more
+    than the noise, else the defaults. None: the defaults trial is not among `trials`."""
+    defaults = next((t for t in trials if t["trial"] == 0), None)
+    if defaults is None:
+        return None
+    best = max(trials, key=lambda t: (t["final"], -t["trial"]))
+    return best["trial"] if best["final"] - defaults["final"] > pruning.noise(defaults["final"], val_rows) else 0
 
 
 def pct(part: float, whole: float) -> str:
@@ -137,8 +148,10 @@ def main() -> int:
     print(f"study {spec.name}: {spec.val_rows} validation rows; replaying {args.pruners} on its unpruned trials\n")
     print("saved: of the training steps (the load-independent cost), and of the run seconds (wall, this machine)")
     print(f"{'method':9} {'pruner':8} {'pruned':>7} {'steps':>6} {'of':>6} {'saved':>6} {'seconds':>8} {'of':>8} "
-          f"{'saved':>6}  winner kept (best val %; a lost winner within noise: the kept best is within "
+          f"{'saved':>6}  outcome  winner kept (best val %; a lost winner within noise: the kept best is within "
           f"{pruning.NOISE_Z:g} standard errors of it)")
+    print("outcome: the trial whose configuration the final runs use (the best only where it beats the defaults, "
+          "trial 0, beyond the noise), and whether the pruner kept it")
     for method in spec.methods:
         trials = trial_runs(store, spec, method)
         if not trials:
@@ -154,12 +167,13 @@ def main() -> int:
         ran = sum(t["pruned_at"] if t["pruned_at"] is not None else t["total_steps"] for t in trials)
         total["as run steps"] = total.get("as run steps", 0) + ran
         print(f"{method:9} {'as run':8} {len(cut):>3}/{len(trials):<3} {ran:6d} {all_steps:6d} "
-              f"{pct(ran, all_steps)} {actual:8.0f} {unpruned:8.0f} {pct(actual, unpruned)}  "
+              f"{pct(ran, all_steps)} {actual:8.0f} {unpruned:8.0f} {pct(actual, unpruned)}  {'':7}  "
               f"{'yes' if winner['pruned_at'] is None else 'NO'} (pruned: "
               + (", ".join(f"t{t['trial']} at {t['pruned_at']}/{t['total_steps']} (would end {100 * t['final']:.1f})"
                            for t in cut) or "none") + ")")
+        chosen = outcome(trials, spec.val_rows)
         doc["methods"][method] = {"unpruned_s": unpruned, "winner": winner["trial"], "winner_val": winner["final"],
-                                  "trials": len(trials), "pruners": {}}
+                                  "trials": len(trials), "outcome": chosen, "pruners": {}}
         for name in [p.strip() for p in args.pruners.split(",") if p.strip()]:
             r = replay(trials, name, spec.val_rows)
             total[name] = total.get(name, 0.0) + r["seconds"]
@@ -173,9 +187,11 @@ def main() -> int:
                 kept = f"NO, {'within' if within else 'beyond'} noise"
                 doc["methods"][method]["pruners"][name]["kept_within_noise"] = within
             best = f"{100 * r['best_kept']:.1f}" if r["best_kept"] is not None else "-"
+            same = "same" if r["outcome"] == chosen else f"t{chosen}->{'-' if r['outcome'] is None else r['outcome']}"
+            doc["methods"][method]["pruners"][name]["outcome_kept"] = r["outcome"] == chosen
             print(f"{method:9} {name:8} {len(r['pruned']):>3}/{len(trials):<3} {r['steps']:6d} {all_steps:6d} "
                   f"{pct(r['steps'], all_steps)} {r['seconds']:8.0f} {unpruned:8.0f} {pct(r['seconds'], unpruned)}  "
-                  f"{kept} ({best} vs {100 * winner['final']:.1f})")
+                  f"{same:7}  {kept} ({best} vs {100 * winner['final']:.1f})")
     print()
     for name in ["as run", *[p.strip() for p in args.pruners.split(",") if p.strip()]]:
         if name in total and total["unpruned"]:

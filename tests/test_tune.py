@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -331,39 +330,52 @@ def test_detach_runs_the_study_in_the_background_and_returns_at_once(tmp_path):
     assert {r["status"] for r in store.list()} == {"done"} and len(store.list()) >= 3  # 2 trials + final runs
 
 
+# planted in each worker process (sitecustomize): a trial's training waits at a barrier until the other
+# trial has reached its own training too, so the two can only finish if two workers hold one each at once
+_BARRIER = """
+import pathlib, time
+from peft_tui.engine import trainer
+train = trainer.train
+def barrier(config, run_id, *args, **kwargs):
+    marks = pathlib.Path({marks!r})
+    if config.name.rpartition("-t")[2].isdigit():  # the trials (full-t0, full-t1), not the final runs
+        (marks / str(run_id)).write_text(str(time.time()))
+        deadline = time.monotonic() + 120
+        while len(list(marks.iterdir())) < 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the other trial never started training beside this one")
+            time.sleep(0.05)
+    return train(config, run_id, *args, **kwargs)
+trainer.train = barrier
+"""
+
+
 @pytest.mark.slow
-def test_two_workers_run_trials_side_by_side(tmp_path, worker_processes):
+def test_two_workers_run_trials_side_by_side(tmp_path, worker_processes, monkeypatch):
     from peft_tui.engine.submit import make_pool, prepare
 
+    marks, plant = tmp_path / "marks", tmp_path / "plant"
+    marks.mkdir()
+    plant.mkdir()
+    (plant / "sitecustomize.py").write_text(_BARRIER.format(marks=str(marks)))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(plant), str(ROOT)]))
     store = Store(tmp_path / "s")
-    # trials of a few hundred steps: long enough that one worker cannot finish the first and claim the second
-    # before the other worker has finished importing, on a fast machine too
-    configs = bases("full", data=DataConfig(size=1200), epochs=2, batch_size=8)
+    configs = bases("full")
     splits = prepare(configs)
-    spec = studies.new_study(store, configs, trials=2, seeds=1, pruner="none", parallel=2, space=["epochs=2"],
+    spec = studies.new_study(store, configs, trials=2, seeds=1, pruner="none", parallel=2,
                              train_rows=len(splits.train.labels))
     pool = make_pool(store, workers=2)
     pool.start()
-    seen_two = threading.Event()
-
-    def watch():
-        while not seen_two.is_set() and spec.state != "done":
-            if sum(r["status"] == "running" for r in store.list()) >= 2:
-                seen_two.set()
-            time.sleep(0.1)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
     try:
         doc = studies.Tuner(store, spec, pool, data=splits).run()
     finally:
         pool.release()
-        seen_two.set()
     trials = [store.get(t["run_id"]) for t in doc["methods"]["full"]["trials"]]
-    assert len(trials) == 2 and all(r["status"] == "done" for r in trials)
-    assert trials[0]["worker"] != trials[1]["worker"]
-    # both trials trained at the same time: each started before the other finished
-    assert trials[0]["started_at"] < trials[1]["finished_at"] and trials[1]["started_at"] < trials[0]["finished_at"]
+    assert len(trials) == 2 and all(r["status"] == "done" for r in trials), [r["error"] for r in trials]
+    assert trials[0]["worker"] != trials[1]["worker"]  # two worker processes, one trial each
+    # each trial got past the barrier only once the other had reached it: they trained at the same time
+    assert sorted(int(m.name) for m in marks.iterdir()) == sorted(r["id"] for r in trials)
+    assert doc["state"] == "done" and doc["methods"]["full"]["final"]["tuned"][0]["status"] == "done"
 
 
 @pytest.fixture(scope="module")
@@ -459,10 +471,15 @@ def test_noise_shrinks_with_more_validation_rows(acc, rows):
 @settings(max_examples=300, deadline=None)
 @given(train=st.integers(0, 200_000), val=st.integers(0, 50_000), epochs=st.integers(1, 20))
 def test_evaluations_per_run_are_bounded_and_cheap(train, val, epochs):
-    n = studies.evaluations_per_run(train, val, epochs)
+    n = studies.evaluations_per_run(train, val, epochs, pruning=False)
     assert max(1, epochs) <= n <= max(epochs, studies.MAX_EVALS_PER_RUN)
     if n > epochs and val:  # extra evaluations only while they cost at most EVAL_COST_SHARE of the training
         assert n * val / 3 <= studies.EVAL_COST_SHARE * epochs * train + 1e-9
+    pruned = studies.evaluations_per_run(train, val, epochs)  # a pruner gets a first cut by a quarter of a run
+    assert pruned >= n and pruned <= max(epochs, studies.MAX_EVALS_PER_RUN)
+    if train and val:
+        assert pruned >= studies.MIN_EVALS_PRUNED
+        assert pruned == n or pruned == max(epochs, studies.MIN_EVALS_PRUNED)  # more only up to the minimum
 
 
 def test_the_behind_pruner_stops_a_flat_trial_through_optuna_and_spares_a_close_one():
@@ -486,13 +503,23 @@ def test_the_behind_pruner_stops_a_flat_trial_through_optuna_and_spares_a_close_
 def test_a_study_evaluates_a_trial_several_times_a_run_when_that_is_cheap(tmp_path):
     store = Store(tmp_path / "s")
     configs = bases("lora", data=DataConfig(size=400), epochs=1)
-    spec = studies.new_study(store, configs, trials=2, train_rows=2000, val_rows=200)
-    per_run = studies.evaluations_per_run(2000, 200, 1)
-    assert per_run == 4 and spec.pruner == "behind" and spec.val_rows == 200
+    spec = studies.new_study(store, configs, trials=2, train_rows=2000, val_rows=200, pruner="none")
+    per_run = studies.evaluations_per_run(2000, 200, 1, pruning=False)
+    assert per_run == 4 and spec.pruner == "none" and spec.val_rows == 200
     steps = -(-2000 // configs[0].batch_size)
     assert spec.base("lora").eval_every == -(-steps // per_run)
-    tiny = studies.new_study(store, configs, trials=2, train_rows=100, val_rows=150)  # evaluations cost too much
+    # without a pruner, evaluations that cost too much are left out; the default pruner (halving) still
+    # gets its first cut at a quarter of the run (2000 rows against 428 validation rows: AG News's study)
+    tiny = studies.new_study(store, configs, trials=2, train_rows=100, val_rows=150, pruner="none")
     assert tiny.base("lora").eval_every == 0
+    halving = studies.new_study(store, configs, trials=2, train_rows=2000, val_rows=428)
+    assert halving.pruner == "halving" == studies.DEFAULT_PRUNER
+    assert studies.evaluations_per_run(2000, 428, 1, pruning=False) == 2
+    assert halving.base("lora").eval_every == -(-steps // 4)
+    import inspect
+
+    from peft_tui.commands.tune import tune as tune_command  # the CLI's default is the engine's
+    assert inspect.signature(tune_command).parameters["pruner"].default == studies.DEFAULT_PRUNER
 
 
 def test_a_study_on_a_file_keeps_one_split_for_its_trials_and_every_final_seed(tmp_path):

@@ -87,8 +87,9 @@ def tune(
         "--resume", metavar="STUDY", help="continue a stopped study (its settings are the stored ones)")] = None,
     study: Annotated[Optional[str], typer.Option("--study", help="name of a new study (default tune-N)")] = None,
     pruner: Annotated[str, typer.Option(
-        "--pruner", help="behind (stop a trial clearly behind the best: beyond 2 standard errors of the validation "
-        "accuracy), median, halving or none")] = "behind",
+        "--pruner", help="halving (successive halving: at a quarter of a run, then at three quarters, a trial "
+        "goes on only among the best third so far), behind (stop a trial beyond 2 standard errors of the "
+        "validation accuracy behind the best), median or none")] = "halving",
     model: ModelOpt = "minilm",
     data: DataOpt = "synthetic",
     sets: SetOpt = None,

@@ -16,10 +16,13 @@ How it works (Optuna's ask-and-tell form):
   says so the run is cancelled through the store (works across processes and on Ray) and recorded
   `pruned` at its step; a finished run's value is its final validation accuracy: the test split of a
   trial is never read;
-- the default pruner, `behind`, stops a trial only when it is clearly behind: from its second evaluation
-  on, its validation accuracy is below the best other trial's at the same step by more than two standard
-  errors of an accuracy on the validation rows (`clearly_behind`). `median` and `halving` are Optuna's;
-  trials evaluate several times a run (`evaluations_per_run`) as long as that costs little;
+- the default pruner, `halving`, is Optuna's successive halving: a trial evaluates at least four times a
+  run (`evaluations_per_run`), and at its first evaluation (a quarter of the run), then at three times that
+  step, it goes on only if it is among the best third of the method's trials there. `behind` stops a trial
+  only when it is clearly behind: from its second evaluation on, below the best other trial at the same step
+  by more than two standard errors of an accuracy on the validation rows (`clearly_behind`). `median` is
+  Optuna's. Pruning never changes what the final runs use unless a trial clearly beats the defaults (see
+  pruning.py for the evidence behind the default);
 - the budget is --trials per method, or --budget seconds split equally (each method's trials' run
   seconds count against its share);
 - Ctrl-C cancels the study's runs; `--resume NAME` continues: finished trials stay, a trial cut short is
@@ -35,7 +38,9 @@ from __future__ import annotations
 from peft_tui.engine.tune.pruning import (
     DEFAULT_PRUNER,
     EVAL_COST_SHARE,
+    HALVING_FACTOR,
     MAX_EVALS_PER_RUN,
+    MIN_EVALS_PRUNED,
     NOISE_Z,
     PRUNE_FROM_EVAL,
     PRUNERS,
@@ -58,7 +63,8 @@ from peft_tui.engine.tune.study import (
     study_dir,
 )
 
-__all__ = ["COUNTED", "DEFAULT_PRUNER", "EVAL_COST_SHARE", "MAX_EVALS_PER_RUN", "NAME_CHARS", "NOISE_Z", "POLL_S",
+__all__ = ["COUNTED", "DEFAULT_PRUNER", "EVAL_COST_SHARE", "HALVING_FACTOR", "MAX_EVALS_PER_RUN", "MIN_EVALS_PRUNED",
+           "NAME_CHARS", "NOISE_Z", "POLL_S",
            "PRUNERS", "PRUNE_FROM_EVAL", "STUDY_DIR", "StudySpec", "Tuner", "_pruner", "clearly_behind",
            "evaluations_per_run", "export_config", "list_studies", "load_study", "new_study", "noise",
            "run_seconds", "save", "searched_values", "study_dir", "study_runs", "summary"]

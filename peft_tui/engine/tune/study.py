@@ -139,7 +139,7 @@ def new_study(store: Store, bases: list[RunConfig], *, trials: int | None = None
     fixed = []
     for b in bases:
         per_epoch = math.ceil(train_rows / b.batch_size / max(1, b.nproc))
-        evals = evaluations_per_run(train_rows, val_rows, b.epochs)
+        evals = evaluations_per_run(train_rows, val_rows, b.epochs, pruning=pruner != "none")
         if b.eval_every == 0 and evals > b.epochs and per_epoch * b.epochs >= 2 * evals:
             b = dataclasses.replace(b, eval_every=math.ceil(per_epoch * b.epochs / evals))
         if b.data.split_seed is None:  # every run of the study (final seeds too) on the trials' split

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +16,8 @@ from hypothesis import strategies as st
 
 from peft_tui.engine import hub, models
 from peft_tui.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens, the connection is refused at once
 
@@ -81,7 +84,18 @@ def test_a_model_in_the_hub_cache_trains_with_the_hub_unreachable(tmp_path):
     models.load_tokenizer("tiny").save_pretrained(snap)
     (cache / "models--acme--tiny-bert" / "refs").mkdir()
     (cache / "models--acme--tiny-bert" / "refs" / "main").write_text("0123456789abcdef")
-    env = {**os.environ, "HF_ENDPOINT": CLOSED, "HF_HUB_CACHE": str(cache), "PEFT_TUI_STORE": str(tmp_path / "s")}
+    # a spy in every process of the command: the hub client's request-with-retries is never called (before
+    # the fix, transformers' look-up of a peft adapter config asked the hub and waited out ~25 s of retries)
+    asked, plant = tmp_path / "asked", tmp_path / "plant"
+    plant.mkdir()
+    (plant / "sitecustomize.py").write_text(
+        "import pathlib\nimport huggingface_hub.utils._http as h\nbase = h._http_backoff_base\n"
+        "def spy(*a, **k):\n"
+        f"    pathlib.Path({str(asked)!r}).write_text(repr(k.get('url')) + ''.join(__import__('traceback').format_stack()))\n"
+        "    return base(*a, **k)\n"
+        "h._http_backoff_base = spy\n")
+    env = {**os.environ, "HF_ENDPOINT": CLOSED, "HF_HUB_CACHE": str(cache), "PEFT_TUI_STORE": str(tmp_path / "s"),
+           "PYTHONPATH": os.pathsep.join([str(plant), str(ROOT)])}
     for var in hub.PROXY_VARS + ("HF_HUB_OFFLINE",):
         env.pop(var, None)
     res = subprocess.run([sys.executable, "-m", "peft_tui.cli", "run", "--model", "acme/tiny-bert", "--method", "lora",
@@ -91,3 +105,4 @@ def test_a_model_in_the_hub_cache_trains_with_the_hub_unreachable(tmp_path):
     doc = json.loads(res.stdout)
     assert doc["status"] == "done" and doc["config"]["model"] == "acme/tiny-bert"
     assert 0.0 <= doc["result"]["accuracy"] <= 1.0 and doc["result"]["trainable_params"] > 0
+    assert not asked.exists(), f"the hub was asked: {asked.read_text()}"

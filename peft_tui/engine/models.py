@@ -238,13 +238,17 @@ def _load_pretrained(name: str, folder: Path | None, num_labels: int, trust_remo
     from transformers import AutoModelForSequenceClassification
 
     src = folder if folder is not None else name
+    offline = hub_kwargs() if folder is None else {}
+    if offline:  # transformers 5 does not pass local_files_only on to its look-up of a peft adapter config,
+        # which then waits out the hub client's retries (~25 s) on a machine that cannot reach the hub
+        offline = {**offline, "adapter_kwargs": {"local_files_only": True}}
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             str(src), num_labels=num_labels, use_safetensors=True, trust_remote_code=trust_remote_code,
             ignore_mismatched_sizes=True,
             # fp32 master weights: transformers 5 defaults to dtype="auto", which would train a model saved
             # in bf16/fp16 (most hub LLMs) in that dtype; mixed precision comes from autocast instead
-            dtype=torch.float32, **(hub_kwargs() if folder is None else {}),
+            dtype=torch.float32, **offline,
         )
     except OSError as e:
         raise _hub_error(name, e) from None

@@ -111,7 +111,10 @@ def save_pretrained(obj: Any, folder: Path) -> None:
     created = not folder.exists()
     try:
         with writing(folder):
-            if hasattr(obj, "named_parameters"):
+            if hasattr(obj, "peft_config"):  # no vocabulary is ever resized here, so no embedding layers to
+                # save; peft's "auto" would ask the hub for the base model's config.json (retries offline)
+                obj.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
+            elif hasattr(obj, "named_parameters"):
                 obj.save_pretrained(folder, safe_serialization=True)
             else:
                 obj.save_pretrained(folder)

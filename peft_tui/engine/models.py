@@ -238,7 +238,7 @@ def _load_pretrained(name: str, folder: Path | None, num_labels: int, trust_remo
     from transformers import AutoModelForSequenceClassification
 
     src = folder if folder is not None else name
-    offline = hub_kwargs() if folder is None else {}
+    offline: dict[str, Any] = dict(hub_kwargs()) if folder is None else {}
     if offline:  # transformers 5 does not pass local_files_only on to its look-up of a peft adapter config,
         # which then waits out the hub client's retries (~25 s) on a machine that cannot reach the hub
         offline = {**offline, "adapter_kwargs": {"local_files_only": True}}

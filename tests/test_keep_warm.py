@@ -393,3 +393,24 @@ def test_a_process_is_known_by_its_birth_across_a_moved_boot_time(monkeypatch):
         proc.kill()
         proc.wait()
     assert not process_alive(proc.pid, born)  # gone
+
+
+@pytest.mark.slow
+def test_a_study_leaves_its_worker_warm_for_the_next_command(store_root):
+    """`tune` keeps its local worker warm as `run` does once the study has ended: the next command's run is
+    claimed by it. (Ctrl-C, errors and --detach release the workers, as for `run`.)"""
+    root = store_root
+    env = {**os.environ, "PEFT_TUI_INPROCESS_POOL": "0", KEEP_WARM_ENV: "60",
+           "PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)}
+    res = subprocess.run([sys.executable, "-m", "peft_tui.cli", "tune", "--store", str(root), "--model", "tiny",
+                          "--methods", "lora", "--trials", "1", "--seeds", "1", "--pruner", "none",
+                          "--set", "data.size=120", "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--json"],
+                         env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["state"] == "done"
+    [record] = records(root)
+    assert record["state"] == "warm" and record["keep_warm_s"] == 60.0 and workers_of(root) == {record["pid"]}
+    served = cli(root, TINY, "60")
+    assert served.returncode == 0, served.stderr[-2000:]
+    latest = max(Store(root).list(), key=lambda r: r["id"])
+    assert latest["status"] == "done" and worker_pid(latest) == record["pid"]  # no new worker paid the imports

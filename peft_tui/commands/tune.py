@@ -125,9 +125,11 @@ def tune(
     Example: peft-tui tune --methods full,lora,adapters --trials 8 --data reviews.csv"""
     from peft_tui.commands.queueing import method_sets
     from peft_tui.engine import tune as studies
+    from peft_tui.engine.launch.local import keep_warm_s
     from peft_tui.engine.methods import validate
     from peft_tui.engine.submit import make_pool, prepare
 
+    warm_s = keep_warm_s()  # a bad PEFT_TUI_KEEP_WARM: one line, before anything is created
     st = open_store(store, writable=True)
     if resume:
         spec = studies.load_study(st, resume)
@@ -190,10 +192,12 @@ def tune(
     from peft_tui.engine.launch.client import interrupts
 
     signum = 0
+    ended = False  # the study ran to its end: local workers may stay warm for the next command (as `run` does)
     with interrupts() as stopped:
         try:
             pool.start()
             doc = tuner.run()
+            ended = True
         except KeyboardInterrupt:
             signum = stopped.signum or signal.SIGINT
             try:
@@ -201,7 +205,11 @@ def tune(
             except KeyboardInterrupt:
                 cancelled = []
         finally:
-            pool.release()
+            linger = getattr(pool, "linger", None)  # local workers only (LocalPool), not Ray's
+            if ended and linger is not None:
+                linger(warm_s)  # 0 (or --trust-remote-code): release
+            else:
+                pool.release()
     if signum:
         sys.stderr.write(f"stopped by {signal.Signals(signum).name}: study {spec.name} paused, runs cancelled: "
                          f"{', '.join(map(str, cancelled)) or 'none'}; continue with "
@@ -230,6 +238,8 @@ def run_in_background(root: Path, study: str, workers: int | None, ray: str | No
     """`peft-tui tune --resume STUDY --json` in a new session (no terminal hang-up reaches it), its stderr
     (progress, errors) in logs/tune-STUDY.log and its final JSON in logs/tune-STUDY.json. The study is
     already in the store, so a background tune that is stopped resumes like any other."""
+    from peft_tui.engine.launch.local import KEEP_WARM_ENV
+
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log, result = logs / f"tune-{study}.log", logs / f"tune-{study}.json"
@@ -239,7 +249,7 @@ def run_in_background(root: Path, study: str, workers: int | None, ray: str | No
             *(["--runs-per-gpu", str(runs_per_gpu)] if runs_per_gpu is not None else [])]
     with open(log, "ab") as err, open(result, "wb") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", KEEP_WARM_ENV: "0"})  # as run --detach
     if as_json:
         print_json({"study": study, "status": "started", "pid": proc.pid, "log": str(log), "result": str(result)})
     else:

@@ -80,6 +80,7 @@ def trial_runs(store: Store, spec: studies.StudySpec, method: str) -> list[dict]
 
 
 PRUNE_FROM_EVAL = pruning.PRUNE_FROM_EVAL
+HALVING_FACTOR = pruning.HALVING_FACTOR
 
 
 def replay(trials: list[dict], pruner_name: str, val_rows: int) -> dict:
@@ -88,8 +89,10 @@ def replay(trials: list[dict], pruner_name: str, val_rows: int) -> dict:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     eval_every = trials[0]["eval_every"] if trials else 0
-    base, _, first = pruner_name.partition("@")  # behind@1: `behind` judging from the first evaluation on
-    pruning.PRUNE_FROM_EVAL = int(first) if first else PRUNE_FROM_EVAL  # read by clearly_behind at each call
+    base, _, arg = pruner_name.partition("@")  # behind@1: `behind` judging from the first evaluation on;
+    # halving@2: successive halving keeping the best half (not third) at each rung
+    pruning.PRUNE_FROM_EVAL = int(arg) if arg and base == "behind" else PRUNE_FROM_EVAL  # read by clearly_behind
+    pruning.HALVING_FACTOR = int(arg) if arg and base == "halving" else HALVING_FACTOR  # read by _pruner
     study = optuna.create_study(direction="maximize", pruner=studies._pruner(base, eval_every, val_rows))
     seconds, steps, pruned, kept = 0.0, 0, [], []
     for tr in trials:
@@ -134,8 +137,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", required=True)
     ap.add_argument("--study", required=True)
-    ap.add_argument("--pruners", default="behind,behind@1,median,halving",
-                    help="pruners to replay; behind@N: `behind` judging from the N-th evaluation on")
+    ap.add_argument("--pruners", default="behind,behind@1,median,halving,halving@2",
+                    help="pruners to replay; behind@N: `behind` judging from the N-th evaluation on; halving@N: "
+                    "successive halving keeping the best 1/N at each rung")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--complete", action="store_true", help="first run each pruned trial again to its end")
     args = ap.parse_args()

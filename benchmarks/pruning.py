@@ -97,6 +97,8 @@ def replay(trials: list[dict], pruner_name: str, val_rows: int) -> dict:
     seconds, steps, pruned, kept = 0.0, 0, [], []
     for tr in trials:
         t = study.ask()
+        if tr["trial"] == 0:  # the method's first trial is its defaults, as search.py tags it
+            t.set_user_attr("defaults", True)
         stop = None
         for step, value, at in tr["curve"]:
             t.report(value, step)
@@ -137,7 +139,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", required=True)
     ap.add_argument("--study", required=True)
-    ap.add_argument("--pruners", default="behind,behind@1,median,halving,halving@2",
+    ap.add_argument("--pruners", default="ahead,halving,halving@2,behind,behind@1,median",
                     help="pruners to replay; behind@N: `behind` judging from the N-th evaluation on; halving@N: "
                     "successive halving keeping the best 1/N at each rung")
     ap.add_argument("--json", help="also write the figures to this file")

@@ -500,6 +500,44 @@ def test_the_behind_pruner_stops_a_flat_trial_through_optuna_and_spares_a_close_
     assert not close.should_prune()  # 0.02 behind: within the noise
 
 
+@settings(max_examples=300, deadline=None)
+@given(curve=curves, defaults=curves)
+def test_a_trial_is_behind_the_defaults_only_below_their_value_at_its_step(curve, defaults):
+    behind = studies.behind_defaults(curve, defaults)
+    step = max(curve)
+    before = [s for s in defaults if s <= step]
+    assert behind == (bool(before) and curve[step] < defaults[max(before)])
+    assert not studies.behind_defaults(curve, {}) and not studies.behind_defaults({}, defaults)
+
+
+def test_the_ahead_pruner_holds_each_trial_to_the_defaults_and_to_the_best_third():
+    optuna = pytest.importorskip("optuna")
+    from optuna.trial import TrialState
+
+    study = optuna.create_study(direction="maximize", pruner=studies._pruner("ahead", 10, val_rows=400))
+
+    def trial(values, defaults=False):
+        t = study.ask()
+        if defaults:
+            t.set_user_attr("defaults", True)
+        for i, v in enumerate(values):
+            t.report(v, 10 * (i + 1))
+            if t.should_prune():
+                study.tell(t, state=TrialState.PRUNED)
+                return "pruned", 10 * (i + 1)
+        study.tell(t, values[-1])
+        return "done", 10 * len(values)
+
+    assert trial([0.5, 0.55, 0.6], defaults=True) == ("done", 30)  # the bar: never stopped, even when low
+    assert trial([0.49, 0.9, 0.95]) == ("pruned", 10)  # behind the defaults at its first evaluation
+    assert trial([0.7, 0.8, 0.9]) == ("done", 30)  # ahead of them, and the best at each rung
+    assert trial([0.6, 0.5, 0.9]) == ("pruned", 10)  # ahead of the defaults, but not the best of three at step 10
+    for _ in range(3):  # more trials level with the best: at step 10, six compete and the best two go on
+        trial([0.7, 0.8, 0.9])
+    assert trial([0.65, 0.8, 0.9]) == ("pruned", 10)
+    assert trial([0.7, 0.54, 0.9]) == ("pruned", 20)  # past the first rung, behind the defaults' 0.55
+
+
 def test_a_study_evaluates_a_trial_several_times_a_run_when_that_is_cheap(tmp_path):
     store = Store(tmp_path / "s")
     configs = bases("lora", data=DataConfig(size=400), epochs=1)
@@ -513,7 +551,7 @@ def test_a_study_evaluates_a_trial_several_times_a_run_when_that_is_cheap(tmp_pa
     tiny = studies.new_study(store, configs, trials=2, train_rows=100, val_rows=150, pruner="none")
     assert tiny.base("lora").eval_every == 0
     halving = studies.new_study(store, configs, trials=2, train_rows=2000, val_rows=428)
-    assert halving.pruner == "halving" == studies.DEFAULT_PRUNER
+    assert halving.pruner == "ahead" == studies.DEFAULT_PRUNER
     assert studies.evaluations_per_run(2000, 428, 1, pruning=False) == 2
     assert halving.base("lora").eval_every == -(-steps // 4)
     import inspect

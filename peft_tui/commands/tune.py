@@ -87,9 +87,9 @@ def tune(
         "--resume", metavar="STUDY", help="continue a stopped study (its settings are the stored ones)")] = None,
     study: Annotated[Optional[str], typer.Option("--study", help="name of a new study (default tune-N)")] = None,
     pruner: Annotated[str, typer.Option(
-        "--pruner", help="halving (successive halving: at a quarter of a run, then at three quarters, a trial "
-        "goes on only among the best third so far), behind (stop a trial beyond 2 standard errors of the "
-        "validation accuracy behind the best), median or none")] = "halving",
+        "--pruner", help="ahead (a trial goes on only while it is not behind the defaults trial at the same "
+        "step, and among the best third at a quarter and three quarters of its run), halving (the same without "
+        "the defaults bar), behind (stop a trial beyond 2 standard errors behind the best), median or none")] = "ahead",
     model: ModelOpt = "minilm",
     data: DataOpt = "synthetic",
     sets: SetOpt = None,

@@ -16,13 +16,12 @@ How it works (Optuna's ask-and-tell form):
   says so the run is cancelled through the store (works across processes and on Ray) and recorded
   `pruned` at its step; a finished run's value is its final validation accuracy: the test split of a
   trial is never read;
-- the default pruner, `halving`, is Optuna's successive halving: a trial evaluates at least four times a
-  run (`evaluations_per_run`), and at its first evaluation (a quarter of the run), then at three times that
-  step, it goes on only if it is among the best third of the method's trials there. `behind` stops a trial
-  only when it is clearly behind: from its second evaluation on, below the best other trial at the same step
-  by more than two standard errors of an accuracy on the validation rows (`clearly_behind`). `median` is
-  Optuna's. Pruning never changes what the final runs use unless a trial clearly beats the defaults (see
-  pruning.py for the evidence behind the default);
+- the default pruner, `ahead`, is successive halving with the defaults as the bar: a trial evaluates at
+  least four times a run (`evaluations_per_run`); at each evaluation it goes on only while it is not behind
+  the defaults trial at the same step (`behind_defaults`), and at its first evaluation (a quarter of the
+  run), then at three times that step, only while it is among the best third of the method's trials
+  there. `halving` is the same without the defaults bar; `behind` stops a trial only when it is clearly
+  behind (`clearly_behind`); `median` is Optuna's. See pruning.py for the evidence behind the default;
 - the budget is --trials per method, or --budget seconds split equally (each method's trials' run
   seconds count against its share);
 - Ctrl-C cancels the study's runs; `--resume NAME` continues: finished trials stay, a trial cut short is
@@ -45,6 +44,7 @@ from peft_tui.engine.tune.pruning import (
     PRUNE_FROM_EVAL,
     PRUNERS,
     _pruner,
+    behind_defaults,
     clearly_behind,
     evaluations_per_run,
     noise,
@@ -65,6 +65,6 @@ from peft_tui.engine.tune.study import (
 
 __all__ = ["COUNTED", "DEFAULT_PRUNER", "EVAL_COST_SHARE", "HALVING_FACTOR", "MAX_EVALS_PER_RUN", "MIN_EVALS_PRUNED",
            "NAME_CHARS", "NOISE_Z", "POLL_S",
-           "PRUNERS", "PRUNE_FROM_EVAL", "STUDY_DIR", "StudySpec", "Tuner", "_pruner", "clearly_behind",
+           "PRUNERS", "PRUNE_FROM_EVAL", "STUDY_DIR", "StudySpec", "Tuner", "_pruner", "behind_defaults", "clearly_behind",
            "evaluations_per_run", "export_config", "list_studies", "load_study", "new_study", "noise",
            "run_seconds", "save", "searched_values", "study_dir", "study_runs", "summary"]

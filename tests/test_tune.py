@@ -636,3 +636,36 @@ def test_progress_line_says_when_the_defaults_are_kept_over_a_higher_trial():
     kept = progress_line("full", {"trials_run": 4, "pruned": 0, "best": {**best, "kept_defaults": "trial 3 ..."}},
                          "6")
     assert kept == "full: 4/6 trials, defaults kept at val 86.2% (trial 0; a higher trial is within the noise)"
+
+
+def test_the_tune_chart_shows_a_pruned_trial_that_shares_its_point_with_another_methods_trial():
+    """Found looking at the tune view: a pruned trial at the same (trial, accuracy) as another method's finished
+    trial, or under another method's line, lost its x. Pruned marks are drawn last."""
+    import asyncio
+    import re
+
+    from textual.app import App
+
+    from peft_tui.ui.screens.tune import BestSoFarChart
+
+    def trials(*rows):
+        return [{"trial": i, "status": status, "val_accuracy": acc} for i, (status, acc) in enumerate(rows)]
+
+    doc = {"methods": {"lora": {"trials": trials(("done", 0.55), ("pruned", 0.5), ("pruned", 0.5))},
+                       "adapters": {"trials": trials(("done", 0.5), ("done", 0.5), ("done", 0.5))}}}
+
+    class Host(App):
+        def compose(self):
+            yield BestSoFarChart()
+
+    async def drive():
+        app = Host()
+        async with app.run_test(size=(100, 30)) as pilot:
+            chart = app.query_one(BestSoFarChart)
+            chart.draw(doc)
+            await pilot.pause()
+            return re.sub(r"\x1b\[[0-9;]*m", "", chart.plt.build())
+
+    plot = [line for line in asyncio.run(drive()).splitlines() if "│" in line or "┤" in line]
+    marks = [line.split("│")[-2] if line.count("│") >= 2 else line for line in plot]
+    assert sum(m.count("x") for m in marks) == 2  # both pruned LoRA trials, on adapters' 50% line and points

@@ -43,12 +43,15 @@ class BestSoFarChart(PlotextPlot):
         plt.title("best validation accuracy so far, per method")
         plt.xlabel("trial")
         plt.ylabel("val acc %")
-        for method, m in (doc or {}).get("methods", {}).items():
-            curve = best_so_far(m["trials"])
+        curves = {method: best_so_far(m["trials"]) for method, m in (doc or {}).get("methods", {}).items()}
+        for method, curve in curves.items():
             points = [(c["trial"], 100 * c["best"]) for c in curve if c["best"] is not None]
             if points:
                 plt.plot([p[0] for p in points], [p[1] for p in points], label=method)
-            for status, marker in (("done", "o"), ("pruned", "x")):
+        # the trials' own points after every line, and the pruned ones last: where two trials share a point,
+        # no method's line or o covers another method's x
+        for status, marker in (("done", "o"), ("pruned", "x")):
+            for curve in curves.values():
                 own = [(c["trial"], 100 * c["val_accuracy"]) for c in curve
                        if c["status"] == status and c["val_accuracy"] is not None]
                 if own:

@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from peft_tui.cli import app
 from peft_tui.config import DataConfig, RunConfig, parse_duration
 from peft_tui.errors import ConfigError
-from tests.conftest import tiny_config, trained_store
+from tests.conftest import tiny_config, trained_store, wait_for
 
 runner = CliRunner()
 SHARED = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
@@ -402,15 +402,6 @@ def test_a_run_stops_cleanly_at_max_time(tmp_path):
     assert "stopped: max_time" in events
 
 
-def wait_for(what, deadline_s: float, step: float = 0.2):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        value = what()
-        if value:
-            return value
-        time.sleep(step)
-    return what()
-
 
 def alive(pid: int) -> bool:
     try:
@@ -436,16 +427,15 @@ def test_a_killed_command_leaves_no_worker_training(tmp_path, sig, worker_proces
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     worker_pid = None
     try:
-        st_ = wait_for(lambda: (root / "runs.db").exists() and Store(root), 60)
-        row = wait_for(lambda: next((r for r in st_.list() if r["status"] == "running" and r["pid"]), None), 120)
-        assert row is not None, [dict(r) for r in st_.list()]
+        st_ = wait_for(lambda: (root / "runs.db").exists() and Store(root), 60, "the store")
+        row = wait_for(lambda: next((r for r in st_.list() if r["status"] == "running" and r["pid"]), None), 120,
+                       "a run training")
         worker_pid = int(row["worker"].split(":")[1])
         os.kill(cli.pid, sig)
         cli.wait(30)
-        ended = wait_for(lambda: st_.get(row["id"])["status"] in ("cancelled", "failed", "done"), 60)
-        assert ended, st_.get(row["id"])["status"]
+        wait_for(lambda: st_.get(row["id"])["status"] in ("cancelled", "failed", "done"), 60, "the run to end")
         assert st_.get(row["id"])["status"] == "cancelled"
-        assert wait_for(lambda: not alive(worker_pid) and not alive(row["pid"]), 30)
+        wait_for(lambda: not alive(worker_pid) and not alive(row["pid"]), 30, "the worker and run processes to end")
     finally:
         if cli.poll() is None:
             cli.kill()

@@ -124,7 +124,7 @@ def test_shared_methods_give_the_base_features_exactly():
         method = get_method(name)
         model = build_model(cfg, method, method.resolve({}), 3, "cpu", fingerprint=True)
         prints[name] = getattr(model, FINGERPRINT_ATTR)
-        feats[name] = probe.encode(model, probe.final_linear(model), ids, 0, probe.ENCODE_BATCH, "cpu",
+        feats[name] = probe.encode(model, probe.final_linear(model), ids, 0, probe.encode_limits("cpu")[0], "cpu",
                                    __import__("contextlib").nullcontext, threading.Event())
     assert len(set(prints.values())) == 1
     for name, x in feats.items():
@@ -171,6 +171,27 @@ def test_any_damaged_bytes_are_a_miss_never_an_error(tmp_path, junk, keep):
     got = featcache.load(path, "k", 4)
     assert got is None or torch.equal(got, x)
     assert featcache.load(path, "other key", 4) is None and featcache.load(path, "k", 5) is None
+
+
+def test_a_change_to_any_byte_of_a_features_file_is_a_miss_or_the_same_features(tmp_path):
+    """Every byte changed in turn (the failing case hypothesis found: the last float's bytes zeroed, the
+    header intact, read back as features before the payload carried a checksum)."""
+    import torch
+
+    x = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    path = tmp_path / "feat-x.safetensors"
+    featcache.save(path, "k", x)
+    good = path.read_bytes()
+    misses = 0
+    for i in range(len(good)):
+        path.write_bytes(good[:i] + bytes([good[i] ^ 0x04]) + good[i + 1:])
+        got = featcache.load(path, "k", 4)
+        assert got is None or torch.equal(got, x), i
+        misses += got is None
+    payload = x.numel() * 4
+    assert misses >= payload  # at least every change to the features themselves
+    path.write_bytes(good)
+    assert torch.equal(featcache.load(path, "k", 4), x)
 
 
 def test_concurrent_writers_leave_a_whole_file(tmp_path):

@@ -45,6 +45,34 @@ def test_damaged_cache_file_is_a_miss(tmp_path, tiny_tokenizer):
     assert cached_tokenize(tmp_path, fp, tokenize, tiny_tokenizer, texts, 8) == tokenize(tiny_tokenizer, texts, 8)
 
 
+def test_a_change_to_any_byte_of_a_cache_file_is_a_miss_never_other_ids(tmp_path, tiny_tokenizer):
+    """Every byte of the file, header and payload, changed in turn: the cache returns the right ids (a miss,
+    tokenised again) every time, never ids read from a damaged payload."""
+    from peft_tui.engine.batching import tokenize
+    from peft_tui.engine.data.tokcache import cached_tokenize, tokenizer_fingerprint
+
+    fp = tokenizer_fingerprint(tiny_tokenizer)
+    texts = ["one", "two three", "four five six seven"]
+    want = tokenize(tiny_tokenizer, texts, 8)
+    cached_tokenize(tmp_path, fp, tokenize, tiny_tokenizer, texts, 8)
+    (path,) = tmp_path.glob("tok-*.safetensors")
+    good = path.read_bytes()
+    calls = []
+
+    def counting(*a):
+        calls.append(1)
+        return tokenize(*a)
+
+    for i in range(len(good)):
+        for flip in (0x01, 0x80):
+            path.write_bytes(good[:i] + bytes([good[i] ^ flip]) + good[i + 1:])
+            assert cached_tokenize(tmp_path, fp, counting, tiny_tokenizer, texts, 8) == want, (i, flip)
+    path.write_bytes(good)
+    n = len(calls)
+    assert cached_tokenize(tmp_path, fp, counting, tiny_tokenizer, texts, 8) == want and len(calls) == n  # a hit
+    assert n > len(good)  # most changed files were misses (a flip inside JSON padding may still read whole)
+
+
 @pytest.mark.slow
 def test_run_fills_the_store_cache(store):
     from peft_tui.engine.trainer import execute

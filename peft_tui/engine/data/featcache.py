@@ -10,8 +10,9 @@ the first run writes it, the others read it (see probe.SHARES_BASE_FEATURES).
 The key is a fingerprint of the unwrapped model's weights upstream of the final layer (names, shapes,
 a strided sample and the sum of every tensor: randomly initialised parts such as a fresh pooler make it
 seed-dependent, a re-saved checkpoint changes it), plus the token ids themselves (which carry the data,
-the text columns, the tokenizer and max_length). Writes are atomic (temp file + rename); a damaged,
-mismatched or unreadable file is ignored and rewritten; a read-only store runs without the cache.
+the text columns, the tokenizer and max_length). Writes are atomic (temp file + rename); each file carries
+the sha256 of its features (tokcache.checksum), so a file damaged anywhere, mismatched or unreadable is
+ignored and rewritten, never read as features; a read-only store runs without the cache.
 """
 
 from __future__ import annotations
@@ -81,10 +82,15 @@ def load(path: Path, key: str, n: int) -> torch.Tensor | None:
         import torch
         from safetensors import safe_open
 
+        from peft_tui.engine.data.tokcache import checksum
+
         with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("key") != key:
+            meta = f.metadata() or {}
+            if meta.get("key") != key:
                 return None
             x = f.get_tensor("features")
+        if meta.get("checksum") != checksum(x.contiguous().numpy().tobytes()):
+            return None
         if x.dtype != torch.float32 or x.dim() != 2 or x.shape[0] != n or not torch.isfinite(x).all():
             return None
         return x
@@ -97,10 +103,14 @@ def save(path: Path, key: str, features: torch.Tensor) -> None:
     last rename wins with identical content). A read-only or full store just skips the cache."""
     from safetensors.torch import save_file
 
+    from peft_tui.engine.data.tokcache import checksum
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
+    x = features.contiguous()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"features": features.contiguous()}, str(tmp), metadata={"format": FORMAT, "key": key})
+        save_file({"features": x}, str(tmp), metadata={"format": FORMAT, "key": key,
+                                                          "checksum": checksum(x.numpy().tobytes())})
         os.replace(tmp, path)
     except Exception:  # noqa: BLE001 - OSError, or safetensors' own error on a full disk
         with contextlib.suppress(OSError):

@@ -3,7 +3,9 @@ per text, and a probe run reports, saves and reloads a head that reproduces its 
 
 from __future__ import annotations
 
+import random
 import threading
+from collections import Counter
 
 import pytest
 from conftest import tiny_config
@@ -172,3 +174,29 @@ def test_lpft_chooses_on_at_most_probe_val_rows(n):
     rows = probe.choice_rows(n)
     assert rows == sorted(set(rows)) and all(0 <= i < n for i in rows)
     assert len(rows) == min(n, probe.PROBE_VAL_ROWS) and rows == probe.choice_rows(n)  # the same rows every time
+
+
+@settings(max_examples=200, deadline=None)
+@given(counts=st.lists(st.integers(0, 3000), min_size=1, max_size=12), seed=st.integers(0, 2**16))
+def test_lpft_fits_its_start_on_a_sample_that_keeps_every_class(counts, seed):
+    labels = [c for c, n in enumerate(counts) for _ in range(n)]
+    random.Random(seed).shuffle(labels)
+    rows = probe.probe_rows(labels)
+    assert rows == sorted(set(rows)) and all(0 <= i < len(labels) for i in rows)
+    assert rows == probe.probe_rows(labels)  # the same rows every time: runs share their cached features
+    if len(labels) <= probe.PROBE_TRAIN_ROWS:
+        assert rows == list(range(len(labels)))
+        return
+    picked = Counter(labels[i] for i in rows)
+    for c, n in enumerate(counts):  # every class kept: at least PROBE_MIN_PER_CLASS rows or all it has
+        assert picked[c] >= min(n, probe.PROBE_MIN_PER_CLASS)
+        if n:  # and about its share of the sample
+            assert abs(picked[c] - n * probe.PROBE_TRAIN_ROWS / len(labels)) <= probe.PROBE_MIN_PER_CLASS + 1
+    assert len(rows) <= probe.PROBE_TRAIN_ROWS + len(counts) * (probe.PROBE_MIN_PER_CLASS + 1)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:0", "cuda:3"])
+def test_encode_limits_are_per_device_type(device):
+    rows, tokens = probe.encode_limits(device)
+    assert (rows, tokens) == probe.ENCODE_LIMITS["cuda" if device.startswith("cuda") else "cpu"]
+    assert 1 <= rows and rows * 16 <= tokens  # a batch of the row limit holds texts of at least 16 tokens

@@ -257,7 +257,9 @@ def init_head(model, run_id: int, sink: Sink, cancel: threading.Event, train_ids
     on = len(probe.choice_rows(len(val_ids)))
     chosen = (f"chosen on {'the' if on == len(val_ids) else f'{on} of the {len(val_ids)}'} validation rows, where it "
               f"scores {fit.val_accuracy:.1%}" if val_ids else "the default: no validation split")
-    sink(LogMessage(run_id, "info", f"head_init=probe: classifier fitted as a linear probe on the {len(train_ids)} "
+    fitted_on = len(probe.probe_rows(data.train.labels))
+    of = "" if fitted_on == len(train_ids) else f"{fitted_on} of "
+    sink(LogMessage(run_id, "info", f"head_init=probe: classifier fitted as a linear probe on {of}the {len(train_ids)} "
                                     f"training texts' features before the first step in {seconds:.1f}s (weight "
                                     f"decay {fit.weight_decay:g}, {chosen}; {iterations} L-BFGS iterations; "
                                     f"{stats.describe()})"))

@@ -160,9 +160,9 @@ def forward_seconds(s: Shape, b: int, w: int, cal: Calibration, device: str, pre
 
 def probe_fit_seconds(config: RunConfig, s: Shape, lengths: Sequence[int], cal: Calibration, device: str,
                       precision: str) -> float:
-    """`head_init=probe`: the trainer encodes the training rows and the validation rows once before the first
-    step (probe.fit_head; shortest first, in probe.length_sorted_batches); the validation rows are counted
-    as the split's share of the training rows. Then the L-BFGS fits over the weight-decay grid (PROBE_FIT_S).
+    """`head_init=probe`: the trainer encodes at most PROBE_TRAIN_ROWS training rows and PROBE_VAL_ROWS validation
+    rows once before the first step (probe.fit_head; shortest first, in probe.length_sorted_batches); both are
+    counted as shares of the training rows' pass. Then the L-BFGS fits over the weight-decay grid (PROBE_FIT_S).
     `head_init=auto` counts when it resolves to the probe for this run's number of steps. (Features another
     run of the store has cached make it shorter; the estimate does not count on that.)"""
     from peft_tui.engine import probe
@@ -173,9 +173,12 @@ def probe_fit_seconds(config: RunConfig, s: Shape, lengths: Sequence[int], cal: 
     if probe.resolve_head_init(config.head_init, steps) != "probe" or method.is_baseline or method.run is not None:
         return 0.0
     cut = [min(n, config.max_length) for n in lengths]
-    train = sum(forward_seconds(s, len(b), cut[b[-1]], cal, device, precision)
-                for b in probe.length_sorted_batches(cut, probe.ENCODE_BATCH, probe.ENCODE_TOKENS))
+    rows, tokens = probe.encode_limits(device)
+    every = sum(forward_seconds(s, len(b), cut[b[-1]], cal, device, precision)
+                for b in probe.length_sorted_batches(cut, rows, tokens))
+    n = max(1, len(lengths))
+    train = every * min(1.0, probe.PROBE_TRAIN_ROWS / n)  # a sample across lengths: its share of the pass
     d = config.data
     val_share = d.val_fraction / max(1e-9, 1.0 - d.val_fraction - d.test_fraction)
-    val_share = min(val_share, probe.PROBE_VAL_ROWS / max(1, len(lengths)))  # at most PROBE_VAL_ROWS are encoded
-    return train * (1.0 + val_share) + PROBE_FIT_S
+    val_rows = min(val_share * n, probe.PROBE_VAL_ROWS)  # at most PROBE_VAL_ROWS are encoded
+    return train + every * val_rows / n + PROBE_FIT_S

@@ -72,11 +72,36 @@ def trial_runs(store: Store, spec: studies.StudySpec, method: str) -> list[dict]
             continue
         start = row.get("started_at") or row.get("claimed_at")
         curve = [(s, v, t - start) for s, v, t in store.points(row["id"], "val_accuracy")]
+        clock = training_clock(store, row)
         out.append({"trial": trial["trial"], "seconds": studies.run_seconds(row), "total_steps": row["total_steps"],
+                    "train_s": clock(row["total_steps"]), "clock": clock,
+                    "actual_train_s": training_clock(store, trial)(trial["step"] or 0) if trial is not row else None,
                     "actual_s": studies.run_seconds(trial), "pruned_at": trial["step"] if trial is not row else None,
                     "final": (row["result"] or {}).get("val_accuracy"), "curve": curve,
                     "eval_every": row["config"].get("eval_every", 0)})
     return sorted(out, key=lambda r: r["trial"])
+
+
+def training_clock(store: Store, row: dict):
+    """step -> the run's training seconds at that step: its training clock (the optimizer steps and the LP-FT
+    probe fit; evaluations, loading and saving excluded), read from its StepLogged events and interpolated
+    between them; a finished run ends at its result's train_time_s."""
+    from peft_tui.engine.events import StepLogged, read_events
+
+    extra = (row.get("result") or {}).get("extra") or {}
+    points = [(0, float(extra.get("head_init_s", 0.0)))]
+    points += sorted((e.step, e.elapsed_s) for e in read_events(store.events_path(row["id"])) if isinstance(e, StepLogged))
+    if row.get("result"):
+        points.append((row["total_steps"], float(row["result"]["train_time_s"])))
+
+    def at(step: int) -> float:
+        before = max((p for p in points if p[0] <= step), default=points[0])
+        after = min((p for p in points if p[0] >= step), default=before)
+        if after[0] == before[0]:
+            return before[1] if after is before else max(before[1], after[1])
+        return before[1] + (after[1] - before[1]) * (step - before[0]) / (after[0] - before[0])
+
+    return at
 
 
 PRUNE_FROM_EVAL = pruning.PRUNE_FROM_EVAL
@@ -94,7 +119,7 @@ def replay(trials: list[dict], pruner_name: str, val_rows: int) -> dict:
     pruning.PRUNE_FROM_EVAL = int(arg) if arg and base == "behind" else PRUNE_FROM_EVAL  # read by clearly_behind
     pruning.HALVING_FACTOR = int(arg) if arg and base == "halving" else HALVING_FACTOR  # read by _pruner
     study = optuna.create_study(direction="maximize", pruner=studies._pruner(base, eval_every, val_rows))
-    seconds, steps, pruned, kept = 0.0, 0, [], []
+    seconds, steps, train_s, pruned, kept = 0.0, 0, 0.0, [], []
     for tr in trials:
         t = study.ask()
         if tr["trial"] == 0:  # the method's first trial is its defaults, as search.py tags it
@@ -109,13 +134,15 @@ def replay(trials: list[dict], pruner_name: str, val_rows: int) -> dict:
             study.tell(t, tr["final"])
             seconds += tr["seconds"]
             steps += tr["total_steps"]
+            train_s += tr["train_s"]
             kept.append(tr)
         else:
             study.tell(t, state=TrialState.PRUNED)
             seconds += stop[1]
             steps += stop[0]
+            train_s += tr["clock"](stop[0])
             pruned.append({"trial": tr["trial"], "step": stop[0], "of": tr["total_steps"]})
-    return {"seconds": seconds, "steps": steps, "pruned": pruned, "kept": [k["trial"] for k in kept],
+    return {"seconds": seconds, "steps": steps, "train_s": train_s, "pruned": pruned, "kept": [k["trial"] for k in kept],
             "best_kept": max((k["final"] for k in kept), default=None), "outcome": outcome(kept, val_rows)}
 
 
@@ -152,9 +179,10 @@ def main() -> int:
     doc: dict = {"study": spec.name, "val_rows": spec.val_rows, "methods": {}}
     total = {"unpruned": 0.0}
     print(f"study {spec.name}: {spec.val_rows} validation rows; replaying {args.pruners} on its unpruned trials\n")
-    print("saved: of the training steps (the load-independent cost), and of the run seconds (wall, this machine)")
+    print("saved: of the training steps (the load-independent cost), of the run seconds (wall, this machine: "
+          "loading, evaluations and saving included) and of the training seconds (the runs' training clock)")
     print(f"{'method':9} {'pruner':8} {'pruned':>7} {'steps':>6} {'of':>6} {'saved':>6} {'seconds':>8} {'of':>8} "
-          f"{'saved':>6}  outcome  winner kept (best val %; a lost winner within noise: the kept best is within "
+          f"{'saved':>6} {'train s':>7} {'of':>7} {'saved':>6}  outcome  winner kept (best val %; a lost winner within noise: the kept best is within "
           f"{pruning.NOISE_Z:g} standard errors of it)")
     print("outcome: the trial whose configuration the final runs use (the best only where it beats the defaults, "
           "trial 0, beyond the noise), and whether the pruner kept it")
@@ -164,6 +192,10 @@ def main() -> int:
             continue
         unpruned = sum(t["seconds"] for t in trials)
         all_steps = sum(t["total_steps"] for t in trials)
+        all_train = sum(t["train_s"] for t in trials)
+        total["train"] = total.get("train", 0.0) + all_train
+        actual_train = sum(t["train_s"] if t["pruned_at"] is None else t["actual_train_s"] for t in trials)
+        total["as run train"] = total.get("as run train", 0.0) + actual_train
         total["steps"] = total.get("steps", 0) + all_steps
         winner = max(trials, key=lambda t: (t["final"], -t["trial"]))
         total["unpruned"] += unpruned
@@ -173,7 +205,8 @@ def main() -> int:
         ran = sum(t["pruned_at"] if t["pruned_at"] is not None else t["total_steps"] for t in trials)
         total["as run steps"] = total.get("as run steps", 0) + ran
         print(f"{method:9} {'as run':8} {len(cut):>3}/{len(trials):<3} {ran:6d} {all_steps:6d} "
-              f"{pct(ran, all_steps)} {actual:8.0f} {unpruned:8.0f} {pct(actual, unpruned)}  {'':7}  "
+              f"{pct(ran, all_steps)} {actual:8.0f} {unpruned:8.0f} {pct(actual, unpruned)} {actual_train:7.0f} "
+              f"{all_train:7.0f} {pct(actual_train, all_train)}  {'':7}  "
               f"{'yes' if winner['pruned_at'] is None else 'NO'} (pruned: "
               + (", ".join(f"t{t['trial']} at {t['pruned_at']}/{t['total_steps']} (would end {100 * t['final']:.1f})"
                            for t in cut) or "none") + ")")
@@ -184,6 +217,7 @@ def main() -> int:
             r = replay(trials, name, spec.val_rows)
             total[name] = total.get(name, 0.0) + r["seconds"]
             total[f"{name} steps"] = total.get(f"{name} steps", 0) + r["steps"]
+            total[f"{name} train"] = total.get(f"{name} train", 0.0) + r["train_s"]
             saved = 1 - r["seconds"] / unpruned if unpruned else 0.0
             doc["methods"][method]["pruners"][name] = {**r, "saved": saved}
             kept = "yes" if winner["trial"] in r["kept"] else "NO"
@@ -196,14 +230,17 @@ def main() -> int:
             same = "same" if r["outcome"] == chosen else f"t{chosen}->{'-' if r['outcome'] is None else r['outcome']}"
             doc["methods"][method]["pruners"][name]["outcome_kept"] = r["outcome"] == chosen
             print(f"{method:9} {name:8} {len(r['pruned']):>3}/{len(trials):<3} {r['steps']:6d} {all_steps:6d} "
-                  f"{pct(r['steps'], all_steps)} {r['seconds']:8.0f} {unpruned:8.0f} {pct(r['seconds'], unpruned)}  "
+                  f"{pct(r['steps'], all_steps)} {r['seconds']:8.0f} {unpruned:8.0f} {pct(r['seconds'], unpruned)} "
+                  f"{r['train_s']:7.0f} {all_train:7.0f} {pct(r['train_s'], all_train)}  "
                   f"{same:7}  {kept} ({best} vs {100 * winner['final']:.1f})")
     print()
     for name in ["as run", *[p.strip() for p in args.pruners.split(",") if p.strip()]]:
         if name in total and total["unpruned"]:
             print(f"all methods, {name}: {total[name + ' steps']} of {total['steps']} steps "
                   f"({pct(total[name + ' steps'], total['steps']).strip()} saved), {total[name]:.0f} of "
-                  f"{total['unpruned']:.0f} run seconds ({pct(total[name], total['unpruned']).strip()} saved)")
+                  f"{total['unpruned']:.0f} run seconds ({pct(total[name], total['unpruned']).strip()} saved), "
+                  f"{total[name + ' train']:.0f} of {total['train']:.0f} training seconds "
+                  f"({pct(total[name + ' train'], total['train']).strip()} saved)")
     doc["total"] = total
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=2))

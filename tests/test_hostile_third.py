@@ -402,7 +402,6 @@ def test_a_run_stops_cleanly_at_max_time(tmp_path):
     assert "stopped: max_time" in events
 
 
-
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

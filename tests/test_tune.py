@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -439,6 +440,50 @@ def test_the_dashboard_tune_view_runs_a_study_and_shows_its_curve_and_final_tabl
             assert [t["trial"] for t in trials] == [0, 1] and all(t["status"] == "done" for t in trials)
 
     asyncio.run(drive())
+
+
+def test_stopping_the_tune_view_before_its_study_exists_creates_no_study_and_says_so(tmp_path, monkeypatch):
+    """Seen in tmux: `x` pressed while the study's data still loaded said `--resume NAME` (no name yet), and the
+    study was created after all, empty. Now nothing is created and the view says the study did not start."""
+    import asyncio
+
+    pytest.importorskip("textual")
+    from textual.widgets import Static
+
+    from peft_tui.config import RunConfig
+    from peft_tui.engine import submit
+    from peft_tui.ui.app import create_app
+    from peft_tui.ui.screens.tune import TuneScreen
+
+    loading, go = threading.Event(), threading.Event()
+    real_prepare = submit.prepare
+
+    def slow_prepare(bases):
+        loading.set()
+        go.wait(30)
+        return real_prepare(bases)
+
+    monkeypatch.setattr(submit, "prepare", slow_prepare)
+    template = RunConfig(model="tiny", data=DataConfig(size=60), epochs=1, batch_size=16, head_init="random")
+    app = create_app(store=tmp_path / "store", template=template, devices=["cpu"], poll_s=0.3)
+
+    async def drive():
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = TuneScreen(template, methods=("full",), trials=2, seeds=1)
+            app.push_screen(screen)
+            while not loading.is_set():
+                await pilot.pause(0.1)
+            await pilot.press("x")
+            status = screen.query_one("#tune-status", Static)
+            assert "stopping before the study starts" in str(status.render())
+            go.set()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and "not started" not in str(status.render()):
+                await pilot.pause(0.2)
+            assert str(status.render()) == "study not started: stopped before its first trial"
+
+    asyncio.run(drive())
+    assert studies.list_studies(app.store) == []
 
 
 # ---------------------------------------------------------------- the `behind` pruner (no training)

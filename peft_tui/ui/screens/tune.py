@@ -97,6 +97,9 @@ class TuneScreen(Screen):
         bases = [dataclasses.replace(self.template, method=m, params={}, lr=None, name=None) for m in self.methods]
         try:
             splits = prepare(bases)
+            if self.stop_event.is_set():  # stopped while the data loaded: create nothing to resume
+                self.app.call_from_thread(self._say, "study not started: stopped before its first trial")
+                return
             self.spec = studies.new_study(store, bases, trials=self.trials, seeds=self.seeds,
                                           parallel=getattr(self.app, "worker_count", None) or 1,
                                           train_rows=len(splits.train.labels), val_rows=len(splits.val.labels))
@@ -109,6 +112,9 @@ class TuneScreen(Screen):
                 studies.Tuner(store, self.spec, pool, data=splits).run(self.stop_event)
             finally:
                 pool.release()
+            if self.stop_event.is_set():
+                self.app.call_from_thread(self._say, f"study {self.spec.name} stopped: continue it with "
+                                                     f"`peft-tui tune --resume {self.spec.name}`")
         except OneLineError as e:
             self.app.call_from_thread(self._say, f"study not started: {e}")
 
@@ -132,7 +138,8 @@ class TuneScreen(Screen):
 
     # ------------------------------------------------------------------ UI thread
     def _say(self, text: str) -> None:
-        self.query_one("#tune-status", Static).update(literal(text))
+        if self.is_mounted:  # a thread may report after the view was left
+            self.query_one("#tune-status", Static).update(literal(text))
 
     def _show(self, doc: dict[str, Any]) -> None:
         from peft_tui.report.tune import progress_line, to_text
@@ -147,10 +154,10 @@ class TuneScreen(Screen):
             self.query_one("#tune-table", Static).update(literal(to_text(doc, chart=False)))
 
     def action_stop(self) -> None:
-        """Stop the study: its runs are cancelled; `peft-tui tune --resume NAME` continues it."""
+        """Stop the study: its runs are cancelled; `peft-tui tune --resume NAME` continues it. Before the study
+        exists (its data still loading) nothing is created; the study thread says which it was."""
         self.stop_event.set()
-        self._say(f"study {self.study_name or ''} stopping: continue it with `peft-tui tune --resume "
-                  f"{self.study_name or 'NAME'}`")
+        self._say(f"study {self.study_name} stopping…" if self.study_name else "stopping before the study starts…")
 
     def action_back(self) -> None:
         self.app.pop_screen()

@@ -48,9 +48,9 @@ def _run(store, **kw):
 @pytest.mark.slow  # seven tiny runs through execute
 def test_a_comparison_encodes_the_probe_texts_once(store, counted):
     first, _ = _run(store, method="lora")
-    n = first.sizes["train"] + first.sizes["val"]
+    n = first.sizes["train"]  # LP-FT encodes the training texts alone (weight decay by cross-validation)
     assert sum(counted) == n and first.extra["head_init_texts_encoded"] == n
-    assert len(list(store.cache_dir.glob("feat-*.safetensors"))) == 2  # train, val
+    assert len(list(store.cache_dir.glob("feat-*.safetensors"))) == 1  # train
 
     again, logs = _run(store, method="lora")  # the same run again: features from the cache, same result
     assert sum(counted) == n and again.extra["head_init_texts_cached"] == n
@@ -65,9 +65,9 @@ def test_a_comparison_encodes_the_probe_texts_once(store, counted):
         assert r.extra["head_init_texts_cached"] == n, method
     assert sum(counted) == n
 
-    head, _ = _run(store, method="head")  # the probe itself: train and val cached, only test encoded
-    assert head.extra["texts_cached"] == n and head.extra["texts_encoded"] == head.sizes["test"]
-    assert sum(counted) == n + head.sizes["test"]
+    head, _ = _run(store, method="head")  # the probe itself: train cached, val and test encoded
+    assert head.extra["texts_cached"] == n and head.extra["texts_encoded"] == head.sizes["val"] + head.sizes["test"]
+    assert sum(counted) == n + head.sizes["val"] + head.sizes["test"]
 
     prompt, _ = _run(store, method="prompt")  # virtual tokens change the features: its own encoding
     assert prompt.extra["head_init_texts_encoded"] == n and prompt.extra["head_init_texts_cached"] == 0

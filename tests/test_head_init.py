@@ -52,31 +52,33 @@ def init(cfg, events=None):
     """The model after `trainer.init_head`, with the ids, data, pad id and the returned figures."""
     model, ids, data, pad = setup(cfg)
     extra = trainer.init_head(model, 0, (events if events is not None else []).append, threading.Event(), ids[0],
-                              ids[1], data, pad, "cpu", "fp32")
+                              data, pad, "cpu", "fp32")
     return model, ids, data, pad, extra
 
 
-def test_probe_init_equals_the_head_probe_fit(tmp_path):
-    """`full` with head_init=probe starts from exactly the head the `head` probe fits on the same features."""
+def test_probe_init_is_the_cross_validated_probe_on_the_training_texts_alone(tmp_path):
+    """`full` with head_init=probe starts from the probe fitted on the training texts' features, its weight
+    decay chosen by cross-validation on them: no validation text is encoded, and the head is the one
+    `fit_layer` gives those features with PROBE_FOLDS folds."""
     import torch
-    from safetensors.torch import load_file
 
     data = easy_data(tmp_path)
+    cfg = tiny_config(method="full", pooling="mean", data=data, head_init="probe")
     events = []
-    model, _, _, _, extra = init(tiny_config(method="full", pooling="mean", data=data, head_init="probe"), events)
-    head_cfg = tiny_config(method="head", pooling="mean", data=data)
-    from peft_tui.engine.data import load_splits
-
-    result = probe.run(head_cfg, 1, lambda e: None, threading.Event(), tmp_path / "head", load_splits(data, 42),
-                       method=get_method("head"))
-    fitted = load_file(str(tmp_path / "head" / "head.safetensors"))
-    assert extra["head_init_weight_decay"] == result.extra["probe_weight_decay"]
-    assert extra["head_init_val_accuracy"] == pytest.approx(result.val_accuracy)
-    assert torch.allclose(model.classifier.weight, fitted["classifier.weight"], atol=1e-5)
-    assert torch.allclose(model.classifier.bias, fitted["classifier.bias"], atol=1e-5)
+    model, (train_ids, val_ids, _), splits, pad, extra = init(cfg, events)
+    assert len(val_ids) == 20 and extra["head_init_texts_encoded"] == len(train_ids) == 40
+    fresh, _, _, _ = setup(cfg)  # the same seeded model before the fit
+    layer = probe.final_linear(fresh)
+    feats, _ = probe.features(fresh, layer, {"train": train_ids}, pad, "cpu", "fp32", threading.Event())
+    expected, _ = probe.fit_layer(layer, feats, {"train": splits.train.labels}, 2, probe.WEIGHT_DECAYS,
+                                  threading.Event(), folds=probe.PROBE_FOLDS)
+    assert extra["head_init_weight_decay"] == expected.weight_decay
+    assert extra["head_init_cv_accuracy"] == pytest.approx(expected.val_accuracy) and expected.val_accuracy >= 0.9
+    assert torch.allclose(model.classifier.weight, layer.weight, atol=1e-5)
+    assert torch.allclose(model.classifier.bias, layer.bias, atol=1e-5)
     texts = [e.text for e in events if type(e).__name__ == "LogMessage"]
     assert len(texts) == 1 and texts[0].startswith("head_init=probe: classifier fitted as a linear probe on the 40 ")
-    assert f"weight decay {extra['head_init_weight_decay']:g}" in texts[0]
+    assert f"weight decay {extra['head_init_weight_decay']:g}, chosen by 2-fold cross-validation" in texts[0]
 
 
 def test_fit_layer_writes_the_fit_folded_into_raw_features():
@@ -104,7 +106,7 @@ def test_accuracy_is_high_before_any_step(tmp_path):
     model, (_, _, test_ids), data, pad, extra = init(cfg)
     after = evaluate(model, test_ids, data.test.labels, 2, 64, pad, "cpu", _null).accuracy
     assert len(test_ids) == 20 and after >= 0.95 and before <= 0.75, (before, after)
-    assert extra["head_init_val_accuracy"] >= 0.95
+    assert extra["head_init_cv_accuracy"] >= 0.95
 
 
 def _null():

@@ -169,11 +169,54 @@ def test_length_sorted_batches_cover_every_row_once_within_the_budget(lengths, b
             assert len(b) * max(1, lengths[b[-1]]) <= tokens
 
 
-@given(n=st.integers(0, 5000))
-def test_lpft_chooses_on_at_most_probe_val_rows(n):
-    rows = probe.choice_rows(n)
-    assert rows == sorted(set(rows)) and all(0 <= i < n for i in rows)
-    assert len(rows) == min(n, probe.PROBE_VAL_ROWS) and rows == probe.choice_rows(n)  # the same rows every time
+@settings(max_examples=200, deadline=None)
+@given(counts=st.lists(st.integers(0, 400), min_size=1, max_size=8), folds=st.integers(1, 6),
+       seed=st.integers(0, 2**16))
+def test_lpft_folds_split_every_class_evenly(counts, folds, seed):
+    labels = [c for c, n in enumerate(counts) for _ in range(n)]
+    random.Random(seed).shuffle(labels)
+    parts = probe.fold_rows(labels, folds)
+    assert parts == probe.fold_rows(labels, folds)  # the same folds every time
+    assert sorted(i for p in parts for i in p) == list(range(len(labels)))  # a partition of the rows
+    assert len(parts) == max(1, min(folds, len(labels)))
+    for c in set(labels):  # each class spread over the folds: at most one row more in one than in another
+        per_fold = [sum(1 for i in p if labels[i] == c) for p in parts]
+        assert max(per_fold) - min(per_fold) <= 1
+
+
+def test_lpft_cross_validation_chooses_the_penalty_that_generalises():
+    """Ten informative features and many noise ones on few rows: held out, a strong penalty beats a weak one;
+    the fit returned is on all rows, with the held-out scores of the weight decay chosen."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    n, d = 60, 200
+    y = torch.arange(n) % 2
+    x = torch.randn(n, d, generator=gen)
+    x[:, :10] += (2 * y[:, None] - 1) * 0.6
+    labels = y.tolist()
+    grid = (3.0, 1e-5)
+    fit, iterations = probe.cross_validate(x, labels, 2, grid, True, threading.Event(), folds=3)
+    held_acc = {}
+    for wd in grid:
+        correct = 0
+        for part in probe.fold_rows(labels, 3):
+            inside = sorted(set(range(n)) - set(part))
+            w, b, _ = probe.fit_linear(x[inside], y[inside], 2, wd, True)
+            correct += int(((x[part] @ w.T + b).argmax(-1) == y[part]).sum())
+        held_acc[wd] = correct / n
+    best = max(grid, key=lambda wd: (held_acc[wd], wd))
+    assert held_acc[3.0] > held_acc[1e-5], held_acc  # the data really asks for the penalty
+    assert fit.weight_decay == best and fit.val_accuracy == pytest.approx(held_acc[best], abs=1 / n)
+    w_all, _, _ = probe.fit_linear(x, y, 2, best, True)
+    assert torch.allclose(fit.w, w_all, atol=1e-3) and iterations > 0
+
+
+def test_lpft_cross_validation_with_one_row_fits_the_default():
+    import torch
+
+    fit, _ = probe.cross_validate(torch.ones(1, 4), [1], 2, probe.WEIGHT_DECAYS, True, threading.Event(), folds=2)
+    assert fit.weight_decay == probe.DEFAULT_WEIGHT_DECAY and fit.w.shape == (2, 4)
 
 
 @settings(max_examples=200, deadline=None)

@@ -124,8 +124,7 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
     if fit_probe:
-        extra = init_head(model, run_id, sink, cancel, train_ids, val_ids, data, pad_id, device, precision,
-                          cache_dir, shared)
+        extra = init_head(model, run_id, sink, cancel, train_ids, data, pad_id, device, precision, cache_dir, shared)
     last_val: dict[int, EvalResult] = {}  # the latest validation result, keyed by its step
 
     def evaluate_shared(ids: list[list[int]], labels: list[int]) -> EvalResult:
@@ -243,28 +242,26 @@ def train(config: RunConfig, run_id: int, sink: Sink, cancel: threading.Event, o
 # the loop's parts
 # ------------------------------------------------------------------------------------------------
 def init_head(model, run_id: int, sink: Sink, cancel: threading.Event, train_ids: list[list[int]],
-              val_ids: list[list[int]], data: DataSplits, pad_id: int, device: str, precision: str,
-              cache_dir: Path | None = None, shared: bool = False) -> dict[str, Any]:
+              data: DataSplits, pad_id: int, device: str, precision: str, cache_dir: Path | None = None,
+              shared: bool = False) -> dict[str, Any]:
     """`head_init=probe` (LP-FT): fit the model's final classifier layer as a linear probe on the features
-    the wrapped model gives the training texts before any step (weight decay chosen on the validation
-    split, see probe.fit_head; with `shared`, the features come from / go to the cache in `cache_dir`),
-    and say so. Returns the figures for the result's `extra`."""
+    the wrapped model gives (a sample of) the training texts before any step, its weight decay chosen by
+    cross-validation on them (probe.fit_head: no validation text is encoded; with `shared`, the features come
+    from / go to the cache in `cache_dir`), and say so. Returns the figures for the result's `extra`."""
     t = time.perf_counter()
-    fit, iterations, stats = probe.fit_head(model, {"train": train_ids, "val": val_ids},
-                                            {"train": data.train.labels, "val": data.val.labels}, data.num_labels,
-                                            pad_id, device, precision, cancel, cache_dir, shared)
+    fit, iterations, stats = probe.fit_head(model, train_ids, data.train.labels, data.num_labels, pad_id, device,
+                                            precision, cancel, cache_dir, shared)
     seconds = time.perf_counter() - t
-    on = len(probe.choice_rows(len(val_ids)))
-    chosen = (f"chosen on {'the' if on == len(val_ids) else f'{on} of the {len(val_ids)}'} validation rows, where it "
-              f"scores {fit.val_accuracy:.1%}" if val_ids else "the default: no validation split")
     fitted_on = len(probe.probe_rows(data.train.labels))
     of = "" if fitted_on == len(train_ids) else f"{fitted_on} of "
+    chosen = (f"chosen by {min(probe.PROBE_FOLDS, fitted_on)}-fold cross-validation on them, where it scores "
+              f"{fit.val_accuracy:.1%}" if fitted_on > 1 else "the default: a single training text")
     sink(LogMessage(run_id, "info", f"head_init=probe: classifier fitted as a linear probe on {of}the {len(train_ids)} "
                                     f"training texts' features before the first step in {seconds:.1f}s (weight "
                                     f"decay {fit.weight_decay:g}, {chosen}; {iterations} L-BFGS iterations; "
                                     f"{stats.describe()})"))
     return {"head_init_s": seconds, "head_init_weight_decay": fit.weight_decay,
-            "head_init_val_accuracy": fit.val_accuracy, "head_init_texts_encoded": stats.encoded,
+            "head_init_cv_accuracy": fit.val_accuracy, "head_init_texts_encoded": stats.encoded,
             "head_init_texts_cached": stats.cached}
 
 

@@ -13,9 +13,10 @@ from peft_tui.engine.estimate.shape import Shape
 MB = 1024.0 * 1024.0
 
 
-# the L-BFGS fits of the LP-FT probe over its 13 weight decays: 0.2-0.5 s on MiniLM features (1,680-2,000
-# rows, 1 thread), and about 2 s more the first time a process runs them
-PROBE_FIT_S = 1.5
+# the L-BFGS fits of the LP-FT probe: PROBE_FOLDS-fold cross-validation over its 13 weight decays, then the
+# chosen one on all rows: 1.4 s on MiniLM features of 1,024 AG News rows (1 thread), and about 1 s more the
+# first time a process runs them
+PROBE_FIT_S = 2.5
 
 
 RETENTION_CPU = 1.35  # peak RSS / live bytes of the training step (glibc keeps freed blocks), measured
@@ -160,11 +161,11 @@ def forward_seconds(s: Shape, b: int, w: int, cal: Calibration, device: str, pre
 
 def probe_fit_seconds(config: RunConfig, s: Shape, lengths: Sequence[int], cal: Calibration, device: str,
                       precision: str) -> float:
-    """`head_init=probe`: the trainer encodes at most PROBE_TRAIN_ROWS training rows and PROBE_VAL_ROWS validation
-    rows once before the first step (probe.fit_head; shortest first, in probe.length_sorted_batches); both are
-    counted as shares of the training rows' pass. Then the L-BFGS fits over the weight-decay grid (PROBE_FIT_S).
-    `head_init=auto` counts when it resolves to the probe for this run's number of steps. (Features another
-    run of the store has cached make it shorter; the estimate does not count on that.)"""
+    """`head_init=probe`: the trainer encodes at most PROBE_TRAIN_ROWS training rows once before the first step
+    (probe.fit_head; shortest first, in probe.length_sorted_batches), counted as their share of the training
+    rows' pass. Then the L-BFGS fits of the cross-validation and the final fit (PROBE_FIT_S). `head_init=auto`
+    counts when it resolves to the probe for this run's number of steps. (Features another run of the store
+    has cached make it shorter; the estimate does not count on that.)"""
     from peft_tui.engine import probe
     from peft_tui.engine.methods import get_method
 
@@ -177,8 +178,4 @@ def probe_fit_seconds(config: RunConfig, s: Shape, lengths: Sequence[int], cal: 
     every = sum(forward_seconds(s, len(b), cut[b[-1]], cal, device, precision)
                 for b in probe.length_sorted_batches(cut, rows, tokens))
     n = max(1, len(lengths))
-    train = every * min(1.0, probe.PROBE_TRAIN_ROWS / n)  # a sample across lengths: its share of the pass
-    d = config.data
-    val_share = d.val_fraction / max(1e-9, 1.0 - d.val_fraction - d.test_fraction)
-    val_rows = min(val_share * n, probe.PROBE_VAL_ROWS)  # at most PROBE_VAL_ROWS are encoded
-    return train + every * val_rows / n + PROBE_FIT_S
+    return every * min(1.0, probe.PROBE_TRAIN_ROWS / n) + PROBE_FIT_S  # a sample across lengths: its share

@@ -54,7 +54,7 @@ class Estimate:
     total_params: int
     suggestions: list[str] = field(default_factory=list)  # one-liners, filled when it does not fit
     calibration: str = ""  # the machine calibration it used (`Calibration.key`); "nominal": none measured yet
-    probe_s: float = 0.0  # head_init=probe: the forward pass over train and validation rows before step 1
+    probe_s: float = 0.0  # head_init=probe: the forward pass over the training rows (a sample) before step 1
     precision_reason: str = ""  # precision=auto: why `precision` was chosen (precision.pick)
 
     def fits(self, free_mb: float) -> bool:

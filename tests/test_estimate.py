@@ -108,11 +108,13 @@ def test_activation_formula_matches_what_autograd_keeps(tiny_mc, method):
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from peft_tui.engine.dropout import use_fast_dropout
     from peft_tui.engine.methods import get_method
 
     m = get_method(method)
     torch.manual_seed(0)
     model = m.apply(AutoModelForSequenceClassification.from_config(tiny_mc), m.resolve({}))
+    use_fast_dropout(model, "cpu")  # as the trainer does on a CPU
     model.train()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     kept: dict[int, int] = {}

@@ -16,7 +16,9 @@ The learning rate, epochs and batch size of the run do not apply (batch size set
 On architectures whose head has a hidden layer before the final linear one (RoBERTa, DistilBERT) that
 layer keeps its seeded initialisation and only the final layer is fitted.
 
-The same fit starts every other method's training under `head_init=probe` (LP-FT, Kumar et al. 2022):
+The same fit starts every other method's training under `head_init=probe` (LP-FT, Kumar et al. 2022), on a
+sample of the training rows (`probe_rows`) and with its weight decay chosen by cross-validation on them
+(`cross_validate`), so that no validation text is encoded:
 
     run(config, run_id, sink, cancel, out_dir, data) -> RunResult
     fit_head(model, ids, labels, num_labels, pad_id, device, precision, cancel, cache_dir, shared)

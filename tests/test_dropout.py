@@ -65,7 +65,8 @@ def test_cpu_attention_with_nothing_dropped_equals_sdpa_in_output_and_gradients(
     module = torch.nn.Module()
     module.is_causal = False
     module.train()
-    dropout._sdpa = dropout._sdpa or sdpa_attention_forward
+    dropout._install_attention()  # what use_fast_dropout does: keeps transformers' sdpa to hand the rest to
+    assert dropout._sdpa is sdpa_attention_forward
     ours, _ = dropout.cpu_attention(module, q, k, v, mask, dropout=1e-6, scaling=0.3)
     grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
     theirs, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=0.3)

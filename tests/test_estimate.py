@@ -3,6 +3,7 @@ and the activation formula against what autograd really keeps (tiny model, data 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
@@ -102,19 +103,35 @@ def test_padding_rounds_up_to_8_on_cuda(tiny_mc):
     assert sorted(w for _, w in E.batch_widths([5, 9, 13, 30], 2, 64, seed=1, cuda=False)) == [9, 30]
 
 
+@contextlib.contextmanager
+def torch_attention():
+    """transformers' own sdpa in the registry for the block (a CPU training run of this process may have put
+    engine/dropout.cpu_attention there): the formula models torch's path (see cost.activation_bytes)."""
+    from transformers import AttentionInterface
+
+    from peft_tui.engine import dropout
+
+    if dropout._sdpa is None:
+        yield
+        return
+    AttentionInterface.register("sdpa", dropout._sdpa)
+    try:
+        yield
+    finally:
+        AttentionInterface.register("sdpa", dropout.cpu_attention)
+
+
 @pytest.mark.parametrize("method", ["full", "lora", "dora", "adapters", "bitfit", "prefix", "prompt", "ia3"])
 def test_activation_formula_matches_what_autograd_keeps(tiny_mc, method):
     """The tensors autograd saves for backward (unique storages, parameters excluded) on a real forward."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from peft_tui.engine.dropout import use_fast_dropout
     from peft_tui.engine.methods import get_method
 
     m = get_method(method)
     torch.manual_seed(0)
     model = m.apply(AutoModelForSequenceClassification.from_config(tiny_mc), m.resolve({}))
-    use_fast_dropout(model, "cpu")  # as the trainer does on a CPU
     model.train()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     kept: dict[int, int] = {}
@@ -127,7 +144,7 @@ def test_activation_formula_matches_what_autograd_keeps(tiny_mc, method):
 
     b, w = 4, 48
     x = torch.randint(0, 1000, (b, w))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch_attention():
         model(input_ids=x, attention_mask=torch.ones_like(x))
     real = sum(kept.values())
     formula, _ = E.activation_bytes(E.model_shape(cfg(method=method), tiny_mc), b, w, "cpu", "fp32")
@@ -170,7 +187,7 @@ def test_other_architectures_counts_and_activations(arch, method):
         return t
 
     x = torch.randint(3, 300, (4, 48))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch_attention():
         model(input_ids=x, attention_mask=torch.ones_like(x))
     shape = E.model_shape(cfg(method=method), mc)
     assert (shape.trainable, shape.total) == count_parameters(model)

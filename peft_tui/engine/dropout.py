@@ -40,12 +40,13 @@ class _FastDropout(torch.autograd.Function):
         scale = 1.0 / (1.0 - p)
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return x * keep * scale
+        del bits, lanes  # one full-size temporary at a time: the process's peak memory counts them
+        return x.mul(keep).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         (keep,) = ctx.saved_tensors
-        return grad * keep * ctx.scale, None
+        return grad.mul(keep).mul_(ctx.scale), None
 
 
 def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -80,13 +81,15 @@ def cpu_attention(module, query, key, value, attention_mask, dropout: float = 0.
         return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                      is_causal=is_causal, **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scale
+    # in place where autograd allows it (a product's backward does not read its output): fewer score-sized
+    # temporaries alive at once
+    scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
     if attention_mask is not None:
         mask = attention_mask[:, :, :, : key.shape[-2]]
         if mask.dtype == torch.bool:  # True: attend
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            scores = scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
         else:  # additive
-            scores = scores + mask
+            scores = scores.add_(mask)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     out = torch.matmul(fast_dropout(probs, dropout), value)
     return out.transpose(1, 2).contiguous(), None

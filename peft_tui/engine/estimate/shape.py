@@ -209,7 +209,6 @@ class Shape:
     prefix_tokens: int  # extra key/value positions per layer (prefix tuning)
     prompt_tokens: int  # extra positions of the whole sequence (prompt tuning)
     act_kept: int  # feed-forward tensors of width `intermediate` kept per layer (gated MLP: 3)
-    dropout_masks: int = 0  # per token, summed over layers: elements of the bool masks peft's LoRA dropouts keep
 
 
 class NotEstimable(ConfigError):
@@ -287,7 +286,7 @@ def model_shape(config: RunConfig, mc) -> Shape:
     else:
         keep = ["none"] * first + ["all" if first_has_attention else "upper"] + ["all"] * (layers - first - 1)
 
-    matrix = trainable_matrix = inputs = masks = 0
+    matrix = trainable_matrix = inputs = 0
     shared_seen: set[tuple[str, frozenset]] = set()
     for name, mod in model.named_modules():
         in_layer = LAYER_INDEX.search(f".{name}.") is not None  # per-token work; the head sees one row
@@ -303,8 +302,8 @@ def model_shape(config: RunConfig, mc) -> Shape:
                 if group is not None:
                     shared_seen.add((parent, group))
         drops = getattr(mod, "lora_dropout", None)
-        if in_layer and drops is not None:  # peft LoRA: each adapted module's own dropout keeps its bool mask
-            masks += sum(mod.in_features for d in drops.values() if isinstance(d, torch.nn.Dropout) and d.p > 0)
+        if in_layer and drops is not None:  # peft LoRA: each adapted module's own dropout keeps its noise
+            inputs += sum(mod.in_features for d in drops.values() if isinstance(d, torch.nn.Dropout) and d.p > 0)
     for name, p in model.named_parameters():
         owner = model.get_submodule(name.rpartition(".")[0])
         vector = p.ndim == 1 or 1 in p.shape
@@ -328,4 +327,4 @@ def model_shape(config: RunConfig, mc) -> Shape:
     embeddings_keep = body_wide and any(p.requires_grad for n, p in model.named_parameters() if "embeddings" in n) \
         or bool(prompt)
     return Shape(layers, hidden, inter, n_heads, attn_drop, hid_drop, trainable, total, matrix, trainable_matrix,
-                 keep, embeddings_keep, inputs, leaf_modules(model), prefix, prompt, act_kept, masks)
+                 keep, embeddings_keep, inputs, leaf_modules(model), prefix, prompt, act_kept)

@@ -266,6 +266,18 @@ main()
 """
 
 
+def _tune_view(tmp_path: Path):
+    """The dashboard on a fresh store and its tune view for a 2-trial study of `full` on the tiny model (not
+    pushed yet)."""
+    from peft_tui.config import RunConfig
+    from peft_tui.ui.app import create_app
+    from peft_tui.ui.screens.tune import TuneScreen
+
+    template = RunConfig(model="tiny", data=DataConfig(size=60), epochs=1, batch_size=16, head_init="random")
+    app = create_app(store=tmp_path / "store", template=template, devices=["cpu"], poll_s=0.3)
+    return app, TuneScreen(template, methods=("full",), trials=2, seeds=1)
+
+
 def _wait(condition, what: str, timeout: float = WAIT_S):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -415,16 +427,12 @@ def test_the_dashboard_tune_view_runs_a_study_and_shows_its_curve_and_final_tabl
     pytest.importorskip("textual")
     from textual.widgets import Static
 
-    from peft_tui.config import RunConfig
-    from peft_tui.ui.app import create_app
-    from peft_tui.ui.screens.tune import BestSoFarChart, TuneScreen
+    from peft_tui.ui.screens.tune import BestSoFarChart
 
-    template = RunConfig(model="tiny", data=DataConfig(size=60), epochs=1, batch_size=16, head_init="random")
-    app = create_app(store=tmp_path / "store", template=template, devices=["cpu"], poll_s=0.3)
+    app, screen = _tune_view(tmp_path)
 
     async def drive():
         async with app.run_test(size=(120, 40)) as pilot:
-            screen = TuneScreen(template, methods=("full",), trials=2, seeds=1)
             app.push_screen(screen)
             deadline = time.monotonic() + WAIT_S
             def table() -> str:
@@ -450,10 +458,7 @@ def test_stopping_the_tune_view_before_its_study_exists_creates_no_study_and_say
     pytest.importorskip("textual")
     from textual.widgets import Static
 
-    from peft_tui.config import RunConfig
     from peft_tui.engine import submit
-    from peft_tui.ui.app import create_app
-    from peft_tui.ui.screens.tune import TuneScreen
 
     loading, go = threading.Event(), threading.Event()
     real_prepare = submit.prepare
@@ -464,12 +469,10 @@ def test_stopping_the_tune_view_before_its_study_exists_creates_no_study_and_say
         return real_prepare(bases)
 
     monkeypatch.setattr(submit, "prepare", slow_prepare)
-    template = RunConfig(model="tiny", data=DataConfig(size=60), epochs=1, batch_size=16, head_init="random")
-    app = create_app(store=tmp_path / "store", template=template, devices=["cpu"], poll_s=0.3)
+    app, screen = _tune_view(tmp_path)
 
     async def drive():
         async with app.run_test(size=(120, 40)) as pilot:
-            screen = TuneScreen(template, methods=("full",), trials=2, seeds=1)
             app.push_screen(screen)
             while not loading.is_set():
                 await pilot.pause(0.1)

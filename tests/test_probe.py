@@ -110,7 +110,9 @@ def test_probe_run_reports_saves_and_reloads(tmp_path):
     ids = tokenize(tok, data.test.texts, cfg.max_length)
     r = evaluate(model, ids, data.test.labels, 2, 64, tok.pad_token_id, "cpu", _null)
     assert r.accuracy == pytest.approx(result.accuracy) and r.f1 == pytest.approx(result.f1)
-    assert r.loss == pytest.approx(result.test_loss, rel=1e-4)
+    # the run's logits come from features encoded in its own batches (other widths than these 64-row ones), so
+    # the loss agrees to float rounding, which differs by CPU (AVX2 / AVX-512 / AMX kernels): seen 2.5e-4 apart
+    assert r.loss == pytest.approx(result.test_loss, rel=2e-3)
     assert torch.isfinite(model.classifier.weight).all()
 
 

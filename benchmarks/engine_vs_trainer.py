@@ -12,7 +12,8 @@ Usage: python benchmarks/engine_vs_trainer.py [--methods lora,full,adapters] [--
        [--epochs E] [--size N] [--dataset ag_news_4k] [--whole]
 
 --whole times whole commands instead, as a user waits for them (issue 19): `peft-tui run` from spawn to
-exit, at the defaults and with --head-init random, against the Trainer script in its own fresh process
+exit, at the defaults (fp32, as the Trainer), with --head-init random, and at the defaults with the default
+precision too (`auto`: bf16 where the machine's calibration measures it faster), against the Trainer script in its own fresh process
 (imports, loading, tokenising, training, evaluation). Target: >= 2.0x at the defaults for LoRA and full
 fine-tuning, e.g. `--dataset ag_news_4k --epochs 1 --whole` (AG News, 2,000 training rows).
 """
@@ -104,16 +105,17 @@ def cli_data_args(data) -> list[str]:
     return args
 
 
-def whole_engine(cfg, head_init: str | None) -> tuple[float, float, int]:
+def whole_engine(cfg, head_init: str | None, precision: str | None = "fp32") -> tuple[float, float, int]:
     """`peft-tui run` as a user types it, timed from spawn to exit: imports, data, summary, estimate,
-    worker, loading, the probe fit (unless head_init=random), training, evaluation, printing."""
+    worker, loading, the probe fit (unless head_init=random), training, evaluation, printing. fp32 as the
+    Trainer's script, unless `precision` is None: the default (`auto`, bf16 where it measures faster)."""
     import json
     import subprocess
     import sys
 
     exe = str(Path(sys.executable).with_name("peft-tui"))
     cmd = [exe, "run", "--method", cfg.method, "--model", cfg.model, *cli_data_args(cfg.data), "--epochs",
-           str(cfg.epochs), "--precision", "fp32", "--device", cfg.device, "--json",
+           str(cfg.epochs), *(["--precision", precision] if precision else []), "--device", cfg.device, "--json",
            "--store", tempfile.mkdtemp(prefix="bench-"), *(["--head-init", head_init] if head_init else [])]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -187,7 +189,8 @@ def main() -> None:
         if a.whole:
             theirs = whole_trainer(a, m)
             runs = {"peft-tui (defaults)": whole_engine(cfg, None),
-                    "peft-tui (head random)": whole_engine(cfg, "random")}
+                    "peft-tui (head random)": whole_engine(cfg, "random"),
+                    "peft-tui (precision auto)": whole_engine(cfg, None, precision=None)}
         else:
             theirs = run_trainer(cfg)
             runs = {"peft-tui": run_engine(cfg)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -82,6 +83,9 @@ os.environ.setdefault("PEFT_TUI_INPROCESS_POOL", "1")
 # no test leaves workers warm after its command (PEFT_TUI_KEEP_WARM, engine/launch/local.py): tests of
 # keep-warm turn it on for themselves (tests/test_keep_warm.py); set at import, so subprocesses inherit it
 os.environ["PEFT_TUI_KEEP_WARM"] = "0"
+# the machine-wide figures (`--precision auto`'s bf16 against fp32, engine/estimate/calibrate.py) go to a folder of
+# this session's, not the user's ~/.cache: the session's first CPU run with precision auto measures them once
+os.environ["PEFT_TUI_CACHE_DIR"] = tempfile.mkdtemp(prefix="peft-tui-test-cache-")
 
 
 @pytest.fixture()

@@ -9,12 +9,40 @@ from dataclasses import replace
 
 import pytest
 from conftest import tiny_config
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peft_tui.engine import estimate as E
 from peft_tui.engine import precision as P
 from peft_tui.engine.estimate import calibrate
+
+
+@pytest.fixture()
+def machine_cache(tmp_path, monkeypatch):
+    """A fresh per-machine cache folder (PEFT_TUI_CACHE_DIR): nothing measured on this 'machine' yet."""
+    folder = tmp_path / "machine-cache"
+    monkeypatch.setenv(calibrate.MACHINE_CACHE_ENV, str(folder))
+    return folder
+
+
+def fake_measure(monkeypatch, figures: dict, calls: list, seconds: float = 0.0):
+    """precision.measure replaced: records each call, sleeps `seconds`, returns `figures`."""
+    import time
+
+    def measure(device, timed=None, clock=None):
+        calls.append(device)
+        time.sleep(seconds)
+        return dict(figures)
+
+    monkeypatch.setattr(P, "measure", measure)
+
+
+class Collect(list):
+    def __call__(self, event):
+        self.append(event)
+
+    def close(self):
+        pass
 
 
 def write_calibration(root, figures: dict) -> None:
@@ -94,7 +122,7 @@ def test_calibration_records_the_measurement(monkeypatch):
     assert cal.precision == {"fp32_s": 1.0, "bf16_s": 0.5, "loss_gap": 0.0}
 
 
-def test_auto_follows_the_measured_choice(tmp_path):
+def test_auto_follows_the_measured_choice(tmp_path, machine_cache):
     from peft_tui.config import DataConfig
 
     cfg = tiny_config(precision="auto", data=DataConfig(size=60))
@@ -114,7 +142,7 @@ def test_auto_follows_the_measured_choice(tmp_path):
     assert est.precision == "bf16" and "3.00x faster" in est.precision_reason
 
 
-def test_doctor_says_what_auto_picks_and_why(tmp_path):
+def test_doctor_says_what_auto_picks_and_why(tmp_path, machine_cache):
     from peft_tui.commands.doctor import precision_check
 
     c = precision_check(str(tmp_path))
@@ -132,3 +160,117 @@ def test_a_run_with_auto_trains_in_the_measured_precision(store):
     cfg = tiny_config(precision="auto", head_init="random", data=DataConfig(size=40))
     result = execute(store, store.create_run(cfg), cfg, store)
     assert result is not None and result.precision == "bf16"
+
+
+def _auto_run(store, sink=None):
+    from peft_tui.config import DataConfig
+    from peft_tui.engine.events import fan_out
+    from peft_tui.engine.trainer import execute
+
+    cfg = tiny_config(precision="auto", head_init="random", data=DataConfig(size=40))
+    collect = Collect()
+    result = execute(store, store.create_run(cfg), cfg, fan_out(store, collect))
+    assert result is not None
+    return result, [e.text for e in collect if type(e).__name__ == "LogMessage"]
+
+
+@pytest.mark.parametrize("figures, expected", [({"fp32_s": 0.2, "bf16_s": 0.1, "loss_gap": 0.0}, "bf16"),
+                                               ({"fp32_s": 0.1, "bf16_s": 0.2, "loss_gap": 0.0}, "fp32"),
+                                               ({"fp32_s": 0.2, "bf16_s": 0.05, "loss_gap": 0.3}, "fp32")])
+def test_the_first_cpu_run_with_auto_measures_once_for_every_store_on_the_machine(tmp_path, machine_cache,
+                                                                                    monkeypatch, figures, expected):
+    """No `plan` ever ran: the first run measures bf16 against fp32 (issue 19, item 5), keeps the figures per
+    machine, and every later run, in this store or a new one, reads them instead of measuring again."""
+    from peft_tui.commands.doctor import precision_check
+    from peft_tui.engine.store import Store
+
+    calls: list = []
+    fake_measure(monkeypatch, figures, calls)
+    first, logs = _auto_run(Store(tmp_path / "a"))
+    assert calls == ["cpu"] and first.precision == expected
+    [line] = [t for t in logs if t.startswith("precision auto")]
+    assert line.startswith(f"precision auto -> {expected}: ") and "measured once for this machine" in line
+    kept = json.loads((machine_cache / "precision.json").read_text())
+    assert kept == {E.machine_key("cpu"): {"precision": figures}}
+    for root in ("a", "b"):  # the same store again, and a new one
+        again, logs = _auto_run(Store(tmp_path / root))
+        assert again.precision == expected and not [t for t in logs if t.startswith("precision auto")]
+    assert calls == ["cpu"]
+    assert precision_check(str(tmp_path / "b"))["detail"].startswith(f"auto -> {expected} on cpu, measured: ")
+
+
+def test_a_store_calibrated_by_plan_is_not_measured_again(store, machine_cache, monkeypatch):
+    calls: list = []
+    fake_measure(monkeypatch, {"fp32_s": 0.1, "bf16_s": 0.2, "loss_gap": 0.0}, calls)
+    write_calibration(store.root, {"fp32_s": 0.2, "bf16_s": 0.1, "loss_gap": 0.0})
+    result, _ = _auto_run(store)
+    assert calls == [] and result.precision == "bf16" and not machine_cache.exists()
+
+
+def test_a_machine_cache_that_cannot_be_written_leaves_the_rule_and_says_how_to_fix_it(store, tmp_path, monkeypatch):
+    from peft_tui.engine.device import resolve_precision
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv(calibrate.MACHINE_CACHE_ENV, str(blocker))
+    calls: list = []
+    fake_measure(monkeypatch, {"fp32_s": 0.2, "bf16_s": 0.1, "loss_gap": 0.0}, calls)
+    result, logs = _auto_run(store)
+    assert result.precision == resolve_precision("auto", "cpu") and calls == []
+    [line] = [t for t in logs if t.startswith("precision auto")]
+    assert "not measured" in line and calibrate.MACHINE_CACHE_ENV in line and "\n" not in line
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=True) | st.text(max_size=8),
+                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+                    max_leaves=8)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(junk=st.one_of(st.binary(max_size=200).map(lambda b: b.decode("latin-1")), JSON.map(json.dumps),
+                      JSON.map(lambda v: json.dumps({E.machine_key("cpu"): v})),  # this machine's key, junk value
+                      JSON.map(lambda v: json.dumps({E.machine_key("cpu"): {"precision": v}})),
+                      st.tuples(st.floats(allow_nan=True) | st.booleans() | st.text(max_size=3),
+                                st.floats(max_value=0.0) | st.sampled_from([math.nan, math.inf])).map(  # no step times
+                          lambda t: json.dumps({E.machine_key("cpu"): {"precision": {"fp32_s": t[0], "bf16_s": t[1]}}}))))
+def test_a_damaged_machine_file_is_measured_again_and_rewritten(machine_cache, monkeypatch, junk):
+    """Whatever the file holds (any bytes, any JSON, this machine's key with a wrong value), no choice is
+    read from it, and the next CPU run with auto measures and rewrites it."""
+    path = calibrate.machine_precision_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(junk)
+    assert calibrate.machine_precision("cpu") is None
+    assert E.measured_choice(machine_cache / "no-store.json", "cpu")[0] is None
+    calls: list = []
+    fake_measure(monkeypatch, {"fp32_s": 0.3, "bf16_s": 0.1, "loss_gap": 0.0}, calls)
+    line = calibrate.measure_precision_once(machine_cache / "no-store.json", "cpu")
+    assert calls == ["cpu"] and line is not None and line.startswith("precision auto -> bf16")
+    assert calibrate.machine_precision("cpu") == {"fp32_s": 0.3, "bf16_s": 0.1, "loss_gap": 0.0}
+
+
+def test_two_first_runs_at_once_measure_once(machine_cache, monkeypatch):
+    """Two workers starting together on a new machine: one measures while the other waits on the lock,
+    then reads what the first wrote."""
+    import threading
+
+    calls: list = []
+    fake_measure(monkeypatch, {"fp32_s": 0.2, "bf16_s": 0.1, "loss_gap": 0.0}, calls, seconds=0.4)
+    lines: list = []
+    threads = [threading.Thread(target=lambda: lines.append(
+        calibrate.measure_precision_once(machine_cache / "none.json", "cpu"))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["cpu"] and len(lines) == 3 and sum(line is not None for line in lines) == 1
+
+
+def test_plan_calibration_also_fills_the_machine_file(tmp_path, machine_cache, monkeypatch):
+    monkeypatch.setattr(P, "measure", lambda device, timed=None, clock=None: {"fp32_s": 1.0, "bf16_s": 0.5,
+                                                                             "loss_gap": 0.0})
+    monkeypatch.setattr(calibrate, "_module_seconds", lambda dev, sync, clock=None: 1e-5)
+    monkeypatch.setattr(calibrate, "_timed", lambda fn, sync, seconds, clock=None: 1e-3)
+    monkeypatch.setattr(calibrate, "_overhead_mb", lambda device: (400.0, 0.0))
+    E.calibration(tmp_path / "calibration.json", "cpu")
+    assert calibrate.machine_precision("cpu") == {"fp32_s": 1.0, "bf16_s": 0.5, "loss_gap": 0.0}
+    assert E.measured_choice(tmp_path / "other-store.json", "cpu")[0] == "bf16"

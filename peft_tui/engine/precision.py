@@ -127,7 +127,7 @@ def loss_gap(fp32: list[float], bf16: list[float]) -> float:
 def pick(figures: dict[str, float] | None) -> tuple[str | None, str]:
     """(the precision `auto` takes, why) from `measure`'s figures; (None, why) when there are none."""
     if not figures or "fp32_s" not in figures or "bf16_s" not in figures:
-        return None, "not measured on this machine yet (peft-tui plan measures it)"
+        return None, "not measured on this machine yet (the first CPU run with precision auto measures it, or peft-tui plan)"
     fp32, bf16, gap = figures["fp32_s"], figures["bf16_s"], figures.get("loss_gap", math.inf)
     speedup = fp32 / bf16 if bf16 > 0 else 0.0
     timing = f"a training step took {1000 * bf16:.0f} ms in bf16 and {1000 * fp32:.0f} ms in fp32"

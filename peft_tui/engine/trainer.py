@@ -402,9 +402,16 @@ def execute(store, run_id: int, config: RunConfig, sink: Sink, cancel: threading
         out_dir = store.run_dir(run_id)
         method = get_method(config.method)
         if not method.is_baseline and getattr(store, "root", None) is not None:
-            from peft_tui.engine.estimate import resolved_auto
+            from peft_tui.engine.estimate import measure_precision_once, resolved_auto
 
-            config = resolved_auto(config, store.root / "calibration.json")  # auto: the machine's measured pick
+            calibration = store.root / "calibration.json"
+            if config.precision == "auto":  # on a CPU not measured yet: bf16 against fp32, once per machine
+                from peft_tui.engine.device import resolve_device
+
+                note = measure_precision_once(calibration, resolve_device(config.device))
+                if note:
+                    sink(LogMessage(run_id, "info", note))
+            config = resolved_auto(config, calibration)  # auto: the machine's measured pick
         if method.run is not None:  # the method's own procedure: a baseline, the head probe
             if resume:
                 raise ConfigError(f"run {run_id} ({config.method}) keeps no checkpoint to resume from: retry it")

@@ -68,20 +68,40 @@ def _cpu_key_without_torch(cached: dict) -> str | None:
     return keys[0] if len(keys) == 1 else _NO_ENTRY if not keys else None
 
 
-def read_calibration(path: str | Path, device: str = "cpu") -> Calibration | None:
-    """The cached calibration for `device` in `path`, or None (no file, or measured on another machine,
-    torch or version of this module). Reads a small JSON file: no measuring."""
+def _read_entry(path: str | Path, device: str) -> Any:
+    """The entry for `device` (this machine, torch and module version) in the JSON file `path`, or None
+    (no file, unreadable, or no such entry)."""
     path = Path(path)
     try:
         cached = json.loads(path.read_text()) if path.exists() else {}
     except (OSError, ValueError):
-        return None  # unreadable: measured again by `calibration`
-    entry = None
-    if isinstance(cached, dict):
-        key: str | None = None  # None: machine_key names the entry
-        if device == "cpu" and "torch" not in sys.modules:
-            key = _cpu_key_without_torch(cached)
-        entry = cached.get(machine_key(device) if key is None else key)
+        return None  # unreadable: measured again
+    if not isinstance(cached, dict):
+        return None
+    key: str | None = None  # None: machine_key names the entry
+    if device == "cpu" and "torch" not in sys.modules:
+        key = _cpu_key_without_torch(cached)
+    return cached.get(machine_key(device) if key is None else key)
+
+
+def _write_entry(path: Path, key: str, entry: dict[str, Any]) -> None:
+    """Set `key` in the JSON file `path` (created with its folder), atomically (a temporary file renamed)."""
+    try:
+        cached = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        cached = {}
+    cached = cached if isinstance(cached, dict) else {}
+    cached[key] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cached, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_calibration(path: str | Path, device: str = "cpu") -> Calibration | None:
+    """The cached calibration for `device` in `path`, or None (no file, or measured on another machine,
+    torch or version of this module). Reads a small JSON file: no measuring."""
+    entry = _read_entry(path, device)
     try:
         return Calibration(**entry) if isinstance(entry, dict) else None
     except TypeError:  # written by another version
@@ -95,18 +115,13 @@ def calibration(path: str | Path, device: str = "cpu") -> Calibration:
     cal = read_calibration(path, device)
     if cal is not None:
         return cal
-    path = Path(path)
     cal = measure(device, machine_key(device))
-    try:
-        cached = json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):
-        cached = {}
-    cached = cached if isinstance(cached, dict) else {}
-    cached[cal.key] = cal.to_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cached, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    _write_entry(Path(path), cal.key, cal.to_dict())
+    if cal.precision and not device.startswith("cuda") and machine_precision(device) is None:
+        try:  # the machine's precision choice, for every store here (see measure_precision_once)
+            _write_entry(machine_precision_path(), cal.key, {"precision": cal.precision})
+        except OSError:
+            pass  # no user cache folder: this store's calibration still holds it
     return cal
 
 
@@ -283,12 +298,83 @@ NOMINAL_CPU = Calibration(
 )
 
 
+# ------------------------------------------------------------------------------------------------
+# `--precision auto` on a CPU: bf16 against fp32 measured once per machine, for every store on it
+# ------------------------------------------------------------------------------------------------
+MACHINE_CACHE_ENV = "PEFT_TUI_CACHE_DIR"  # the per-user folder of machine-wide figures (tests point it elsewhere)
+
+
+def machine_precision_path() -> Path:
+    """`precision.json` in $PEFT_TUI_CACHE_DIR, else $XDG_CACHE_HOME/peft-tui, else ~/.cache/peft-tui: one
+    entry per machine key (CPU count, threads, torch and this module's version), holding precision.measure's
+    figures. Per user and machine, not per store: a new store (a new project folder) does not measure again."""
+    folder = os.environ.get(MACHINE_CACHE_ENV)
+    if not folder:
+        folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "peft-tui")
+    return Path(folder) / "precision.json"
+
+
+def machine_precision(device: str) -> dict[str, float] | None:
+    """precision.measure's figures for `device` on this machine, from machine_precision_path(); None when
+    not measured yet (or the file is unreadable, or from another torch or version)."""
+    entry = _read_entry(machine_precision_path(), device)
+    figures = entry.get("precision") if isinstance(entry, dict) else None
+    if not isinstance(figures, dict) or not {"fp32_s", "bf16_s"} <= figures.keys():
+        return None  # not what precision.measure writes: measured again
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in figures.values()):
+        return None
+    if not all(math.isfinite(figures[k]) and figures[k] > 0 for k in ("fp32_s", "bf16_s")):
+        return None  # a step time that is not a positive number
+    return figures
+
+
+def measure_precision_once(calibration_path: str | Path, device: str) -> str | None:
+    """Before a CPU run with `precision=auto`: when neither the store's calibration nor the machine file
+    holds bf16-against-fp32 figures, measure them now (precision.measure: ~3 s, once per machine) and write
+    them to the machine file, one process at a time (a lock beside it: a second worker waits, then reads).
+    Returns a line for the run's log when it measured (or could not keep the figures), else None.
+    CUDA keeps its rule (device.resolve_precision): nothing is measured there."""
+    if device.startswith("cuda") or measured_choice(calibration_path, device)[0] is not None:
+        return None
+    from peft_tui.engine.precision import measure as measure_precision
+    from peft_tui.engine.precision import pick
+
+    path = machine_precision_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "a") as lock:
+            _lock(lock)
+            if machine_precision(device) is not None:  # another process measured it while we waited
+                return None
+            t0 = time.perf_counter()
+            figures = measure_precision(device)
+            _write_entry(path, machine_key(device), {"precision": figures})
+    except OSError as e:
+        return (f"precision auto: bf16 against fp32 not measured ({type(e).__name__}: {e.strerror or e} at "
+                f"{path.parent}); the CPU-type rule applies. Set {MACHINE_CACHE_ENV} to a writable folder")
+    choice, reason = pick(figures)
+    return (f"precision auto -> {choice or 'the CPU-type rule'}: {reason} (measured once for this machine in "
+            f"{time.perf_counter() - t0:.1f}s, kept in {path})")
+
+
+def _lock(fh) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock (two first runs may both measure)
+        return
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+
+
 def measured_choice(calibration_path: str | Path, device: str) -> tuple[str | None, str]:
-    """`pick` for `device` from the calibration file (read only: never measures)."""
+    """`pick` for `device` from the store's calibration (`plan`), else from the machine's precision file (the
+    first CPU run with `precision=auto` there measured it). Read only: never measures."""
     cal = read_calibration(calibration_path, device)
     from peft_tui.engine.precision import pick
 
-    return pick(cal.precision if cal is not None else None)
+    figures = cal.precision if cal is not None and cal.precision else None
+    if figures is None and not device.startswith("cuda"):
+        figures = machine_precision(device)
+    return pick(figures)
 
 
 def resolved_auto(config: RunConfig, calibration_path: str | Path) -> RunConfig:

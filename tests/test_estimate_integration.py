@@ -295,3 +295,22 @@ def test_trainable_counts_are_exact_on_minilm_whose_pooler_mean_pooling_replaces
         real = m.apply(load_model("minilm", num_labels=2, seed=0), m.resolve({}))
         shape = E.model_shape(RunConfig(model="minilm", method=method), mc)
         assert (shape.trainable, shape.total) == count_parameters(real)
+
+
+@pytest.mark.slow
+def test_the_overhead_probe_runs_in_a_fresh_process():
+    """The calibration's memory overhead comes from a fresh process (OVERHEAD_PROBE). From 2026-12-02 to -03 it
+    failed on an import the estimate package no longer exported, and every calibration silently took the
+    (512, 0) fallback: run it as `_overhead_mb` does, and check it prints two figures of a real process."""
+    import os
+    import subprocess
+    import sys
+
+    from peft_tui.engine.estimate import calibrate
+
+    out = subprocess.run([sys.executable, "-c", calibrate.OVERHEAD_PROBE, "cpu"], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    runtime, reader = (float(x) for x in out.stdout.strip().splitlines()[-1].split())
+    assert 150 < runtime < 4000 and 0 <= reader < 1000  # torch + transformers + peft hold a few hundred MB
+    assert calibrate._overhead_mb("cpu") != (512.0, 0.0)  # not the fallback

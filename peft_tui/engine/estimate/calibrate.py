@@ -249,7 +249,7 @@ def peak_rss_mb() -> float:
 OVERHEAD_PROBE = r"""
 import sys
 import psutil, torch, transformers, peft
-from peft_tui.engine.estimate import _module_seconds, peak_rss_mb
+from peft_tui.engine.estimate.calibrate import _module_seconds, peak_rss_mb
 device = sys.argv[1]
 sync = (lambda: torch.cuda.synchronize(device)) if device.startswith("cuda") else (lambda: None)
 _module_seconds(torch.device(device), sync)  # a few real training steps: allocator, kernels, autograd

@@ -300,3 +300,13 @@ def test_the_eta_counts_the_probe_fit_once(tiny_mc):
     assert late.source == "measured" and late.remaining_s == pytest.approx(500.0)
     # a fit that took longer than estimated can at most take half the elapsed time out
     assert E.eta(e, 20, 1.5 * e.probe_s, 120).remaining_s == pytest.approx(100 * 0.75 * e.probe_s / 20)
+
+
+def test_a_cpu_counts_bf16_activations_at_fp32_width(tiny_mc):
+    """On a CPU the process's peak in bf16 was measured at about fp32's (cost.linear_bytes); CUDA halves them."""
+    for method in ("full", "lora"):
+        s = E.model_shape(cfg(method=method), tiny_mc)
+        assert E.activation_bytes(s, 32, 64, "cpu", "bf16") == E.activation_bytes(s, 32, 64, "cpu", "fp32")
+        assert E.eval_bytes(s, 64, 64, "bf16", "cpu") == E.eval_bytes(s, 64, 64, "fp32", "cpu")
+        half, full = (E.activation_bytes(s, 32, 64, "cuda:0", p)[0] for p in ("bf16", "fp32"))
+        assert half < 0.8 * full

@@ -48,7 +48,7 @@ def activation_bytes(s: Shape, b: int, w: int, device: str, precision: str) -> t
     wk = w + s.prefix_tokens  # keys and values
     h, i, a = s.hidden, s.intermediate, s.heads
     cuda = device.startswith("cuda")
-    lin = 2 if precision in ("bf16", "fp16") else 4  # linear outputs under autocast
+    lin = linear_bytes(precision, device)
     # dropout: a bool mask on CUDA, a float noise tensor under torch's CPU dropout. On a CPU the trainer runs
     # engine/dropout.py instead, which keeps a bool mask and fewer attention tensors, but the process's peak
     # RSS did not follow (a MiniLM LoRA run on AG News, 2,000 rows: 2,383 MB with it, 2,366-2,510 MB without):
@@ -73,10 +73,19 @@ def activation_bytes(s: Shape, b: int, w: int, device: str, precision: str) -> t
     return total, 2 * scores if plain else 2 * b * w * i * lin
 
 
-def eval_bytes(s: Shape, eval_bs: int, w: int, precision: str) -> float:
+def linear_bytes(precision: str, device: str) -> int:
+    """Bytes per element of a linear layer's output as the peak sees it. Under CUDA autocast, 2. On a CPU, 4
+    in bf16 too: there the process's peak did not follow autograd's halved bytes. MiniLM on AG News (2,000
+    rows, 1 epoch, AMX Xeon, 2026-12-03): full 2,415 MB in bf16 against 2,365 in fp32, LoRA 2,395 against
+    2,491, IA3 2,458 against 2,293; counted at 2 bytes, the bf16 estimates were 13-19% low, where fp32's
+    were within -9% to +4%."""
+    return 2 if precision in ("bf16", "fp16") and device.startswith("cuda") else 4
+
+
+def eval_bytes(s: Shape, eval_bs: int, w: int, precision: str, device: str = "cuda") -> float:
     """The live tensors of one layer's forward pass in evaluation: nothing is kept, and attention runs
     fused (no dropout; except with a prefix, measured), so hidden states and feed-forward activations dominate."""
-    lin = 2 if precision in ("bf16", "fp16") else 4
+    lin = linear_bytes(precision, device)
     w = w + s.prompt_tokens
     scores = 2 * eval_bs * s.heads * w * (w + s.prefix_tokens) * 4 if s.prefix_tokens else 0  # no fused path
     return scores + eval_bs * w * (4 * s.hidden + 2 * s.intermediate) * lin
@@ -89,7 +98,7 @@ def memory_parts(s: Shape, b: int, w: int, device: str, precision: str, fixed_mb
     grads = s.trainable * 4
     optimizer = s.trainable * 8
     act, temp = activation_bytes(s, b, w, device, precision)
-    evaluation = eval_bytes(s, max(64, b * 2), w, precision)
+    evaluation = eval_bytes(s, max(64, b * 2), w, precision, device)
     # the training step's peak: kept activations + the largest temporary + grads (grads are set to None
     # after each step, so evaluation has none); on CPU the allocator keeps freed blocks of steps of other
     # widths around, which RETENTION_CPU accounts for

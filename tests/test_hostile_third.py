@@ -715,3 +715,35 @@ def test_a_worker_says_why_a_linked_run_folder_failed(tmp_path):
     assert row["status"] == "failed" and "symbolic link" in row["error"], row["error"]
     assert "without recording a result" not in row["error"]
     assert not any(p.name.startswith("events") for p in tmp_path.iterdir())  # nothing written through the link
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(["prefix", "prompt"]), virtual=st.integers(1, 600), over=st.integers(1, 200))
+@example(method="prefix", virtual=20, over=20)  # IMDB at max_length 512 with the default prefix: a torch error before
+def test_virtual_tokens_past_the_position_limit_are_one_line_before_queueing(tmp_path, method, virtual, over):
+    """max_length + num_virtual_tokens above the model's positions (512 for tiny, as for BERTs) is refused
+    in one line that says which max_length fits, with exit code 2, and nothing is queued; at the limit it runs."""
+    from peft_tui.engine.store import Store
+
+    limit = 512
+    max_length = min(limit, max(8, limit - virtual + over))  # RunConfig takes 8..; the model's limit caps it
+    store = tmp_path / f"s-{method}-{virtual}-{over}"
+    res = runner.invoke(app, ["run", "--method", method, "--model", "tiny", "--set", f"data.size={40}",
+                              "--set", f"num_virtual_tokens={virtual}", "--max-length", str(max_length),
+                              "--epochs", "1", "--device", "cpu", "--store", str(store)])
+    assert max_length + virtual > limit
+    assert res.exit_code == 2, res.output
+    [line] = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert "Traceback" not in res.output and line.startswith("error: ")
+    if limit - virtual >= 8:
+        assert f"plus {virtual} virtual tokens" in line and f"--set max_length={limit - virtual} " in line
+    else:
+        assert f"use num_virtual_tokens={limit - max_length} or fewer" in line
+    assert not store.exists() or Store(store).list() == []
+
+
+def test_prefix_at_the_position_limit_trains(tmp_path):
+    res = runner.invoke(app, ["run", "--method", "prefix", "--model", "tiny", "--set", "data.size=40",
+                              "--set", "num_virtual_tokens=20", "--max-length", "492", "--epochs", "1",
+                              "--set", "data.label_noise=0", "--device", "cpu", "--store", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output

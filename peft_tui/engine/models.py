@@ -275,13 +275,13 @@ def check_model_name(name: str) -> None:
 
 
 def check_model_files(name: str, max_length: int | None = None, trust_remote_code: bool = False,
-                      check: Callable[[Any], None] | None = None) -> int | None:
+                      check: Callable[[Any], None] | None = None, virtual: int = 0) -> int | None:
     """Preflight for a model: read its config (and, for local folders, the safetensors headers), never
     the weights. Catches an unreadable or mismatched config.json, corrupted safetensors files, a model
     that needs --trust-remote-code and a max_length above the model's limit. `check(skeleton)` is called
     with the model built on the meta device (no memory, no weights), e.g. to check a method's target
-    modules; not for hub ids, whose config is fetched only when the run loads them. Returns the position
-    limit when known."""
+    modules; not for hub ids, whose config is fetched only when the run loads them. `virtual`: positions a
+    method puts before the text (Method.positions_taken). Returns the position limit when known."""
     if name == "tiny":
         limit: int | None = TINY["max_position_embeddings"]
         if check is not None:
@@ -315,11 +315,23 @@ def check_model_files(name: str, max_length: int | None = None, trust_remote_cod
         if check is not None and skeleton is not None:
             check(skeleton)
         limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-    if limit and max_length and max_length > limit:
-        raise ConfigError(
-            f"max_length={max_length} is above the {limit}-token limit of model {name!r}: use --set max_length={limit}"
-        )
+    if limit and max_length:
+        check_positions(max_length, virtual, limit, f"model {name!r}")
     return limit
+
+
+def check_positions(max_length: int, virtual: int, limit: int, what: str) -> None:
+    """max_length, plus the virtual tokens of prefix / prompt tuning, within the model's position limit."""
+    if max_length + virtual <= limit:
+        return
+    if not virtual:
+        raise ConfigError(f"max_length={max_length} is above the {limit}-token limit of {what}: "
+                          f"use --set max_length={limit}")
+    if limit - virtual >= 8:  # 8: the smallest max_length a run takes (RunConfig.validate)
+        raise ConfigError(f"max_length={max_length} plus {virtual} virtual tokens is above the {limit}-position "
+                          f"limit of {what}: use --set max_length={limit - virtual} or fewer num_virtual_tokens")
+    raise ConfigError(f"{virtual} virtual tokens leave too few of the {limit} positions of {what} for the text: "
+                      f"use num_virtual_tokens={limit - max(8, max_length)} or fewer")
 
 
 def _tiny_config(num_labels: int):
@@ -421,9 +433,11 @@ def build_model(config: RunConfig, method: Method, params: dict[str, Any], num_l
     seed_everything(config.seed)
     model = load_model(config.model, num_labels, config.seed, config.trust_remote_code, config.pooling)
     limit = max_positions(model)
-    if limit and config.max_length > limit:
-        raise ConfigError(f"max_length={config.max_length} is above this model's limit of {limit}: "
-                          f"use --set max_length={limit}")
+    if limit:
+        from peft_tui.engine.methods import get_method
+
+        method = get_method(config.method)
+        check_positions(config.max_length, method.positions_taken(config.params), limit, "this model")
     base_fingerprint = None
     if fingerprint:
         from peft_tui.engine.data.featcache import weights_fingerprint

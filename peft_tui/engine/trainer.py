@@ -379,7 +379,8 @@ def preflight(config: RunConfig, load_data: bool = True) -> DataSplits | None:
         models.check_model_name(config.model)
         params = method.resolve(config.params)
         models.check_model_files(config.model, config.max_length, config.trust_remote_code,
-                                 check=lambda skeleton: method.check_model(skeleton, params))
+                                 check=lambda skeleton: method.check_model(skeleton, params),
+                                 virtual=method.positions_taken(params))
     return load_splits(config.data, config.seed) if load_data else None
 
 

@@ -119,6 +119,11 @@ class Method:
         """Checks against the model before it loads: `model` is built on the meta device (module names
         and shapes, no weights). Raises ConfigError; by default nothing to check."""
 
+    def positions_taken(self, params: dict[str, Any]) -> int:
+        """Positions the method puts before the text (prefix and prompt tuning's virtual tokens): they and
+        max_length together must fit the model's position limit."""
+        return 0
+
     def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in."""
         out = {k: p.default for k, p in self.params.items()}

@@ -44,6 +44,9 @@ class _PromptLearning(Method):
     def peft_config(self, model, params):
         raise NotImplementedError
 
+    def positions_taken(self, params):
+        return int(self.resolve(params)["num_virtual_tokens"])  # the text's positions start after them
+
     def apply(self, model, params):
         from peft_tui.engine.methods.peft_common import wrap
 

@@ -434,10 +434,7 @@ def build_model(config: RunConfig, method: Method, params: dict[str, Any], num_l
     model = load_model(config.model, num_labels, config.seed, config.trust_remote_code, config.pooling)
     limit = max_positions(model)
     if limit:
-        from peft_tui.engine.methods import get_method
-
-        method = get_method(config.method)
-        check_positions(config.max_length, method.positions_taken(config.params), limit, "this model")
+        check_positions(config.max_length, method.positions_taken(params), limit, "this model")
     base_fingerprint = None
     if fingerprint:
         from peft_tui.engine.data.featcache import weights_fingerprint

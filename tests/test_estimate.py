@@ -310,3 +310,26 @@ def test_a_cpu_counts_bf16_activations_at_fp32_width(tiny_mc):
         assert E.eval_bytes(s, 64, 64, "bf16", "cpu") == E.eval_bytes(s, 64, 64, "fp32", "cpu")
         half, full = (E.activation_bytes(s, 32, 64, "cuda:0", p)[0] for p in ("bf16", "fp32"))
         assert half < 0.8 * full
+
+
+def test_long_texts_count_their_mapped_blocks_once(tiny_mc):
+    """Tensors above glibc's mmap threshold (attention scores of 512-token rows) are their own mappings, freed
+    back to the system: the CPU peak counts their live bytes once, not scaled by the allocator's retention."""
+    from peft_tui.engine.estimate import cost
+
+    for method in ("full", "lora"):
+        s = E.model_shape(cfg(method=method), tiny_mc)
+        assert E.mapped_bytes(s, 32, 64, "cpu", "fp32") == (0.0, 0.0)  # short rows: the heap model alone
+        assert E.mapped_bytes(s, 32, 512, "cuda:0", "fp32") == (0.0, 0.0)
+        scores = 32 * s.heads * 512 * 512 * 4
+        assert scores > cost.MMAP_MAX
+        heap, live = E.mapped_bytes(s, 32, 512, "cpu", "fp32")
+        assert heap >= 3 * scores * sum(k == "all" for k in s.keep) and 0 < live < heap
+        assert E.mapped_bytes(s, 32, 512, "cpu", "bf16")[1] < live  # bf16 probabilities for the product
+        act, temp = E.activation_bytes(s, 32, 512, "cpu", "fp32")
+        parts = E.memory_parts(s, 32, 512, "cpu", "fp32", 0.0)
+        grads = s.trainable * 4
+        retention = E.RETENTION_CPU_FROZEN if s.trainable < 0.5 * s.total else E.RETENTION_CPU
+        expected = retention * (act + temp - heap + grads) + live - grads
+        assert parts["activations"] * E.MB == pytest.approx(max(expected, 0.0))
+        assert parts["activations"] * E.MB < retention * (act + temp)

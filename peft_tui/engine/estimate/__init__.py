@@ -79,6 +79,7 @@ from peft_tui.engine.estimate.cost import (  # noqa: F401
     eval_bytes,
     fixed_mb,
     forward_seconds,
+    mapped_bytes,
     memory_parts,
     probe_fit_seconds,
     step_seconds,

@@ -73,6 +73,45 @@ def activation_bytes(s: Shape, b: int, w: int, device: str, precision: str) -> t
     return total, 2 * scores if plain else 2 * b * w * i * lin
 
 
+# glibc's largest mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX): a block above it is a mapping of its own,
+# returned to the system when freed, so it is never part of what the allocator keeps (RETENTION_CPU)
+MMAP_MAX = 32 * 2**20
+
+
+def mapped_bytes(s: Shape, b: int, w: int, device: str, precision: str) -> tuple[float, float]:
+    """On a CPU, the activations held in tensors above MMAP_MAX (long texts: attention scores and the
+    feed-forward's inner activations of a batch of 512-token rows): (their bytes in `activation_bytes`' terms,
+    incl. its backward temporary, to take out of what RETENTION_CPU scales; their live bytes, counted once).
+    Live: autograd's saved tensors with engine/dropout.py's attention in the real dtype: the softmax output
+    (fp32), a bool mask, and the dropped probabilities as the next product takes them (bf16 under autocast).
+    Measured on MiniLM, one step of 32 rows of 512 tokens: full fine-tuning 8,796 MB in fp32 and 6,468 MB in
+    bf16 (LoRA 9,137 / 6,338), where the step's terms scaled by the retention gave 13-16 GB; the IMDB runs
+    (512 tokens) peaked at 6.8-8.7 GB where they were estimated at 14-17 GB. (0, 0) on CUDA and for short texts."""
+    if device.startswith("cuda"):
+        return 0.0, 0.0
+    live_lin = 2 if precision in ("bf16", "fp16") else 4
+    wp = w + s.prompt_tokens
+    scores = b * s.heads * wp * (wp + s.prefix_tokens) * 4
+    plain = s.attention_dropout > 0
+    attention_layers = sum(k == "all" for k in s.keep)
+    upper_layers = sum(k in ("all", "upper") for k in s.keep)
+    heap = live = 0.0
+    if plain and scores > MMAP_MAX:
+        heap += 3 * scores * attention_layers
+        live += (1 + 0.25 + live_lin / 4) * scores * attention_layers
+        if upper_layers:  # the backward temporary (activation_bytes' second value)
+            heap += 2 * scores
+            live += 2 * scores
+    inner = b * wp * s.intermediate
+    if inner * live_lin > MMAP_MAX:
+        heap += s.act_kept * inner * 4 * upper_layers
+        live += s.act_kept * inner * live_lin * upper_layers
+        if upper_layers and not plain:
+            heap += 2 * inner * 4
+            live += 2 * inner * live_lin
+    return heap, live
+
+
 def linear_bytes(precision: str, device: str) -> int:
     """Bytes per element of a linear layer's output as the peak sees it. Under CUDA autocast, 2. On a CPU, 4
     in bf16 too: there the process's peak did not follow autograd's halved bytes. MiniLM on AG News (2,000
@@ -98,13 +137,15 @@ def memory_parts(s: Shape, b: int, w: int, device: str, precision: str, fixed_mb
     grads = s.trainable * 4
     optimizer = s.trainable * 8
     act, temp = activation_bytes(s, b, w, device, precision)
+    mapped_terms, mapped_live = mapped_bytes(s, b, w, device, precision)
     evaluation = eval_bytes(s, max(64, b * 2), w, precision, device)
     # the training step's peak: kept activations + the largest temporary + grads (grads are set to None
     # after each step, so evaluation has none); on CPU the allocator keeps freed blocks of steps of other
     # widths around, which RETENTION_CPU accounts for
     frozen = s.trainable < 0.5 * s.total
     retention = 1.0 if device.startswith("cuda") else RETENTION_CPU_FROZEN if frozen else RETENTION_CPU
-    act_peak = max(0.0, retention * max(act + temp + grads, evaluation) - grads)
+    heap = act + temp - mapped_terms  # what the allocator may keep around; mapped blocks count once
+    act_peak = max(0.0, max(retention * (heap + grads) + mapped_live, retention * evaluation) - grads)
     return {"weights": weights / MB, "grads": grads / MB, "optimizer": optimizer / MB,
             "activations": act_peak / MB, "overhead": fixed_mb}
 

@@ -88,6 +88,22 @@ os.environ["PEFT_TUI_KEEP_WARM"] = "0"
 os.environ["PEFT_TUI_CACHE_DIR"] = tempfile.mkdtemp(prefix="peft-tui-test-cache-")
 
 
+def _pin_auto_precision() -> None:
+    """The session's machine file says bf16 is no faster than fp32, so `auto` trains every test run in fp32 on
+    any CPU. Measured, the choice followed the machine and its load (an AMX Xeon picks bf16 when quiet and fp32
+    when busy) and so did the tests' numbers. Tests of the measurement use a fresh folder (test_precision_auto)."""
+    import json
+
+    from peft_tui.engine.estimate.calibrate import machine_key, machine_precision_path
+
+    path = machine_precision_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({machine_key("cpu"): {"precision": {"fp32_s": 1.0, "bf16_s": 1.0, "loss_gap": 0.0}}}))
+
+
+_pin_auto_precision()
+
+
 @pytest.fixture()
 def worker_processes(monkeypatch):
     """Real worker processes for this test (the slow tier's end-to-end checks)."""

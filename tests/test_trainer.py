@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
@@ -34,7 +35,8 @@ def test_events_and_result(store):
     assert started.total_steps == 2 * -(-84 // 16)  # 120 examples: 84 train, 18 val, 18 test
     assert started.trainable_params == result.trainable_params < started.total_params
     steps = [e for e in events if isinstance(e, StepLogged)]
-    assert steps[-1].step == started.total_steps and all(e.loss > 0 for e in steps)
+    # a confidently right batch may underflow to exactly 0 in fp32 (seen on a CI run): never negative or NaN
+    assert steps[-1].step == started.total_steps and all(math.isfinite(e.loss) and e.loss >= 0 for e in steps)
     assert [e.step for e in steps] == sorted(e.step for e in steps)
     assert any(isinstance(e, MemorySampled) and e.used_mb > 50 for e in events)
     evals = [e for e in events if isinstance(e, EvalLogged)]

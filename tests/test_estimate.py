@@ -74,7 +74,7 @@ def test_memory_parts_add_up(tiny_mc):
 def test_frozen_layers_keep_no_activations(tiny_mc):
     head = est(tiny_mc, method="head")
     assert head.parts["activations"] * E.MB <= E.RETENTION_CPU_FROZEN * E.eval_bytes(
-        E.model_shape(cfg(method="head"), tiny_mc), 64, head.width, "fp32")  # evaluation is its only peak
+        E.model_shape(cfg(method="head"), tiny_mc), 64, head.width, "fp32", "cpu")  # evaluation is its only peak
     shape = E.model_shape(cfg(method="adapters"), tiny_mc)
     assert shape.keep == ["upper", "all"]  # the first adapter sits after layer 0's attention
     assert E.model_shape(cfg(method="head"), tiny_mc).keep == ["none", "none"]

@@ -718,7 +718,7 @@ def test_a_worker_says_why_a_linked_run_folder_failed(tmp_path):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(method=st.sampled_from(["prefix", "prompt"]), virtual=st.integers(1, 600), over=st.integers(1, 200))
+@given(method=st.sampled_from(["prefix", "prompt"]), virtual=st.integers(1, 600), over=st.integers(1, 2000))
 @example(method="prefix", virtual=20, over=20)  # IMDB at max_length 512 with the default prefix: a torch error before
 def test_virtual_tokens_past_the_position_limit_are_one_line_before_queueing(tmp_path, method, virtual, over):
     """max_length + num_virtual_tokens above the model's positions (512 for tiny, as for BERTs) is refused
@@ -738,7 +738,7 @@ def test_virtual_tokens_past_the_position_limit_are_one_line_before_queueing(tmp
     if limit - virtual >= 8:
         assert f"plus {virtual} virtual tokens" in line and f"--set max_length={limit - virtual} " in line
     else:
-        assert f"use num_virtual_tokens={limit - max_length} or fewer" in line
+        assert f"leave fewer than 8 of the {limit} positions" in line and f"num_virtual_tokens={limit - 8} or" in line
     assert not store.exists() or Store(store).list() == []
 
 
@@ -747,3 +747,25 @@ def test_prefix_at_the_position_limit_trains(tmp_path):
                               "--set", "num_virtual_tokens=20", "--max-length", "492", "--epochs", "1",
                               "--set", "data.label_noise=0", "--device", "cpu", "--store", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
+
+
+@given(max_length=st.integers(8, 40000), virtual=st.integers(0, 5000), limit=st.integers(16, 4096))
+def test_the_position_check_suggests_only_values_that_fit(max_length, virtual, limit):
+    """Whatever the lengths (max_length above the model's limit included), the one line names a max_length or a
+    number of virtual tokens that is positive and fits, never a negative one."""
+    import re as _re
+
+    from peft_tui.engine.models import check_positions
+
+    try:
+        check_positions(max_length, virtual, limit, "model 'm'")
+    except ConfigError as e:
+        text = str(e)
+        assert "\n" not in text and max_length + virtual > limit
+        for key, value in _re.findall(r"(max_length|num_virtual_tokens)=(-?\d+) or", text) + \
+                _re.findall(r"--set (max_length)=(-?\d+)", text):
+            n = int(value)
+            assert n >= 1
+            assert (n + virtual if key == "max_length" else n + 8) <= limit
+    else:
+        assert max_length + virtual <= limit

@@ -274,3 +274,17 @@ def test_plan_calibration_also_fills_the_machine_file(tmp_path, machine_cache, m
     E.calibration(tmp_path / "calibration.json", "cpu")
     assert calibrate.machine_precision("cpu") == {"fp32_s": 1.0, "bf16_s": 0.5, "loss_gap": 0.0}
     assert E.measured_choice(tmp_path / "other-store.json", "cpu")[0] == "bf16"
+
+
+def test_a_measurement_that_fails_leaves_the_rule_and_the_run_goes_on(store, machine_cache, monkeypatch):
+    """precision.measure raising (a broken bf16 kernel, say) is a log line, never the run's failure."""
+    from peft_tui.engine.device import resolve_precision
+
+    def broken(device, timed=None, clock=None):
+        raise RuntimeError("bf16 kernel missing\nsecond line")
+
+    monkeypatch.setattr(P, "measure", broken)
+    result, logs = _auto_run(store)
+    assert result.precision == resolve_precision("auto", "cpu")
+    [line] = [t for t in logs if t.startswith("precision auto")]
+    assert "could not be measured (RuntimeError: bf16 kernel missing)" in line and "second line" not in line

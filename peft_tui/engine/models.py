@@ -330,8 +330,9 @@ def check_positions(max_length: int, virtual: int, limit: int, what: str) -> Non
     if limit - virtual >= 8:  # 8: the smallest max_length a run takes (RunConfig.validate)
         raise ConfigError(f"max_length={max_length} plus {virtual} virtual tokens is above the {limit}-position "
                           f"limit of {what}: use --set max_length={limit - virtual} or fewer num_virtual_tokens")
-    raise ConfigError(f"{virtual} virtual tokens leave too few of the {limit} positions of {what} for the text: "
-                      f"use num_virtual_tokens={limit - max(8, max_length)} or fewer")
+    raise ConfigError(f"{virtual} virtual tokens leave fewer than 8 of the {limit} positions of {what} for the "
+                      f"text: use num_virtual_tokens={max(1, limit - 8)} or fewer, with max_length at most {limit} "
+                      "minus them")
 
 
 def _tiny_config(num_labels: int):

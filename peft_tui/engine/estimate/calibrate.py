@@ -352,6 +352,9 @@ def measure_precision_once(calibration_path: str | Path, device: str) -> str | N
     except OSError as e:
         return (f"precision auto: bf16 against fp32 not measured ({type(e).__name__}: {e.strerror or e} at "
                 f"{path.parent}); the CPU-type rule applies. Set {MACHINE_CACHE_ENV} to a writable folder")
+    except Exception as e:  # noqa: BLE001 - the measurement failing must not fail the run it precedes
+        return (f"precision auto: bf16 against fp32 could not be measured ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:160] if str(e) else 'no detail'}); the CPU-type rule applies")
     choice, reason = pick(figures)
     return (f"precision auto -> {choice or 'the CPU-type rule'}: {reason} (measured once for this machine in "
             f"{time.perf_counter() - t0:.1f}s, kept in {path})")

@@ -121,7 +121,7 @@ def linear_bytes(precision: str, device: str) -> int:
     return 2 if precision in ("bf16", "fp16") and device.startswith("cuda") else 4
 
 
-def eval_bytes(s: Shape, eval_bs: int, w: int, precision: str, device: str = "cuda") -> float:
+def eval_bytes(s: Shape, eval_bs: int, w: int, precision: str, device: str) -> float:
     """The live tensors of one layer's forward pass in evaluation: nothing is kept, and attention runs
     fused (no dropout; except with a prefix, measured), so hidden states and feed-forward activations dominate."""
     lin = linear_bytes(precision, device)

@@ -332,7 +332,8 @@ def test_export_folder_is_refused_inside_the_store(tmp_path_factory, parts, insi
     from peft_tui.commands.artifacts import export_folder
     from peft_tui.errors import ConfigError
 
-    base = tmp_path_factory.getbasetemp() / "export-prop"
+    # six levels deep, so that six ".." never leave this test's folder (an escape once met a file /tmp/x)
+    base = tmp_path_factory.getbasetemp() / "export-prop" / "a" / "b" / "c" / "d" / "e" / "f"
     root = base / "store"
     (root / "runs" / "0001-trained").mkdir(parents=True, exist_ok=True)
     out = Path(root if inside else base, *parts)
